@@ -1,0 +1,160 @@
+"""Distributed state has one home: the only reader of torchrun's environment variables.
+
+`setup()` returns a `DistInfo` (rank, world size, device); every collective helper here is a no-op
+in a single process, so callers never branch on "am I distributed?".
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from gpt2repro.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None = single process, no process group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+
+def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
+    """cuda:<local_rank> if available, else mps, else cpu; or exactly what was requested."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("train.device=cuda but CUDA is not available; use train.device=auto")
+        return torch.device("cuda", local_rank)
+    if requested in ("cpu", "mps"):
+        return torch.device(requested)
+    raise UserError(f"train.device must be auto, cuda, mps or cpu, got {requested!r}")
+
+
+def env_world() -> tuple[int, int, int, int]:
+    """(rank, local_rank, world_size, local_world_size) from torchrun's variables (or 0,0,1,1)."""
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return rank, local_rank, world, local_world
+
+
+def setup(device: str = "auto", backend: str = "auto", timeout_min: int = 30) -> DistInfo:
+    """Initialise the process group when launched by torchrun with WORLD_SIZE > 1."""
+    rank, local_rank, world, local_world = env_world()
+    dev = pick_device(device, local_rank)
+    if world == 1:
+        return DistInfo(device=dev)
+    if backend == "auto":
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group(
+        backend=backend,
+        timeout=datetime.timedelta(minutes=timeout_min),
+        device_id=dev if dev.type == "cuda" else None,
+    )
+    return DistInfo(rank, local_rank, world, local_world, dev, backend)
+
+
+def teardown() -> None:
+    """Barrier, then destroy the process group (a bare destroy can abort FSDP2 over gloo)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (no-op in one process); returns t."""
+    if is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """In-place mean over ranks (no-op in one process); returns t. (gloo has no AVG op.)"""
+    if is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Send a picklable object from rank `src` to all ranks (identity in one process)."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: object) -> list[object]:
+    if not is_initialized():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def wrap_model(
+    model: nn.Module, info: DistInfo, strategy: str, activation_checkpointing: bool = False
+) -> nn.Module:
+    """Apply DDP or FSDP2 (`fully_shard` per block, then the root) when distributed."""
+    if activation_checkpointing:
+        model.activation_checkpointing = True  # type: ignore[assignment]
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        if not info.distributed:
+            return model  # one process: nothing to shard
+        for block in model.transformer.h:  # type: ignore[union-attr]
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    if not info.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    device_ids = [info.local_rank] if info.device_type == "cuda" else None
+    return DDP(model, device_ids=device_ids)

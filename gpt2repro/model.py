@@ -1,0 +1,255 @@
+"""GPT-2, exactly: pre-LN blocks, tanh-GELU, learned positions, biases, lm_head tied to wte.
+
+Pure nn.Module (STYLE.md principle 4): no ranks, files or optimizers. Compile, DDP/FSDP and
+precision are applied from outside. Names follow Hugging Face's GPT-2 so state dicts map 1:1
+(apart from the Conv1D transposes, handled in hf.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from gpt2repro.config import ModelConfig
+
+# GPT-2 sizes: (n_layer, n_head, n_embd). Context 1024, vocab 50257.
+GPT2_SIZES: dict[str, tuple[int, int, int]] = {
+    "gpt2": (12, 12, 768),
+    "gpt2-medium": (24, 16, 1024),
+    "gpt2-large": (36, 20, 1280),
+    "gpt2-xl": (48, 25, 1600),
+}
+
+
+def gpt2_config(name: str, **overrides: int) -> ModelConfig:
+    """The ModelConfig of a released GPT-2 size ('gpt2' ... 'gpt2-xl')."""
+    n_layer, n_head, n_embd = GPT2_SIZES[name]
+    return ModelConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, **overrides)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for incremental decoding.
+
+    k, v: [n_layer, B, n_head, max_len, head_dim]; `pos` is how many positions are filled.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    pos: int = 0
+
+    @classmethod
+    def empty(
+        cls, cfg: ModelConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> KVCache:
+        hd = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, batch, cfg.n_head, max_len, hd)
+        return cls(
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.zeros(shape, device=device, dtype=dtype),
+        )
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.n_embd = cfg.n_embd
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.c_proj.RESIDUAL_SCALE_INIT = True  # type: ignore[assignment]
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # each [B, T, C]
+        hd = C // self.n_head
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # [B, nh, T, hd]
+        k = k.view(B, T, self.n_head, hd).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hd).transpose(1, 2)
+        if cache is None:
+            # Flash / memory-efficient kernels on GPU when the inputs allow it.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            p = cache.pos
+            cache.k[layer, :, :, p : p + T] = k
+            cache.v[layer, :, :, p : p + T] = v
+            k_all = cache.k[layer, :, :, : p + T]  # [B, nh, p+T, hd]
+            v_all = cache.v[layer, :, :, : p + T]
+            mask = None
+            if T > 1:
+                # query i (absolute position p+i) sees keys 0 .. p+i
+                qpos = torch.arange(p, p + T, device=x.device)[:, None]
+                kpos = torch.arange(p + T, device=x.device)[None, :]
+                mask = kpos <= qpos  # [T, p+T], True = attend
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: [B, T, C]
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.c_proj.RESIDUAL_SCALE_INIT = True  # type: ignore[assignment]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=1e-5)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=1e-5)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.n_embd % cfg.n_head != 0:
+            raise ValueError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+        self.config = cfg
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                ln_f=nn.LayerNorm(cfg.n_embd, eps=1e-5),
+            )
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying
+        # Set by train.py when activation checkpointing is on; recomputes each block in backward.
+        self.activation_checkpointing = False
+        self.apply(self._init_weights)
+        with torch.no_grad():
+            # Padded rows are never looked up or predicted; keep them exactly zero.
+            self.transformer.wte.weight[cfg.vocab_size :].zero_()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # llm.c / nanoGPT init: N(0, 0.02); residual projections scaled by 1/sqrt(2 n_layer)
+        # because each block adds two of them to the residual stream.
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "RESIDUAL_SCALE_INIT", False):
+                std *= (2 * self.config.n_layer) ** -0.5
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, exclude_padding: bool = True) -> int:
+        """Parameter count, tied weights counted once; padded vocab rows excluded by default."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_padding:
+            n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
+        return n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx, targets: [B, T] token ids. Returns logits [B, T, vocab_size] and mean CE loss.
+
+        Targets equal to -1 are ignored. With `cache`, positions start at `cache.pos` and the
+        cache is advanced by T.
+        """
+        B, T = idx.size()
+        start = 0 if cache is None else cache.pos
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}"
+            )
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # [T]
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # [B, T, C]
+        for i, block in enumerate(self.transformer.h):
+            if self.activation_checkpointing and self.training and cache is None:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, cache, i)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # [B, T, padded_vocab]
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]  # padded ids are never predicted
+        if cache is not None:
+            cache.pos += T
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
+            )
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        stop_token: int | None = None,
+    ) -> torch.Tensor:
+        """Continue idx [B, T0]; return [B, T0 + n] ids. temperature 0 = greedy (argmax).
+
+        With the KV cache, the prompt is run once and each new token costs one position.
+        Without it, the full (cropped) context is re-run every step; greedy outputs are equal.
+        """
+        was_training = self.training
+        self.eval()
+        B, T0 = idx.shape
+        limit = self.config.block_size
+        cache: KVCache | None = None
+        if use_cache:
+            if T0 + max_new_tokens > limit:
+                raise ValueError(
+                    f"prompt ({T0}) + max_new_tokens ({max_new_tokens}) exceeds block_size "
+                    f"{limit}; the KV cache cannot slide (use --no-kv-cache or fewer tokens)"
+                )
+            dtype = self.transformer.wte.weight.dtype
+            cache = KVCache.empty(self.config, B, T0 + max_new_tokens, idx.device, dtype)
+        out = idx
+        step_input = idx
+        for _ in range(max_new_tokens):
+            if cache is not None:
+                logits, _ = self(step_input, cache=cache)
+            else:
+                logits, _ = self(out[:, -limit:])
+            logits = logits[:, -1, :].float()  # [B, vocab]
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None and top_k > 0:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, -math.inf)
+                probs = F.softmax(logits, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)
+            out = torch.cat([out, nxt], dim=1)
+            step_input = nxt
+            if stop_token is not None and B == 1 and int(nxt.item()) == stop_token:
+                break
+        self.train(was_training)
+        return out

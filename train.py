@@ -1,0 +1,6 @@
+"""Entry point so that `python train.py ...` and `torchrun ... train.py ...` both work."""
+
+from gpt2repro.train import main
+
+if __name__ == "__main__":
+    main()
