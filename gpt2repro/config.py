@@ -190,9 +190,9 @@ _UNSET = {"auto", "none", "unset", ""}
 def _coerce(value: Any, tp: Any, from_cli: bool) -> Any:
     """Convert `value` to `tp`; raise ValueError with the expected type on failure."""
     base = _base_type(tp)
-    if _is_optional(tp):
-        if value is None or (isinstance(value, str) and value.strip().lower() in _UNSET):
-            return None
+    unset = value is None or (isinstance(value, str) and value.strip().lower() in _UNSET)
+    if _is_optional(tp) and unset:
+        return None
     if from_cli and isinstance(value, str):
         s = value.strip()
         if base is bool:
