@@ -1,0 +1,157 @@
+"""Sample text from a trained checkpoint or a Hugging Face GPT-2.
+
+    python -m gpt2repro.sample --checkpoint runs/gpt2_124m --prompt "The meaning of life is"
+    python -m gpt2repro.sample --hf gpt2 --temperature 0 --max-new-tokens 32 --json
+
+`--checkpoint` takes a run directory (newest checkpoint), its checkpoint directory or one step
+directory. `--temperature 0` is greedy decoding; otherwise top-k sampling at that temperature
+(`--top-k 0` = full distribution). `--seed` makes sampling reproducible on the same device.
+
+`--json` prints one object: `prompt` (str), `prompt_tokens` (list of ids), `tokens` (the generated
+ids only, without the prompt) and `text` (the decoded generated text). With `--num-samples 1`
+`tokens` is a list of ids and `text` a string; with more, `tokens` is a list of lists and `text` a
+list of strings, one per sample. Generation does not stop at <|endoftext|>: exactly
+`--max-new-tokens` tokens are produced per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from gpt2repro.errors import UserError, run_cli
+from gpt2repro.model import GPT
+from gpt2repro.tokenizer import EOT, get_encoding
+
+DEFAULT_PROMPT = "Hello, I'm a language model,"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gpt2repro.sample",
+        description="Generate text with GPT.generate (KV cache) from a checkpoint or an HF GPT-2.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="run dir, checkpoint dir or step dir of gpt2repro")
+    src.add_argument("--hf", help="HF GPT-2: hub name (gpt2 ... gpt2-xl) or save_pretrained dir")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue ('' = <|endoftext|>)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per sample")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (argmax)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest; 0 = all")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples (one batch)")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--no-kv-cache", action="store_true", help="re-run the full context each step")
+    p.add_argument("--json", action="store_true", help="print one JSON object (see module doc)")
+    return p
+
+
+def load(checkpoint: str | None, hf: str | None, device: torch.device) -> GPT:
+    """The raw GPT from a gpt2repro checkpoint or an HF GPT-2 directory / hub name."""
+    if hf is not None:
+        from gpt2repro.hf import load_hf
+
+        return load_hf(hf, device)
+    try:
+        from gpt2repro.checkpoint import load_model
+    except ImportError as e:
+        raise UserError(f"cannot load gpt2repro checkpoints here ({e}); use --hf instead") from None
+    assert checkpoint is not None
+    return load_model(checkpoint, device)
+
+
+def sample(
+    model: GPT,
+    prompt_tokens: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    num_samples: int = 1,
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """Generated ids (prompt excluded), one list per sample."""
+    device = model.transformer.wte.weight.device
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    idx = torch.tensor([prompt_tokens] * num_samples, dtype=torch.long, device=device)  # [B, T0]
+    out = model.generate(
+        idx,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k or None,
+        generator=generator,
+        use_cache=use_cache,
+    )  # [B, T0 + max_new_tokens]
+    return out[:, len(prompt_tokens) :].tolist()
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    problems = []
+    if args.max_new_tokens < 0:
+        problems.append(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        problems.append(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k < 0:
+        problems.append(f"--top-k must be >= 0 (0 = no top-k), got {args.top_k}")
+    if args.num_samples < 1:
+        problems.append(f"--num-samples must be >= 1, got {args.num_samples}")
+    if problems:
+        raise UserError("; ".join(problems))
+
+    from gpt2repro.dist import pick_device
+
+    device = pick_device(args.device)
+    enc = get_encoding()
+    prompt_tokens = enc.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [EOT]
+    model = load(args.checkpoint, args.hf, device)
+    cfg = model.config
+    if max(prompt_tokens) >= cfg.vocab_size:
+        raise UserError(
+            f"the prompt has token id {max(prompt_tokens)} but the model's vocab_size is "
+            f"{cfg.vocab_size}; this model was not trained with the GPT-2 tokenizer"
+        )
+    use_cache = not args.no_kv_cache
+    if use_cache and len(prompt_tokens) + args.max_new_tokens > cfg.block_size:
+        raise UserError(
+            f"prompt ({len(prompt_tokens)} tokens) + --max-new-tokens ({args.max_new_tokens}) "
+            f"exceeds the context of {cfg.block_size}; shorten them or pass --no-kv-cache "
+            "(the context then slides)"
+        )
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    generated = sample(
+        model,
+        prompt_tokens,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        use_cache=use_cache,
+    )
+    texts = [enc.decode(t) for t in generated]
+    if args.json:
+        single = args.num_samples == 1
+        obj = {
+            "prompt": args.prompt,
+            "prompt_tokens": prompt_tokens,
+            "tokens": generated[0] if single else generated,
+            "text": texts[0] if single else texts,
+        }
+        print(json.dumps(obj, ensure_ascii=False))
+    else:
+        for i, text in enumerate(texts):
+            if args.num_samples > 1:
+                print(f"--- sample {i + 1}/{args.num_samples}")
+            print(args.prompt + text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
