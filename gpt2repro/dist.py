@@ -16,6 +16,9 @@ import torch.nn as nn
 
 from gpt2repro.errors import UserError
 
+# Group for tiny CPU-side control messages (preemption flags); gloo even when training uses NCCL.
+_CONTROL_GROUP: object | None = None
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -80,14 +83,22 @@ def setup(device: str = "auto", backend: str = "auto", timeout_min: int = 30) ->
         timeout=datetime.timedelta(minutes=timeout_min),
         device_id=dev if dev.type == "cuda" else None,
     )
+    global _CONTROL_GROUP
+    _CONTROL_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
     return DistInfo(rank, local_rank, world, local_world, dev, backend)
 
 
-def teardown() -> None:
-    """Barrier, then destroy the process group (a bare destroy can abort FSDP2 over gloo)."""
+def teardown(clean: bool = True) -> None:
+    """Barrier, then destroy the process group (a bare destroy can abort FSDP2 over gloo).
+
+    clean=False (after an error on this rank) skips the barrier, which could wait forever.
+    """
+    global _CONTROL_GROUP
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
+    _CONTROL_GROUP = None
 
 
 def is_initialized() -> bool:
@@ -129,6 +140,22 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is True on any rank.
+
+    Runs over a gloo group on CPU tensors, so under NCCL it never waits for the GPU stream:
+    cheap enough to call every step (used for preemption signals).
+    """
+    global _CONTROL_GROUP
+    if not is_initialized():
+        return flag
+    if _CONTROL_GROUP is None:
+        _CONTROL_GROUP = dist.group.WORLD
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CONTROL_GROUP)
+    return bool(t.item())
+
+
 def all_gather_object(obj: object) -> list[object]:
     if not is_initialized():
         return [obj]
@@ -137,24 +164,28 @@ def all_gather_object(obj: object) -> list[object]:
     return out
 
 
-def wrap_model(
-    model: nn.Module, info: DistInfo, strategy: str, activation_checkpointing: bool = False
-) -> nn.Module:
-    """Apply DDP or FSDP2 (`fully_shard` per block, then the root) when distributed."""
-    if activation_checkpointing:
-        model.activation_checkpointing = True  # type: ignore[assignment]
-    if strategy == "fsdp":
+def shard(raw_model: nn.Module, info: DistInfo, strategy: str) -> None:
+    """fsdp: FSDP2 `fully_shard` each block, then the root, in place (parameters become DTensors).
+
+    Call before building the optimizer. No-op for ddp or a single process.
+    """
+    if strategy == "fsdp" and info.distributed:
         from torch.distributed.fsdp import fully_shard
 
-        if not info.distributed:
-            return model  # one process: nothing to shard
-        for block in model.transformer.h:  # type: ignore[union-attr]
+        for block in raw_model.transformer.h:  # type: ignore[union-attr]
             fully_shard(block)
-        fully_shard(model)
-        return model
-    if not info.distributed:
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
+        fully_shard(raw_model)
 
-    device_ids = [info.local_rank] if info.device_type == "cuda" else None
-    return DDP(model, device_ids=device_ids)
+
+def wrap(raw_model: nn.Module, info: DistInfo, strategy: str, compile: bool) -> nn.Module:
+    """The module to train: optionally compiled, then DDP-wrapped for ddp across processes.
+
+    `raw_model` stays the unwrapped, uncompiled handle for state dicts, eval and sampling.
+    """
+    model = torch.compile(raw_model) if compile else raw_model
+    if strategy == "ddp" and info.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        device_ids = [info.local_rank] if info.device_type == "cuda" else None
+        model = DDP(model, device_ids=device_ids)
+    return model

@@ -1,0 +1,304 @@
+"""Checkpoint layout, atomic writes, and resume discovery (format version 1).
+
+    run_dir/ckpt/step_00001000/
+        model.pt      full model state dict (FQN keys; world-size and strategy independent)
+        optim.pt      full optimizer state dict keyed by parameter FQN (same independence)
+        state.json    step, tokens, resolved config, git SHA, world size, loader states and RNG
+                      states of every rank, guard counters, sha256 of model.pt and optim.pt,
+                      "complete": true
+    run_dir/ckpt/latest   the name of the newest complete checkpoint, updated last
+
+A checkpoint is written into `ckpt/.tmp-step_N/` and renamed into place only when complete, so a
+crash at any moment leaves either the old or the new checkpoint, never half of one. Loading uses
+`torch.load(weights_only=True)`: no arbitrary objects are unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from gpt2repro import dist
+from gpt2repro.errors import UserError
+
+FORMAT_VERSION = 1
+_PREFIX = "step_"
+
+
+def step_dir_name(step: int) -> str:
+    return f"{_PREFIX}{step:08d}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as JSON-serialisable data (python, numpy, torch, CUDA)."""
+    py = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {
+            "state": {
+                k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in np_state["state"].items()
+            },
+            **{k: v for k, v in np_state.items() if k != "state"},
+        },
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = dict(state["numpy"])
+    inner = dict(np_state["state"])
+    inner["key"] = np.asarray(inner["key"], dtype=np.uint32)
+    np_state["state"] = inner
+    np.random.set_state(np_state)
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = [torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+# --------------------------------------------------------------------------- state dicts
+
+
+def _full_state_dicts(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> tuple[dict, dict | None]:
+    """Full (unsharded) model and optimizer state dicts on CPU; a collective under FSDP."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(model, options=opts)
+    osd = (
+        get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
+    )
+    return msd, osd
+
+
+def load_into(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt: Path) -> None:
+    """Load model.pt (and optim.pt) of `ckpt` into a possibly sharded model; every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True)
+    msd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
+    set_model_state_dict(model, msd, options=opts)
+    if optimizer is not None:
+        osd = torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True)
+        set_optimizer_state_dict(model, optimizer, osd, options=opts)
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    loader_state: dict[str, Any],
+    keep_last: int,
+    is_main: bool,
+) -> Path:
+    """Write checkpoint `step` atomically; every rank calls this (state dicts are collective).
+
+    `state` holds the rank-independent fields (step, tokens, config, ...); loader and RNG states
+    are gathered from every rank and stored by rank index.
+    """
+    ckpt_root = run_dir / "ckpt"
+    final = ckpt_root / step_dir_name(step)
+    tmp = ckpt_root / f".tmp-{step_dir_name(step)}"
+    msd, osd = _full_state_dicts(model, optimizer)
+    per_rank = dist.all_gather_object({"loader": loader_state, "rng": rng_state()})
+    if is_main:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)  # leftover of a crash during an earlier write of this step
+        tmp.mkdir()
+        torch.save(msd, tmp / "model.pt")
+        torch.save(osd, tmp / "optim.pt")
+        for name in ("model.pt", "optim.pt"):
+            with open(tmp / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        record = dict(state)
+        record.update(
+            format_version=FORMAT_VERSION,
+            step=step,
+            world_size=len(per_rank),
+            ranks=per_rank,
+            sha256={name: _sha256(tmp / name) for name in ("model.pt", "optim.pt")},
+            complete=True,
+        )
+        _atomic_write_text(tmp / "state.json", json.dumps(record))
+        if final.exists():
+            # A checkpoint of this step exists (a resumed run reached it again): replace it.
+            old = ckpt_root / f".old-{step_dir_name(step)}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(ckpt_root)
+        _atomic_write_text(ckpt_root / "latest", final.name + "\n")
+        prune(ckpt_root, keep_last)
+    dist.barrier()
+    return final
+
+
+def prune(ckpt_root: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints (0 = keep all)."""
+    if keep_last <= 0:
+        return []
+    steps = sorted(
+        p for p in ckpt_root.glob(f"{_PREFIX}*") if p.is_dir() and _step_of(p) is not None
+    )
+    doomed = steps[:-keep_last]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+# --------------------------------------------------------------------------- discovery / load
+
+
+def _step_of(p: Path) -> int | None:
+    try:
+        return int(p.name[len(_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def read_state(ckpt: Path) -> dict[str, Any]:
+    """state.json of a checkpoint directory, validated; UserError naming the problem."""
+    sj = ckpt / "state.json"
+    if not sj.is_file():
+        raise UserError(f"{ckpt} is not a gpt2repro checkpoint (no state.json)")
+    try:
+        state = json.loads(sj.read_text())
+    except json.JSONDecodeError:
+        raise UserError(
+            f"{sj} is corrupt (not JSON); delete {ckpt} to fall back to an older one"
+        ) from None
+    if not state.get("complete") or state.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{ckpt} is incomplete or of another format version; delete it")
+    for name in ("model.pt", "optim.pt"):
+        if not (ckpt / name).is_file():
+            raise UserError(f"{ckpt / name} is missing; delete {ckpt} to fall back to an older one")
+    return state
+
+
+def verify(ckpt: Path, state: dict[str, Any]) -> None:
+    """Check the sha256 of model.pt and optim.pt against those recorded at save time."""
+    for name, digest in state.get("sha256", {}).items():
+        if _sha256(ckpt / name) != digest:
+            raise UserError(
+                f"{ckpt / name} does not match its recorded sha256 (corrupted); delete {ckpt} "
+                "to resume from an older checkpoint"
+            )
+
+
+def find_latest(run_dir: Path) -> Path | None:
+    """The newest valid checkpoint under run_dir/ckpt (by `latest`, else by step), or None.
+
+    A corrupt or incomplete newest checkpoint is skipped with a warning in favour of an older one.
+    """
+    root = run_dir / "ckpt"
+    if not root.is_dir():
+        return None
+    candidates = sorted(
+        (p for p in root.glob(f"{_PREFIX}*") if p.is_dir() and _step_of(p) is not None),
+        key=lambda p: _step_of(p) or 0,
+        reverse=True,
+    )
+    for p in candidates:
+        try:
+            state = read_state(p)
+            verify(p, state)
+        except UserError as e:
+            print(f"warning: skipping checkpoint: {e}", flush=True)
+            continue
+        return p
+    return None
+
+
+def resolve(path: str | Path) -> Path:
+    """A step directory from a run dir, a ckpt dir, or a step dir."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"checkpoint path {p} does not exist")
+    if (p / "state.json").is_file():
+        return p
+    found = find_latest(p.parent if p.name == "ckpt" else p)
+    if found is not None:
+        return found
+    raise UserError(
+        f"no complete checkpoint under {p} (expected {p}/ckpt/step_NNNNNNNN/state.json)"
+    )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The GPT stored in a checkpoint (run dir, ckpt dir or step dir), in eval mode."""
+    from gpt2repro.config import ModelConfig
+    from gpt2repro.model import GPT
+
+    ckpt = resolve(path)
+    state = read_state(ckpt)
+    model = GPT(ModelConfig(**state["config"]["model"]))
+    sd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(sd)
+    return model.to(device).eval()

@@ -1,0 +1,267 @@
+"""What a run reports: FLOP accounting and MFU, the console line, metrics.jsonl, and wandb.
+
+`metrics.jsonl` is the complete record of a run: one JSON object per line, each with `step` and
+`tokens`. Train lines: step, loss, lr, grad_norm, tokens, tok_per_s, mfu, step_ms, skipped.
+Eval lines: step, val_loss and/or hellaswag_acc, hellaswag_acc_norm. Events (start, resume,
+preempt, done) carry an `event` key. After a resume, steps after the checkpoint may appear twice;
+the later line is the one that counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Dense bf16 peak FLOP/s from the datasheets (REFERENCE.md). Order matters: first match wins.
+GPU_PEAK_FLOPS: list[tuple[str, float]] = [
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM / HBM3
+    ("H200", 989e12),
+    ("H800", 989e12),
+    ("A100", 312e12),
+]
+
+
+def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
+    """Training FLOPs per token, llm.c's convention: 6N + 6·L·C·T (attention at causal half cost)."""
+    return 6.0 * n_params + 6.0 * n_layer * n_embd * seq_len
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of this device by name, or None when unknown (CPU, MPS, other GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return peak_flops_for_name(name)
+
+
+def peak_flops_for_name(name: str) -> float | None:
+    for key, peak in GPU_PEAK_FLOPS:
+        if key.lower() in name.lower():
+            return peak
+    return None
+
+
+def mfu(
+    flops_per_tok: float, tokens_per_s: float, peak_per_device: float | None, n_devices: int
+) -> float | None:
+    """Model FLOPs utilisation in [0, 1], or None when the peak is unknown (never a guess)."""
+    if peak_per_device is None or tokens_per_s <= 0:
+        return None
+    return flops_per_tok * tokens_per_s / (peak_per_device * n_devices)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def console_line(
+    rec: dict[str, Any], max_steps: int, eta_s: float | None, peak_mem_gib: float | None
+) -> str:
+    """One human line per log step."""
+    parts = [
+        f"step {rec['step']:>6}/{max_steps}",
+        f"loss {rec['loss']:.4f}",
+        f"lr {rec['lr']:.2e}",
+        f"norm {rec['grad_norm']:.3f}",
+        f"{rec['step_ms']:.1f} ms",
+        f"{rec['tok_per_s']:,.0f} tok/s",
+        "MFU n/a" if rec.get("mfu") is None else f"MFU {100 * rec['mfu']:.1f}%",
+    ]
+    if eta_s is not None:
+        parts.append(f"ETA {format_duration(eta_s)}")
+    if peak_mem_gib is not None:
+        parts.append(f"mem {peak_mem_gib:.1f} GiB")
+    if rec.get("skipped"):
+        parts.append(f"skipped {rec['skipped']}")
+    return " | ".join(parts)
+
+
+class MetricsLog:
+    """Appends JSON lines to run_dir/metrics.jsonl (rank 0 only; other ranks pass enabled=False)."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+        self._fh = open(path, "a", buffering=1) if enabled else None  # noqa: SIM115 (line-buffered, lives with the run)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fh is not None:
+            self._fh.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self.flush()
+            self._fh.close()
+            self._fh = None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl (a torn last line from a crash is ignored)."""
+    out = []
+    with open(path) as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def train_losses(path: str | Path) -> dict[int, float]:
+    """step -> loss from a metrics.jsonl, the last line for each step winning (resumes re-log)."""
+    return {r["step"]: r["loss"] for r in read_metrics(path) if "loss" in r and "event" not in r}
+
+
+class WandbLogger:
+    """wandb with the same run id across resumes (id kept in run_dir/wandb_id.txt); rank 0 only."""
+
+    def __init__(
+        self,
+        mode: str,
+        project: str,
+        name: str,
+        run_dir: Path,
+        config: dict[str, Any],
+        enabled: bool,
+    ) -> None:
+        self.run = None
+        self._samples: list[list[Any]] = []
+        if not enabled or mode == "disabled":
+            return
+        try:
+            import wandb
+        except ImportError:
+            from gpt2repro.errors import UserError
+
+            raise UserError(
+                f"log.wandb_mode={mode} needs wandb: pip install 'gpt2repro[wandb]' "
+                "(or set --log.wandb_mode=disabled)"
+            ) from None
+        id_file = run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        if not id_file.exists():
+            id_file.write_text(run_id + "\n")
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            dir=str(run_dir),
+            config=config,
+        )
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.run is None:
+            return
+        data = {k: v for k, v in record.items() if k not in ("step", "event") and v is not None}
+        self.run.log(data, step=int(record["step"]))
+
+    def log_sample(self, step: int, text: str) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        self._samples.append([step, text])
+        self.run.log(
+            {"samples": wandb.Table(columns=["step", "text"], data=self._samples)}, step=step
+        )
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+
+def git_sha(repo: Path | None = None) -> str:
+    """HEAD of the source tree (with "-dirty" when it has uncommitted changes), or "unknown"."""
+    import subprocess
+
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def run_header(
+    cfg: Any, info: Any, argv: list[str], grad_accum: int, n_params: int
+) -> dict[str, Any]:
+    """What reproduces a run: versions, GPUs, world size, git SHA, argv, batch math, config."""
+    import platform
+
+    import numpy as np
+    import tiktoken
+
+    from gpt2repro.config import to_dict, to_toml
+
+    t = cfg.train
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
+    record = {
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "tiktoken": tiktoken.__version__,
+        },
+        "gpus": gpus,
+        "device": str(info.device),
+        "world_size": info.world_size,
+        "git_sha": git_sha(),
+        "argv": list(argv),
+        "n_params": n_params,
+        "grad_accum": grad_accum,
+        "config": to_dict(cfg),
+    }
+    batch = (
+        f"batch: {t.total_batch_tokens:,} tokens/step = {t.micro_batch_size} seqs x {t.seq_len} tokens"
+        f" x {info.world_size} processes x {grad_accum} accumulation steps"
+    )
+    text = "\n".join(
+        [
+            f"gpt2repro | git {record['git_sha']} | torch {torch.__version__} | python {platform.python_version()}",
+            f"devices: {info.world_size} x {info.device.type}"
+            + (f" ({gpus[0]}, {len(gpus)} visible)" if gpus else ""),
+            f"model: {n_params:,} parameters, {cfg.model.n_layer} layers, {cfg.model.n_head} heads, width {cfg.model.n_embd}",
+            batch,
+            f"steps: {t.max_steps:,} ({t.max_steps * t.total_batch_tokens:,} tokens)",
+            "config:",
+            "  " + to_toml(cfg).strip().replace("\n", "\n  "),
+        ]
+    )
+    return {"record": record, "text": text}

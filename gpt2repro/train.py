@@ -1,0 +1,507 @@
+"""Training: setup -> loop -> teardown, one code path for CPU, one GPU, DDP/FSDP and multi-node.
+
+    python train.py --config configs/shakespeare.toml
+    torchrun --standalone --nproc_per_node=8 train.py --config configs/gpt2_124m.toml
+
+Step semantics: `step` counts completed optimizer steps. Evaluation, checkpoints and logs at
+"step s" happen after the s-th update (and evaluation also at step 0 of a fresh run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt2repro import checkpoint, dist
+from gpt2repro.config import Config, help_text, load_config, to_dict
+from gpt2repro.errors import UserError, run_cli
+from gpt2repro.metrics import (
+    MetricsLog,
+    WandbLogger,
+    console_line,
+    flops_per_token,
+    mfu,
+    peak_flops,
+    run_header,
+)
+from gpt2repro.model import GPT
+from gpt2repro.optim import build_optimizer, lr_at
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run stopped early on a signal; rerun to resume
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python train.py` / `torchrun ... train.py`; returns the exit status."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        print(help_text("train.py"))
+        return 0
+    cfg, rest = load_config(argv)
+    if rest:
+        raise UserError(
+            f"unknown argument {rest[0]!r}: options look like --section.key=value (see --help)"
+        )
+    info = dist.setup(cfg.train.device, cfg.dist.backend)
+    ok = False
+    try:
+        status = train(cfg, info)
+        ok = True
+        return status
+    finally:
+        dist.teardown(clean=ok)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Preemption:
+    """SIGTERM/SIGINT set a flag; the loop finishes the step, checkpoints and exits."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C aborts at once
+        self.signal = signum
+
+
+def _fault_hook(step: int, rank: int) -> None:
+    """Test hook: GPT2REPRO_FAULT="sigkill:N" or "sigterm:N" (optionally ":rank=R") signals this
+    process after step N completed (after any checkpoint at N). Used by the resume tests."""
+    spec = os.environ.get("GPT2REPRO_FAULT")
+    if not spec:
+        return
+    parts = spec.split(":")
+    kind, at = parts[0], int(parts[1])
+    only_rank = int(parts[2].split("=")[1]) if len(parts) > 2 else None
+    if step == at and (only_rank is None or only_rank == rank):
+        sig = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM}[kind]
+        os.kill(os.getpid(), sig)
+
+
+def _on_main(info: dist.DistInfo, check: Any) -> None:
+    """Run a check on rank 0 and raise its UserError on every rank (no rank is left waiting)."""
+    message = None
+    if info.is_main:
+        try:
+            check()
+        except UserError as e:
+            message = str(e)
+    message = dist.broadcast_object(message)
+    if message is not None:
+        raise UserError(message)
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(
+            f"run directory {run_dir} is not writable ({e.strerror}); set --run.dir to a writable path"
+        ) from None
+
+
+def _check_model_matches(ckpt: Path, state: dict[str, Any], cfg: Config) -> None:
+    saved = state["config"]["model"]
+    now = to_dict(cfg)["model"]
+    diff = [f"{k}={saved.get(k)} (config: {now[k]})" for k in now if saved.get(k) != now[k]]
+    if diff:
+        raise UserError(
+            f"checkpoint {ckpt} is for another model shape: {', '.join(diff)}; use the same "
+            "[model] config, a new --run.dir, or --checkpoint.resume=never"
+        )
+
+
+def _resume_point(cfg: Config, run_dir: Path) -> Path | None:
+    mode = cfg.checkpoint.resume
+    if mode == "never":
+        return None
+    if mode == "auto":
+        return checkpoint.find_latest(run_dir)
+    return checkpoint.resolve(mode)
+
+
+def _grad_sync(
+    model: torch.nn.Module,
+    raw_model: torch.nn.Module,
+    strategy: str,
+    info: dist.DistInfo,
+    sync: bool,
+) -> contextlib.AbstractContextManager:
+    """Skip the gradient all-reduce on all but the last micro-step (DDP no_sync / FSDP2 flag)."""
+    if not info.distributed:
+        return contextlib.nullcontext()
+    if strategy == "fsdp":
+        raw_model.set_requires_gradient_sync(sync)  # type: ignore[operator]
+        return contextlib.nullcontext()
+    return contextlib.nullcontext() if sync else model.no_sync()  # type: ignore[operator]
+
+
+def _full_norm(norm: torch.Tensor) -> torch.Tensor:
+    """clip_grad_norm_ returns a DTensor under FSDP2; make it a plain (replicated) tensor."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train(cfg: Config, info: dist.DistInfo) -> int:
+    """Train per `cfg` on this process's share of the work; returns the exit status."""
+    from gpt2repro import data, evaluate  # the data and evaluation modules
+
+    t, m, o, e, ck, lg = cfg.train, cfg.model, cfg.optim, cfg.eval, cfg.checkpoint, cfg.log
+    run_dir = Path(cfg.run.dir)
+    device = info.device
+
+    # ---- checks before anything expensive (STYLE principle 9)
+    tokens_per_micro = t.micro_batch_size * t.seq_len * info.world_size
+    if t.total_batch_tokens % tokens_per_micro != 0:
+        raise UserError(
+            f"train.total_batch_tokens={t.total_batch_tokens} is not a multiple of micro_batch_size x "
+            f"seq_len x world_size = {t.micro_batch_size} x {t.seq_len} x {info.world_size} = "
+            f"{tokens_per_micro}; change train.total_batch_tokens or train.micro_batch_size"
+        )
+    grad_accum = t.total_batch_tokens // tokens_per_micro
+    data.shard_paths(cfg.data.dir, "train")
+    val_tokens = None
+    if e.every > 0:
+        val_tokens = data.load_tokens(cfg.data.dir, "val", e.val_tokens + 1)
+    hellaswag = None
+    if e.hellaswag_every > 0:
+        if not e.hellaswag_file or not Path(e.hellaswag_file).is_file():
+            raise UserError(
+                f"eval.hellaswag_file={e.hellaswag_file!r} does not exist; run "
+                "`python data_prep/hellaswag.py` or set --eval.hellaswag_every=0"
+            )
+        hellaswag = evaluate.load_hellaswag(e.hellaswag_file, limit=e.hellaswag_limit)
+    _on_main(info, lambda: _check_run_dir(run_dir))
+    dist.barrier()
+    done_marker = run_dir / "DONE"
+    ckpt = _resume_point(cfg, run_dir)
+    state: dict[str, Any] | None = None
+    if ckpt is not None:
+        state = checkpoint.read_state(ckpt)
+        _check_model_matches(ckpt, state, cfg)
+        if state["step"] >= t.max_steps and done_marker.exists():
+            if info.is_main:
+                print(f"run already complete ({state['step']} steps, {done_marker}); nothing to do")
+            return 0
+
+    # ---- precision and speed switches
+    use_cuda = device.type == "cuda"
+    autocast_dtype: torch.dtype | None = None
+    if t.dtype == "bfloat16" or (t.dtype == "auto" and use_cuda):
+        autocast_dtype = torch.bfloat16
+    if use_cuda:
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
+    use_compile = t.compile if t.compile is not None else use_cuda
+    autocast = (
+        (lambda: torch.autocast(device_type=device.type, dtype=autocast_dtype))
+        if autocast_dtype is not None
+        else contextlib.nullcontext
+    )
+
+    # ---- model, optimizer, data
+    torch.manual_seed(t.seed)
+    raw_model = GPT(m).to(device)
+    n_params = raw_model.num_params(exclude_padding=False)
+    raw_model.activation_checkpointing = t.activation_checkpointing
+    dist.shard(raw_model, info, cfg.dist.strategy)  # FSDP2 in place, before the optimizer
+    optimizer = build_optimizer(raw_model, o, device.type)
+    # A NaN/Inf grad norm skips the update without a host sync when the fused kernel can take
+    # a device-side flag; elsewhere (CPU, FSDP) the check syncs, which costs nothing on CPU.
+    async_guard = bool(optimizer.defaults.get("fused")) and cfg.dist.strategy != "fsdp"
+    train_loader = data.TokenLoader(
+        cfg.data.dir,
+        "train",
+        t.micro_batch_size,
+        t.seq_len,
+        info.rank,
+        info.world_size,
+        t.seed,
+        device,
+    )
+    step, tokens_seen, skipped = 0, 0, 0
+    loss_history: deque[float] = deque(maxlen=max(1, cfg.guard.spike_window))
+    if ckpt is not None and state is not None:
+        checkpoint.verify(ckpt, state)
+        checkpoint.load_into(raw_model, optimizer, ckpt)
+        step, tokens_seen, skipped = state["step"], state["tokens"], state.get("skipped", 0)
+        loss_history.extend(state.get("loss_history", []))
+        ranks = state["ranks"]
+        if len(ranks) == info.world_size:
+            train_loader.load_state_dict(ranks[info.rank]["loader"])
+            checkpoint.set_rng_state(ranks[info.rank]["rng"])
+        else:
+            raise UserError(
+                f"checkpoint {ckpt} was written by {len(ranks)} processes and this run has "
+                f"{info.world_size}; resume with {len(ranks)} processes (the data order depends on it) "
+                "or start a new --run.dir"
+            )
+    model = dist.wrap(raw_model, info, cfg.dist.strategy, use_compile)
+
+    # ---- reporting
+    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=info.is_main)
+    name = cfg.run.name or run_dir.name
+    wandb = WandbLogger(
+        lg.wandb_mode,
+        lg.wandb_project,
+        lg.wandb_run_name or name,
+        run_dir,
+        to_dict(cfg),
+        info.is_main,
+    )
+    fpt = flops_per_token(n_params, m.n_layer, m.n_embd, t.seq_len)
+    peak = peak_flops(device)
+    header = run_header(cfg, info, sys.argv, grad_accum, n_params)
+    if info.is_main:
+        print(header["text"], flush=True)
+        metrics.write(
+            {
+                "event": "start" if ckpt is None else "resume",
+                "step": step,
+                "tokens": tokens_seen,
+                **header["record"],
+            }
+        )
+        if ckpt is not None:
+            print(f"resumed from {ckpt} at step {step} ({tokens_seen:,} tokens)", flush=True)
+        done_marker.unlink(missing_ok=True)
+    preempt = _Preemption()
+    preempt.install()
+
+    def evaluate_now(at_step: int, do_val: bool, do_hs: bool) -> None:
+        rec: dict[str, Any] = {"step": at_step, "tokens": tokens_seen}
+        if do_val and val_tokens is not None:
+            rec["val_loss"] = evaluate.validation_loss(
+                raw_model,
+                val_tokens,
+                t.seq_len,
+                t.micro_batch_size,
+                device,
+                autocast_dtype,
+                info.rank,
+                info.world_size,
+            )
+        if do_hs and hellaswag is not None:
+            res = evaluate.score_hellaswag(
+                raw_model,
+                hellaswag,
+                device,
+                autocast_dtype,
+                info.rank,
+                info.world_size,
+                e.batch_examples,
+            )
+            rec.update(
+                hellaswag_acc=res["acc"],
+                hellaswag_acc_norm=res["acc_norm"],
+                hellaswag_acc_norm_char=res["acc_norm_char"],
+            )
+        if len(rec) > 2 and info.is_main:
+            shown = " | ".join(
+                f"{k} {v:.4f}" for k, v in rec.items() if k not in ("step", "tokens")
+            )
+            print(f"eval step {at_step:>6} | {shown}", flush=True)
+            metrics.write(rec)
+            wandb.log(rec)
+
+    def sample_now(at_step: int) -> None:
+        from gpt2repro.tokenizer import get_encoding
+
+        enc = get_encoding()
+        prompt = torch.tensor([enc.encode_ordinary(lg.sample_prompt)], device=device)
+        gen = torch.Generator(device=device).manual_seed(t.seed + at_step)
+        n = min(lg.sample_tokens, m.block_size - prompt.size(1))
+        with autocast():
+            out = raw_model.generate(prompt, n, temperature=1.0, top_k=50, generator=gen)
+        text = enc.decode(out[0].tolist())
+        if info.is_main:
+            print(f"sample step {at_step}: {text!r}", flush=True)
+            metrics.write({"step": at_step, "tokens": tokens_seen, "sample": text})
+            wandb.log_sample(at_step, text)
+
+    def save_now(at_step: int) -> Path:
+        ckpt_state = {
+            "tokens": tokens_seen,
+            "skipped": skipped,
+            "loss_history": list(loss_history),
+            "config": to_dict(cfg),
+            "git_sha": header["record"]["git_sha"],
+        }
+        path = checkpoint.save(
+            run_dir,
+            at_step,
+            raw_model,
+            optimizer,
+            ckpt_state,
+            train_loader.state_dict(),
+            ck.keep_last,
+            info.is_main,
+        )
+        if info.is_main:
+            print(f"checkpoint: {path}", flush=True)
+        return path
+
+    # ---- the loop
+    if step == 0 and (val_tokens is not None or hellaswag is not None):
+        evaluate_now(0, True, True)
+    t_last, step_last = time.perf_counter(), step
+    skipped_dev = torch.zeros((), device=device)  # async-guard skips, read at log points
+    last_saved = step if ckpt is not None else -1
+    while step < t.max_steps:
+        lr = lr_at(step, t.max_steps, o)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss_accum = torch.zeros((), device=device)
+        for micro in range(grad_accum):
+            x, y = train_loader.next_batch()  # [B, T] each
+            with _grad_sync(model, raw_model, cfg.dist.strategy, info, micro == grad_accum - 1):
+                with autocast():
+                    _, loss = model(x, y)
+                loss = loss / grad_accum  # mean over the whole global batch after DDP's average
+                loss_accum += loss.detach()
+                loss.backward()
+        clip = o.grad_clip if o.grad_clip > 0 else math.inf
+        norm = _full_norm(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip))
+        bad = ~torch.isfinite(norm)
+        if cfg.guard.spike_zscore > 0:
+            # Needs the global loss on the host: one sync per step when this guard is on.
+            global_loss = dist.all_reduce_mean(loss_accum.clone()).item()
+            spike = _is_spike(global_loss, loss_history, cfg.guard.spike_zscore)
+            if not spike and math.isfinite(global_loss):
+                loss_history.append(global_loss)
+            bad = bad | torch.tensor(spike, device=device)
+        if async_guard:
+            optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
+            optimizer.step()
+            skipped_dev += bad.float()
+        elif bool(bad.item()):
+            skipped += 1
+            if info.is_main:
+                print(
+                    f"step {step + 1}: non-finite loss/grad norm or loss spike; update skipped",
+                    flush=True,
+                )
+            _check_guard(cfg, skipped, step + 1)
+        else:
+            optimizer.step()
+        step += 1
+        tokens_seen += t.total_batch_tokens
+
+        stop = dist.any_rank(preempt.signal is not None)
+        last = step == t.max_steps
+        if step % lg.every == 0 or last or stop:
+            loss_val = dist.all_reduce_mean(loss_accum.clone()).item()
+            if async_guard:
+                skipped += int(skipped_dev.item())
+                skipped_dev.zero_()
+                _check_guard(cfg, skipped, step)
+            if use_cuda:
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            dt = (now - t_last) / max(1, step - step_last)
+            tok_s = t.total_batch_tokens / dt
+            rec = {
+                "step": step,
+                "loss": loss_val,
+                "lr": lr,
+                "grad_norm": float(norm.item()),
+                "tokens": tokens_seen,
+                "tok_per_s": tok_s,
+                "mfu": mfu(fpt, tok_s, peak, info.world_size),
+                "step_ms": 1000 * dt,
+                "skipped": skipped,
+            }
+            mem = torch.cuda.max_memory_allocated(device) / 2**30 if use_cuda else None
+            if info.is_main:
+                print(console_line(rec, t.max_steps, dt * (t.max_steps - step), mem), flush=True)
+                metrics.write(rec)
+                wandb.log(rec)
+            t_last, step_last = time.perf_counter(), step
+        timed_out = False
+        do_val = val_tokens is not None and (step % e.every == 0 or last)
+        do_hs = hellaswag is not None and (step % e.hellaswag_every == 0 or last)
+        if do_val or do_hs:
+            evaluate_now(step, do_val, do_hs)
+            timed_out = True
+        if lg.sample_every > 0 and (step % lg.sample_every == 0 or last):
+            sample_now(step)
+            timed_out = True
+        if (ck.every > 0 and step % ck.every == 0) or last or stop:
+            save_now(step)
+            last_saved = step
+            timed_out = True
+        if timed_out:
+            t_last, step_last = time.perf_counter(), step
+        _fault_hook(step, info.rank)
+        if stop:
+            if info.is_main:
+                name_ = signal.Signals(preempt.signal).name if preempt.signal else "signal"
+                print(
+                    f"preempted by {name_} at step {step}: checkpoint saved to "
+                    f"{run_dir / 'ckpt' / checkpoint.step_dir_name(step)}; rerun the same command to resume",
+                    flush=True,
+                )
+                metrics.write({"event": "preempted", "step": step, "tokens": tokens_seen})
+                metrics.close()
+            wandb.finish()
+            return EXIT_PREEMPTED
+
+    # ---- teardown
+    if last_saved != step:
+        save_now(step)
+    if info.is_main:
+        done_marker.write_text(json.dumps({"step": step, "tokens": tokens_seen}) + "\n")
+        metrics.write({"event": "done", "step": step, "tokens": tokens_seen})
+        metrics.close()
+        print(f"done: {step} steps, {tokens_seen:,} tokens; run directory {run_dir}", flush=True)
+    wandb.finish()
+    return 0
+
+
+def _is_spike(loss: float, history: deque[float], z: float) -> bool:
+    """loss is more than z standard deviations above the running mean (needs 10+ samples)."""
+    if not math.isfinite(loss):
+        return True
+    if len(history) < 10:
+        return False
+    mean = sum(history) / len(history)
+    var = sum((h - mean) ** 2 for h in history) / len(history)
+    return loss > mean + z * math.sqrt(var)
+
+
+def _check_guard(cfg: Config, skipped: int, step: int) -> None:
+    if skipped and cfg.guard.nonfinite == "stop":
+        raise UserError(
+            f"step {step}: non-finite loss or gradient norm and guard.nonfinite=stop; lower optim.lr, "
+            "check the data, or set --guard.nonfinite=skip"
+        )
+    if skipped >= cfg.guard.max_skipped:
+        raise UserError(
+            f"step {step}: {skipped} updates skipped (guard.max_skipped={cfg.guard.max_skipped}); the run "
+            "is diverging: lower optim.lr or resume from an earlier checkpoint"
+        )
