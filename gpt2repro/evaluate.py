@@ -1,0 +1,638 @@
+"""Validation loss and HellaSwag: fixed, collective-safe evaluation, plus its CLI.
+
+Both evaluations are deterministic (same tokens, same examples, same order on every call) and
+collective: the work is split across ranks, every rank runs the same number of forward passes
+(padding with zero-weight batches, so FSDP's per-forward all-gathers never deadlock), and the
+partial sums are all-reduced so every rank returns the same numbers.
+
+HellaSwag follows the reference method (llm.c / build-nanogpt `hellaswag.py`): context tokens,
+then the tokens of `" " + ending`; cross-entropy over the ending tokens only. `acc` = argmin of the
+summed loss, `acc_norm` = argmin of the per-token mean loss, `acc_norm_char` = argmin of the summed
+loss divided by the ending's character length (lm-evaluation-harness's normalization).
+
+Batching: many examples (4 rows each) per forward pass; rows are right-padded to a bucketed length
+(a multiple of `bucket`, capped at block_size) and the batch dimension is padded to a fixed size,
+so a compiled model sees only a handful of distinct shapes.
+
+CLI:
+    python -m gpt2repro.evaluate --hf gpt2 --hellaswag
+    python -m gpt2repro.evaluate --checkpoint runs/gpt2_124m --val-data data/edu_fineweb10B \\
+        --val-tokens 10485760 --hellaswag --json eval.json
+    torchrun --nproc_per_node=8 -m gpt2repro.evaluate --hf gpt2 --hellaswag
+    python -m gpt2repro.evaluate --bench            # batched vs one-example-at-a-time, tiny model
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt2repro import dist
+from gpt2repro.errors import UserError, run_cli
+
+DEFAULT_HELLASWAG = "data/hellaswag/hellaswag_val.jsonl"
+N_ENDINGS = 4
+
+# Published HellaSwag figures (docs: REFERENCE.md). name -> (acc, acc_norm, acc_norm_char);
+# None where the source gives no number for that column.
+PUBLISHED: list[tuple[str, float | None, float | None, float | None]] = [
+    ("GPT-2 124M (OpenAI, reference script)", 0.2859, 0.2955, None),
+    ("GPT-2 124M (OpenAI)", None, 0.2945, 0.3114),
+    ("GPT-2 350M (OpenAI)", None, 0.3752, None),
+    ("GPT-2 774M (OpenAI)", None, 0.4320, None),
+    ("GPT-2 1558M (OpenAI)", None, 0.4889, 0.5089),
+    ("GPT-3 125M (paper)", None, 0.337, None),
+    ("GPT-3 350M (paper)", None, 0.436, None),
+    ("GPT-3 760M (paper)", None, 0.510, None),
+    ("GPT-3 1.3B (paper)", None, 0.547, None),
+]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """model.eval() and no_grad inside; the caller's training mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- validation loss
+
+
+def validation_loss(
+    model: nn.Module,
+    tokens: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> float:
+    """Mean next-token cross-entropy (nats/token) over consecutive windows of `tokens`.
+
+    Window i (0 <= i < (len(tokens)-1)//seq_len) has inputs tokens[i*T:(i+1)*T] and targets shifted
+    by one; it is scored on rank i % world_size. Every rank runs the same number of [batch_size, T]
+    forward passes (the last ones padded with ignored targets); the loss sum and token count are
+    all-reduced, so all ranks return the same value, identical on every call.
+    """
+    T = seq_len
+    n_windows = (len(tokens) - 1) // T
+    if n_windows < 1:
+        raise UserError(
+            f"validation needs at least seq_len + 1 = {T + 1} tokens, got {len(tokens)}; "
+            "raise eval.val_tokens or lower the sequence length"
+        )
+    mine = list(range(rank, n_windows, world_size))
+    per_rank = math.ceil(n_windows / world_size)  # the largest share: every rank loops this often
+    n_batches = math.ceil(per_rank / batch_size)
+    acc_dtype = _acc_dtype(device)
+    total = torch.zeros(2, dtype=acc_dtype, device=device)  # [sum of losses, token count]
+    with _eval_mode(model):
+        for b in range(n_batches):
+            idx = mine[b * batch_size : (b + 1) * batch_size]
+            x = np.zeros((batch_size, T), dtype=np.int64)  # fixed [B, T]: no recompiles
+            y = np.full((batch_size, T), -1, dtype=np.int64)  # -1 = ignored (padding rows)
+            for row, i in enumerate(idx):
+                x[row] = tokens[i * T : (i + 1) * T]
+                y[row] = tokens[i * T + 1 : (i + 1) * T + 1]
+            xt = torch.from_numpy(x).to(device, non_blocking=True)
+            yt = torch.from_numpy(y).to(device, non_blocking=True)
+            with _autocast(device, autocast_dtype):
+                _, loss = model(xt, yt)  # mean over the non-ignored targets
+            if idx:  # an all-padding batch has a NaN mean (0/0) and adds nothing
+                n = len(idx) * T
+                total[0] += loss.detach().to(acc_dtype) * n
+                total[1] += n
+    dist.all_reduce_sum(total)
+    return float(total[0] / total[1])
+
+
+def load_val_tokens(data_dir: str | Path, val_tokens: int) -> np.ndarray:
+    """The first val_tokens + 1 tokens of the validation shards (the +1 is the last target)."""
+    from gpt2repro import data
+
+    data.shard_paths(data_dir, "val")  # a missing or empty directory: its own clear error
+    try:
+        return data.load_tokens(data_dir, "val", val_tokens + 1)
+    except UserError as e:
+        raise UserError(
+            f"--val-tokens {val_tokens} needs {val_tokens + 1} validation tokens: {e}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- HellaSwag data
+
+
+@dataclass(frozen=True)
+class HellaSwagExample:
+    """One multiple-choice item, text and GPT-2 tokens (ending tokens include the leading space)."""
+
+    ctx: str
+    endings: tuple[str, ...]
+    label: int
+    ctx_tokens: tuple[int, ...]
+    ending_tokens: tuple[tuple[int, ...], ...]
+
+
+def make_example(ctx: str, endings: Sequence[str], label: int) -> HellaSwagExample:
+    """Tokenize like the reference: encode(ctx), encode(" " + ending)."""
+    from gpt2repro.tokenizer import get_encoding
+
+    enc = get_encoding()
+    return HellaSwagExample(
+        ctx=ctx,
+        endings=tuple(endings),
+        label=label,
+        ctx_tokens=tuple(enc.encode_ordinary(ctx)),
+        ending_tokens=tuple(tuple(enc.encode_ordinary(" " + e)) for e in endings),
+    )
+
+
+def _check_row(row: object) -> str | None:
+    """Why a parsed JSON line is not a raw HellaSwag example, or None when it is."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    missing = [k for k in ("ctx", "endings", "label") if k not in row]
+    if missing:
+        return f"missing key(s) {', '.join(missing)} (raw hellaswag schema: ctx, endings, label)"
+    if not isinstance(row["ctx"], str) or not row["ctx"].strip():
+        return "'ctx' must be a non-empty string"
+    ends = row["endings"]
+    if not (isinstance(ends, list) and len(ends) == N_ENDINGS):
+        return f"'endings' must be a list of {N_ENDINGS} strings"
+    if not all(isinstance(e, str) and e.strip() for e in ends):
+        return "'endings' must hold non-empty strings"
+    label = row["label"]
+    if isinstance(label, bool) or not isinstance(label, int):
+        return f"'label' must be an integer 0..{N_ENDINGS - 1}, got {label!r}"
+    if not 0 <= label < N_ENDINGS:
+        return f"'label' {label} is out of range 0..{N_ENDINGS - 1}"
+    return None
+
+
+def load_hellaswag(path: str | Path, limit: int = 0) -> list[HellaSwagExample]:
+    """Read the raw `hellaswag_val.jsonl` schema (ctx, endings, label; other keys ignored).
+
+    Validated: a bad line raises a UserError naming the file and line. `limit` > 0 keeps the first
+    `limit` examples (in file order, so every run scores the same ones).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"HellaSwag file {path} not found; download it with `python data_prep/hellaswag.py` "
+            "or pass --hellaswag FILE"
+        )
+    examples: list[HellaSwagExample] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            problem = _check_row(row)
+            if problem:
+                raise UserError(f"{path}:{lineno}: {problem}")
+            examples.append(make_example(row["ctx"], row["endings"], row["label"]))
+            if 0 < limit <= len(examples):
+                break
+    if not examples:
+        raise UserError(f"HellaSwag file {path} holds no examples")
+    return examples
+
+
+def example_rows(ex: HellaSwagExample, block_size: int) -> list[tuple[list[int], int]]:
+    """The 4 scored sequences as (tokens, n_context) after left-truncating the context.
+
+    A sequence ctx + ending is fed as tokens[:-1] and predicts tokens[1:], so it fits when
+    len(ctx) + len(ending) - 1 <= block_size. When the longest ending would not fit, the context is
+    cut from the left (keeping its end, which the ending continues) by the same amount for all four
+    endings, so they are scored on the same context.
+    """
+    longest = max(len(e) for e in ex.ending_tokens)
+    keep = min(len(ex.ctx_tokens), block_size + 1 - longest)
+    if keep < 1:
+        raise UserError(
+            f"a HellaSwag ending has {longest} tokens, too long for block_size {block_size}"
+        )
+    ctx = list(ex.ctx_tokens[len(ex.ctx_tokens) - keep :])
+    return [(ctx + list(e), len(ctx)) for e in ex.ending_tokens]
+
+
+# --------------------------------------------------------------------------- HellaSwag scoring
+
+
+def _block_size(model: nn.Module) -> int:
+    """block_size of a GPT, through DDP (.module) and torch.compile (._orig_mod) wrappers."""
+    m = model
+    for _ in range(4):
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "block_size"):
+            return int(cfg.block_size)
+        m = getattr(m, "module", None) or getattr(m, "_orig_mod", None)
+        if m is None:
+            break
+    raise ValueError("cannot find config.block_size on the model (or its .module/._orig_mod)")
+
+
+def _bucket_len(n: int, bucket: int, block_size: int) -> int:
+    return min(block_size, math.ceil(n / bucket) * bucket)
+
+
+def hellaswag_losses(
+    model: nn.Module,
+    examples: Sequence[HellaSwagExample],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    batch_examples: int = 16,
+    bucket: int = 64,
+    n_batches: int | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed ending loss and ending token count per example and ending: two [N, 4] arrays.
+
+    Local only (no collectives). Examples are sorted by length so each batch pads little; each
+    forward pass is [4 * batch_examples, L] with L a multiple of `bucket` (capped at block_size).
+    `n_batches` (>= the batches needed) adds empty forward passes so ranks stay in step.
+    """
+    block_size = _block_size(model)
+    rows_per_batch = N_ENDINGS * batch_examples
+    all_rows = [example_rows(ex, block_size) for ex in examples]
+    order = sorted(range(len(examples)), key=lambda i: max(len(t) for t, _ in all_rows[i]))
+    needed = math.ceil(len(examples) / batch_examples)
+    n_batches = needed if n_batches is None else n_batches
+    assert n_batches >= needed, (n_batches, needed)
+    sums = np.zeros((len(examples), N_ENDINGS), dtype=np.float64)
+    counts = np.zeros((len(examples), N_ENDINGS), dtype=np.int64)
+    bar = _progress(n_batches, "hellaswag") if progress else None
+    with _eval_mode(model):
+        for b in range(n_batches):
+            chunk = order[b * batch_examples : (b + 1) * batch_examples]
+            longest = max((len(t) - 1 for i in chunk for t, _ in all_rows[i]), default=1)
+            L = _bucket_len(longest, bucket, block_size)
+            x = torch.zeros((rows_per_batch, L), dtype=torch.long)  # [4*E, L], 0 = padding
+            y = torch.full((rows_per_batch, L), -1, dtype=torch.long)  # -1 = not scored
+            for j, i in enumerate(chunk):
+                for k, (toks, n_ctx) in enumerate(all_rows[i]):
+                    r = N_ENDINGS * j + k
+                    t = torch.tensor(toks)
+                    x[r, : len(toks) - 1] = t[:-1]
+                    # position p predicts token p+1: the first ending token at p = n_ctx - 1
+                    y[r, n_ctx - 1 : len(toks) - 1] = t[n_ctx:]
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, autocast_dtype):
+                logits, _ = model(x)  # [4*E, L, vocab]
+            # Only the ending positions (~15% of the batch) go through float + cross-entropy.
+            scored = y != -1  # [4*E, L]
+            tok_loss = F.cross_entropy(logits[scored].float(), y[scored], reduction="none")
+            row_of = scored.nonzero()[:, 0]  # [n_scored] row of each scored position
+            row_sum = torch.zeros(rows_per_batch, dtype=_acc_dtype(device), device=device)
+            row_sum.index_add_(0, row_of, tok_loss.to(row_sum.dtype))
+            row_sum = row_sum.cpu().numpy()
+            row_cnt = scored.sum(dim=1).cpu().numpy()
+            for j, i in enumerate(chunk):
+                sums[i] = row_sum[N_ENDINGS * j : N_ENDINGS * (j + 1)]
+                counts[i] = row_cnt[N_ENDINGS * j : N_ENDINGS * (j + 1)]
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return sums, counts
+
+
+def reference_losses(
+    model: nn.Module,
+    example: HellaSwagExample,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The plainest scorer, for tests: one unpadded forward pass per ending; ([4] sums, [4] counts)."""
+    sums = np.zeros(N_ENDINGS, dtype=np.float64)
+    counts = np.zeros(N_ENDINGS, dtype=np.int64)
+    with _eval_mode(model):
+        for k, (toks, n_ctx) in enumerate(example_rows(example, _block_size(model))):
+            t = torch.tensor(toks, device=device)[None]  # [1, n]
+            with _autocast(device, autocast_dtype):
+                logits, _ = model(t[:, :-1])  # [1, n-1, vocab]
+            logp = F.log_softmax(logits[0].float(), dim=-1)
+            targets = t[0, n_ctx:]  # the ending tokens
+            picked = logp[n_ctx - 1 :].gather(1, targets[:, None])
+            sums[k] = float(-picked.sum())
+            counts[k] = len(targets)
+    return sums, counts
+
+
+def predictions(
+    examples: Sequence[HellaSwagExample], sums: np.ndarray, counts: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Predicted ending per example under each normalization (ties go to the lowest index)."""
+    chars = np.array([[len(e) for e in ex.endings] for ex in examples], dtype=np.float64)
+    chars = chars.reshape(len(examples), N_ENDINGS)
+    return {
+        "acc": np.argmin(sums, axis=1),
+        "acc_norm": np.argmin(sums / np.maximum(counts, 1), axis=1),
+        "acc_norm_char": np.argmin(sums / chars, axis=1),
+    }
+
+
+def score_hellaswag(
+    model: nn.Module,
+    examples: Sequence[HellaSwagExample],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_examples: int = 16,
+    bucket: int = 64,
+    progress: bool = False,
+) -> dict:
+    """HellaSwag accuracy: {"n", "acc", "acc_norm", "acc_norm_char"} over all ranks' examples.
+
+    Example i is scored on rank i % world_size; every rank runs the same number of forward
+    passes; correct counts are all-reduced, so every rank returns the same dict.
+    """
+    mine = [examples[i] for i in range(rank, len(examples), world_size)]
+    per_rank = math.ceil(len(examples) / world_size)
+    n_batches = math.ceil(per_rank / batch_examples)
+    sums, counts = hellaswag_losses(
+        model, mine, device, autocast_dtype, batch_examples, bucket, n_batches, progress
+    )
+    labels = np.array([ex.label for ex in mine], dtype=np.int64)
+    preds = predictions(mine, sums, counts)
+    keys = ("acc", "acc_norm", "acc_norm_char")
+    local = [len(mine)] + [int((preds[k] == labels).sum()) for k in keys]
+    total = dist.all_reduce_sum(torch.tensor(local, dtype=torch.int64, device=device))
+    n, *correct = (int(v) for v in total.cpu())
+    return {"n": n, **{k: c / max(n, 1) for k, c in zip(keys, correct, strict=True)}}
+
+
+def _progress(total: int, desc: str):  # noqa: ANN202 - tqdm or None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def synthetic_examples(n: int, seed: int = 0) -> list[HellaSwagExample]:
+    """n HellaSwag-shaped examples of random words (context ~40-120 tokens, endings ~10-30)."""
+    rng = random.Random(seed)
+    words = [
+        *[
+            "the",
+            "a",
+            "man",
+            "woman",
+            "dog",
+            "ball",
+            "kitchen",
+            "is",
+            "are",
+            "then",
+            "puts",
+            "takes",
+            "runs",
+            "quickly",
+            "slowly",
+        ],
+        *[
+            "into",
+            "onto",
+            "water",
+            "bowl",
+            "table",
+            "camera",
+            "shows",
+            "continues",
+            "begins",
+            "while",
+            "holding",
+            "knife",
+        ],
+    ]
+
+    def text(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+
+    return [
+        make_example(text(40, 120), [text(8, 30) for _ in range(N_ENDINGS)], rng.randrange(4))
+        for _ in range(n)
+    ]
+
+
+def bench_hellaswag(
+    model: nn.Module | None = None,
+    examples: Sequence[HellaSwagExample] | None = None,
+    device: torch.device | None = None,
+    batch_examples: int = 16,
+    n_examples: int = 64,
+) -> dict:
+    """Examples/s batched vs one example at a time (4 rows padded to the longest, like the
+    reference script). Defaults: a tiny random GPT (2 layers, 2 heads, 64 wide) on the CPU."""
+    from gpt2repro.config import ModelConfig
+    from gpt2repro.model import GPT
+
+    device = device or torch.device("cpu")
+    if model is None:
+        torch.manual_seed(0)
+        model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256)).to(device)
+    examples = list(examples) if examples is not None else synthetic_examples(n_examples)
+
+    def timed(**kw: int) -> tuple[float, np.ndarray]:
+        hellaswag_losses(model, examples[:batch_examples], device, **kw)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        sums, _ = hellaswag_losses(model, examples, device, **kw)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return len(examples) / (time.perf_counter() - t0), sums
+
+    batched, s1 = timed(batch_examples=batch_examples, bucket=64)
+    single, s2 = timed(batch_examples=1, bucket=1)
+    return {
+        "n": len(examples),
+        "batch_examples": batch_examples,
+        "batched_ex_per_s": batched,
+        "single_ex_per_s": single,
+        "speedup": batched / single,
+        "max_abs_diff": float(np.abs(s1 - s2).max()),
+    }
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def results_table(label: str, hs: dict) -> str:
+    """Our HellaSwag numbers beside the published GPT-2 / GPT-3 figures."""
+    lines = [
+        f"{'model':<40} {'acc':>7} {'acc_norm':>9} {'char_norm':>9}",
+        f"{label[:40]:<40} {_fmt(hs['acc']):>7} {_fmt(hs['acc_norm']):>9} "
+        f"{_fmt(hs['acc_norm_char']):>9}   (n={hs['n']})",
+        "-" * 68,
+    ]
+    for name, acc, norm, char in PUBLISHED:
+        lines.append(f"{name:<40} {_fmt(acc):>7} {_fmt(norm):>9} {_fmt(char):>9}")
+    lines.append(
+        "acc_norm = per-token mean loss (reference script); char_norm = lm-eval's per-character."
+    )
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: str | Path, obj: dict) -> None:
+    """Write to a temp file in the same directory, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gpt2repro.evaluate",
+        description="Validation loss and HellaSwag for a gpt2repro checkpoint or a HF GPT-2.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="PATH", help="run dir, checkpoint dir or step dir")
+    src.add_argument("--hf", metavar="NAME_OR_DIR", help="HF GPT-2 name (gpt2, ...) or directory")
+    p.add_argument(
+        "--hellaswag",
+        nargs="?",
+        const=DEFAULT_HELLASWAG,
+        metavar="FILE",
+        help=f"score HellaSwag (default file: {DEFAULT_HELLASWAG})",
+    )
+    p.add_argument("--val-data", metavar="DIR", help="directory of *_val_*.bin shards")
+    p.add_argument("--val-tokens", type=int, default=10_485_760, help="validation token budget")
+    p.add_argument("--seq-len", type=int, default=0, help="validation window (0 = block_size)")
+    p.add_argument("--val-batch-size", type=int, default=8, help="validation windows per pass")
+    p.add_argument("--limit", type=int, default=0, help="first N HellaSwag examples (0 = all)")
+    p.add_argument("--batch-examples", type=int, default=16, help="HellaSwag examples per pass")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON (atomically)")
+    p.add_argument("--bench", action="store_true", help="benchmark batched vs unbatched scoring")
+    return p
+
+
+def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    if args.hf:
+        from gpt2repro.hf import load_hf
+
+        model = load_hf(args.hf)
+    else:
+        from gpt2repro.checkpoint import load_model
+
+        model = load_model(args.checkpoint, device="cpu")
+    return model.to(device)
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    for name in ("limit", "val_tokens", "seq_len"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+    for name in ("batch_examples", "val_batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.bench:
+        r = bench_hellaswag(batch_examples=args.batch_examples)
+        print(
+            f"hellaswag scoring, tiny random GPT on cpu ({torch.get_num_threads()} threads), "
+            f"{r['n']} examples: batched ({r['batch_examples']}/pass) "
+            f"{r['batched_ex_per_s']:.1f} ex/s, one at a time {r['single_ex_per_s']:.1f} ex/s, "
+            f"speedup {r['speedup']:.2f}x, max |loss diff| {r['max_abs_diff']:.2e}"
+        )
+        return 0
+    if not (args.checkpoint or args.hf):
+        raise UserError("pass --checkpoint PATH or --hf NAME_OR_DIR (or --bench)")
+    if args.hellaswag is None and args.val_data is None:
+        args.hellaswag = DEFAULT_HELLASWAG  # nothing asked: HellaSwag with the default file
+
+    info = dist.setup(args.device)
+    try:
+        device = info.device
+        # Check inputs before the expensive model load (fail early).
+        examples = load_hellaswag(args.hellaswag, args.limit) if args.hellaswag else None
+        val_tokens = load_val_tokens(args.val_data, args.val_tokens) if args.val_data else None
+        model = _load_model(args, device)
+        block_size = _block_size(model)
+        seq_len = args.seq_len or block_size
+        if seq_len > block_size:
+            raise UserError(f"--seq-len {seq_len} exceeds the model's block_size {block_size}")
+        if args.dtype == "auto":
+            autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+        else:
+            autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+        if args.compile:
+            model = torch.compile(model)
+
+        out: dict = {}
+        label = args.hf or args.checkpoint
+        if val_tokens is not None:
+            out["val_loss"] = validation_loss(
+                model, val_tokens, seq_len, args.val_batch_size, device, autocast_dtype,
+                info.rank, info.world_size,
+            )  # fmt: skip
+            if info.is_main:
+                n = (len(val_tokens) - 1) // seq_len * seq_len
+                print(f"val_loss {out['val_loss']:.4f} ({n:,} tokens, seq_len {seq_len})")
+        if examples is not None:
+            t0 = time.perf_counter()
+            hs = score_hellaswag(
+                model, examples, device, autocast_dtype, info.rank, info.world_size,
+                args.batch_examples, progress=info.is_main,
+            )  # fmt: skip
+            out["hellaswag"] = hs
+            if info.is_main:
+                print(results_table(label, hs))
+                secs = time.perf_counter() - t0
+                print(f"hellaswag: {hs['n']} examples in {secs:.1f} s on {info.world_size} rank(s)")
+        if args.json and info.is_main:
+            write_json_atomic(args.json, out)
+    finally:
+        dist.teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
