@@ -1,0 +1,183 @@
+"""Config: defaults < TOML < CLI, errors that name the key and the fix, the shipped recipes."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gpt2repro.config import (
+    Config,
+    build_config,
+    from_dict,
+    help_text,
+    load_config,
+    to_dict,
+    to_toml,
+)
+from gpt2repro.errors import UserError
+from gpt2repro.model import GPT2_SIZES
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.toml"))
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults():
+    cfg, rest = load_config([])
+    assert cfg == Config() and rest == []
+    assert cfg.optim.lr == 6e-4 and cfg.model.n_layer == 12
+
+
+@pytest.mark.parametrize("form", ["equals", "space"])
+def test_precedence_defaults_toml_cli(tmp_path: Path, form: str):
+    path = write(tmp_path, "[optim]\nlr = 1e-3\nwarmup_steps = 10\n[train]\nseed = 5\n")
+    cli = ["--optim.lr=2e-3"] if form == "equals" else ["--optim.lr", "2e-3"]
+    cfg, rest = load_config(["--config", path, *cli, "--extra"])
+    assert cfg.optim.lr == 2e-3  # CLI beats TOML
+    assert cfg.optim.warmup_steps == 10 and cfg.train.seed == 5  # TOML beats defaults
+    assert cfg.optim.beta2 == 0.95  # default kept
+    assert rest == ["--extra"]  # not ours: handed back
+
+
+def test_cli_coercion():
+    cfg, _ = load_config(
+        [
+            "--train.compile=true",
+            "--optim.fused",
+            "off",
+            "--train.max_steps=1_000",
+            "--eval.every=2e3",
+        ]
+    )
+    assert cfg.train.compile is True and cfg.optim.fused is False
+    assert cfg.train.max_steps == 1000 and cfg.eval.every == 2000
+    cfg, _ = load_config(["--train.compile=auto"])
+    assert cfg.train.compile is None
+
+
+def test_unknown_section_names_closest():
+    with pytest.raises(UserError, match=r"unknown section 'optm'.*did you mean 'optim'"):
+        load_config(["--optm.lr=1e-3"])
+
+
+def test_unknown_key_names_closest(tmp_path: Path):
+    with pytest.raises(UserError, match=r"unknown key 'optim.lrr'.*did you mean 'optim.lr'"):
+        load_config(["--optim.lrr=1e-3"])
+    path = write(tmp_path, "[train]\nmicro_batch = 8\n")
+    with pytest.raises(UserError, match=r"did you mean 'train.micro_batch_size'") as e:
+        load_config(["--config", path])
+    assert path in str(e.value)  # names the file the key came from
+
+
+def test_wrong_type_names_field_and_type(tmp_path: Path):
+    with pytest.raises(UserError, match=r"'train.seed' must be int, got 'abc'"):
+        load_config(["--train.seed=abc"])
+    with pytest.raises(UserError, match=r"'optim.lr' must be float"):
+        load_config(["--config", write(tmp_path, '[optim]\nlr = "fast"\n')])
+    with pytest.raises(UserError, match=r"'train.max_steps' must be int"):
+        load_config(["--train.max_steps=1.5"])
+    with pytest.raises(UserError, match=r"'train.compile' must be bool \(or unset\)"):
+        load_config(["--train.compile=maybe"])
+
+
+def test_every_problem_reported_at_once(tmp_path: Path):
+    path = write(tmp_path, '[optim]\nlr = "x"\n[bogus]\na = 1\n')
+    with pytest.raises(UserError) as e:
+        load_config(["--config", path, "--train.seed=abc", "--model.n_head=5", "--log.every=0"])
+    msg = str(e.value)
+    assert msg.startswith("5 config problems")
+    for part in ["'optim.lr'", "'bogus'", "'train.seed'", "'model.n_embd' (768)", "'log.every'"]:
+        assert part in msg
+
+
+def test_choices_checked():
+    with pytest.raises(UserError, match=r"'optim.schedule' must be one of cosine, linear"):
+        load_config(["--optim.schedule=cosin"])
+
+
+def test_n_embd_divisible_by_n_head():
+    with pytest.raises(
+        UserError, match=r"'model.n_embd' \(100\) must be divisible by 'model.n_head'"
+    ):
+        build_config(overrides=[("model.n_embd", "100"), ("model.n_head", "12")])
+
+
+def test_seq_len_within_block_size():
+    with pytest.raises(UserError, match=r"'train.seq_len' \(2048\) exceeds 'model.block_size'"):
+        load_config(["--train.seq_len=2048"])
+
+
+def test_missing_and_malformed_toml(tmp_path: Path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(["--config", str(tmp_path / "nope.toml")])
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_config(["--config", write(tmp_path, "[optim\nlr = 1\n")])
+    with pytest.raises(UserError, match="--config needs a file path"):
+        load_config(["--config"])
+    with pytest.raises(UserError, match="needs a value"):
+        load_config(["--optim.lr"])
+
+
+def test_help_lists_every_field_with_default():
+    text = help_text()
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
+            shown = "unset" if f.default is None else repr(f.default)
+            line = next(
+                (
+                    ln
+                    for ln in text.splitlines()
+                    if ln.strip().startswith(f"--{section.name}.{f.name} ")
+                ),
+                None,
+            )
+            assert line is not None, f"{section.name}.{f.name} missing from --help"
+            assert f"default {shown}" in line
+
+
+def test_round_trips():
+    cfg, _ = load_config(["--optim.lr=3e-4", "--run.name=x", "--train.compile=false"])
+    assert from_dict(to_dict(cfg)) == cfg
+    assert build_config(tomllib.loads(to_toml(cfg))) == cfg
+
+
+def test_shipped_configs_load():
+    assert len(CONFIGS) >= 5
+    for path in CONFIGS:
+        cfg, rest = load_config(["--config", str(path)])
+        assert rest == []
+        assert cfg.train.seq_len <= cfg.model.block_size
+
+
+SIZES = {"124m": "gpt2", "350m": "gpt2-medium", "774m": "gpt2-large", "1558m": "gpt2-xl"}
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_size_configs_carry_gpt2_dims(size: str):
+    cfg, _ = load_config(["--config", str(REPO / "configs" / f"gpt2_{size}.toml")])
+    m = cfg.model
+    assert (m.n_layer, m.n_head, m.n_embd) == GPT2_SIZES[SIZES[size]]
+    assert (m.block_size, m.vocab_size, m.padded_vocab_size % 64) == (1024, 50257, 0)
+    assert cfg.train.seq_len == 1024
+    assert cfg.optim.warmup_steps == 700 and cfg.optim.weight_decay == 0.1
+    assert cfg.optim.grad_clip == 1.0 and (cfg.optim.beta1, cfg.optim.beta2) == (0.9, 0.95)
+
+
+def test_published_recipes():
+    small, _ = load_config(["--config", str(REPO / "configs" / "gpt2_124m.toml")])
+    assert small.optim.lr == 6e-4 and small.train.total_batch_tokens == 524288
+    assert small.optim.warmup_steps == 700 and small.optim.min_lr == 0.0
+    xl, _ = load_config(["--config", str(REPO / "configs" / "gpt2_1558m.toml")])
+    assert xl.train.total_batch_tokens == 1048576
+    assert xl.optim.lr == 6e-4 and xl.optim.min_lr == 6e-5
+    for size, lr in [("350m", 3e-4), ("774m", 2.5e-4)]:
+        cfg, _ = load_config(["--config", str(REPO / "configs" / f"gpt2_{size}.toml")])
+        assert cfg.optim.lr == lr and cfg.train.total_batch_tokens == 524288
