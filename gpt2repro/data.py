@@ -1,0 +1,359 @@
+"""THE token shard format (read/write) and the resumable, rank-aware token loader.
+
+Shard format (llm.c's, also read by modded-nanogpt; defined here and nowhere else):
+    header: 256 little-endian int32 = [MAGIC 20240520, VERSION 1, n_tokens, 0, ...]  (1024 bytes)
+    body:   n_tokens little-endian uint16 token ids
+build-nanogpt's headerless `.npy` uint16 shards are read too (never written).
+
+Loader layout (see docs/data.md): a shard of n tokens holds (n - 1) // T windows; window k is the
+T + 1 tokens starting at k * T (consecutive windows share one token, so every token but a shard's
+first is a target exactly once per epoch; windows never cross shards). An epoch is one ordered list
+of all windows (train: shard order and window order within each shard permuted from (seed, epoch);
+val: files in sorted order, windows in order). Global batch g is windows [g*W*B, (g+1)*W*B) of
+that list and rank r takes rows [r*B, (r+1)*B), so W ranks with batch B see exactly what 1 rank with
+batch W*B sees. The windows left over at an epoch's end (fewer than W*B) are dropped, the same on
+every rank.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpt2repro.errors import UserError
+
+MAGIC = 20240520
+VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+MAX_TOKEN = 2**16 - 1  # uint16
+SHARD_SUFFIXES = (".bin", ".npy")
+_PREP_HINT = "run data_prep/fineweb.py or data_prep/shakespeare.py to create shards"
+
+
+# --------------------------------------------------------------------------- the format
+
+
+def encode_header(n_tokens: int) -> bytes:
+    """The 1024-byte llm.c header for a shard of `n_tokens` tokens."""
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = MAGIC, VERSION, n_tokens
+    return header.tobytes()
+
+
+def _as_uint16(tokens: np.ndarray, what: str) -> np.ndarray:
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise ValueError(f"{what}: tokens must be 1-D, got shape {tokens.shape}")
+    if tokens.dtype == np.uint16:
+        return tokens.astype("<u2", copy=False)
+    if tokens.size and (tokens.min() < 0 or tokens.max() > MAX_TOKEN):
+        raise ValueError(f"{what}: token ids must fit in uint16 [0, {MAX_TOKEN}]")
+    return tokens.astype("<u2")
+
+
+def shard_sha256(tokens: np.ndarray) -> str:
+    """sha256 of the exact bytes `write_shard` writes for `tokens`."""
+    tokens = _as_uint16(tokens, "shard_sha256")
+    h = hashlib.sha256(encode_header(len(tokens)))
+    h.update(memoryview(np.ascontiguousarray(tokens)).cast("B"))
+    return h.hexdigest()
+
+
+def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
+    """Write `tokens` as an llm.c `.bin` shard; atomic (temp file, fsync, rename)."""
+    path = Path(path)
+    tokens = np.ascontiguousarray(_as_uint16(tokens, str(path)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(encode_header(len(tokens)))
+            f.write(memoryview(tokens).cast("B"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_shard(path: str | os.PathLike) -> np.ndarray:
+    """A validated, read-only uint16 memmap of a shard's tokens (`.bin` llm.c or `.npy`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"shard {path} does not exist; {_PREP_HINT}")
+    if path.suffix == ".npy":
+        return _read_npy(path)
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise UserError(
+            f"shard {path} is {size} bytes, shorter than the {HEADER_BYTES}-byte header "
+            f"(truncated copy?); delete it and re-run the data_prep script that wrote it"
+        )
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    if header[0] != MAGIC:
+        raise UserError(
+            f"shard {path} has magic {int(header[0])}, not {MAGIC}: not an llm.c token shard "
+            f"(build-nanogpt shards end in .npy); re-create it with data_prep/fineweb.py"
+        )
+    if header[1] != VERSION:
+        raise UserError(
+            f"shard {path} has version {int(header[1])}, this reader knows version {VERSION}; "
+            f"re-create it with data_prep/fineweb.py"
+        )
+    n = int(header[2])
+    expected = HEADER_BYTES + 2 * n
+    if n < 0 or size != expected:
+        raise UserError(
+            f"shard {path} is {size} bytes but its header says {n} tokens ({expected} bytes): "
+            f"truncated or corrupt; delete it and re-run the data_prep script that wrote it"
+        )
+    if n == 0:
+        return np.zeros(0, dtype=np.uint16)
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(n,))
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise UserError(
+            f"shard {path} is not a readable .npy file ({e}); delete it and re-create it"
+        ) from None
+    if arr.dtype != np.uint16 or arr.ndim != 1:
+        raise UserError(
+            f"shard {path} holds {arr.dtype} of shape {arr.shape}; expected a 1-D uint16 token "
+            f"array (build-nanogpt format); re-create it with data_prep/fineweb.py"
+        )
+    return arr
+
+
+def shard_paths(data_dir: str | os.PathLike, split: str) -> list[Path]:
+    """The split's shards (`*_{split}_*.bin` and `*_{split}_*.npy`), sorted by name."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise UserError(f"data directory {d} does not exist (data.dir); {_PREP_HINT}")
+    paths = sorted(p for s in SHARD_SUFFIXES for p in d.glob(f"*_{split}_*{s}") if p.is_file())
+    if not paths:
+        raise UserError(
+            f"data directory {d} holds no {split} shards (*_{split}_*.bin or .npy); {_PREP_HINT}"
+        )
+    return paths
+
+
+def load_tokens(data_dir: str | os.PathLike, split: str, n_tokens: int | None) -> np.ndarray:
+    """The first `n_tokens` tokens (None = all) of the split's shards, in order, as uint16."""
+    parts: list[np.ndarray] = []
+    have = 0
+    for path in shard_paths(data_dir, split):
+        if n_tokens is not None and have >= n_tokens:
+            break
+        shard = read_shard(path)
+        take = len(shard) if n_tokens is None else min(len(shard), n_tokens - have)
+        parts.append(np.asarray(shard[:take]))
+        have += take
+    if n_tokens is not None and have < n_tokens:
+        raise UserError(
+            f"{data_dir} holds only {have:,} {split} tokens but {n_tokens:,} were asked for; "
+            f"lower the token budget (e.g. eval.val_tokens={have}) or prepare more data"
+        )
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+class TokenLoader:
+    """Batches of (x, y) int64 [B, T] windows from memory-mapped shards; rank-aware, resumable.
+
+    Every rank must use the same data_dir, split, seq_len, seed and (batch_size * world_size).
+    """
+
+    STATE_VERSION = 1
+
+    def __init__(
+        self,
+        data_dir: str,
+        split: str,
+        batch_size: int,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        shuffle: bool | None = None,
+    ) -> None:
+        if batch_size <= 0 or seq_len <= 0:
+            raise UserError(f"batch size ({batch_size}) and seq_len ({seq_len}) must be positive")
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is outside world size {world_size}")
+        self.data_dir, self.split = str(data_dir), split
+        self.B, self.T = batch_size, seq_len
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.device = torch.device(device)
+        self.shuffle = (split == "train") if shuffle is None else shuffle
+        self.paths = shard_paths(data_dir, split)
+        self.shards = [read_shard(p) for p in self.paths]
+        self.n_windows = [(len(s) - 1) // seq_len if len(s) > 0 else 0 for s in self.shards]
+        for p, s, n in zip(self.paths, self.shards, self.n_windows, strict=True):
+            if n == 0:
+                raise UserError(
+                    f"shard {p} has {len(s)} tokens, shorter than one window of seq_len+1 = "
+                    f"{seq_len + 1}; lower train.seq_len or remove the shard"
+                )
+        self.total_windows = sum(self.n_windows)
+        self.global_batch = batch_size * world_size
+        self.steps_per_epoch = self.total_windows // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"{data_dir} ({split}) holds {self.total_windows} windows of {seq_len + 1} tokens, "
+                f"fewer than one global batch of {self.global_batch} (batch size x world size); "
+                f"lower the batch size or seq_len, or prepare more data"
+            )
+        self._pin = self.device.type == "cuda"
+        self._host: torch.Tensor | None = None  # [B, T+1] int64, pinned on CUDA
+        self._copy_done: torch.cuda.Event | None = None
+        self.reset()
+
+    # -- position ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Back to the first batch of epoch 0."""
+        self.epoch = 0
+        self.step = 0  # global batches consumed in this epoch
+        self._set_epoch(0)
+
+    def _set_epoch(self, epoch: int) -> None:
+        n = len(self.shards)
+        if self.shuffle:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        else:
+            self._order = np.arange(n)
+        counts = [self.n_windows[i] for i in self._order]
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).tolist()  # epoch position -> shard
+        self._perm_cache: dict[int, np.ndarray] = {}
+
+    def _window_perm(self, shard: int) -> np.ndarray | None:
+        if not self.shuffle:
+            return None
+        perm = self._perm_cache.get(shard)
+        if perm is None:
+            if len(self._perm_cache) >= 4:  # positions advance monotonically: keep a few
+                self._perm_cache.pop(next(iter(self._perm_cache)))
+            rng = np.random.default_rng([self.seed, self.epoch, shard])
+            perm = rng.permutation(self.n_windows[shard])
+            self._perm_cache[shard] = perm
+        return perm
+
+    def _window(self, pos: int) -> tuple[int, int]:
+        """Epoch position -> (shard index, token offset of the window)."""
+        j = bisect.bisect_right(self._starts, pos) - 1
+        shard = int(self._order[j])
+        k = pos - self._starts[j]
+        perm = self._window_perm(shard)
+        if perm is not None:
+            k = int(perm[k])
+        return shard, k * self.T
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y): int64 [B, T] on `device`; y[:, t] is the token after x[:, t]."""
+        if self.step >= self.steps_per_epoch:
+            self.epoch += 1
+            self.step = 0
+            self._set_epoch(self.epoch)
+        first = self.step * self.global_batch + self.rank * self.B
+        self.step += 1
+        if not self._pin:
+            host_t = torch.empty((self.B, self.T + 1), dtype=torch.int64)  # callers may keep it
+        else:
+            if self._host is None:
+                self._host = torch.empty((self.B, self.T + 1), dtype=torch.int64, pin_memory=True)
+            elif self._copy_done is not None:
+                self._copy_done.synchronize()  # the previous async copy still reads this buffer
+            host_t = self._host
+        host = host_t.numpy()
+        for row in range(self.B):
+            shard, off = self._window(first + row)
+            host[row] = self.shards[shard][off : off + self.T + 1]
+        if self.device.type == "cpu":
+            buf = host_t
+        else:
+            buf = host_t.to(self.device, non_blocking=self._pin)
+            if self._pin:
+                self._copy_done = torch.cuda.Event()
+                self._copy_done.record()
+        return buf[:, :-1], buf[:, 1:]  # views of one [B, T+1] tensor
+
+    # -- resume -----------------------------------------------------------------------------
+
+    def _fingerprint(self) -> dict:
+        return {
+            "split": self.split,
+            "seq_len": self.T,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "shards": [p.name for p in self.paths],
+            "shard_tokens": [len(s) for s in self.shards],
+        }
+
+    def state_dict(self) -> dict:
+        """JSON-serializable position: the next batch comes from (epoch, window position)."""
+        return {
+            "version": self.STATE_VERSION,
+            "epoch": self.epoch,
+            "position": self.step * self.global_batch,  # windows consumed in this epoch
+            "global_batch": self.global_batch,
+            **self._fingerprint(),
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        """Continue exactly where `state_dict()` was taken (same data and settings required)."""
+        if d.get("version") != self.STATE_VERSION:
+            raise UserError(f"loader state version {d.get('version')} is not {self.STATE_VERSION}")
+        mine = self._fingerprint()
+        for key, value in mine.items():
+            if d.get(key) != value:
+                raise UserError(
+                    f"the checkpoint's data loader state does not match {self.data_dir} "
+                    f"({key}: saved {_short(d.get(key))}, now {_short(value)}); resume with the "
+                    f"same data dir, seq_len and seed, or start a new run"
+                )
+        if d["global_batch"] != self.global_batch or d["position"] % self.global_batch:
+            raise UserError(
+                f"the checkpoint's loader used a global batch of {d['global_batch']} sequences, "
+                f"now {self.global_batch} (batch size x world size); keep them equal to resume"
+            )
+        self.epoch = int(d["epoch"])
+        self._set_epoch(self.epoch)
+        self.step = int(d["position"]) // self.global_batch
+
+
+def _short(value: object) -> str:
+    s = repr(value)
+    return s if len(s) <= 60 else s[:57] + "..."
