@@ -1,0 +1,258 @@
+"""The shard format and the TokenLoader: header round trip and errors, layout, ranks, resume."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpt2repro.data import (
+    HEADER_BYTES,
+    MAGIC,
+    TokenLoader,
+    encode_header,
+    load_tokens,
+    read_shard,
+    shard_paths,
+    shard_sha256,
+    write_shard,
+)
+from gpt2repro.errors import UserError
+
+
+def _shards(tmp: Path, sizes: list[int], split: str = "train", seed: int = 0) -> list[np.ndarray]:
+    """Shards whose token k is a distinct value per position, so windows can be identified."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, n in enumerate(sizes):
+        toks = rng.integers(0, 50257, size=n, dtype=np.uint16)
+        write_shard(tmp / f"t_{split}_{i:06d}.bin", toks)
+        out.append(toks)
+    return out
+
+
+# --------------------------------------------------------------------------- format
+
+
+def test_header_round_trip_and_llmc_layout(tmp_path: Path) -> None:
+    toks = np.array([50256, 15496, 995, 0, 65535], dtype=np.uint16)
+    p = tmp_path / "x_train_000001.bin"
+    write_shard(p, toks)
+    raw = p.read_bytes()
+    # exactly what llm.c's loader reads: 256 int32 LE header, then uint16 LE tokens
+    header = struct.unpack("<256i", raw[:HEADER_BYTES])
+    assert header[:3] == (20240520, 1, 5) and not any(header[3:])
+    assert struct.unpack("<5H", raw[HEADER_BYTES:]) == tuple(int(t) for t in toks)
+    assert len(raw) == HEADER_BYTES + 2 * len(toks)
+    back = read_shard(p)
+    assert back.dtype == np.uint16 and np.array_equal(back, toks)
+    assert shard_sha256(toks) == __import__("hashlib").sha256(raw).hexdigest()
+    assert encode_header(5) == raw[:HEADER_BYTES]
+    assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+
+
+def test_write_shard_rejects_out_of_range(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        write_shard(tmp_path / "a_train_0.bin", np.array([70000]))
+    with pytest.raises(ValueError):
+        write_shard(tmp_path / "a_train_0.bin", np.array([-1]))
+
+
+def _bad_header(tmp_path: Path, ints: list[int], n_body: int) -> Path:
+    header = np.zeros(256, dtype="<i4")
+    header[: len(ints)] = ints
+    p = tmp_path / "bad_train_000001.bin"
+    p.write_bytes(header.tobytes() + b"\0\0" * n_body)
+    return p
+
+
+@pytest.mark.parametrize(
+    "ints,n_body,needle",
+    [
+        ([123, 1, 4], 4, "magic 123"),
+        ([MAGIC, 7, 4], 4, "version 7"),
+        ([MAGIC, 1, 10], 4, "header says 10 tokens"),  # truncated
+        ([MAGIC, 1, 2], 4, "header says 2 tokens"),  # trailing garbage
+    ],
+)
+def test_header_errors_name_file_and_fix(
+    tmp_path: Path, ints: list[int], n_body: int, needle: str
+) -> None:
+    p = _bad_header(tmp_path, ints, n_body)
+    with pytest.raises(UserError) as e:
+        read_shard(p)
+    msg = str(e.value)
+    assert needle in msg and str(p) in msg and "\n" not in msg
+    assert "re-create" in msg or "re-run" in msg
+
+
+def test_short_file_and_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "s_train_000001.bin"
+    p.write_bytes(b"\1\2\3")
+    with pytest.raises(UserError, match="shorter than the 1024-byte header"):
+        read_shard(p)
+    with pytest.raises(UserError, match="does not exist"):
+        read_shard(tmp_path / "nope_train_1.bin")
+
+
+def test_npy_shards(tmp_path: Path) -> None:
+    toks = np.arange(3000, dtype=np.uint16)
+    np.save(tmp_path / "edufineweb_train_000001.npy", toks)
+    np.save(tmp_path / "edufineweb_val_000000.npy", toks[:100])
+    assert np.array_equal(read_shard(tmp_path / "edufineweb_train_000001.npy"), toks)
+    assert [p.name for p in shard_paths(tmp_path, "val")] == ["edufineweb_val_000000.npy"]
+    np.save(tmp_path / "wrong_train_000002.npy", toks.astype(np.int32))
+    with pytest.raises(UserError, match="expected a 1-D uint16"):
+        read_shard(tmp_path / "wrong_train_000002.npy")
+
+
+def test_shard_paths_and_load_tokens(tmp_path: Path) -> None:
+    a = _shards(tmp_path, [100, 50, 70])
+    with pytest.raises(UserError, match="no val shards.*data_prep/fineweb.py"):
+        shard_paths(tmp_path, "val")
+    with pytest.raises(UserError, match="does not exist"):
+        shard_paths(tmp_path / "missing", "train")
+    assert [p.name for p in shard_paths(tmp_path, "train")] == [
+        f"t_train_{i:06d}.bin" for i in range(3)
+    ]
+    got = load_tokens(tmp_path, "train", 160)
+    assert np.array_equal(got, np.concatenate(a)[:160])
+    assert np.array_equal(load_tokens(tmp_path, "train", None), np.concatenate(a))
+    with pytest.raises(UserError, match="only 220 train tokens"):
+        load_tokens(tmp_path, "train", 221)
+
+
+# --------------------------------------------------------------------------- loader
+
+
+def _windows(x: torch.Tensor, y: torch.Tensor) -> list[tuple[int, ...]]:
+    full = torch.cat([x, y[:, -1:]], dim=1)
+    assert torch.equal(full[:, 1:], y)  # y is x shifted by one
+    return [tuple(r) for r in full.tolist()]
+
+
+def _all_windows(shards: list[np.ndarray], T: int) -> Counter:
+    c: Counter = Counter()
+    for s in shards:
+        for k in range((len(s) - 1) // T):
+            c[tuple(int(v) for v in s[k * T : k * T + T + 1])] += 1
+    return c
+
+
+def test_val_loader_sequential_and_repeatable(tmp_path: Path) -> None:
+    shards = _shards(tmp_path, [41, 33], split="val")
+    T, B = 8, 2
+    loader = TokenLoader(str(tmp_path), "val", B, T)
+    x, y = loader.next_batch()
+    assert x.dtype == torch.int64 and x.shape == (B, T) and y.shape == (B, T)
+    assert x[0].tolist() == shards[0][0:8].tolist() and y[0].tolist() == shards[0][1:9].tolist()
+    assert x[1].tolist() == shards[0][8:16].tolist()
+    first = [loader.next_batch() for _ in range(4)]
+    loader.reset()
+    loader.next_batch()
+    again = [loader.next_batch() for _ in range(4)]
+    for (a, b), (c, d) in zip(first, again, strict=True):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    # 5 + 4 windows = 9 -> 4 batches per epoch; the 5th call starts epoch 1 at the beginning
+    fresh = TokenLoader(str(tmp_path), "val", B, T)
+    batches = [fresh.next_batch()[0] for _ in range(5)]
+    assert torch.equal(batches[4], batches[0])
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_ranks_disjoint_and_cover_the_epoch(tmp_path: Path, world: int) -> None:
+    shards = _shards(tmp_path, [161, 97, 130])
+    T, B = 8, 2
+    loaders = [TokenLoader(str(tmp_path), "train", B, T, r, world, seed=5) for r in range(world)]
+    steps = loaders[0].steps_per_epoch
+    total = sum((len(s) - 1) // T for s in shards)
+    assert steps == total // (B * world)
+    seen: Counter = Counter()
+    for _ in range(steps):
+        for ld in loaders:
+            seen.update(_windows(*ld.next_batch()))
+    universe = _all_windows(shards, T)
+    assert sum(seen.values()) == steps * B * world
+    assert all(v == 1 for v in seen.values())  # disjoint across ranks and steps
+    assert set(seen) <= set(universe)
+    assert len(universe) - len(seen) == total % (B * world)  # only the tail is dropped
+
+
+def test_rank_equivalence_two_ranks_equal_one_with_double_batch(tmp_path: Path) -> None:
+    _shards(tmp_path, [300, 211, 190])
+    T, B = 8, 3
+    one = TokenLoader(str(tmp_path), "train", 2 * B, T, seed=11)
+    two = [TokenLoader(str(tmp_path), "train", B, T, r, 2, seed=11) for r in range(2)]
+    for _ in range(3 * one.steps_per_epoch + 1):  # across epoch boundaries too
+        x1, y1 = one.next_batch()
+        parts = [ld.next_batch() for ld in two]
+        assert torch.equal(x1, torch.cat([p[0] for p in parts]))  # same rows, same order
+        assert torch.equal(y1, torch.cat([p[1] for p in parts]))
+
+
+def test_train_shuffles_per_epoch_deterministically(tmp_path: Path) -> None:
+    _shards(tmp_path, [401, 305])  # 50 + 38 windows: no tail dropped
+    T, B = 8, 4
+    a = TokenLoader(str(tmp_path), "train", B, T, seed=1)
+    b = TokenLoader(str(tmp_path), "train", B, T, seed=1)
+    c = TokenLoader(str(tmp_path), "train", B, T, seed=2)
+    n = a.steps_per_epoch
+    ea = [a.next_batch()[0] for _ in range(2 * n)]
+    eb = [b.next_batch()[0] for _ in range(2 * n)]
+    ec = [c.next_batch()[0] for _ in range(n)]
+    assert all(torch.equal(p, q) for p, q in zip(ea, eb, strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(ea[:n], ec, strict=True))
+    epoch0 = torch.cat(ea[:n]).tolist()
+    epoch1 = torch.cat(ea[n:]).tolist()
+    assert epoch0 != epoch1  # a new order each epoch ...
+    assert sorted(epoch0) == sorted(epoch1)  # ... of the same windows
+    seq = TokenLoader(str(tmp_path), "train", B, T, shuffle=False).next_batch()[0]
+    assert seq[0].tolist() == read_shard(tmp_path / "t_train_000000.bin")[:T].tolist()
+
+
+def test_state_dict_resume_gives_identical_batches(tmp_path: Path) -> None:
+    _shards(tmp_path, [250, 170])
+    T, B = 8, 2
+    ref = TokenLoader(str(tmp_path), "train", B, T, rank=1, world_size=2, seed=3)
+    for _ in range(ref.steps_per_epoch + 2):  # into the second epoch
+        ref.next_batch()
+    state = json.loads(json.dumps(ref.state_dict()))  # plain JSON
+    expected = [ref.next_batch() for _ in range(ref.steps_per_epoch)]
+    resumed = TokenLoader(str(tmp_path), "train", B, T, rank=1, world_size=2, seed=3)
+    resumed.load_state_dict(state)
+    for ex, got in zip(expected, [resumed.next_batch() for _ in expected], strict=True):
+        assert torch.equal(ex[0], got[0]) and torch.equal(ex[1], got[1])
+    other = TokenLoader(str(tmp_path), "train", B, T + 1, seed=3)
+    with pytest.raises(UserError, match="seq_len"):
+        other.load_state_dict(state)
+    wider = TokenLoader(str(tmp_path), "train", B, T, seed=3)
+    with pytest.raises(UserError, match="global batch"):
+        wider.load_state_dict(state)
+
+
+def test_loader_errors(tmp_path: Path) -> None:
+    _shards(tmp_path, [100, 5])
+    with pytest.raises(UserError, match="shorter than one window"):
+        TokenLoader(str(tmp_path), "train", 1, 8)
+    with pytest.raises(UserError, match="no val shards"):
+        TokenLoader(str(tmp_path), "val", 1, 8)
+    d = tmp_path / "small"
+    d.mkdir()
+    _shards(d, [33])
+    with pytest.raises(UserError, match="fewer than one global batch"):
+        TokenLoader(str(d), "train", 3, 8, rank=0, world_size=2)
+
+
+def test_loader_reads_npy_and_batches_are_independent(tmp_path: Path) -> None:
+    toks = np.arange(1000, dtype=np.uint16)
+    np.save(tmp_path / "e_train_000001.npy", toks)
+    ld = TokenLoader(str(tmp_path), "train", 2, 16, shuffle=False)
+    x0, _ = ld.next_batch()
+    x1, _ = ld.next_batch()
+    assert x0[0].tolist() == list(range(16)) and x1[0].tolist() == list(range(32, 48))
+    assert x0[0, 0].item() == 0  # the first batch was not overwritten by the second
