@@ -1,0 +1,139 @@
+"""The GPT module itself: sizes, padding, init, causality, meta construction."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2repro.config import ModelConfig
+from gpt2repro.model import GPT, GPT2_SIZES, gpt2_config
+
+PARAMS = {
+    "gpt2": 124_439_808,
+    "gpt2-medium": 354_823_168,
+    "gpt2-large": 774_030_080,
+    "gpt2-xl": 1_557_611_200,
+}
+
+
+def tiny(**kw: int) -> GPT:
+    torch.manual_seed(0)
+    base = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=100)
+    return GPT(ModelConfig(**{**base, **kw}))
+
+
+@pytest.mark.parametrize("name", list(GPT2_SIZES))
+def test_param_counts(name: str):
+    with torch.device("meta"):
+        model = GPT(gpt2_config(name))
+        padded = GPT(gpt2_config(name, pad_vocab_multiple=128))
+    assert model.num_params() == PARAMS[name]
+    assert model.num_params(exclude_padding=False) == PARAMS[name]
+    assert padded.config.padded_vocab_size == 50304
+    assert padded.num_params() == PARAMS[name]  # padding is not a parameter of GPT-2
+    assert padded.num_params(exclude_padding=False) == PARAMS[name] + 47 * padded.config.n_embd
+
+
+def test_meta_construction():
+    with torch.device("meta"):
+        model = GPT(gpt2_config("gpt2-xl"))
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.num_params() == PARAMS["gpt2-xl"]  # shapes known without allocating 6 GB
+
+
+def test_tied_head():
+    model = tiny()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    names = [n for n, _ in model.named_parameters()]
+    assert "lm_head.weight" not in names  # counted and optimized once
+
+
+def test_padded_vocab_logits_and_rows():
+    model = tiny(pad_vocab_multiple=64)
+    assert model.config.padded_vocab_size == 128
+    wte = model.transformer.wte.weight
+    assert wte.shape == (128, 32)
+    assert torch.count_nonzero(wte[100:]) == 0  # padded rows start at exactly zero
+    idx = torch.randint(0, 100, (3, 16))
+    targets = torch.randint(0, 100, (3, 16))
+    logits, loss = model(idx, targets)
+    assert logits.shape == (3, 16, 100)  # padded ids are never predicted
+    loss.backward()
+    assert torch.count_nonzero(wte.grad[100:]) == 0  # ... so they never learn either
+    assert torch.count_nonzero(wte.grad[:100]) > 0
+
+
+def test_padding_does_not_change_outputs():
+    plain = tiny()
+    padded = tiny(pad_vocab_multiple=64)
+    sd = plain.state_dict()
+    wte = torch.zeros(128, 32)
+    wte[:100] = sd["transformer.wte.weight"]
+    sd["transformer.wte.weight"] = sd["lm_head.weight"] = wte
+    padded.load_state_dict(sd)
+    idx = torch.randint(0, 100, (2, 20))
+    torch.testing.assert_close(padded(idx)[0], plain(idx)[0])
+
+
+def test_init_std():
+    torch.manual_seed(0)
+    n_layer = 8
+    model = GPT(ModelConfig(n_layer=n_layer, n_head=4, n_embd=256, block_size=64, vocab_size=512))
+    resid = 0.02 / math.sqrt(2 * n_layer)
+    for name, p in model.named_parameters():
+        if name.endswith("attn.c_proj.weight") or name.endswith("mlp.c_proj.weight"):
+            assert p.std().item() == pytest.approx(resid, rel=0.05), name
+        elif name.endswith(("c_attn.weight", "c_fc.weight", "wte.weight", "wpe.weight")):
+            assert p.std().item() == pytest.approx(0.02, rel=0.05), name
+        elif name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+        elif "ln_" in name:
+            assert torch.all(p == 1.0), name
+
+
+def test_loss_is_cross_entropy_with_ignore():
+    model = tiny()
+    idx = torch.randint(0, 100, (2, 10))
+    targets = torch.randint(0, 100, (2, 10))
+    targets[0, :4] = -1
+    logits, loss = model(idx, targets)
+    want = F.cross_entropy(logits.reshape(-1, 100), targets.reshape(-1), ignore_index=-1)
+    torch.testing.assert_close(loss, want)
+
+
+def test_causal():
+    model = tiny().eval()
+    idx = torch.randint(0, 100, (1, 20))
+    changed = idx.clone()
+    changed[0, 12:] = (changed[0, 12:] + 1) % 100
+    a, _ = model(idx)
+    b, _ = model(changed)
+    torch.testing.assert_close(a[:, :12], b[:, :12])
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="divisible"):
+        GPT(ModelConfig(n_layer=1, n_head=3, n_embd=32, block_size=8, vocab_size=10))
+    model = tiny()
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_activation_checkpointing_same_grads():
+    model = tiny().train()
+    idx = torch.randint(0, 100, (2, 16))
+    _, loss = model(idx, idx)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing = True
+    _, loss2 = model(idx, idx)
+    loss2.backward()
+    torch.testing.assert_close(loss2, loss)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
