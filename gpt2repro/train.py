@@ -83,18 +83,32 @@ class _Preemption:
         self.signal = signum
 
 
-def _fault_hook(step: int, rank: int) -> None:
-    """Test hook: GPT2REPRO_FAULT="sigkill:N" or "sigterm:N" (optionally ":rank=R") signals this
-    process after step N completed (after any checkpoint at N). Used by the resume tests."""
-    spec = os.environ.get("GPT2REPRO_FAULT")
-    if not spec:
-        return
-    parts = spec.split(":")
-    kind, at = parts[0], int(parts[1])
-    only_rank = int(parts[2].split("=")[1]) if len(parts) > 2 else None
-    if step == at and (only_rank is None or only_rank == rank):
-        sig = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM}[kind]
-        os.kill(os.getpid(), sig)
+class _Fault:
+    """Test hook for the fault-injection tests, from GPT2REPRO_FAULT="KIND:STEP[:rank=R]".
+
+    sigkill / sigterm: signal this process after step STEP completed (after any checkpoint);
+    nan: make the loss of step STEP non-finite (exercises the guard). Unset: does nothing.
+    """
+
+    def __init__(self, spec: str | None, rank: int) -> None:
+        self.kind, self.step = "", -1
+        if not spec:
+            return
+        parts = spec.split(":")
+        if parts[0] not in ("sigkill", "sigterm", "nan") or len(parts) < 2:
+            raise UserError(
+                f"GPT2REPRO_FAULT={spec!r}: expected sigkill:N, sigterm:N or nan:N[:rank=R]"
+            )
+        only_rank = int(parts[2].split("=")[1]) if len(parts) > 2 else None
+        if only_rank is None or only_rank == rank:
+            self.kind, self.step = parts[0], int(parts[1])
+
+    def poison(self, step: int) -> bool:
+        return self.kind == "nan" and step == self.step
+
+    def after_step(self, step: int) -> None:
+        if step == self.step and self.kind in ("sigkill", "sigterm"):
+            os.kill(os.getpid(), signal.SIGKILL if self.kind == "sigkill" else signal.SIGTERM)
 
 
 def _on_main(info: dist.DistInfo, check: Any) -> None:
@@ -289,8 +303,14 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
         if ckpt is not None:
             print(f"resumed from {ckpt} at step {step} ({tokens_seen:,} tokens)", flush=True)
         done_marker.unlink(missing_ok=True)
+    can_sample = lg.sample_every > 0 and m.vocab_size >= 50257
+    if lg.sample_every > 0 and not can_sample and info.is_main:
+        print(
+            f"note: no text samples: model.vocab_size={m.vocab_size} is smaller than GPT-2's tokenizer"
+        )
     preempt = _Preemption()
     preempt.install()
+    fault = _Fault(os.environ.get("GPT2REPRO_FAULT"), info.rank)
 
     def evaluate_now(at_step: int, do_val: bool, do_hs: bool) -> None:
         rec: dict[str, Any] = {"step": at_step, "tokens": tokens_seen}
@@ -383,6 +403,8 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
                 with autocast():
                     _, loss = model(x, y)
                 loss = loss / grad_accum  # mean over the whole global batch after DDP's average
+                if fault.poison(step + 1):
+                    loss = loss * float("nan")
                 loss_accum += loss.detach()
                 loss.backward()
         clip = o.grad_clip if o.grad_clip > 0 else math.inf
@@ -448,7 +470,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
         if do_val or do_hs:
             evaluate_now(step, do_val, do_hs)
             timed_out = True
-        if lg.sample_every > 0 and (step % lg.sample_every == 0 or last):
+        if can_sample and (step % lg.sample_every == 0 or last):
             sample_now(step)
             timed_out = True
         if (ck.every > 0 and step % ck.every == 0) or last or stop:
@@ -457,7 +479,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
             timed_out = True
         if timed_out:
             t_last, step_last = time.perf_counter(), step
-        _fault_hook(step, info.rank)
+        fault.after_step(step)
         if stop:
             if info.is_main:
                 name_ = signal.Signals(preempt.signal).name if preempt.signal else "signal"
