@@ -347,7 +347,7 @@ def reference_losses(
             logp = F.log_softmax(logits[0].float(), dim=-1)
             targets = t[0, n_ctx:]  # the ending tokens
             picked = logp[n_ctx - 1 :].gather(1, targets[:, None])
-            sums[k] = float(-picked.sum())
+            sums[k] = float(-picked.double().sum())
             counts[k] = len(targets)
     return sums, counts
 

@@ -1,0 +1,287 @@
+"""Evaluation by equivalence: batched vs per-example HellaSwag, 2 ranks vs 1, our GPT vs
+transformers' GPT2LMHeadModel, validation loss vs a direct computation; bad input fails in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fixtures.hellaswag import rows, write_hellaswag
+
+from gpt2repro.config import ModelConfig
+from gpt2repro.errors import UserError, run_cli
+from gpt2repro.evaluate import (
+    example_rows,
+    hellaswag_losses,
+    load_hellaswag,
+    main,
+    make_example,
+    predictions,
+    reference_losses,
+    score_hellaswag,
+    validation_loss,
+)
+from gpt2repro.model import GPT
+
+CPU = torch.device("cpu")
+TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=128)
+
+
+def tiny_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(TINY)
+
+
+@pytest.fixture(scope="module")
+def hs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_hellaswag(tmp_path_factory.mktemp("hs") / "hellaswag_val.jsonl", n=11)
+
+
+@pytest.fixture(scope="module")
+def examples(hs_file: Path):
+    return load_hellaswag(hs_file)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_load_raw_schema(hs_file: Path, examples) -> None:
+    raw = [json.loads(line) for line in hs_file.read_text().splitlines()]
+    assert len(examples) == 11 and {"ind", "activity_label", "split"} <= set(raw[0])
+    for ex, r in zip(examples, raw, strict=True):
+        assert ex.ctx == r["ctx"] and list(ex.endings) == r["endings"] and ex.label == r["label"]
+    # " " + ending is what gets encoded: the first ending token carries the space
+    from gpt2repro.tokenizer import get_encoding
+
+    enc = get_encoding()
+    assert list(examples[0].ending_tokens[2]) == enc.encode(" " + raw[0]["endings"][2])
+    assert len(load_hellaswag(hs_file, limit=4)) == 4
+
+
+def test_long_context_is_left_truncated(examples) -> None:
+    long = [ex for ex in examples if len(ex.ctx_tokens) > TINY.block_size]
+    assert long, "fixture must hold contexts longer than block_size"
+    ex = long[0]
+    seqs = example_rows(ex, TINY.block_size)
+    n_ctx = {n for _, n in seqs}
+    assert len(n_ctx) == 1  # the four endings share one (truncated) context
+    n = n_ctx.pop()
+    assert n < len(ex.ctx_tokens)
+    assert max(len(t) for t, _ in seqs) - 1 == TINY.block_size  # fed as tokens[:-1]: just fits
+    for (toks, _), end in zip(seqs, ex.ending_tokens, strict=True):
+        assert toks[:n] == list(ex.ctx_tokens[-n:])  # the end of the context is kept
+        assert toks[n:] == list(end)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def test_batched_equals_per_example(examples) -> None:
+    model = tiny_model()
+    # 11 examples, 3 per pass: the last pass holds padding rows; bucket 32 pads every row
+    sums, counts = hellaswag_losses(model, examples, CPU, batch_examples=3, bucket=32)
+    for i, ex in enumerate(examples):
+        ref_sums, ref_counts = reference_losses(model, ex, CPU)
+        np.testing.assert_allclose(sums[i], ref_sums, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(counts[i], ref_counts)
+        assert list(counts[i]) == [len(e) for e in ex.ending_tokens]
+    ref = [reference_losses(model, ex, CPU) for ex in examples]
+    ref_pred = predictions(examples, np.stack([s for s, _ in ref]), np.stack([c for _, c in ref]))
+    for k, v in predictions(examples, sums, counts).items():
+        np.testing.assert_array_equal(v, ref_pred[k], err_msg=k)
+    assert model.training  # the caller's mode is restored
+
+
+def test_accuracy_definitions() -> None:
+    ex = make_example("The cat", ["sat.", "ran far away.", "ate a very long dinner", "x"], 1)
+    sums = np.array([[4.0, 6.0, 9.0, 3.5]])
+    counts = np.array([[2, 4, 5, 1]])
+    p = predictions([ex], sums, counts)
+    assert p["acc"][0] == 3  # smallest sum
+    assert p["acc_norm"][0] == 1  # 6/4 = 1.5 is the smallest mean per token
+    assert p["acc_norm_char"][0] == 2  # 9/22 chars (leading space not counted)
+
+
+def test_two_ranks_give_the_same_counts(examples) -> None:
+    model = tiny_model(1)
+    full = score_hellaswag(model, examples, CPU, batch_examples=2)
+    calls = [0]
+    handle = model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    parts, forwards = [], []
+    for rank in range(2):
+        calls[0] = 0
+        parts.append(
+            score_hellaswag(model, examples, CPU, rank=rank, world_size=2, batch_examples=2)
+        )
+        forwards.append(calls[0])
+    handle.remove()
+    assert sum(p["n"] for p in parts) == full["n"] == len(examples)
+    for k in ("acc", "acc_norm", "acc_norm_char"):
+        correct = sum(round(p[k] * p["n"]) for p in parts)
+        assert correct == round(full[k] * full["n"]), k
+    # 11 examples over 2 ranks: 6 and 5, 3 passes each (the short rank pads): no FSDP deadlock
+    assert forwards == [3, 3]
+
+
+def test_matches_transformers_gpt2(tmp_path: Path, examples) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_cfg = transformers.GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, n_positions=128, vocab_size=50257
+    )
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    hf.save_pretrained(tmp_path / "tiny", safe_serialization=True)
+    from gpt2repro.hf import load_hf
+
+    ours = load_hf(str(tmp_path / "tiny"))
+    sums, counts = hellaswag_losses(ours, examples, CPU, batch_examples=4, bucket=32)
+    for i, ex in enumerate(examples):
+        for k, (toks, n_ctx) in enumerate(example_rows(ex, 128)):
+            t = torch.tensor(toks)[None]
+            with torch.no_grad():
+                logits = hf(t[:, :-1]).logits[0]  # [n-1, vocab]
+            loss = F.cross_entropy(logits[n_ctx - 1 :], t[0, n_ctx:], reduction="sum")
+            assert abs(sums[i, k] - loss.item()) < 1e-4, (i, k)
+            assert counts[i, k] == len(toks) - n_ctx
+
+
+# --------------------------------------------------------------------------- validation loss
+
+
+def direct_val_loss(model: GPT, tokens: np.ndarray, T: int) -> float:
+    n = (len(tokens) - 1) // T
+    x = torch.from_numpy(tokens[: n * T].astype(np.int64)).view(n, T)
+    y = torch.from_numpy(tokens[1 : n * T + 1].astype(np.int64)).view(n, T)
+    with torch.no_grad():
+        logits, _ = model(x)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)).item()
+
+
+def test_validation_loss_equals_direct() -> None:
+    model = tiny_model(2)
+    T = 16
+    tokens = np.random.default_rng(0).integers(0, 50257, size=5 * T + 7).astype(np.uint16)
+    ref = direct_val_loss(model, tokens, T)
+    got = validation_loss(model, tokens, T, batch_size=2, device=CPU)
+    assert abs(got - ref) < 1e-5
+    assert validation_loss(model, tokens, T, batch_size=2, device=CPU) == got  # identical again
+    assert model.training
+    # world_size 2 partials (no process group: each rank returns its own mean): 3 + 2 windows
+    calls = [0]
+    model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    means, forwards = [], []
+    for rank in range(2):
+        calls[0] = 0
+        means.append(validation_loss(model, tokens, T, 2, CPU, rank=rank, world_size=2))
+        forwards.append(calls[0])
+    assert abs((means[0] * 3 + means[1] * 2) / 5 - ref) < 1e-5
+    assert forwards == [2, 2]
+
+
+def test_validation_loss_too_few_tokens() -> None:
+    with pytest.raises(UserError, match="at least seq_len"):
+        validation_loss(tiny_model(), np.zeros(16, dtype=np.uint16), 16, 2, CPU)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def bad_file(tmp_path: Path, line: dict | str) -> Path:
+    good = [json.dumps(r) for r in rows(2)]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join([*good, line if isinstance(line, str) else json.dumps(line)]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "line, needle",
+    [
+        ({"context": "x", "endings": ["a"] * 4, "label": 0}, "missing key(s) ctx"),
+        ({"ctx": "x", "endings": ["a"] * 4, "label": 4}, "out of range"),
+        ({"ctx": "x", "endings": ["a"] * 4, "label": "2"}, "'label' must be an integer"),
+        ({"ctx": "x", "endings": ["a"] * 3, "label": 0}, "list of 4"),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_bad_hellaswag_file(tmp_path: Path, capsys, line, needle: str) -> None:
+    path = bad_file(tmp_path, line)
+    err = one_line_error(["--hf", "unused", "--hellaswag", str(path)], capsys)
+    assert f"{path}:3:" in err and needle in err
+
+
+def test_missing_hellaswag_file_says_how_to_get_it(tmp_path: Path, capsys) -> None:
+    err = one_line_error(["--hf", "x", "--hellaswag", str(tmp_path / "nope.jsonl")], capsys)
+    assert "python data_prep/hellaswag.py" in err
+
+
+def test_empty_validation_dir(tmp_path: Path, capsys) -> None:
+    err = one_line_error(["--hf", "x", "--val-data", str(tmp_path)], capsys)
+    assert str(tmp_path) in err and "val" in err
+
+
+def test_val_tokens_larger_than_data(tmp_path: Path, capsys) -> None:
+    from gpt2repro.data import write_shard
+
+    write_shard(tmp_path / "x_val_000000.bin", np.arange(1000, dtype=np.uint16))
+    err = one_line_error(["--hf", "x", "--val-data", str(tmp_path), "--val-tokens", "5000"], capsys)
+    assert "--val-tokens 5000" in err and "1,000" in err
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_json(tmp_path: Path, hs_file: Path, capsys) -> None:
+    from gpt2repro.data import write_shard
+    from gpt2repro.hf import save_hf
+
+    model = tiny_model(3)
+    save_hf(model, tmp_path / "m")
+    tokens = np.random.default_rng(1).integers(0, 50257, size=4 * 128 + 1).astype(np.uint16)
+    write_shard(tmp_path / "x_val_000000.bin", tokens)
+    out = tmp_path / "r" / "eval.json"
+    argv = ["--hf", str(tmp_path / "m"), "--hellaswag", str(hs_file), "--batch-examples", "4"]
+    argv += ["--val-data", str(tmp_path), "--val-tokens", "512", "--json", str(out)]
+    assert run_cli(main, argv) == 0
+    printed = capsys.readouterr().out
+    assert "GPT-2 124M" in printed and "GPT-3 1.3B" in printed and "0.4889" in printed
+    res = json.loads(out.read_text())
+    assert set(res["hellaswag"]) == {"n", "acc", "acc_norm", "acc_norm_char"}
+    assert res["hellaswag"] == score_hellaswag(model, load_hellaswag(hs_file), CPU)
+    assert abs(res["val_loss"] - direct_val_loss(model, tokens, 128)) < 1e-5
+
+
+@pytest.mark.dist
+def test_torchrun_two_ranks_equal_one(tmp_path: Path, hs_file: Path, repo: Path) -> None:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not found")
+    script = repo / "tests" / "fixtures" / "dist_eval.py"
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    results = []
+    for n in (1, 2):
+        out = tmp_path / f"r{n}.json"
+        cmd = [torchrun, "--standalone", f"--nproc_per_node={n}", str(script), str(hs_file)]
+        proc = subprocess.run(
+            [*cmd, str(out)], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(json.loads(out.read_text()))
+    one, two = results
+    assert one["hellaswag"] == two["hellaswag"] and one["hellaswag"]["n"] == 11
+    assert abs(one["val_loss"] - two["val_loss"]) < 1e-6
+    assert two["forwards"][0] == two["forwards"][1]  # ranks stay in step
