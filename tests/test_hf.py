@@ -216,3 +216,24 @@ def test_param_count_matches_hf(name: str):
         )
     n_hf = sum(p.numel() for p in hf.parameters())  # tied head counted once
     assert ours.num_params() == n_hf == PARAMS[name]
+
+
+def test_export_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    import gpt2repro.checkpoint
+    from gpt2repro.errors import run_cli
+    from gpt2repro.export import main
+
+    torch.manual_seed(0)
+    ours = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=100))
+    seen = []
+    monkeypatch.setattr(
+        gpt2repro.checkpoint, "load_model", lambda path, device: seen.append(path) or ours
+    )
+    out = tmp_path / "exp"
+    assert run_cli(main, ["--checkpoint", "runs/x", "--out", str(out)]) == 0
+    assert seen == ["runs/x"] and "wrote" in capsys.readouterr().out
+    hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    idx = torch.randint(0, 100, (1, 9))
+    torch.testing.assert_close(hf_logits(hf, idx), our_logits(ours, idx), atol=1e-5, rtol=0)
+    assert run_cli(main, ["--checkpoint", "runs/x", "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err

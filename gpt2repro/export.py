@@ -1,0 +1,36 @@
+"""Export a gpt2repro checkpoint as a Hugging Face GPT-2 directory (see docs/hf.md).
+
+    python -m gpt2repro.export --checkpoint runs/gpt2_124m --out exports/gpt2_124m
+
+`--checkpoint` takes a run directory (newest checkpoint), its checkpoint directory or one step
+directory. The output loads with `GPT2LMHeadModel.from_pretrained(OUT)` and
+`AutoTokenizer.from_pretrained(OUT)`, e.g. for lm-evaluation-harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from gpt2repro.errors import run_cli
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m gpt2repro.export", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--checkpoint", required=True, help="run dir, checkpoint dir or step dir")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    args = p.parse_args(argv)
+
+    from gpt2repro.checkpoint import load_model
+    from gpt2repro.hf import save_hf
+
+    model = load_model(args.checkpoint, "cpu")
+    out = save_hf(model, args.out, overwrite=args.overwrite)  # type: ignore[arg-type]
+    print(f"wrote {out} ({model.num_params():,} parameters)")  # type: ignore[operator]
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
