@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np  # noqa: E402
 
-from gpt2repro.data import fsync_dir, shard_sha256, write_shard  # noqa: E402
+from gpt2repro.data import fsync_dir, public_mode, shard_sha256, write_shard  # noqa: E402
 from gpt2repro.errors import UserError, run_cli  # noqa: E402
 from gpt2repro.tokenizer import EOT, get_encoding  # noqa: E402
 
@@ -298,6 +298,7 @@ def ordered_map(
 def _write_json(path: Path, obj: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, public_mode())
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1)
             f.write("\n")

@@ -22,11 +22,14 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from gpt2repro.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported by the loader only: data_prep workers never need it
+    import torch
 
 MAGIC = 20240520
 VERSION = 1
@@ -73,6 +76,7 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, public_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(encode_header(len(tokens)))
             f.write(memoryview(tokens).cast("B"))
@@ -83,6 +87,13 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def public_mode() -> int:
+    """0o666 less the umask: what open() would give (mkstemp's temp files are 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def fsync_dir(directory: Path) -> None:
@@ -207,6 +218,8 @@ class TokenLoader:
         device: torch.device | str = "cpu",
         shuffle: bool | None = None,
     ) -> None:
+        import torch
+
         if batch_size <= 0 or seq_len <= 0:
             raise UserError(f"batch size ({batch_size}) and seq_len ({seq_len}) must be positive")
         if not 0 <= rank < world_size:
@@ -283,6 +296,8 @@ class TokenLoader:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y): int64 [B, T] on `device`; y[:, t] is the token after x[:, t]."""
+        import torch
+
         if self.step >= self.steps_per_epoch:
             self.epoch += 1
             self.step = 0

@@ -1,0 +1,1 @@
+"""Scripts that turn text into token shards (the format lives in gpt2repro.data)."""

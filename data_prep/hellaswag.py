@@ -1,0 +1,149 @@
+"""Fetch HellaSwag's validation split (10,042 examples) for gpt2repro.evaluate.
+
+    python data_prep/hellaswag.py                         # -> data/hellaswag/hellaswag_val.jsonl
+    python data_prep/hellaswag.py --file /mnt/hellaswag_val.jsonl   # air-gapped: validate + copy
+
+The file is downloaded from the rowanz/hellaswag repository, written atomically (temp file, fsync,
+rename) and checked: 10,042 JSON lines, each with `ctx`, four `endings` and a `label`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpt2repro.data import fsync_dir, public_mode  # noqa: E402
+from gpt2repro.errors import UserError, run_cli  # noqa: E402
+
+URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+FILENAME = "hellaswag_val.jsonl"
+N_EXAMPLES = 10042
+
+
+def validate(path: Path, shown: Path | None = None) -> int:
+    """Check the file is HellaSwag's val split; return the number of examples."""
+    shown = shown or path
+    n = 0
+    with path.open("rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+            except ValueError:
+                raise UserError(
+                    f"{shown}:{lineno} is not valid JSON; download {URL} again"
+                ) from None
+            ok = isinstance(ex, dict) and isinstance(ex.get("ctx"), str)
+            ok = ok and isinstance(ex.get("endings"), list) and len(ex["endings"]) == 4
+            if not ok or not isinstance(ex.get("label"), int):
+                raise UserError(
+                    f"{shown}:{lineno} lacks ctx / 4 endings / label: not hellaswag_val.jsonl; "
+                    f"download {URL}"
+                )
+            n += 1
+    if n != N_EXAMPLES:
+        raise UserError(
+            f"{shown} holds {n} examples, expected {N_EXAMPLES} (truncated download?); "
+            f"download {URL} again"
+        )
+    return n
+
+
+def _atomic_copy_from(src, dest: Path, total: int | None, quiet: bool) -> Path:
+    """Stream the file object `src` into a temp file beside `dest`; return the temp path."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name)
+    try:
+        os.fchmod(fd, public_mode())
+        with os.fdopen(fd, "wb") as f:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                f.write(block)
+                if bar is not None:
+                    bar.update(len(block))
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return Path(tmp)
+
+
+def prepare(
+    out_dir: str | Path = "data/hellaswag", file: str | Path | None = None, quiet: bool = False
+) -> Path:
+    """The validated `hellaswag_val.jsonl` in `out_dir` (downloaded, or copied from `file`)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dest = out / FILENAME
+    if dest.is_file() and file is None:
+        validate(dest)
+        if not quiet:
+            print(f"{dest}: present and valid ({N_EXAMPLES} examples)")
+        return dest
+    if file is not None:
+        src_path = Path(file)
+        if not src_path.is_file():
+            raise UserError(f"--file {src_path} does not exist; download {URL} to it first")
+        validate(src_path)
+        if src_path.resolve() == dest.resolve():
+            return dest
+        with src_path.open("rb") as src:
+            tmp = _atomic_copy_from(src, dest, src_path.stat().st_size, quiet)
+    else:
+        try:
+            response = urllib.request.urlopen(URL, timeout=60)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise UserError(
+                f"cannot download {URL} ({reason}); offline, download that URL elsewhere and run "
+                f"python data_prep/hellaswag.py --file PATH/{FILENAME}"
+            ) from None
+        with response:
+            length = response.headers.get("Content-Length")
+            try:
+                tmp = _atomic_copy_from(response, dest, int(length) if length else None, quiet)
+            except (urllib.error.URLError, OSError) as e:
+                raise UserError(
+                    f"download of {URL} broke off ({e}); run again, or download it elsewhere and "
+                    f"pass --file"
+                ) from None
+    try:
+        validate(tmp, shown=dest)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(out)
+    if not quiet:
+        print(f"{dest}: {N_EXAMPLES} examples")
+    return dest
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="data_prep/hellaswag.py", description=__doc__.split("\n")[0])
+    p.add_argument("--out-dir", default="data/hellaswag", help="where hellaswag_val.jsonl goes")
+    p.add_argument("--file", help="a local hellaswag_val.jsonl to validate and copy (no network)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    prepare(args.out_dir, args.file, quiet=args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
