@@ -3,4 +3,4 @@
 from gpt2repro.train import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
