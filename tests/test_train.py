@@ -1,0 +1,296 @@
+"""Training loop: loss falls, DDP == 1 process, resume == uninterrupted, preemption, guards,
+FSDP == DDP, checkpoint pruning, metrics schema, bad input. Tiny models on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpt2repro import checkpoint
+from gpt2repro.data import write_shard
+from gpt2repro.metrics import read_metrics, train_losses
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--model.n_layer=2",
+    "--model.n_head=2",
+    "--model.n_embd=32",
+    "--model.block_size=64",
+    "--model.vocab_size=512",
+    "--train.seq_len=32",
+    "--train.micro_batch_size=4",
+    "--train.total_batch_tokens=256",
+    "--optim.warmup_steps=3",
+    "--optim.lr=1e-2",
+    "--eval.every=0",
+    "--log.every=1",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A learnable token stream (rotations of one random pattern) in llm.c shards."""
+    d = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 500, size=64)
+    toks = np.concatenate([np.roll(base, i % 7) for i in range(3000)]).astype(np.uint16)
+    write_shard(d / "t_val_000000.bin", toks[:20000])
+    write_shard(d / "t_train_000001.bin", toks[20000:120000])
+    write_shard(d / "t_train_000002.bin", toks[120000:])
+    return d
+
+
+def run(
+    args: list[str], nproc: int = 1, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if not env or "GPT2REPRO_FAULT" not in env:
+        full_env.pop("GPT2REPRO_FAULT", None)
+    if nproc == 1:
+        cmd = [sys.executable, str(REPO / "train.py"), *args]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            str(REPO / "train.py"),
+            *args,
+        ]
+    p = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(
+            f"exit {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}"
+        )
+    return p
+
+
+def args_for(corpus: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [*TINY, f"--data.dir={corpus}", f"--run.dir={run_dir}", *extra]
+
+
+def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = checkpoint.resolve(run_dir)
+    return torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
+
+
+def test_loss_falls_and_metrics_schema(corpus: Path, tmp_path: Path) -> None:
+    rd = tmp_path / "run"
+    p = run(
+        args_for(
+            corpus,
+            rd,
+            "--train.max_steps=30",
+            "--eval.every=10",
+            "--eval.val_tokens=2048",
+            "--checkpoint.every=10",
+        )
+    )
+    assert (
+        "batch: 256 tokens/step = 4 seqs x 32 tokens x 1 processes x 2 accumulation steps"
+        in p.stdout
+    )
+    recs = read_metrics(rd / "metrics.jsonl")
+    train = [r for r in recs if "loss" in r and "event" not in r]
+    evals = [r for r in recs if "val_loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 31))
+    for r in train:
+        assert set(r) >= {"step", "loss", "lr", "grad_norm", "tokens", "tok_per_s", "mfu"}
+        assert r["mfu"] is None  # CPU: never a guessed number
+        assert r["tokens"] == r["step"] * 256
+    assert [r["step"] for r in evals] == [0, 10, 20, 30]
+    assert train[-1]["loss"] < 0.5 * train[0]["loss"]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 2.0
+    assert recs[0]["event"] == "start" and recs[0]["world_size"] == 1 and "git_sha" in recs[0]
+    assert recs[-1]["event"] == "done"
+    assert (rd / "DONE").exists()
+    # keep_last=3 default: steps 10, 20, 30 kept; latest points at 30
+    assert (rd / "ckpt" / "latest").read_text().strip() == "step_00000030"
+    # a second invocation of a finished run does nothing
+    p2 = run(
+        args_for(corpus, rd, "--train.max_steps=30", "--eval.every=10", "--eval.val_tokens=2048")
+    )
+    assert "already complete" in p2.stdout
+
+
+def test_ddp_two_processes_equal_one_with_double_accumulation(corpus: Path, tmp_path: Path) -> None:
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    common = ["--train.max_steps=8", "--checkpoint.every=0"]
+    p1 = run(args_for(corpus, one, *common))  # 1 process x 2 accumulation steps
+    p2 = run(args_for(corpus, two, *common), nproc=2)  # 2 processes x 1 accumulation step
+    assert "1 processes x 2 accumulation" in p1.stdout
+    assert "2 processes x 1 accumulation" in p2.stdout
+    a, b = train_losses(one / "metrics.jsonl"), train_losses(two / "metrics.jsonl")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for k in a:
+        assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]), (k, a[k], b[k])
+    pa, pb = final_params(one), final_params(two)
+    for name in pa:
+        torch.testing.assert_close(pa[name], pb[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigkill_resume_is_bit_identical(corpus: Path, tmp_path: Path, nproc: int) -> None:
+    common = ["--train.max_steps=16", "--checkpoint.every=5"]
+    ref = tmp_path / "ref"
+    run(args_for(corpus, ref, *common), nproc=nproc)
+    killed = tmp_path / "killed"
+    p = run(
+        args_for(corpus, killed, *common),
+        nproc=nproc,
+        env={"GPT2REPRO_FAULT": "sigkill:7"},
+        check=False,
+    )
+    assert p.returncode != 0
+    assert not (killed / "DONE").exists()
+    assert checkpoint.find_latest(killed).name == "step_00000005"
+    p = run(args_for(corpus, killed, *common), nproc=nproc)
+    assert "resumed from" in p.stdout and "at step 5" in p.stdout
+    a, b = train_losses(ref / "metrics.jsonl"), train_losses(killed / "metrics.jsonl")
+    assert a == b  # bit-identical floats, every step
+    pa, pb = final_params(ref), final_params(killed)
+    for name in pa:
+        assert torch.equal(pa[name], pb[name]), name
+
+
+def test_sigterm_checkpoints_and_exits(corpus: Path, tmp_path: Path) -> None:
+    common = ["--train.max_steps=12", "--checkpoint.every=100"]
+    rd = tmp_path / "run"
+    p = run(args_for(corpus, rd, *common), env={"GPT2REPRO_FAULT": "sigterm:4"}, check=False)
+    assert p.returncode == 75, p.stderr
+    assert "preempted by SIGTERM" in p.stdout
+    stopped = checkpoint.find_latest(rd)
+    assert stopped is not None and checkpoint.read_state(stopped)["step"] in (4, 5)
+    run(args_for(corpus, rd, *common))
+    ref = tmp_path / "ref"
+    run(args_for(corpus, ref, *common))
+    assert train_losses(rd / "metrics.jsonl") == train_losses(ref / "metrics.jsonl")
+
+
+def test_nonfinite_guard_skips_or_stops(corpus: Path, tmp_path: Path) -> None:
+    rd = tmp_path / "skip"
+    run(args_for(corpus, rd, "--train.max_steps=8"), env={"GPT2REPRO_FAULT": "nan:3"})
+    train = {r["step"]: r for r in read_metrics(rd / "metrics.jsonl") if "loss" in r}
+    assert train[2]["skipped"] == 0 and train[3]["skipped"] == 1 and train[8]["skipped"] == 1
+    assert all(np.isfinite(train[s]["loss"]) for s in (4, 5, 6, 7, 8))
+    stop = tmp_path / "stop"
+    p = run(
+        args_for(corpus, stop, "--train.max_steps=8", "--guard.nonfinite=stop"),
+        env={"GPT2REPRO_FAULT": "nan:3"},
+        check=False,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("error: step 3: non-finite loss")
+
+
+def test_fsdp_matches_ddp(corpus: Path, tmp_path: Path) -> None:
+    common = ["--train.max_steps=4", "--checkpoint.every=0"]
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    run(args_for(corpus, ddp, *common, "--dist.strategy=ddp"), nproc=2)
+    run(args_for(corpus, fsdp, *common, "--dist.strategy=fsdp"), nproc=2)
+    a, b = train_losses(ddp / "metrics.jsonl"), train_losses(fsdp / "metrics.jsonl")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for k in a:
+        assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]), (k, a[k], b[k])
+    # the FSDP checkpoint is a full state dict: loadable by a single process
+    pa, pb = final_params(ddp), final_params(fsdp)
+    for name in pa:
+        torch.testing.assert_close(pa[name], pb[name], rtol=1e-4, atol=1e-6)
+
+
+def test_keep_last_prunes_old_checkpoints(corpus: Path, tmp_path: Path) -> None:
+    rd = tmp_path / "run"
+    run(
+        args_for(
+            corpus, rd, "--train.max_steps=10", "--checkpoint.every=2", "--checkpoint.keep_last=2"
+        )
+    )
+    kept = sorted(p.name for p in (rd / "ckpt").iterdir() if p.is_dir())
+    assert kept == ["step_00000008", "step_00000010"]
+    state = checkpoint.read_state(rd / "ckpt" / "step_00000010")
+    assert (
+        state["step"] == 10 and state["tokens"] == 2560 and state["config"]["model"]["n_layer"] == 2
+    )
+    assert len(state["ranks"]) == 1 and "rng" in state["ranks"][0] and "loader" in state["ranks"][0]
+
+
+def test_corrupt_newest_checkpoint_falls_back(corpus: Path, tmp_path: Path) -> None:
+    rd = tmp_path / "run"
+    run(
+        args_for(corpus, rd, "--train.max_steps=6", "--checkpoint.every=3"),
+        env={"GPT2REPRO_FAULT": "sigkill:6"},
+        check=False,
+    )
+    newest = rd / "ckpt" / "step_00000006"
+    assert newest.exists()
+    with open(newest / "model.pt", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"garbage")
+    found = checkpoint.find_latest(rd)
+    assert found is not None and found.name == "step_00000003"
+
+
+def test_compile_smoke(corpus: Path, tmp_path: Path) -> None:
+    rd = tmp_path / "run"
+    run(args_for(corpus, rd, "--train.max_steps=2", "--train.compile=true", "--checkpoint.every=0"))
+    losses = train_losses(rd / "metrics.jsonl")
+    assert sorted(losses) == [1, 2] and all(np.isfinite(v) for v in losses.values())
+
+
+def _error_line(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in p.stderr
+    return lines[-1]
+
+
+def test_bad_input_one_clear_line(corpus: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = _error_line(run(args_for(empty, tmp_path / "r1", "--train.max_steps=2"), check=False))
+    assert str(empty) in line and "data_prep" in line
+    line = _error_line(
+        run(args_for(corpus, tmp_path / "r2", "--train.total_batch_tokens=300"), check=False)
+    )
+    assert "train.total_batch_tokens=300" in line and "multiple" in line
+    line = _error_line(run(args_for(corpus, tmp_path / "r3", "--train.seq_len=128"), check=False))
+    assert "train.seq_len" in line and "block_size" in line
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    line = _error_line(run(args_for(corpus, afile / "run"), check=False))
+    assert "not writable" in line and "--run.dir" in line
+    # a checkpoint from another model shape
+    rd = tmp_path / "r4"
+    run(args_for(corpus, rd, "--train.max_steps=2"))
+    line = _error_line(
+        run(args_for(corpus, rd, "--train.max_steps=4", "--model.n_embd=64"), check=False)
+    )
+    assert "another model shape" in line and "n_embd=32 (config: 64)" in line
+    assert checkpoint.find_latest(rd).name == "step_00000002"  # nothing overwritten
+    line = _error_line(run([*TINY, "--optim.lrr=1"], check=False))
+    assert "optim.lr" in line
+
+
+def test_help_lists_every_field() -> None:
+    p = run(["--help"])
+    assert "--optim.lr" in p.stdout and "--checkpoint.resume" in p.stdout and "default" in p.stdout
+
+
+def test_resolved_config_in_checkpoint_round_trips(corpus: Path, tmp_path: Path) -> None:
+    from gpt2repro.config import from_dict, load_config
+
+    rd = tmp_path / "run"
+    args = args_for(corpus, rd, "--train.max_steps=2")
+    run(args)
+    state = json.loads((checkpoint.resolve(rd) / "state.json").read_text())
+    cfg, _ = load_config(args)
+    assert from_dict(state["config"]) == cfg
