@@ -275,7 +275,7 @@ def hellaswag_losses(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     batch_examples: int = 16,
-    bucket: int = 64,
+    bucket: int = 32,
     n_batches: int | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -373,7 +373,7 @@ def score_hellaswag(
     rank: int = 0,
     world_size: int = 1,
     batch_examples: int = 16,
-    bucket: int = 64,
+    bucket: int = 32,
     progress: bool = False,
 ) -> dict:
     """HellaSwag accuracy: {"n", "acc", "acc_norm", "acc_norm_char"} over all ranks' examples.
@@ -453,15 +453,34 @@ def synthetic_examples(n: int, seed: int = 0) -> list[HellaSwagExample]:
     ]
 
 
+def padded_fraction(
+    examples: Sequence[HellaSwagExample], block_size: int, batch_examples: int, bucket: int
+) -> float:
+    """Fraction of the positions fed to the model that are padding, for this batching."""
+    rows = [example_rows(ex, block_size) for ex in examples]
+    lens = sorted(max(len(t) - 1 for t, _ in r) for r in rows)  # the same order as scoring
+    real = sum(len(t) - 1 for r in rows for t, _ in r)
+    fed = 0
+    for b in range(0, len(lens), batch_examples):
+        L = _bucket_len(lens[min(b + batch_examples, len(lens)) - 1], bucket, block_size)
+        fed += N_ENDINGS * batch_examples * L
+    return 1 - real / fed
+
+
 def bench_hellaswag(
     model: nn.Module | None = None,
     examples: Sequence[HellaSwagExample] | None = None,
     device: torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
     batch_examples: int = 16,
+    bucket: int = 32,
     n_examples: int = 64,
+    n_single: int = 64,
+    repeats: int = 3,
 ) -> dict:
-    """Examples/s batched vs one example at a time (4 rows padded to the longest, like the
-    reference script). Defaults: a tiny random GPT (2 layers, 2 heads, 64 wide) on the CPU."""
+    """Examples/s of the batched scorer vs one example per forward pass (its 4 rows padded to the
+    longest, like the reference script), best of `repeats` alternating runs (a shared machine is
+    noisy). Defaults: a tiny random GPT (2 layers, 2 heads, 64 wide) on synthetic examples."""
     from gpt2repro.config import ModelConfig
     from gpt2repro.model import GPT
 
@@ -470,26 +489,37 @@ def bench_hellaswag(
         torch.manual_seed(0)
         model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256)).to(device)
     examples = list(examples) if examples is not None else synthetic_examples(n_examples)
+    single_set = examples[:n_single]
 
-    def timed(**kw: int) -> tuple[float, np.ndarray]:
-        hellaswag_losses(model, examples[:batch_examples], device, **kw)  # warm-up
+    def run(exs: Sequence[HellaSwagExample], be: int, bk: int) -> tuple[float, np.ndarray]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        sums, _ = hellaswag_losses(model, examples, device, **kw)
+        sums, _ = hellaswag_losses(model, exs, device, autocast_dtype, be, bk)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return len(examples) / (time.perf_counter() - t0), sums
+        return len(exs) / (time.perf_counter() - t0), sums
 
-    batched, s1 = timed(batch_examples=batch_examples, bucket=64)
-    single, s2 = timed(batch_examples=1, bucket=1)
+    run(examples[:batch_examples], batch_examples, bucket)  # warm-up (and compile, if any)
+    run(examples[:2], 1, 1)
+    batched = single = 0.0
+    for _ in range(repeats):
+        rate, s_batched = run(examples, batch_examples, bucket)
+        batched = max(batched, rate)
+        rate, s_single = run(single_set, 1, 1)
+        single = max(single, rate)
+    block_size = _block_size(model)
     return {
         "n": len(examples),
+        "n_single": len(single_set),
         "batch_examples": batch_examples,
+        "bucket": bucket,
         "batched_ex_per_s": batched,
         "single_ex_per_s": single,
         "speedup": batched / single,
-        "max_abs_diff": float(np.abs(s1 - s2).max()),
+        "padded_batched": padded_fraction(examples, block_size, batch_examples, bucket),
+        "padded_single": padded_fraction(single_set, block_size, 1, 1),
+        "max_abs_diff": float(np.abs(s_batched[: len(single_set)] - s_single).max()),
     }
 
 
@@ -550,7 +580,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON (atomically)")
+    p.add_argument("--bucket", type=int, default=32, help="pad HellaSwag rows to a multiple of")
     p.add_argument("--bench", action="store_true", help="benchmark batched vs unbatched scoring")
+    p.add_argument(
+        "--bench-model",
+        default="tiny",
+        choices=("tiny", "gpt2"),
+        help="--bench on a random tiny GPT (2x64) or a random GPT-2 124M",
+    )
     return p
 
 
@@ -566,22 +603,52 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     return model.to(device)
 
 
+def _bench_cli(args: argparse.Namespace) -> None:
+    """--bench: batched vs one-example-at-a-time scoring on a random model (weights do not
+    change the speed); real examples with --hellaswag FILE, else --limit (64) synthetic ones."""
+    from gpt2repro.config import ModelConfig
+    from gpt2repro.model import GPT, gpt2_config
+
+    device = dist.pick_device(args.device)
+    torch.manual_seed(0)
+    if args.bench_model == "gpt2":
+        cfg = gpt2_config("gpt2")
+    else:
+        cfg = ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256)
+    model = GPT(cfg).to(device)
+    if args.compile:
+        model = torch.compile(model)
+    bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device.type == "cuda")
+    if args.hellaswag:
+        examples = load_hellaswag(args.hellaswag, args.limit)
+    else:
+        examples = synthetic_examples(args.limit or 64)
+    r = bench_hellaswag(
+        model, examples, device, torch.bfloat16 if bf16 else None, args.batch_examples,
+        args.bucket, n_single=min(len(examples), 64),
+    )  # fmt: skip
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    print(
+        f"hellaswag scoring, random {args.bench_model} GPT on {device}{threads}:\n"
+        f"  batched ({r['batch_examples']} examples/pass, bucket {r['bucket']}): "
+        f"{r['batched_ex_per_s']:.1f} ex/s over {r['n']} ({r['padded_batched']:.0%} padding)\n"
+        f"  one example per pass: {r['single_ex_per_s']:.1f} ex/s over {r['n_single']} "
+        f"({r['padded_single']:.0%} padding)\n"
+        f"  speedup {r['speedup']:.2f}x; max |summed loss diff| {r['max_abs_diff']:.2e}; "
+        f"full 10,042-example set at the batched rate: {10042 / r['batched_ex_per_s']:.0f} s"
+    )
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     for name in ("limit", "val_tokens", "seq_len"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")
-    for name in ("batch_examples", "val_batch_size"):
+    for name in ("batch_examples", "val_batch_size", "bucket"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if args.bench:
-        r = bench_hellaswag(batch_examples=args.batch_examples)
-        print(
-            f"hellaswag scoring, tiny random GPT on cpu ({torch.get_num_threads()} threads), "
-            f"{r['n']} examples: batched ({r['batch_examples']}/pass) "
-            f"{r['batched_ex_per_s']:.1f} ex/s, one at a time {r['single_ex_per_s']:.1f} ex/s, "
-            f"speedup {r['speedup']:.2f}x, max |loss diff| {r['max_abs_diff']:.2e}"
-        )
+        _bench_cli(args)
         return 0
     if not (args.checkpoint or args.hf):
         raise UserError("pass --checkpoint PATH or --hf NAME_OR_DIR (or --bench)")
@@ -620,7 +687,7 @@ def main(argv: list[str]) -> int:
             t0 = time.perf_counter()
             hs = score_hellaswag(
                 model, examples, device, autocast_dtype, info.rank, info.world_size,
-                args.batch_examples, progress=info.is_main,
+                args.batch_examples, args.bucket, progress=info.is_main,
             )  # fmt: skip
             out["hellaswag"] = hs
             if info.is_main:
