@@ -461,3 +461,36 @@ def help_text(prog: str = "train.py") -> str:
                 f"  --{sname}.{f.name}  ({_type_name(ftypes[f.name])}, default {shown})  {doc}"
             )
     return "\n".join(out)
+
+
+def _cli(argv: list[str]) -> int:
+    """`python -m gpt2repro.config [--config F] [overrides] [--get section.key | --toml]`."""
+    get = None
+    if "--get" in argv:
+        i = argv.index("--get")
+        if i + 1 >= len(argv):
+            raise UserError("--get needs a key, e.g. --get run.dir")
+        get = argv[i + 1]
+        argv = argv[:i] + argv[i + 2 :]
+    if "--help" in argv or "-h" in argv:
+        print(help_text("python -m gpt2repro.config"))
+        return 0
+    argv = [a for a in argv if a != "--toml"]  # printing the TOML is the default
+    cfg, _ = load_config(argv)
+    if get is not None:
+        section, _, key = get.partition(".")
+        d = to_dict(cfg)
+        if section not in d or key not in d[section]:
+            raise UserError(f"--get {get}: no such key (see --help)")
+        print(d[section][key])
+    else:
+        print(to_toml(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from gpt2repro.errors import run_cli
+
+    sys.exit(run_cli(_cli))

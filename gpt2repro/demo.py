@@ -1,0 +1,85 @@
+"""`make demo`: prepare Shakespeare, train configs/shakespeare.toml, sample, say where it all is.
+
+The embedded default job: a small GPT-2-architecture model on Shakespeare's complete works, a few
+minutes on 2 CPU cores (a GPU is used when present). Rerunning it resumes or reuses what exists.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gpt2repro.errors import UserError, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "shakespeare.toml"
+
+
+def main(argv: list[str]) -> int:
+    """Run the demo; extra `--section.key=value` arguments are passed to the trainer."""
+    from gpt2repro import checkpoint, train
+    from gpt2repro.config import load_config
+    from gpt2repro.metrics import read_metrics
+
+    t0 = time.time()
+    cfg, rest = load_config(["--config", str(CONFIG), *argv])
+    if rest:
+        raise UserError(
+            f"unknown argument {rest[0]!r}: the demo takes --section.key=value overrides"
+        )
+    data_dir = Path(cfg.data.dir)
+    print(f"== 1/3 data: Shakespeare's works -> {data_dir}", flush=True)
+    prep = [sys.executable, str(REPO / "data_prep" / "shakespeare.py"), "--out-dir", str(data_dir)]
+    if subprocess.run(prep, cwd=REPO).returncode != 0:
+        raise UserError("data preparation failed (see above); rerun `make demo` when fixed")
+
+    print(f"== 2/3 training {CONFIG.relative_to(REPO)} -> {cfg.run.dir}", flush=True)
+    t1 = time.time()
+    status = train.main(["--config", str(CONFIG), *argv])
+    if status != 0:
+        return status
+    train_s = time.time() - t1
+
+    print("== 3/3 sample from the trained model", flush=True)
+    import torch
+
+    from gpt2repro.model import GPT
+    from gpt2repro.tokenizer import get_encoding
+
+    model: GPT = checkpoint.load_model(cfg.run.dir)  # type: ignore[assignment]
+    enc = get_encoding()
+    prompt = cfg.log.sample_prompt
+    idx = torch.tensor([enc.encode_ordinary(prompt)])
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    out = model.generate(idx, 120, temperature=0.8, top_k=50, generator=gen)
+    print("-" * 60)
+    print(enc.decode(out[0].tolist()))
+    print("-" * 60)
+
+    recs = read_metrics(Path(cfg.run.dir) / "metrics.jsonl")
+    losses = [r for r in recs if "loss" in r and "event" not in r]
+    vals = [r for r in recs if "val_loss" in r]
+    if losses:
+        print(
+            f"train loss: {losses[0]['loss']:.3f} (step {losses[0]['step']}) -> {losses[-1]['loss']:.3f} (step {losses[-1]['step']})"
+        )
+    if vals:
+        print(
+            f"val loss:   {vals[0]['val_loss']:.3f} (step {vals[0]['step']}) -> {vals[-1]['val_loss']:.3f} (step {vals[-1]['step']})"
+        )
+    ckpt = checkpoint.resolve(cfg.run.dir)
+    print(f"data:        {data_dir}/ (manifest.json, *_train_*.bin, *_val_*.bin)")
+    print(f"checkpoint:  {ckpt}")
+    print(f"metrics:     {Path(cfg.run.dir) / 'metrics.jsonl'}")
+    print(f"sample more: python -m gpt2repro.sample --checkpoint {cfg.run.dir} --prompt 'JULIET:'")
+    print(
+        f"export HF:   python -m gpt2repro.export --checkpoint {cfg.run.dir} --out {cfg.run.dir}/hf"
+    )
+    print(f"demo took {time.time() - t0:.0f} s (training {train_s:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run a launcher again and again until the run directory holds DONE:
+#   launch/restart_until_done.sh launch/single_node.sh --config configs/gpt2_124m.toml
+# Each attempt resumes from the newest valid checkpoint (checkpoint.resume=auto). Exit status 2
+# (a configuration or input error) stops at once: restarting cannot fix it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MAX_ATTEMPTS=${MAX_ATTEMPTS:-100}
+DELAY=${DELAY:-10}
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+launcher=$1; shift
+run_dir=$("$PY" -m gpt2repro.config "$@" --get run.dir) || exit 2
+for attempt in $(seq 1 "$MAX_ATTEMPTS"); do
+  if [ -f "$run_dir/DONE" ]; then echo "restart_until_done: $run_dir/DONE exists"; exit 0; fi
+  echo "restart_until_done: attempt $attempt/$MAX_ATTEMPTS"
+  "$launcher" "$@" --checkpoint.resume=auto
+  status=$?
+  if [ "$status" -eq 2 ]; then echo "restart_until_done: input error (exit 2); not retrying"; exit 2; fi
+  if [ -f "$run_dir/DONE" ]; then exit 0; fi
+  echo "restart_until_done: exit status $status; restarting in ${DELAY}s"
+  sleep "$DELAY"
+done
+echo "restart_until_done: gave up after $MAX_ATTEMPTS attempts"; exit 1
