@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -252,17 +253,32 @@ def example_rows(ex: HellaSwagExample, block_size: int) -> list[tuple[list[int],
 # --------------------------------------------------------------------------- HellaSwag scoring
 
 
-def _block_size(model: nn.Module) -> int:
-    """block_size of a GPT, through DDP (.module) and torch.compile (._orig_mod) wrappers."""
-    m = model
+def _model_config(model: nn.Module) -> Any:
+    """The config of a GPT, through DDP (.module) and torch.compile (._orig_mod) wrappers."""
+    m: nn.Module | None = model
     for _ in range(4):
         cfg = getattr(m, "config", None)
         if cfg is not None and hasattr(cfg, "block_size"):
-            return int(cfg.block_size)
+            return cfg
         m = getattr(m, "module", None) or getattr(m, "_orig_mod", None)
         if m is None:
             break
     raise ValueError("cannot find config.block_size on the model (or its .module/._orig_mod)")
+
+
+def _block_size(model: nn.Module) -> int:
+    return int(_model_config(model).block_size)
+
+
+def _check_vocab(model: nn.Module) -> None:
+    from gpt2repro.tokenizer import N_VOCAB
+
+    vocab = getattr(_model_config(model), "vocab_size", N_VOCAB)
+    if vocab < N_VOCAB:
+        raise UserError(
+            f"HellaSwag needs GPT-2's vocabulary ({N_VOCAB} tokens); this model has "
+            f"vocab_size={vocab}; turn HellaSwag off for it (eval.hellaswag_every=0)"
+        )
 
 
 def _bucket_len(n: int, bucket: int, block_size: int) -> int:
@@ -285,6 +301,7 @@ def hellaswag_losses(
     forward pass is [4 * batch_examples, L] with L a multiple of `bucket` (capped at block_size).
     `n_batches` (>= the batches needed) adds empty forward passes so ranks stay in step.
     """
+    _check_vocab(model)
     block_size = _block_size(model)
     rows_per_batch = N_ENDINGS * batch_examples
     all_rows = [example_rows(ex, block_size) for ex in examples]
@@ -396,7 +413,7 @@ def score_hellaswag(
     return {"n": n, **{k: c / max(n, 1) for k, c in zip(keys, correct, strict=True)}}
 
 
-def _progress(total: int, desc: str):  # noqa: ANN202 - tqdm or None
+def _progress(total: int, desc: str) -> Any:  # a tqdm bar, or None without tqdm
     try:
         from tqdm import tqdm
     except ImportError:

@@ -305,3 +305,10 @@ def test_torchrun_two_ranks_equal_one(tmp_path: Path, hs_file: Path, repo: Path)
     for k in ("acc", "acc_norm", "acc_norm_char"):
         assert round(got["hellaswag"][k] * n) == round(want[k] * n), k
     assert abs(got["val_loss"] - direct_val_loss(model, tokens, 128)) < 1e-5
+
+
+def test_hellaswag_needs_gpt2_vocab(examples) -> None:
+    torch.manual_seed(0)
+    small = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=512))
+    with pytest.raises(UserError, match="vocab_size=512"):
+        score_hellaswag(small, examples, CPU)
