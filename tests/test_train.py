@@ -294,3 +294,50 @@ def test_resolved_config_in_checkpoint_round_trips(corpus: Path, tmp_path: Path)
     state = json.loads((checkpoint.resolve(rd) / "state.json").read_text())
     cfg, _ = load_config(args)
     assert from_dict(state["config"]) == cfg
+
+
+def test_in_loop_hellaswag_val_and_samples(tmp_path: Path) -> None:
+    """A GPT-2-vocab model: val loss, HellaSwag and text samples land in metrics.jsonl."""
+    from fixtures.hellaswag import write_hellaswag
+
+    from gpt2repro.tokenizer import get_encoding
+
+    enc = get_encoding()
+    docs = ["To be, or not to be, that is the question. " * 40, "All the world's a stage. " * 60]
+    toks = np.concatenate([[enc.eot_token, *enc.encode_ordinary(d)] for d in docs * 5]).astype(
+        np.uint16
+    )
+    corpus = tmp_path / "data"
+    corpus.mkdir()
+    write_shard(corpus / "x_val_000000.bin", toks[:2000])
+    write_shard(corpus / "x_train_000001.bin", toks[2000:])
+    hs = write_hellaswag(tmp_path / "hellaswag_val.jsonl", n=8)
+    rd = tmp_path / "run"
+    args = [
+        *TINY,
+        "--model.vocab_size=50257",
+        "--model.block_size=128",
+        f"--data.dir={corpus}",
+        f"--run.dir={rd}",
+        "--train.max_steps=4",
+        "--eval.every=2",
+        "--eval.val_tokens=512",
+        "--eval.hellaswag_every=4",
+        f"--eval.hellaswag_file={hs}",
+        "--log.sample_every=4",
+        "--log.sample_tokens=8",
+        "--checkpoint.every=0",
+    ]
+    p = run(args)
+    recs = read_metrics(rd / "metrics.jsonl")
+    vals = [r["step"] for r in recs if "val_loss" in r]
+    hsw = [r for r in recs if "hellaswag_acc" in r]
+    samples = [r for r in recs if "sample" in r]
+    assert vals == [0, 2, 4]
+    assert [r["step"] for r in hsw] == [0, 4]
+    assert all(0.0 <= r["hellaswag_acc_norm"] <= 1.0 for r in hsw)
+    assert len(samples) == 1 and samples[0]["sample"].startswith("Hello, I'm a language model,")
+    assert "eval step      4 | val_loss" in p.stdout
+    # a HellaSwag file that does not exist is refused before training starts
+    line = _error_line(run([*args, "--eval.hellaswag_file=/nonexistent.jsonl"], check=False))
+    assert "eval.hellaswag_file" in line and "data_prep/hellaswag.py" in line
