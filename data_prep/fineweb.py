@@ -278,9 +278,14 @@ def ordered_map(
             yield start, len(job[1]), nbytes, fn(job)
         return
     import multiprocessing as mp
+    import threading
 
-    # spawn: no fork of a parent that may hold threads (tqdm, datasets); same on Linux and macOS.
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+    # fork is near-free and inherits the loaded tokenizer, but forking a process that runs
+    # threads (tqdm's monitor, datasets' downloads) can deadlock a child: then spawn.
+    get_encoding()
+    single = threading.active_count() == 1 and "fork" in mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if single else "spawn")
+    with ctx.Pool(workers, initializer=_init_worker) as pool:
         pending: collections.deque = collections.deque()
         for start, job, nbytes in jobs:
             pending.append((start, len(job[1]), nbytes, pool.apply_async(fn, (job,))))
@@ -443,13 +448,15 @@ def write_shards(
     items = open_items(start)
     if callable(total_docs):  # known only once the source is open (HF datasets)
         total_docs = total_docs()
-    bar = _progress_bar(total_docs, total_bytes, start, quiet)
+    bar = None  # created after the first chunk, so the worker pool starts before its thread
     t0 = time.perf_counter()
     docs_done = tokens_done = 0
     end = start
     jobs = _chunks(items, start, text_field, val_items)
     for cstart, n_items, nbytes, (toks, lens, bad) in ordered_map(encode_chunk, jobs, workers):
         end = cstart + n_items
+        if bar is None and not quiet:
+            bar = _progress_bar(total_docs, total_bytes, start)
         if bad:
             for _, where, reason in bad:
                 if strict:
@@ -507,9 +514,7 @@ def write_shards(
     return manifest
 
 
-def _progress_bar(total_docs: int | None, total_bytes: int | None, start: int, quiet: bool) -> Any:
-    if quiet:
-        return None
+def _progress_bar(total_docs: int | None, total_bytes: int | None, start: int) -> Any:
     from tqdm import tqdm
 
     if total_docs is not None:  # ETA from documents

@@ -1,0 +1,163 @@
+"""Throughput benchmarks (measurements, not tests). One subcommand per thing measured.
+
+    python -m gpt2repro.bench data     # prep pipeline tokens/s vs raw tiktoken, same text, same cores
+    python -m gpt2repro.bench loader   # TokenLoader time per batch (B=64, T=1024)
+
+Numbers are recorded in docs/benchmarks.md with the date, machine and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gpt2repro.errors import run_cli
+
+_WORDS = (
+    "the of and to in a is that for it as was with be by on not he I this are or his from at "
+    "which but have an they you were her she there been one all we their has would when if so no "
+    "will more about can said what out up them into only time some could new two may then do "
+    "first any like now my such over our even most made after also did many before must through "
+    "years where much your way well down should because each just those people how too little "
+    "state good very make world still see own men work long get here between both life being "
+    "under never day same another know while last might us great old year off come since against "
+    "go came right used take three Government President 2024 1,000 $5 (see below) e-mail U.S. "
+    "don't it's café naïve — “quoted” São Paulo"
+)
+
+
+def synthetic_corpus(n_bytes: int, seed: int = 0) -> list[str]:
+    """Deterministic English-like documents (a few hundred to a few thousand characters each)."""
+    rng = random.Random(seed)
+    vocab = _WORDS.split(" ")
+    docs: list[str] = []
+    total = 0
+    while total < n_bytes:
+        paragraphs = []
+        for _ in range(rng.randint(1, 8)):
+            words = [rng.choice(vocab) for _ in range(rng.randint(20, 200))]
+            paragraphs.append(" ".join(words).capitalize() + ".")
+        doc = "\n\n".join(paragraphs)
+        docs.append(doc)
+        total += len(doc.encode())
+    return docs
+
+
+def bench_data(args: argparse.Namespace) -> dict:
+    """Pipeline (read JSONL -> tokenize in `workers` processes -> write shards) vs raw tiktoken."""
+    from data_prep import fineweb
+    from gpt2repro.tokenizer import get_encoding
+
+    docs = synthetic_corpus(int(args.mb * 1e6))
+    enc = get_encoding()
+    enc.encode_ordinary("warm up")
+    raw_s = float("inf")
+    for _ in range(args.repeat):  # best of N: the machine may be shared
+        t0 = time.perf_counter()
+        raw = enc.encode_ordinary_batch(docs, num_threads=args.workers)
+        raw_s = min(raw_s, time.perf_counter() - t0)
+        raw_tokens = sum(len(t) for t in raw) + len(docs)  # + one EOT per document
+        del raw
+    with tempfile.TemporaryDirectory(prefix="gpt2repro-bench-") as tmp:
+        src = Path(tmp) / "corpus.jsonl"
+        src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        files = [src]
+        pipe_s = float("inf")
+        for i in range(args.repeat):  # includes starting the worker processes
+            t0 = time.perf_counter()
+            m = fineweb.write_shards(
+                lambda start: fineweb.local_items(files, "text", start),
+                Path(tmp) / f"out{i}",
+                {"source": "bench"},
+                prefix="bench",
+                shard_size=args.shard_size,
+                workers=args.workers,
+                quiet=True,
+            )
+            pipe_s = min(pipe_s, time.perf_counter() - t0)
+    assert m["tokens"] == raw_tokens, (m["tokens"], raw_tokens)
+    result = {
+        "bench": "data",
+        "documents": len(docs),
+        "mbytes": round(args.mb, 1),
+        "tokens": raw_tokens,
+        "workers": args.workers,
+        "raw_tok_per_s": round(raw_tokens / raw_s),
+        "pipeline_tok_per_s": round(raw_tokens / pipe_s),
+        "ratio": round(raw_s / pipe_s, 3),
+    }
+    return result
+
+
+def bench_loader(args: argparse.Namespace) -> dict:
+    """Mean time per next_batch() over memory-mapped shards of random tokens (page cache warm)."""
+    import numpy as np
+    import torch
+
+    from gpt2repro.data import TokenLoader, write_shard
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory(prefix="gpt2repro-bench-") as tmp:
+        rng = np.random.default_rng(0)
+        for i in range(args.shards):
+            toks = rng.integers(0, 50257, size=args.shard_tokens, dtype=np.uint16)
+            write_shard(Path(tmp) / f"bench_train_{i + 1:06d}.bin", toks)
+        loader = TokenLoader(tmp, "train", args.batch_size, args.seq_len, seed=0)
+        for _ in range(args.warmup):
+            loader.next_batch()
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            x, y = loader.next_batch()
+        dt = (time.perf_counter() - t0) / args.steps
+        assert x.shape == (args.batch_size, args.seq_len)
+    return {
+        "bench": "loader",
+        "B": args.batch_size,
+        "T": args.seq_len,
+        "shards": args.shards,
+        "shard_tokens": args.shard_tokens,
+        "ms_per_batch": round(dt * 1e3, 3),
+        "tok_per_s": round(args.batch_size * args.seq_len / dt),
+    }
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m gpt2repro.bench", description=__doc__.split("\n")[0]
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="prep pipeline tokens/s vs raw tiktoken on the same text")
+    d.add_argument("--mb", type=float, default=50.0, help="megabytes of synthetic text")
+    d.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes/threads")
+    d.add_argument("--shard-size", type=int, default=100_000_000, help="tokens per shard")
+    d.add_argument("--repeat", type=int, default=2, help="report the best of N runs")
+    d.set_defaults(func=bench_data)
+
+    ld = sub.add_parser("loader", help="TokenLoader time per batch")
+    ld.add_argument("--batch-size", type=int, default=64, help="B")
+    ld.add_argument("--seq-len", type=int, default=1024, help="T")
+    ld.add_argument("--shards", type=int, default=4, help="number of shards")
+    ld.add_argument("--shard-tokens", type=int, default=10_000_000, help="tokens per shard")
+    ld.add_argument("--warmup", type=int, default=20, help="untimed batches")
+    ld.add_argument("--steps", type=int, default=500, help="timed batches")
+    ld.set_defaults(func=bench_loader)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    result = args.func(args)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for data_prep
+    raise SystemExit(run_cli(main))
