@@ -312,3 +312,32 @@ def test_hellaswag_needs_gpt2_vocab(examples) -> None:
     small = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=512))
     with pytest.raises(UserError, match="vocab_size=512"):
         score_hellaswag(small, examples, CPU)
+
+
+def test_compiled_model_compiles_per_bucket_not_per_example(examples, monkeypatch) -> None:
+    """Fixed batch rows and bucketed lengths bound the graphs a compiled model needs."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "automatic_dynamic_shapes", False)
+    graphs: list[tuple[int, ...]] = []
+
+    def counting_backend(gm: torch.fx.GraphModule, inputs: list) -> object:
+        graphs.append(tuple(next(i for i in inputs if isinstance(i, torch.Tensor)).shape))
+        return gm.forward
+
+    torch._dynamo.reset()
+    model = tiny_model()
+    compiled = torch.compile(model, backend=counting_backend)
+    sums, _ = hellaswag_losses(compiled, examples, CPU, batch_examples=2, bucket=32)
+    lengths = {max(len(t) - 1 for t, _ in example_rows(ex, 128)) for ex in examples}
+    buckets = {min(128, -(-n // 32) * 32) for n in lengths}
+    assert len(graphs) <= len(buckets) <= 128 // 32 < len(lengths)  # not one per length
+    assert {g[0] for g in graphs} == {4 * 2}  # a short last batch is padded to full rows
+    np.testing.assert_allclose(
+        sums, hellaswag_losses(model, examples, CPU, None, 2, 32)[0], atol=1e-5
+    )
+    graphs.clear()
+    tokens = np.arange(16 * 5 + 1, dtype=np.uint16)
+    validation_loss(compiled, tokens, 16, 2, CPU)  # 3 passes, the last one part padding
+    assert len(graphs) == 1
+    torch._dynamo.reset()
