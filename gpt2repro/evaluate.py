@@ -48,6 +48,8 @@ from gpt2repro.errors import UserError, run_cli
 DEFAULT_HELLASWAG = "data/hellaswag/hellaswag_val.jsonl"
 N_ENDINGS = 4
 
+GPT2_124M_VAL_LOSS = 3.2924  # OpenAI GPT-2 124M on the FineWeb-Edu val shard (build-nanogpt)
+
 # Published HellaSwag figures (docs: REFERENCE.md). name -> (acc, acc_norm, acc_norm_char);
 # None where the source gives no number for that column.
 PUBLISHED: list[tuple[str, float | None, float | None, float | None]] = [
@@ -558,7 +560,8 @@ def results_table(label: str, hs: dict) -> str:
     for name, acc, norm, char in PUBLISHED:
         lines.append(f"{name:<40} {_fmt(acc):>7} {_fmt(norm):>9} {_fmt(char):>9}")
     lines.append(
-        "acc_norm = per-token mean loss (reference script); char_norm = lm-eval's per-character."
+        "acc_norm = per-token mean loss (reference script); char_norm = lm-eval's per-character.\n"
+        "GPT-3 rows: the paper's HellaSwag accuracy, conventionally set beside acc_norm."
     )
     return "\n".join(lines)
 
@@ -699,7 +702,10 @@ def main(argv: list[str]) -> int:
             )  # fmt: skip
             if info.is_main:
                 n = (len(val_tokens) - 1) // seq_len * seq_len
-                print(f"val_loss {out['val_loss']:.4f} ({n:,} tokens, seq_len {seq_len})")
+                print(
+                    f"val_loss {out['val_loss']:.4f} ({n:,} tokens, seq_len {seq_len}); "
+                    f"OpenAI GPT-2 124M on the FineWeb-Edu val shard: {GPT2_124M_VAL_LOSS}"
+                )
         if examples is not None:
             t0 = time.perf_counter()
             hs = score_hellaswag(
