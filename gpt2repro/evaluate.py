@@ -319,16 +319,16 @@ def hellaswag_losses(
             chunk = order[b * batch_examples : (b + 1) * batch_examples]
             longest = max((len(t) - 1 for i in chunk for t, _ in all_rows[i]), default=1)
             L = _bucket_len(longest, bucket, block_size)
-            x = torch.zeros((rows_per_batch, L), dtype=torch.long)  # [4*E, L], 0 = padding
-            y = torch.full((rows_per_batch, L), -1, dtype=torch.long)  # -1 = not scored
+            xn = np.zeros((rows_per_batch, L), dtype=np.int64)  # [4*E, L], 0 = padding
+            yn = np.full((rows_per_batch, L), -1, dtype=np.int64)  # -1 = not scored
             for j, i in enumerate(chunk):
                 for k, (toks, n_ctx) in enumerate(all_rows[i]):
                     r = N_ENDINGS * j + k
-                    t = torch.tensor(toks)
-                    x[r, : len(toks) - 1] = t[:-1]
+                    xn[r, : len(toks) - 1] = toks[:-1]
                     # position p predicts token p+1: the first ending token at p = n_ctx - 1
-                    y[r, n_ctx - 1 : len(toks) - 1] = t[n_ctx:]
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    yn[r, n_ctx - 1 : len(toks) - 1] = toks[n_ctx:]
+            x = torch.from_numpy(xn).to(device, non_blocking=True)
+            y = torch.from_numpy(yn).to(device, non_blocking=True)
             with _autocast(device, autocast_dtype):
                 logits, _ = model(x)  # [4*E, L, vocab]
             # Only the ending positions (~15% of the batch) go through float + cross-entropy.
