@@ -18,12 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import fineweb, hellaswag, shakespeare
-from gpt2repro.data import TokenLoader, read_shard, shard_paths
-from gpt2repro.errors import UserError
-from gpt2repro.tokenizer import EOT, get_encoding
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # data_prep/ is scripts, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from data_prep import fineweb, hellaswag, shakespeare  # noqa: E402
+from gpt2repro.data import TokenLoader, read_shard, shard_paths  # noqa: E402
+from gpt2repro.errors import UserError  # noqa: E402
+from gpt2repro.tokenizer import EOT, get_encoding  # noqa: E402
+
 WORDS = [
     "the",
     "of",
