@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # data_prep/ is scripts, not an installed package
-    sys.path.insert(0, str(REPO))
+from data_prep import fineweb, hellaswag, shakespeare  # pytest's pythonpath has the repo root
+from gpt2repro.data import TokenLoader, read_shard, shard_paths
 
-from data_prep import fineweb, hellaswag, shakespeare  # noqa: E402
-from gpt2repro.data import TokenLoader, read_shard, shard_paths  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 from gpt2repro.errors import UserError  # noqa: E402
 from gpt2repro.tokenizer import EOT, get_encoding  # noqa: E402
 
