@@ -82,6 +82,16 @@ def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
 
 
+def assert_params_close(
+    pa: dict[str, torch.Tensor], pb: dict[str, torch.Tensor], rel: float
+) -> None:
+    """Each tensor within `rel` relative distance (norm of the difference over the norm)."""
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        dist_ = (pa[name] - pb[name]).norm() / pa[name].norm().clamp_min(1e-12)
+        assert dist_ <= rel, (name, float(dist_))
+
+
 def test_loss_falls_and_metrics_schema(corpus: Path, tmp_path: Path) -> None:
     rd = tmp_path / "run"
     p = run(
@@ -133,9 +143,7 @@ def test_ddp_two_processes_equal_one_with_double_accumulation(corpus: Path, tmp_
     assert sorted(a) == sorted(b) == list(range(1, 9))
     for k in a:
         assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]), (k, a[k], b[k])
-    pa, pb = final_params(one), final_params(two)
-    for name in pa:
-        torch.testing.assert_close(pa[name], pb[name], rtol=1e-5, atol=1e-6)
+    assert_params_close(final_params(one), final_params(two), 1e-5)
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -202,9 +210,14 @@ def test_fsdp_matches_ddp(corpus: Path, tmp_path: Path) -> None:
     for k in a:
         assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]), (k, a[k], b[k])
     # the FSDP checkpoint is a full state dict: loadable by a single process
+    # Reduce-scatter sums in another order than all-reduce. The key part of c_attn's bias gets
+    # a gradient that is zero up to rounding (softmax ignores a constant shift), so Adam turns
+    # that rounding into full-size steps there; compare the model as a whole.
     pa, pb = final_params(ddp), final_params(fsdp)
-    for name in pa:
-        torch.testing.assert_close(pa[name], pb[name], rtol=1e-4, atol=1e-6)
+    names = [n for n in pa if n != "lm_head.weight"]  # tied to wte: count once
+    diff = torch.sqrt(sum(((pa[n] - pb[n]) ** 2).sum() for n in names))
+    norm = torch.sqrt(sum((pa[n] ** 2).sum() for n in names))
+    assert diff / norm <= 1e-5, float(diff / norm)
 
 
 def test_keep_last_prunes_old_checkpoints(corpus: Path, tmp_path: Path) -> None:
