@@ -257,7 +257,7 @@ class TokenLoader:
     def reset(self) -> None:
         """Back to the first batch of epoch 0."""
         self.epoch = 0
-        self.step = 0  # global batches consumed in this epoch
+        self.pos = 0  # windows of this epoch consumed by all ranks together
         self._set_epoch(0)
 
     def _set_epoch(self, epoch: int) -> None:
@@ -298,12 +298,12 @@ class TokenLoader:
         """(x, y): int64 [B, T] on `device`; y[:, t] is the token after x[:, t]."""
         import torch
 
-        if self.step >= self.steps_per_epoch:
+        if self.pos + self.global_batch > self.total_windows:  # the rest would not fill a batch
             self.epoch += 1
-            self.step = 0
+            self.pos = 0
             self._set_epoch(self.epoch)
-        first = self.step * self.global_batch + self.rank * self.B
-        self.step += 1
+        first = self.pos + self.rank * self.B
+        self.pos += self.global_batch
         if not self._pin:
             host_t = torch.empty((self.B, self.T + 1), dtype=torch.int64)  # callers may keep it
         else:
@@ -342,7 +342,7 @@ class TokenLoader:
         return {
             "version": self.STATE_VERSION,
             "epoch": self.epoch,
-            "position": self.step * self.global_batch,  # windows consumed in this epoch
+            "position": self.pos,  # windows consumed in this epoch
             "global_batch": self.global_batch,
             **self._fingerprint(),
         }
@@ -359,14 +359,11 @@ class TokenLoader:
                     f"({key}: saved {_short(d.get(key))}, now {_short(value)}); resume with the "
                     f"same data dir, seq_len and seed, or start a new run"
                 )
-        if d["global_batch"] != self.global_batch or d["position"] % self.global_batch:
-            raise UserError(
-                f"the checkpoint's loader used a global batch of {d['global_batch']} sequences, "
-                f"now {self.global_batch} (batch size x world size); keep them equal to resume"
-            )
+        # The position counts windows, so a different global batch (another world size) resumes
+        # at the same place in the same epoch order; only the split of rows over ranks changes.
         self.epoch = int(d["epoch"])
         self._set_epoch(self.epoch)
-        self.step = int(d["position"]) // self.global_batch
+        self.pos = int(d["position"])
 
 
 def _short(value: object) -> str:

@@ -293,11 +293,16 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
             train_loader.load_state_dict(ranks[info.rank]["loader"])
             checkpoint.set_rng_state(ranks[info.rank]["rng"])
         else:
-            raise UserError(
-                f"checkpoint {ckpt} was written by {len(ranks)} processes and this run has "
-                f"{info.world_size}; resume with {len(ranks)} processes (the data order depends on it) "
-                "or start a new --run.dir"
-            )
+            # Model and optimizer state are full (unsharded) and the loader position counts
+            # windows, so the run continues on the same data; per-rank RNG streams cannot map.
+            train_loader.load_state_dict(ranks[0]["loader"])
+            if info.is_main:
+                print(
+                    f"note: checkpoint written by {len(ranks)} processes, resuming with "
+                    f"{info.world_size}: same data order and optimizer state, but per-rank RNG "
+                    "streams restart, so the losses match only to rounding",
+                    flush=True,
+                )
     model = dist.wrap(raw_model, info, cfg.dist.strategy, use_compile)
 
     # ---- reporting

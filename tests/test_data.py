@@ -230,9 +230,16 @@ def test_state_dict_resume_gives_identical_batches(tmp_path: Path) -> None:
     other = TokenLoader(str(tmp_path), "train", B, T + 1, seed=3)
     with pytest.raises(UserError, match="seq_len"):
         other.load_state_dict(state)
-    wider = TokenLoader(str(tmp_path), "train", B, T, seed=3)
-    with pytest.raises(UserError, match="global batch"):
-        wider.load_state_dict(state)
+    # One process with the same global batch (2B) continues with exactly the union of the rows
+    # both ranks would have had: the loader position does not depend on the world size.
+    rank0 = TokenLoader(str(tmp_path), "train", B, T, rank=0, world_size=2, seed=3)
+    rank0.load_state_dict(state)
+    single = TokenLoader(str(tmp_path), "train", 2 * B, T, seed=3)
+    single.load_state_dict(state)
+    for ex1, _ in zip(expected, range(3), strict=False):
+        ex0 = rank0.next_batch()
+        got = single.next_batch()
+        assert torch.equal(got[0], torch.cat([ex0[0], ex1[0]]))
 
 
 def test_loader_errors(tmp_path: Path) -> None:

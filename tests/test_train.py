@@ -220,6 +220,23 @@ def test_fsdp_matches_ddp(corpus: Path, tmp_path: Path) -> None:
     assert diff / norm <= 1e-5, float(diff / norm)
 
 
+def test_fsdp_checkpoint_resumes_on_another_world_size(corpus: Path, tmp_path: Path) -> None:
+    """2 FSDP ranks write step 3, are killed; 1 process resumes and follows the 2-rank run."""
+    common = ["--train.max_steps=6", "--checkpoint.every=3", "--dist.strategy=fsdp"]
+    ref, moved = tmp_path / "ref", tmp_path / "moved"
+    run(args_for(corpus, ref, *common), nproc=2)
+    p = run(
+        args_for(corpus, moved, *common), nproc=2, env={"GPT2REPRO_FAULT": "sigkill:4"}, check=False
+    )
+    assert p.returncode != 0
+    p = run(args_for(corpus, moved, *common))  # one process, twice the accumulation
+    assert "resuming with 1" in p.stdout and "at step 3" in p.stdout
+    a, b = train_losses(ref / "metrics.jsonl"), train_losses(moved / "metrics.jsonl")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for k in a:
+        assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]), (k, a[k], b[k])
+
+
 def test_keep_last_prunes_old_checkpoints(corpus: Path, tmp_path: Path) -> None:
     rd = tmp_path / "run"
     run(
