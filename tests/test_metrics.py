@@ -1,0 +1,222 @@
+"""FLOP accounting and MFU against hand arithmetic, the GPU peak table, the console line, and
+metrics.jsonl round trips (torn last line, re-logged steps after a resume)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2repro.config import ModelConfig, load_config, to_dict
+from gpt2repro.dist import DistInfo
+from gpt2repro.metrics import (
+    MetricsLog,
+    console_line,
+    flops_per_token,
+    format_duration,
+    mfu,
+    peak_flops,
+    peak_flops_for_name,
+    read_metrics,
+    run_header,
+    train_losses,
+)
+from gpt2repro.model import GPT
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_flops_per_token_gpt2_124m() -> None:
+    with torch.device("meta"):  # shapes only, no memory
+        model = GPT(ModelConfig(vocab_size=50257))
+    n = model.num_params(exclude_padding=False)
+    assert n == 124_439_808  # GPT-2 small, tied lm_head counted once
+    fpt = flops_per_token(n, 12, 768, 1024)
+    assert fpt == 6 * 124_439_808 + 6 * 12 * 768 * 1024 == 803_261_952
+
+
+def test_flops_per_token_is_linear_in_its_terms() -> None:
+    assert flops_per_token(0, 2, 8, 16) == 6 * 2 * 8 * 16
+    assert flops_per_token(1000, 0, 8, 16) == 6000
+    assert flops_per_token(1000, 2, 8, 32) - flops_per_token(1000, 2, 8, 16) == 6 * 2 * 8 * 16
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA A100 80GB PCIe", 312e12),
+        ("NVIDIA H800", 989e12),
+        ("NVIDIA GeForce RTX 4090", None),
+        ("Tesla V100-SXM2-16GB", None),
+        ("", None),
+    ],
+)
+def test_peak_table(name: str, peak: float | None) -> None:
+    assert peak_flops_for_name(name) == peak
+    assert peak_flops_for_name(name.lower()) == peak  # case-insensitive
+
+
+def test_peak_flops_off_cuda_is_unknown() -> None:
+    assert peak_flops(torch.device("cpu")) is None
+    assert peak_flops(torch.device("meta")) is None
+
+
+def test_mfu() -> None:
+    fpt = 803_261_952.0
+    assert mfu(fpt, 1e6, None, 8) is None  # unknown peak: never a guess
+    assert mfu(fpt, 0.0, 989e12, 8) is None
+    assert mfu(fpt, 1.6e6, 989e12, 8) == pytest.approx(803_261_952 * 1.6e6 / (8 * 989e12))
+    assert mfu(fpt, 1.6e6, 989e12, 8) == pytest.approx(0.16243, abs=1e-5)
+    one = mfu(fpt, 2e5, 989e12, 1)
+    assert one is not None and 0 < one < 1
+    assert mfu(fpt, 2e5, 989e12, 2) == pytest.approx(one / 2)
+
+
+def _rec(**kw: object) -> dict:
+    rec = {
+        "step": 42,
+        "loss": 3.14159,
+        "lr": 6e-4,
+        "grad_norm": 0.5,
+        "tokens": 42 * 524288,
+        "tok_per_s": 1234567.0,
+        "mfu": 0.4567,
+        "step_ms": 425.25,
+        "skipped": 0,
+    }
+    rec.update(kw)
+    return rec
+
+
+def test_console_line_fields() -> None:
+    line = console_line(_rec(), 18865, 3725.0, 41.26)
+    parts = line.split(" | ")
+    assert parts == [
+        "step     42/18865",
+        "loss 3.1416",
+        "lr 6.00e-04",
+        "norm 0.500",
+        "425.2 ms",
+        "1,234,567 tok/s",
+        "MFU 45.7%",
+        "ETA 1h02m",
+        "mem 41.3 GiB",
+    ]
+
+
+def test_console_line_unknown_mfu_and_extras() -> None:
+    line = console_line(_rec(mfu=None, skipped=2), 100, None, None)
+    assert "MFU n/a" in line and "%" not in line
+    assert "ETA" not in line and "GiB" not in line
+    assert line.endswith("skipped 2")
+    assert "skipped" not in console_line(_rec(), 100, None, None)
+
+
+def test_metrics_log_writes_json_lines(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    recs = [_rec(step=1), {"step": 1, "tokens": 10, "val_loss": 5.5}, _rec(step=2, loss=math.nan)]
+    for r in recs:
+        log.write(r)
+    log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3
+    assert [json.loads(ln)["step"] for ln in lines] == [1, 1, 2]
+    back = read_metrics(path)
+    assert back[:2] == recs[:2]
+    assert math.isnan(back[2]["loss"])  # NaN survives the round trip
+    # appending (a resumed run) keeps what was there
+    log = MetricsLog(path)
+    log.write({"event": "resume", "step": 2, "tokens": 20})
+    log.close()
+    assert len(read_metrics(path)) == 4
+
+
+def test_metrics_log_disabled_writes_nothing(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path / "metrics.jsonl", enabled=False)
+    log.write(_rec())
+    log.flush()
+    log.close()
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_read_metrics_ignores_a_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    log.write(_rec(step=1))
+    log.write(_rec(step=2))
+    log.close()
+    with open(path, "a") as fh:
+        fh.write('{"step": 3, "loss": 2.')  # killed mid-write
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    assert train_losses(path) == {1: 3.14159, 2: 3.14159}
+
+
+def test_train_losses_last_line_per_step_wins(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    log.write({"event": "start", "step": 0, "tokens": 0, "loss": 99.0})  # events never count
+    for s, loss in [(1, 5.0), (2, 4.0), (3, 3.0)]:
+        log.write(_rec(step=s, loss=loss))
+    log.write({"step": 3, "tokens": 3, "val_loss": 7.0})  # eval lines have no train loss
+    log.write({"event": "resume", "step": 2, "tokens": 2})
+    log.write(_rec(step=3, loss=2.5))  # re-logged after the resume
+    log.write(_rec(step=4, loss=2.0))
+    log.close()
+    assert train_losses(path) == {1: 5.0, 2: 4.0, 3: 2.5, 4: 2.0}
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0m00s"),
+        (-5, "0m00s"),
+        (59.9, "0m59s"),
+        (61, "1m01s"),
+        (3599, "59m59s"),
+        (3600, "1h00m"),
+        (3661, "1h01m"),
+        (90000, "25h00m"),
+    ],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_run_header_reproduces_the_run() -> None:
+    argv = [
+        "--model.n_layer=2",
+        "--model.n_head=2",
+        "--model.n_embd=32",
+        "--train.seq_len=32",
+        "--train.micro_batch_size=4",
+        "--train.total_batch_tokens=256",
+    ]
+    cfg, _ = load_config(argv)
+    header = run_header(cfg, DistInfo(), ["train.py", *argv], 2, 12345)
+    rec = header["record"]
+    assert set(rec["versions"]) == {"python", "torch", "numpy", "tiktoken"}
+    assert rec["versions"]["torch"] == torch.__version__
+    assert rec["world_size"] == 1 and rec["device"] == "cpu"
+    assert rec["argv"] == ["train.py", *argv]
+    assert rec["n_params"] == 12345 and rec["grad_accum"] == 2
+    assert rec["config"] == to_dict(cfg)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert rec["git_sha"] in (head, head + "-dirty")
+    assert json.loads(json.dumps(rec)) == rec  # it goes into metrics.jsonl as is
+    text = header["text"]
+    assert (
+        "batch: 256 tokens/step = 4 seqs x 32 tokens x 1 processes x 2 accumulation steps" in text
+    )
+    assert "model: 12,345 parameters, 2 layers, 2 heads, width 32" in text
+    assert "n_embd = 32" in text  # the resolved config, as TOML
