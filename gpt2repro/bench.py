@@ -2,6 +2,9 @@
 
     python -m gpt2repro.bench data     # prep pipeline tokens/s vs raw tiktoken, same text, same cores
     python -m gpt2repro.bench loader   # TokenLoader time per batch (B=64, T=1024)
+    python -m gpt2repro.bench train --config configs/gpt2_124m.toml [--section.key=value ...]
+                                       # training step on synthetic tokens: tokens/s, MFU, memory
+    torchrun --standalone --nproc_per_node=8 -m gpt2repro.bench train --config ...
 
 Numbers are recorded in docs/benchmarks.md with the date, machine and command.
 """
@@ -108,16 +111,21 @@ def bench_loader(args: argparse.Namespace) -> dict:
         for i in range(args.shards):
             toks = rng.integers(0, 50257, size=args.shard_tokens, dtype=np.uint16)
             write_shard(Path(tmp) / f"bench_train_{i + 1:06d}.bin", toks)
-        loader = TokenLoader(tmp, "train", args.batch_size, args.seq_len, seed=0)
+        loader = TokenLoader(
+            tmp, "train", args.batch_size, args.seq_len, seed=0, device=args.device
+        )
         for _ in range(args.warmup):
             loader.next_batch()
         t0 = time.perf_counter()
         for _ in range(args.steps):
             x, y = loader.next_batch()
+        if x.is_cuda:
+            torch.cuda.synchronize()  # count the last copy too
         dt = (time.perf_counter() - t0) / args.steps
         assert x.shape == (args.batch_size, args.seq_len)
     return {
         "bench": "loader",
+        "device": args.device,
         "B": args.batch_size,
         "T": args.seq_len,
         "shards": args.shards,
@@ -125,6 +133,111 @@ def bench_loader(args: argparse.Namespace) -> dict:
         "ms_per_batch": round(dt * 1e3, 3),
         "tok_per_s": round(args.batch_size * args.seq_len / dt),
     }
+
+
+def bench_train(args: argparse.Namespace) -> dict:
+    """The training step of `gpt2repro.train` (same wrapping, precision, accumulation) on fixed
+    synthetic tokens: no data loading, so it measures the model, optimizer and communication."""
+    import torch
+
+    from gpt2repro import dist
+    from gpt2repro.config import load_config, to_dict
+    from gpt2repro.metrics import flops_per_token, mfu, peak_flops
+    from gpt2repro.model import GPT
+    from gpt2repro.optim import build_optimizer, lr_at
+    from gpt2repro.train import autocast_factory, forward_backward, speed_settings
+
+    cfg, rest = load_config(args.overrides)
+    if rest:
+        from gpt2repro.errors import UserError
+
+        raise UserError(f"unknown argument {rest[0]!r}: use --config FILE and --section.key=value")
+    t, m = cfg.train, cfg.model
+    info = dist.setup(t.device, cfg.dist.backend)
+    try:
+        device = info.device
+        per_step = t.micro_batch_size * t.seq_len * info.world_size
+        grad_accum = max(1, t.total_batch_tokens // per_step) if not args.accum else args.accum
+        tokens_per_step = per_step * grad_accum
+        autocast_dtype, use_compile = speed_settings(t, device)
+        torch.manual_seed(t.seed + info.rank)
+        raw = GPT(m).to(device)
+        n_params = raw.num_params(exclude_padding=False)
+        raw.activation_checkpointing = t.activation_checkpointing
+        dist.shard(raw, info, cfg.dist.strategy)
+        optimizer = build_optimizer(raw, cfg.optim, device.type)
+        model = dist.wrap(raw, info, cfg.dist.strategy, use_compile)
+        tokens = torch.randint(0, m.vocab_size, (t.micro_batch_size, t.seq_len + 1), device=device)
+        batch = (tokens[:, :-1], tokens[:, 1:])
+        autocast = autocast_factory(device, autocast_dtype)
+
+        def step(i: int) -> torch.Tensor:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(i, t.max_steps, cfg.optim)
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = forward_backward(
+                model,
+                raw,
+                lambda: batch,
+                grad_accum,
+                autocast,
+                cfg.dist.strategy,
+                info,
+                cfg.optim.grad_clip,
+            )
+            optimizer.step()
+            return loss
+
+        def sync() -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        t0 = time.perf_counter()
+        for i in range(args.warmup):  # includes compilation
+            step(i)
+        sync()
+        warmup_s = time.perf_counter() - t0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        for i in range(args.steps):
+            loss = step(args.warmup + i)
+        sync()
+        dt = (time.perf_counter() - t0) / args.steps
+        tok_s = tokens_per_step / dt
+        fpt = flops_per_token(n_params, m.n_layer, m.n_embd, t.seq_len)
+        peak = peak_flops(device)
+        result = {
+            "bench": "train",
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            "world_size": info.world_size,
+            "torch": torch.__version__,
+            "n_params": n_params,
+            "model": to_dict(cfg)["model"],
+            "strategy": cfg.dist.strategy,
+            "compile": use_compile,
+            "dtype": str(autocast_dtype) if autocast_dtype else "float32",
+            "micro_batch": t.micro_batch_size,
+            "seq_len": t.seq_len,
+            "grad_accum": grad_accum,
+            "tokens_per_step": tokens_per_step,
+            "warmup_s": round(warmup_s, 2),
+            "step_ms": round(1e3 * dt, 2),
+            "tok_per_s": round(tok_s),
+            "tok_per_s_per_device": round(tok_s / info.world_size),
+            "mfu": None
+            if peak is None
+            else round(mfu(fpt, tok_s, peak, info.world_size) or 0.0, 4),
+            "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            if device.type == "cuda"
+            else None,
+            "final_loss": round(float(loss.item()), 4),
+        }
+        if not info.is_main:
+            result = {}
+        return result
+    finally:
+        dist.teardown()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -147,14 +260,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ld.add_argument("--shard-tokens", type=int, default=10_000_000, help="tokens per shard")
     ld.add_argument("--warmup", type=int, default=20, help="untimed batches")
     ld.add_argument("--steps", type=int, default=500, help="timed batches")
+    ld.add_argument("--device", default="cpu", help="where batches go (cpu or cuda)")
     ld.set_defaults(func=bench_loader)
-    return p.parse_args(argv)
+
+    tr = sub.add_parser(
+        "train", help="training step on synthetic tokens (tokens/s, MFU, peak memory)"
+    )
+    tr.add_argument(
+        "--warmup", type=int, default=5, help="untimed steps (compilation happens here)"
+    )
+    tr.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
+    tr.add_argument(
+        "--accum", type=int, default=0, help="micro-steps per step (0 = from the config)"
+    )
+    tr.add_argument("--out", default="", help="also write the JSON result to this file")
+    tr.set_defaults(func=bench_train)
+    args, unknown = p.parse_known_args(argv)
+    if args.command != "train" and unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = unknown
+    return args
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     result = args.func(args)
-    print(json.dumps(result))
+    if result:
+        print(json.dumps(result))
+        out = getattr(args, "out", "")
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -17,13 +17,14 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gpt2repro import checkpoint, dist
-from gpt2repro.config import Config, help_text, load_config, to_dict
+from gpt2repro.config import Config, TrainConfig, help_text, load_config, to_dict
 from gpt2repro.errors import UserError, run_cli
 from gpt2repro.metrics import (
     MetricsLog,
@@ -199,6 +200,69 @@ def _full_norm(norm: torch.Tensor) -> torch.Tensor:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
+# --------------------------------------------------------------------------- the step
+
+
+def forward_backward(
+    model: torch.nn.Module,
+    raw_model: torch.nn.Module,
+    next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    grad_accum: int,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    strategy: str,
+    info: dist.DistInfo,
+    grad_clip: float,
+    poison: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of one optimizer step: `grad_accum` micro-batches, then norm clipping.
+
+    Returns (loss, grad norm) as device tensors: this rank's mean loss over its micro-batches and
+    the global gradient norm before clipping. No host synchronisation. The caller zeroes the
+    gradients before and steps the optimizer after (train loop and `gpt2repro.bench train`).
+    """
+    loss_accum = torch.zeros((), device=info.device)
+    for micro in range(grad_accum):
+        x, y = next_batch()  # [B, T] each
+        with _grad_sync(model, raw_model, strategy, info, micro == grad_accum - 1):
+            with autocast():
+                _, loss = model(x, y)
+            loss = loss / grad_accum  # mean over the whole global batch after DDP's average
+            if poison:
+                loss = loss * float("nan")
+            loss_accum += loss.detach()
+            loss.backward()
+    clip = grad_clip if grad_clip > 0 else math.inf
+    norm = _full_norm(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip))
+    return loss_accum, norm
+
+
+def speed_settings(t: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, compile?) for this device; switches on TF32 on CUDA.
+
+    auto: bf16 autocast and torch.compile on CUDA; float32 and eager elsewhere.
+    """
+    use_cuda = device.type == "cuda"
+    autocast_dtype = None
+    if t.dtype == "bfloat16" or (t.dtype == "auto" and use_cuda):
+        autocast_dtype = torch.bfloat16
+    if use_cuda:
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 matmuls that remain
+        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cpu":
+        _tune_cpu_allocator()
+    use_compile = t.compile if t.compile is not None else use_cuda
+    return autocast_dtype, use_compile
+
+
+def autocast_factory(
+    device: torch.device, dtype: torch.dtype | None
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """A zero-argument factory of the autocast context (a no-op when dtype is None)."""
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -246,20 +310,8 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
 
     # ---- precision and speed switches
     use_cuda = device.type == "cuda"
-    autocast_dtype: torch.dtype | None = None
-    if t.dtype == "bfloat16" or (t.dtype == "auto" and use_cuda):
-        autocast_dtype = torch.bfloat16
-    if use_cuda:
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls
-        torch.backends.cudnn.allow_tf32 = True
-    use_compile = t.compile if t.compile is not None else use_cuda
-    if device.type == "cpu":
-        _tune_cpu_allocator()
-    autocast = (
-        (lambda: torch.autocast(device_type=device.type, dtype=autocast_dtype))
-        if autocast_dtype is not None
-        else contextlib.nullcontext
-    )
+    autocast_dtype, use_compile = speed_settings(t, device)
+    autocast = autocast_factory(device, autocast_dtype)
 
     # ---- model, optimizer, data
     torch.manual_seed(t.seed)
@@ -425,19 +477,17 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        loss_accum = torch.zeros((), device=device)
-        for micro in range(grad_accum):
-            x, y = train_loader.next_batch()  # [B, T] each
-            with _grad_sync(model, raw_model, cfg.dist.strategy, info, micro == grad_accum - 1):
-                with autocast():
-                    _, loss = model(x, y)
-                loss = loss / grad_accum  # mean over the whole global batch after DDP's average
-                if fault.poison(step + 1):
-                    loss = loss * float("nan")
-                loss_accum += loss.detach()
-                loss.backward()
-        clip = o.grad_clip if o.grad_clip > 0 else math.inf
-        norm = _full_norm(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip))
+        loss_accum, norm = forward_backward(
+            model,
+            raw_model,
+            train_loader.next_batch,
+            grad_accum,
+            autocast,
+            cfg.dist.strategy,
+            info,
+            o.grad_clip,
+            poison=fault.poison(step + 1),
+        )
         bad = ~torch.isfinite(norm)
         if cfg.guard.spike_zscore > 0:
             # Needs the global loss on the host: one sync per step when this guard is on.
