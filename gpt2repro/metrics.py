@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,8 @@ class WandbLogger:
                 "(or set --log.wandb_mode=disabled)"
             ) from None
         id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        # Our own id (wandb's generator moved between versions): 8 lowercase hex characters.
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         if not id_file.exists():
             id_file.write_text(run_id + "\n")
         self.run = wandb.init(
