@@ -368,6 +368,34 @@ def test_in_loop_hellaswag_val_and_samples(tmp_path: Path) -> None:
     assert all(0.0 <= r["hellaswag_acc_norm"] <= 1.0 for r in hsw)
     assert len(samples) == 1 and samples[0]["sample"].startswith("Hello, I'm a language model,")
     assert "eval step      4 | val_loss" in p.stdout
+    # The same checkpoint through the CLIs: evaluate reproduces the in-loop numbers, export
+    # gives a directory transformers loads with equal logits.
+    out = tmp_path / "eval.json"
+    cmd = [
+        sys.executable, "-m", "gpt2repro.evaluate", "--checkpoint", str(rd), "--val-data",
+        str(corpus), "--val-tokens", "512", "--seq-len", "32", "--hellaswag", str(hs),
+        "--json", str(out), "--device", "cpu",
+    ]  # fmt: skip
+    e = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert e.returncode == 0, e.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert abs(res["val_loss"] - [r for r in recs if "val_loss" in r][-1]["val_loss"]) < 1e-5
+    assert res["hellaswag"]["acc_norm"] == hsw[-1]["hellaswag_acc_norm"]
+    hf_dir = tmp_path / "hf"
+    x = subprocess.run(
+        [sys.executable, "-m", "gpt2repro.export", "--checkpoint", str(rd), "--out", str(hf_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert x.returncode == 0, x.stderr[-2000:]
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    ours = checkpoint.load_model(rd)
+    idx = torch.from_numpy(toks[:40].astype(np.int64))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx)[0], rtol=1e-4, atol=1e-4)
     # a HellaSwag file that does not exist is refused before training starts
     line = _error_line(run([*args, "--eval.hellaswag_file=/nonexistent.jsonl"], check=False))
     assert "eval.hellaswag_file" in line and "data_prep/hellaswag.py" in line
