@@ -171,12 +171,25 @@ def _check_model_matches(ckpt: Path, state: dict[str, Any], cfg: Config) -> None
 
 
 def _resume_point(cfg: Config, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from, or None for a fresh start (never over existing ones)."""
     mode = cfg.checkpoint.resume
-    if mode == "never":
-        return None
     if mode == "auto":
         return checkpoint.find_latest(run_dir)
-    return checkpoint.resolve(mode)
+    existing = sorted((run_dir / "ckpt").glob("step_*"))
+    if mode == "never":
+        if existing:
+            raise UserError(
+                f"checkpoint.resume=never but {run_dir} already holds checkpoints "
+                f"({existing[-1].name}); use a new --run.dir (nothing is overwritten) or resume=auto"
+            )
+        return None
+    ckpt = checkpoint.resolve(mode)
+    if existing and run_dir.resolve() not in ckpt.resolve().parents:
+        raise UserError(
+            f"checkpoint.resume={mode} starts from another run but {run_dir} already holds "
+            "checkpoints; use a new --run.dir so they are not overwritten"
+        )
+    return ckpt
 
 
 def _grad_sync(

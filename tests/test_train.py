@@ -146,9 +146,11 @@ def test_ddp_two_processes_equal_one_with_double_accumulation(corpus: Path, tmp_
     assert_params_close(final_params(one), final_params(two), 1e-5)
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_sigkill_resume_is_bit_identical(corpus: Path, tmp_path: Path, nproc: int) -> None:
-    common = ["--train.max_steps=16", "--checkpoint.every=5"]
+@pytest.mark.parametrize("nproc,strategy", [(1, "ddp"), (2, "ddp"), (2, "fsdp")])
+def test_sigkill_resume_is_bit_identical(
+    corpus: Path, tmp_path: Path, nproc: int, strategy: str
+) -> None:
+    common = ["--train.max_steps=16", "--checkpoint.every=5", f"--dist.strategy={strategy}"]
     ref = tmp_path / "ref"
     run(args_for(corpus, ref, *common), nproc=nproc)
     killed = tmp_path / "killed"
@@ -306,6 +308,11 @@ def test_bad_input_one_clear_line(corpus: Path, tmp_path: Path) -> None:
     )
     assert "another model shape" in line and "n_embd=32 (config: 64)" in line
     assert checkpoint.find_latest(rd).name == "step_00000002"  # nothing overwritten
+    # resume=never on a directory with checkpoints refuses instead of overwriting them
+    line = _error_line(
+        run(args_for(corpus, rd, "--train.max_steps=2", "--checkpoint.resume=never"), check=False)
+    )
+    assert "resume=never" in line and "new --run.dir" in line
     line = _error_line(run([*TINY, "--optim.lrr=1"], check=False))
     assert "optim.lr" in line
 
