@@ -25,7 +25,6 @@ import glob
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -36,7 +35,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np  # noqa: E402
 
-from gpt2repro.data import fsync_dir, public_mode, shard_sha256, write_shard  # noqa: E402
+from gpt2repro.atomic import write_json  # noqa: E402
+from gpt2repro.data import shard_sha256, write_shard  # noqa: E402
 from gpt2repro.errors import UserError, run_cli  # noqa: E402
 from gpt2repro.tokenizer import EOT, get_encoding  # noqa: E402
 
@@ -301,19 +301,7 @@ def ordered_map(
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, public_mode())
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    write_json(path, obj, indent=1)
 
 
 def _read_json(path: Path) -> dict | None:

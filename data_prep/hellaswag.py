@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt2repro.data import fsync_dir, public_mode  # noqa: E402
+from gpt2repro.atomic import fsync_dir, public_mode  # noqa: E402
 from gpt2repro.errors import UserError, run_cli  # noqa: E402
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from gpt2repro import dist
+from gpt2repro.atomic import fsync_dir, write_text
 from gpt2repro.errors import UserError
 
 FORMAT_VERSION = 1
@@ -44,27 +45,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 24), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 # --------------------------------------------------------------------------- RNG
@@ -183,7 +163,7 @@ def save(
             sha256={name: _sha256(tmp / name) for name in ("model.pt", "optim.pt")},
             complete=True,
         )
-        _atomic_write_text(tmp / "state.json", json.dumps(record))
+        write_text(tmp / "state.json", json.dumps(record))
         if final.exists():
             # A checkpoint of this step exists (a resumed run reached it again): replace it.
             old = ckpt_root / f".old-{step_dir_name(step)}"
@@ -193,8 +173,8 @@ def save(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
-        _atomic_write_text(ckpt_root / "latest", final.name + "\n")
+        fsync_dir(ckpt_root)
+        write_text(ckpt_root / "latest", final.name + "\n")
         prune(ckpt_root, keep_last)
     dist.barrier()
     return final

@@ -20,12 +20,12 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gpt2repro.atomic import atomic_open
 from gpt2repro.errors import UserError
 
 if TYPE_CHECKING:  # torch is imported by the loader only: data_prep workers never need it
@@ -73,41 +73,9 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
     """Write `tokens` as an llm.c `.bin` shard; atomic (temp file, fsync, rename)."""
     path = Path(path)
     tokens = np.ascontiguousarray(_as_uint16(tokens, str(path)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, public_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(encode_header(len(tokens)))
-            f.write(memoryview(tokens).cast("B"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def public_mode() -> int:
-    """0o666 less the umask: what open() would give (mkstemp's temp files are 0o600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_open(path, "wb") as f:
+        f.write(encode_header(len(tokens)))
+        f.write(memoryview(tokens).cast("B"))
 
 
 def read_shard(path: str | os.PathLike) -> np.ndarray:

@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -43,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt2repro import dist
+from gpt2repro.atomic import write_json
 from gpt2repro.errors import UserError, run_cli
 
 DEFAULT_HELLASWAG = "data/hellaswag/hellaswag_val.jsonl"
@@ -566,15 +566,6 @@ def results_table(label: str, hs: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: str | Path, obj: dict) -> None:
-    """Write to a temp file in the same directory, then rename over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m gpt2repro.evaluate",
@@ -718,7 +709,7 @@ def main(argv: list[str]) -> int:
                 secs = time.perf_counter() - t0
                 print(f"hellaswag: {hs['n']} examples in {secs:.1f} s on {info.world_size} rank(s)")
         if args.json and info.is_main:
-            write_json_atomic(args.json, out)
+            write_json(args.json, out)
     finally:
         dist.teardown()
     return 0

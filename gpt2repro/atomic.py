@@ -1,0 +1,67 @@
+"""Atomic file writes: a file appears under its final name complete, or not at all.
+
+Write to a temporary file in the same directory, flush and fsync it, rename it over the final
+name, then fsync the directory so the rename survives a power cut. Used for shards, manifests,
+checkpoint metadata, evaluation results and exports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+def public_mode() -> int:
+    """0o666 less the umask: what open() would give (mkstemp's temp files are 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename in `directory` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """`with atomic_open(p, "w") as f: ...` writes p atomically; on an exception p is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, public_mode())
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=indent)
+        f.write("\n")
