@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,14 +115,40 @@ def load_into(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt: P
     )
 
     opts = StateDictOptions(full_state_dict=True)
-    msd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
+    # mmap: ranks on one node share the page cache instead of each holding a full copy in RAM.
+    msd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True, mmap=True)
     set_model_state_dict(model, msd, options=opts)
     if optimizer is not None:
-        osd = torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True)
+        osd = torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True, mmap=True)
         set_optimizer_state_dict(model, optimizer, osd, options=opts)
 
 
 # --------------------------------------------------------------------------- save
+
+
+class _HashingWriter:
+    """A file wrapper that hashes the bytes torch.save streams through it (it writes in order)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.sha = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _save_hashed(obj: Any, path: Path) -> str:
+    """torch.save + fsync; returns the sha256 of the bytes written, without reading them back."""
+    with open(path, "wb") as fh:
+        writer = _HashingWriter(fh)
+        torch.save(obj, writer)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return writer.sha.hexdigest()
 
 
 def save(
@@ -149,18 +176,17 @@ def save(
         if tmp.exists():
             shutil.rmtree(tmp)  # leftover of a crash during an earlier write of this step
         tmp.mkdir()
-        torch.save(msd, tmp / "model.pt")
-        torch.save(osd, tmp / "optim.pt")
-        for name in ("model.pt", "optim.pt"):
-            with open(tmp / name, "rb") as fh:
-                os.fsync(fh.fileno())
+        digests = {
+            "model.pt": _save_hashed(msd, tmp / "model.pt"),
+            "optim.pt": _save_hashed(osd, tmp / "optim.pt"),
+        }
         record = dict(state)
         record.update(
             format_version=FORMAT_VERSION,
             step=step,
             world_size=len(per_rank),
             ranks=per_rank,
-            sha256={name: _sha256(tmp / name) for name in ("model.pt", "optim.pt")},
+            sha256=digests,
             complete=True,
         )
         write_text(tmp / "state.json", json.dumps(record))
@@ -191,6 +217,26 @@ def prune(ckpt_root: Path, keep_last: int) -> list[Path]:
     for p in doomed:
         shutil.rmtree(p, ignore_errors=True)
     return doomed
+
+
+def abandon_after(run_dir: Path, step: int) -> list[Path]:
+    """Move checkpoints of steps after `step` to `ckpt/.abandoned-step_N-<time>` (kept, hidden).
+
+    Used when a run deliberately continues from an older checkpoint: the newer ones belong to a
+    branch that is being dropped, and must not be found by `resume=auto` or kept by pruning.
+    """
+    root = run_dir / "ckpt"
+    moved = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for p in sorted(root.glob(f"{_PREFIX}*")):
+        s = _step_of(p)
+        if p.is_dir() and s is not None and s > step:
+            dest = root / f".abandoned-{p.name}-{stamp}"
+            os.replace(p, dest)
+            moved.append(dest)
+    if moved:
+        write_text(root / "latest", step_dir_name(step) + "\n")
+    return moved
 
 
 # --------------------------------------------------------------------------- discovery / load

@@ -1,7 +1,7 @@
 """What a run reports: FLOP accounting and MFU, the console line, metrics.jsonl, and wandb.
 
 `metrics.jsonl` is the complete record of a run: one JSON object per line, each with `step` and
-`tokens`. Train lines: step, loss, lr, grad_norm, tokens, tok_per_s, mfu, step_ms, skipped.
+`tokens`. Train lines: step, loss, lr, grad_norm, tokens, tok_per_s, mfu, step_ms, skipped, mem_gib.
 Eval lines: step, val_loss and/or hellaswag_acc, hellaswag_acc_norm. Events (start, resume,
 preempt, done) carry an `event` key. After a resume, steps after the checkpoint may appear twice;
 the later line is the one that counts.
@@ -20,6 +20,7 @@ import torch
 # Dense bf16 peak FLOP/s from the datasheets (REFERENCE.md). Order matters: first match wins.
 GPU_PEAK_FLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),  # per GPU of the NVL pair
     ("H100", 989e12),  # SXM / HBM3
     ("H200", 989e12),
     ("H800", 989e12),

@@ -88,7 +88,8 @@ class _Fault:
     """Test hook for the fault-injection tests, from GPT2REPRO_FAULT="KIND:STEP[:rank=R]".
 
     sigkill / sigterm: signal this process after step STEP completed (after any checkpoint);
-    nan: make the loss of step STEP non-finite (exercises the guard). Unset: does nothing.
+    nan: make the loss of step STEP non-finite; spike: multiply it by 50 (exercise the guards).
+    Unset: does nothing.
     """
 
     def __init__(self, spec: str | None, rank: int) -> None:
@@ -96,16 +97,18 @@ class _Fault:
         if not spec:
             return
         parts = spec.split(":")
-        if parts[0] not in ("sigkill", "sigterm", "nan") or len(parts) < 2:
+        if parts[0] not in ("sigkill", "sigterm", "nan", "spike") or len(parts) < 2:
             raise UserError(
-                f"GPT2REPRO_FAULT={spec!r}: expected sigkill:N, sigterm:N or nan:N[:rank=R]"
+                f"GPT2REPRO_FAULT={spec!r}: expected sigkill:N, sigterm:N, nan:N or spike:N[:rank=R]"
             )
         only_rank = int(parts[2].split("=")[1]) if len(parts) > 2 else None
         if only_rank is None or only_rank == rank:
             self.kind, self.step = parts[0], int(parts[1])
 
-    def poison(self, step: int) -> bool:
-        return self.kind == "nan" and step == self.step
+    def poison(self, step: int) -> float | None:
+        if step != self.step:
+            return None
+        return {"nan": float("nan"), "spike": 50.0}.get(self.kind)
 
     def after_step(self, step: int) -> None:
         if step == self.step and self.kind in ("sigkill", "sigterm"):
@@ -171,10 +174,14 @@ def _check_model_matches(ckpt: Path, state: dict[str, Any], cfg: Config) -> None
 
 
 def _resume_point(cfg: Config, run_dir: Path) -> Path | None:
-    """The checkpoint to continue from, or None for a fresh start (never over existing ones)."""
+    """The checkpoint to continue from, verified, or None for a fresh start.
+
+    Never over existing checkpoints: resuming from an older checkpoint of this run moves the
+    newer ones aside (`ckpt/.abandoned-...`) so discovery and pruning ignore them.
+    """
     mode = cfg.checkpoint.resume
     if mode == "auto":
-        return checkpoint.find_latest(run_dir)
+        return checkpoint.find_latest(run_dir)  # verified
     existing = sorted((run_dir / "ckpt").glob("step_*"))
     if mode == "never":
         if existing:
@@ -189,6 +196,9 @@ def _resume_point(cfg: Config, run_dir: Path) -> Path | None:
             f"checkpoint.resume={mode} starts from another run but {run_dir} already holds "
             "checkpoints; use a new --run.dir so they are not overwritten"
         )
+    checkpoint.verify(ckpt, checkpoint.read_state(ckpt))
+    for moved in checkpoint.abandon_after(run_dir, checkpoint.read_state(ckpt)["step"]):
+        print(f"note: moved {moved.name} aside: this run continues from {ckpt.name}", flush=True)
     return ckpt
 
 
@@ -225,13 +235,14 @@ def forward_backward(
     strategy: str,
     info: dist.DistInfo,
     grad_clip: float,
-    poison: bool = False,
+    poison: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of one optimizer step: `grad_accum` micro-batches, then norm clipping.
 
     Returns (loss, grad norm) as device tensors: this rank's mean loss over its micro-batches and
     the global gradient norm before clipping. No host synchronisation. The caller zeroes the
     gradients before and steps the optimizer after (train loop and `gpt2repro.bench train`).
+    `poison` (fault-injection tests only) multiplies the loss.
     """
     loss_accum = torch.zeros((), device=info.device)
     for micro in range(grad_accum):
@@ -240,8 +251,8 @@ def forward_backward(
             with autocast():
                 _, loss = model(x, y)
             loss = loss / grad_accum  # mean over the whole global batch after DDP's average
-            if poison:
-                loss = loss * float("nan")
+            if poison is not None:
+                loss = loss * poison
             loss_accum += loss.detach()
             loss.backward()
     clip = grad_clip if grad_clip > 0 else math.inf
@@ -311,7 +322,11 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     _on_main(info, lambda: _check_run_dir(run_dir))
     dist.barrier()
     done_marker = run_dir / "DONE"
-    ckpt = _resume_point(cfg, run_dir)
+    # Rank 0 picks and verifies the checkpoint (sha256 once, not per rank) and tells the others,
+    # so every rank resumes from the same one even if their views of the filesystem lag.
+    found: list[Path | None] = [None]
+    _on_main(info, lambda: found.__setitem__(0, _resume_point(cfg, run_dir)))
+    ckpt = dist.broadcast_object(found[0])
     state: dict[str, Any] | None = None
     if ckpt is not None:
         state = checkpoint.read_state(ckpt)
@@ -335,7 +350,11 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     optimizer = build_optimizer(raw_model, o, device.type)
     # A NaN/Inf grad norm skips the update without a host sync when the fused kernel can take
     # a device-side flag; elsewhere (CPU, FSDP) the check syncs, which costs nothing on CPU.
-    async_guard = bool(optimizer.defaults.get("fused")) and cfg.dist.strategy != "fsdp"
+    async_guard = (
+        bool(optimizer.defaults.get("fused"))
+        and cfg.dist.strategy != "fsdp"
+        and cfg.guard.spike_zscore <= 0  # the spike guard reads the loss each step anyway
+    )
     train_loader = data.TokenLoader(
         cfg.data.dir,
         "train",
@@ -349,7 +368,6 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     step, tokens_seen, skipped = 0, 0, 0
     loss_history: deque[float] = deque(maxlen=max(1, cfg.guard.spike_window))
     if ckpt is not None and state is not None:
-        checkpoint.verify(ckpt, state)
         checkpoint.load_into(raw_model, optimizer, ckpt)
         step, tokens_seen, skipped = state["step"], state["tokens"], state.get("skipped", 0)
         loss_history.extend(state.get("loss_history", []))
@@ -457,7 +475,19 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
             metrics.write({"step": at_step, "tokens": tokens_seen, "sample": text})
             wandb.log_sample(at_step, text)
 
+    def sync_skipped() -> int:
+        """Fold the device-side skip count (async guard) into `skipped`; check the guard."""
+        nonlocal skipped
+        new = int(skipped_dev.item())
+        if new:
+            skipped += new
+            skipped_dev.zero_()
+            _check_guard(cfg, skipped, step, nonfinite=True)
+        return skipped
+
     def save_now(at_step: int) -> Path:
+        if async_guard:
+            sync_skipped()  # the checkpoint must carry the exact count
         ckpt_state = {
             "tokens": tokens_seen,
             "skipped": skipped,
@@ -485,6 +515,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     t_last, step_last = time.perf_counter(), step
     skipped_dev = torch.zeros((), device=device)  # async-guard skips, read at log points
     last_saved = step if ckpt is not None else -1
+    first_step = step
     while step < t.max_steps:
         lr = lr_at(step, t.max_steps, o)
         for group in optimizer.param_groups:
@@ -501,44 +532,47 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
             o.grad_clip,
             poison=fault.poison(step + 1),
         )
-        bad = ~torch.isfinite(norm)
-        if cfg.guard.spike_zscore > 0:
-            # Needs the global loss on the host: one sync per step when this guard is on.
-            global_loss = dist.all_reduce_mean(loss_accum.clone()).item()
-            spike = _is_spike(global_loss, loss_history, cfg.guard.spike_zscore)
-            if not spike and math.isfinite(global_loss):
-                loss_history.append(global_loss)
-            bad = bad | torch.tensor(spike, device=device)
+        bad = ~torch.isfinite(norm)  # the norm is global: every rank decides the same
         if async_guard:
             optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
-            optimizer.step()
+            optimizer.step()  # skipped inside the fused kernel when found_inf is 1
             skipped_dev += bad.float()
-        elif bool(bad.item()):
-            skipped += 1
-            if info.is_main:
-                print(
-                    f"step {step + 1}: non-finite loss/grad norm or loss spike; update skipped",
-                    flush=True,
-                )
-            _check_guard(cfg, skipped, step + 1)
         else:
-            optimizer.step()
+            spike = False
+            nonfinite = bool(bad.item())
+            if cfg.guard.spike_zscore > 0 and not nonfinite:
+                # Needs the global loss on the host: one sync per step when this guard is on.
+                global_loss = dist.all_reduce_mean(loss_accum.clone()).item()
+                spike = _is_spike(global_loss, loss_history, cfg.guard.spike_zscore)
+                loss_history.append(global_loss)  # spikes too, so a lasting shift is learned
+            if nonfinite or spike:
+                skipped += 1
+                if info.is_main:
+                    what = "loss spike" if spike else "non-finite loss/grad norm"
+                    print(f"step {step + 1}: {what}; update skipped", flush=True)
+                _check_guard(cfg, skipped, step + 1, nonfinite)
+            else:
+                optimizer.step()
         step += 1
         tokens_seen += t.total_batch_tokens
+        if step == first_step + 1 and lg.every > 1:
+            # Leave the first step (compilation, cache warm-up) out of the step-time average.
+            if use_cuda:
+                torch.cuda.synchronize()
+            t_last, step_last = time.perf_counter(), step
 
         stop = dist.any_rank(preempt.signal is not None)
         last = step == t.max_steps
         if step % lg.every == 0 or last or stop:
             loss_val = dist.all_reduce_mean(loss_accum.clone()).item()
             if async_guard:
-                skipped += int(skipped_dev.item())
-                skipped_dev.zero_()
-                _check_guard(cfg, skipped, step)
+                skipped = sync_skipped()
             if use_cuda:
                 torch.cuda.synchronize()
             now = time.perf_counter()
             dt = (now - t_last) / max(1, step - step_last)
             tok_s = t.total_batch_tokens / dt
+            mem = torch.cuda.max_memory_allocated(device) / 2**30 if use_cuda else None
             rec = {
                 "step": step,
                 "loss": loss_val,
@@ -549,25 +583,25 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
                 "mfu": mfu(fpt, tok_s, peak, info.world_size),
                 "step_ms": 1000 * dt,
                 "skipped": skipped,
+                "mem_gib": mem,
             }
-            mem = torch.cuda.max_memory_allocated(device) / 2**30 if use_cuda else None
             if info.is_main:
                 print(console_line(rec, t.max_steps, dt * (t.max_steps - step), mem), flush=True)
                 metrics.write(rec)
                 wandb.log(rec)
             t_last, step_last = time.perf_counter(), step
         timed_out = False
-        do_val = val_tokens is not None and (step % e.every == 0 or last)
-        do_hs = hellaswag is not None and (step % e.hellaswag_every == 0 or last)
+        if (ck.every > 0 and step % ck.every == 0) or last or stop:
+            save_now(step)  # first: a preempted run has seconds before SIGKILL
+            last_saved = step
+            timed_out = True
+        do_val = val_tokens is not None and (step % e.every == 0 or last) and not stop
+        do_hs = hellaswag is not None and (step % e.hellaswag_every == 0 or last) and not stop
         if do_val or do_hs:
             evaluate_now(step, do_val, do_hs)
             timed_out = True
-        if can_sample and (step % lg.sample_every == 0 or last):
+        if can_sample and (step % lg.sample_every == 0 or last) and not stop:
             sample_now(step)
-            timed_out = True
-        if (ck.every > 0 and step % ck.every == 0) or last or stop:
-            save_now(step)
-            last_saved = step
             timed_out = True
         if timed_out:
             t_last, step_last = time.perf_counter(), step
@@ -608,8 +642,8 @@ def _is_spike(loss: float, history: deque[float], z: float) -> bool:
     return loss > mean + z * math.sqrt(var)
 
 
-def _check_guard(cfg: Config, skipped: int, step: int) -> None:
-    if skipped and cfg.guard.nonfinite == "stop":
+def _check_guard(cfg: Config, skipped: int, step: int, nonfinite: bool) -> None:
+    if nonfinite and cfg.guard.nonfinite == "stop":
         raise UserError(
             f"step {step}: non-finite loss or gradient norm and guard.nonfinite=stop; lower optim.lr, "
             "check the data, or set --guard.nonfinite=skip"

@@ -202,6 +202,56 @@ def test_nonfinite_guard_skips_or_stops(corpus: Path, tmp_path: Path) -> None:
     assert p.stderr.strip().splitlines()[-1].startswith("error: step 3: non-finite loss")
 
 
+def test_spike_guard_skips_a_spike_and_counts_it(corpus: Path, tmp_path: Path) -> None:
+    rd = tmp_path / "spike"
+    p = run(
+        args_for(
+            corpus, rd, "--train.max_steps=16", "--guard.spike_zscore=4", "--guard.nonfinite=stop"
+        ),
+        env={"GPT2REPRO_FAULT": "spike:14"},
+    )
+    assert "step 14: loss spike; update skipped" in p.stdout  # a spike is not a non-finite stop
+    train = {r["step"]: r for r in read_metrics(rd / "metrics.jsonl") if "loss" in r}
+    assert train[13]["skipped"] == 0 and train[14]["skipped"] == 1 and train[16]["skipped"] == 1
+    assert checkpoint.read_state(checkpoint.resolve(rd))["skipped"] == 1
+
+
+def test_resume_from_an_older_checkpoint_moves_newer_ones_aside(
+    corpus: Path, tmp_path: Path
+) -> None:
+    rd = tmp_path / "run"
+    run(
+        args_for(
+            corpus, rd, "--train.max_steps=8", "--checkpoint.every=2", "--checkpoint.keep_last=3"
+        )
+    )
+    assert sorted(p.name for p in (rd / "ckpt").glob("step_*")) == [
+        "step_00000004",
+        "step_00000006",
+        "step_00000008",
+    ]
+    older = rd / "ckpt" / "step_00000004"
+    p = run(
+        args_for(
+            corpus,
+            rd,
+            "--train.max_steps=10",
+            "--checkpoint.every=2",
+            "--checkpoint.keep_last=3",
+            f"--checkpoint.resume={older}",
+        )
+    )
+    assert "moved step_00000006 aside" in p.stdout and "at step 4" in p.stdout
+    # the new branch's checkpoints are the ones kept; the old branch is kept aside, not deleted
+    assert sorted(p.name for p in (rd / "ckpt").glob("step_*")) == [
+        "step_00000006",
+        "step_00000008",
+        "step_00000010",
+    ]
+    assert len(list((rd / "ckpt").glob(".abandoned-step_0000000[68]-*"))) == 2
+    assert checkpoint.find_latest(rd).name == "step_00000010"
+
+
 def test_fsdp_matches_ddp(corpus: Path, tmp_path: Path) -> None:
     common = ["--train.max_steps=4", "--checkpoint.every=0"]
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
