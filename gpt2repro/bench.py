@@ -154,13 +154,14 @@ def bench_train(args: argparse.Namespace) -> dict:
         raise UserError(f"unknown argument {rest[0]!r}: use --config FILE and --section.key=value")
     t, m = cfg.train, cfg.model
     info = dist.setup(t.device, cfg.dist.backend)
+    ok = False
     try:
         device = info.device
         per_step = t.micro_batch_size * t.seq_len * info.world_size
         grad_accum = max(1, t.total_batch_tokens // per_step) if not args.accum else args.accum
         tokens_per_step = per_step * grad_accum
         autocast_dtype, use_compile = speed_settings(t, device)
-        torch.manual_seed(t.seed + info.rank)
+        torch.manual_seed(t.seed)  # one model on every rank, as in training
         raw = GPT(m).to(device)
         n_params = raw.num_params(exclude_padding=False)
         raw.activation_checkpointing = t.activation_checkpointing
@@ -235,9 +236,10 @@ def bench_train(args: argparse.Namespace) -> dict:
         }
         if not info.is_main:
             result = {}
+        ok = True
         return result
     finally:
-        dist.teardown()
+        dist.teardown(clean=ok)  # after an error on this rank, no barrier that could hang
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -178,14 +178,20 @@ def shard(raw_model: nn.Module, info: DistInfo, strategy: str) -> None:
 
 
 def wrap(raw_model: nn.Module, info: DistInfo, strategy: str, compile: bool) -> nn.Module:
-    """The module to train: optionally compiled, then DDP-wrapped for ddp across processes.
+    """The module to train: DDP-wrapped across processes (ddp), then compiled.
 
-    `raw_model` stays the unwrapped, uncompiled handle for state dicts, eval and sampling.
+    Compiling the DDP module (not wrapping a compiled one) lets dynamo split the graph at DDP's
+    bucket boundaries, so gradient all-reduces overlap the backward pass. An FSDP2 module (sharded
+    in place by `shard`) is compiled as a whole. The compiled module is a wrapper: `raw_model`
+    stays the uncompiled handle for state dicts, eval and sampling, which therefore never
+    recompile for their shapes.
     """
-    model = torch.compile(raw_model) if compile else raw_model
+    model: nn.Module = raw_model
     if strategy == "ddp" and info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         device_ids = [info.local_rank] if info.device_type == "cuda" else None
-        model = DDP(model, device_ids=device_ids)
+        model = DDP(raw_model, device_ids=device_ids)
+    if compile:
+        model = torch.compile(model)
     return model

@@ -215,7 +215,8 @@ def _grad_sync(
     if strategy == "fsdp":
         raw_model.set_requires_gradient_sync(sync)  # type: ignore[operator]
         return contextlib.nullcontext()
-    return contextlib.nullcontext() if sync else model.no_sync()  # type: ignore[operator]
+    ddp = getattr(model, "_orig_mod", model)  # compile(DDP(m)): no_sync lives on the DDP module
+    return contextlib.nullcontext() if sync else ddp.no_sync()  # type: ignore[operator]
 
 
 def _full_norm(norm: torch.Tensor) -> torch.Tensor:
