@@ -176,7 +176,7 @@ def bench_train(args: argparse.Namespace) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(i, t.max_steps, cfg.optim)
             optimizer.zero_grad(set_to_none=True)
-            loss, _ = forward_backward(
+            loss, norm = forward_backward(
                 model,
                 raw,
                 lambda: batch,
@@ -186,7 +186,15 @@ def bench_train(args: argparse.Namespace) -> dict:
                 info,
                 cfg.optim.grad_clip,
             )
-            optimizer.step()
+            # The per-step extras of the training loop: the non-finite guard (device-side flag
+            # where the fused optimizer takes one, else a host read) and the preemption poll.
+            bad = ~torch.isfinite(norm)
+            if optimizer.defaults.get("fused") and cfg.dist.strategy != "fsdp":
+                optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
+                optimizer.step()
+            elif not bool(bad.item()):
+                optimizer.step()
+            dist.any_rank(False)
             return loss
 
         def sync() -> None:
