@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import tomllib
 import types
@@ -272,7 +273,9 @@ def _split_cli(argv: list[str]) -> tuple[str | None, list[tuple[str, str]], list
             if "=" in key:
                 key, value = key.split("=", 1)
             else:
-                if i + 1 >= len(argv):
+                # The next argument is the value, unless it is another option: then this one
+                # has none (negative numbers like -1 are values).
+                if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
                     raise UserError(f"{arg} needs a value, e.g. {arg}=VALUE")
                 value = argv[i + 1]
                 i += 1
@@ -364,6 +367,13 @@ def _validate(cfg: Config) -> list[str]:
         "train.micro_batch_size": t.micro_batch_size,
         "train.total_batch_tokens": t.total_batch_tokens,
         "train.max_steps": t.max_steps,
+        "optim.lr": o.lr,
+        "optim.eps": o.eps,
+        "eval.batch_examples": cfg.eval.batch_examples,
+        "guard.max_skipped": cfg.guard.max_skipped,
+        "guard.spike_window": cfg.guard.spike_window,
+        "log.every": cfg.log.every,
+        "log.sample_tokens": cfg.log.sample_tokens,
     }
     for key, v in positive.items():
         if v <= 0:
@@ -389,11 +399,21 @@ def _validate(cfg: Config) -> list[str]:
         "eval.hellaswag_every": cfg.eval.hellaswag_every,
         "checkpoint.every": cfg.checkpoint.every,
         "checkpoint.keep_last": cfg.checkpoint.keep_last,
+        "eval.hellaswag_limit": cfg.eval.hellaswag_limit,
+        "optim.min_lr": o.min_lr,
+        "optim.weight_decay": o.weight_decay,
+        "optim.grad_clip": o.grad_clip,
+        "guard.spike_zscore": cfg.guard.spike_zscore,
     }.items():
         if v < 0:
             problems.append(f"'{key}' must be >= 0, got {v}")
-    if cfg.log.every <= 0:
-        problems.append(f"'log.every' must be positive, got {cfg.log.every}")
+    for key, b in {"optim.beta1": o.beta1, "optim.beta2": o.beta2}.items():
+        if not 0.0 <= b < 1.0:
+            problems.append(f"'{key}' must be in [0, 1), got {b}")
+    for sname, section in to_dict(cfg).items():  # TOML can spell nan and inf; the CLI cannot
+        for key, v in section.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                problems.append(f"'{sname}.{key}' must be a finite number, got {v}")
     return problems
 
 
@@ -431,8 +451,7 @@ def to_toml(cfg: Config) -> str:
             if isinstance(v, bool):
                 lines.append(f"{key} = {'true' if v else 'false'}")
             elif isinstance(v, str):
-                escaped = v.replace("\\", "\\\\").replace('"', '\\"')
-                lines.append(f'{key} = "{escaped}"')
+                lines.append(f"{key} = {json.dumps(v, ensure_ascii=False)}")  # a valid TOML string
             else:
                 lines.append(f"{key} = {v!r}")
         lines.append("")

@@ -60,7 +60,10 @@ def load_hf(name_or_dir: str, device: str | torch.device = "cpu") -> GPT:
 
 def _looks_like_path(s: str) -> bool:
     # Hub ids are "name" or "owner/name"; anything else is meant as a filesystem path.
-    return s.startswith(("/", ".", "~")) or "\\" in s or s.count("/") > 1
+    if s.startswith(("/", ".", "~")) or "\\" in s or s.count("/") > 1:
+        return True
+    # "runs/export" whose folder "runs" exists here is a mistyped local path, not a hub repo.
+    return "/" in s and Path(s).parent.is_dir()
 
 
 def _resolve(name_or_dir: str) -> Path:

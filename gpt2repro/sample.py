@@ -135,7 +135,13 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
         use_cache=use_cache,
     )
-    texts = [enc.decode(t) for t in generated]
+    # Decode prompt + continuation as bytes, then drop the prompt's bytes: a character whose
+    # bytes straddle the boundary is decoded whole instead of as two replacement characters.
+    prompt_bytes = enc.decode_bytes(prompt_tokens)
+    texts = [
+        enc.decode_bytes(prompt_tokens + t)[len(prompt_bytes) :].decode("utf-8", errors="replace")
+        for t in generated
+    ]
     if args.json:
         single = args.num_samples == 1
         obj = {

@@ -181,3 +181,35 @@ def test_published_recipes():
     for size, lr in [("350m", 3e-4), ("774m", 2.5e-4)]:
         cfg, _ = load_config(["--config", str(REPO / "configs" / f"gpt2_{size}.toml")])
         assert cfg.optim.lr == lr and cfg.train.total_batch_tokens == 524288
+
+
+def test_review_edge_cases() -> None:
+    """An option is not a value; non-finite and out-of-range numbers are refused; the resolved
+    TOML round-trips strings with quotes, backslashes and newlines."""
+    import tomllib
+
+    from gpt2repro.config import build_config, load_config, to_toml
+    from gpt2repro.errors import UserError
+
+    with pytest.raises(UserError, match=r"--run.name needs a value"):
+        load_config(["--run.name", "--train.seed=3"])
+    assert (
+        load_config(["--optim.min_lr", "-0.0"])[0].optim.min_lr == 0.0
+    )  # a leading '-' is a value
+    with pytest.raises(UserError) as e:
+        build_config(
+            {
+                "optim": {"lr": float("nan"), "beta2": 1.0, "grad_clip": -1.0},
+                "eval": {"batch_examples": 0},
+            }
+        )
+    msg = str(e.value)
+    for key in (
+        "optim.lr' must be a finite",
+        "optim.beta2",
+        "optim.grad_clip",
+        "eval.batch_examples",
+    ):
+        assert key in msg, (key, msg)
+    cfg = build_config(overrides=[("log.sample_prompt", 'ROMEO:\n"say" \\ ä\t')])
+    assert tomllib.loads(to_toml(cfg))["log"]["sample_prompt"] == cfg.log.sample_prompt

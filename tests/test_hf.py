@@ -237,3 +237,12 @@ def test_export_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
     torch.testing.assert_close(hf_logits(hf, idx), our_logits(ours, idx), atol=1e-5, rtol=0)
     assert run_cli(main, ["--checkpoint", "runs/x", "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_mistyped_local_path_is_not_sent_to_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="runs/exprot does not exist"):
+        load_hf("runs/exprot")
