@@ -13,6 +13,8 @@ Resumable and atomic: each shard is written to a temp file, fsynced and renamed;
 `progress.json` records where the next shard starts in the document stream (document index and
 tokens of that document already written). A killed run started again with the same arguments
 re-streams from there and ends with byte-identical shards. `manifest.json` is written last.
+HF sources are pinned to a dataset revision (--revision, default the Hub's current sha), recorded
+in progress/manifest; a resume reads that revision and refuses another.
 See docs/data.md.
 """
 
@@ -36,13 +38,15 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np  # noqa: E402
 
 from gpt2repro.atomic import write_json  # noqa: E402
-from gpt2repro.data import shard_sha256, write_shard  # noqa: E402
+from gpt2repro.data import SHARD_NAME, shard_sha256, write_shard  # noqa: E402
 from gpt2repro.errors import UserError, run_cli  # noqa: E402
 from gpt2repro.tokenizer import EOT, get_encoding  # noqa: E402
 
 HF_DATASETS = {"fineweb": "HuggingFaceFW/fineweb", "fineweb-edu": "HuggingFaceFW/fineweb-edu"}
 SAMPLES = ("10BT", "100BT", "350BT")
 DEFAULT_SHARD_SIZE = 100_000_000
+MAX_SHARD_SIZE = 2**31 - 1  # the header's n_tokens is an int32
+MAX_SHARDS = 10**6  # shard names carry a 6-digit index
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
@@ -146,25 +150,64 @@ def _parquet_items(path: Path, text_field: str, skip: int) -> Iterator[Item]:
     return skip
 
 
-def hf_source(dataset: str, sample: str, text_field: str) -> dict:
-    """The settings that identify a FineWeb sample (what resume compares)."""
+def hf_source(dataset: str, sample: str, text_field: str, revision: str | None = None) -> dict:
+    """The settings that identify a FineWeb sample (what resume compares), at a pinned revision."""
     return {
         "kind": "huggingface",
         "path": HF_DATASETS[dataset],
         "name": f"sample-{sample}",
         "split": "train",
         "text_field": text_field,
+        "revision": revision,
     }
+
+
+def saved_revision(out_dir: Path) -> str | None:
+    """The dataset revision an earlier run recorded in `out_dir` (progress or manifest), if any."""
+    for name in (PROGRESS, MANIFEST):
+        saved = _read_json(out_dir / name)
+        if saved is not None:
+            return saved.get("settings", {}).get("source", {}).get("revision")
+    return None
+
+
+def resolve_revision(repo_id: str) -> str:
+    """The commit sha the Hub's default branch of dataset `repo_id` points at now."""
+    import huggingface_hub
+
+    try:
+        return huggingface_hub.HfApi().dataset_info(repo_id).sha
+    except Exception as e:  # offline, rate limited, ...: any failure has the same remedy
+        raise UserError(
+            f"could not look up the current revision of {repo_id} ({type(e).__name__}: "
+            f"{str(e)[:120]}); pass --revision with a commit sha of that dataset (or 'main')"
+        ) from None
+
+
+def hf_revision(out_dir: Path, repo_id: str, requested: str | None) -> str:
+    """The revision to read: the one a resumed run started with, else --revision, else the Hub's."""
+    saved = saved_revision(out_dir)
+    if saved is not None:
+        if requested is not None and requested != saved:
+            raise UserError(
+                f"{out_dir} was started from {repo_id} revision {saved}, not --revision "
+                f"{requested}; drop --revision to resume at {saved}, or use another --out-dir"
+            )
+        return saved
+    return requested if requested is not None else resolve_revision(repo_id)
 
 
 def hf_items(source: dict, streaming: bool, start: int = 0) -> tuple[Iterator[Item], int | None]:
     """(items from stream index `start`, number of documents if known) of an HF dataset."""
-    import itertools
-
     import datasets
 
     ds = datasets.load_dataset(
-        source["path"], name=source["name"], split=source["split"], streaming=streaming
+        source["path"],
+        name=source["name"],
+        split=source["split"],
+        streaming=streaming,
+        revision=source["revision"],
+        columns=[source["text_field"]],  # parquet builder: read only the text column
     )
     total: int | None = None
     try:
@@ -177,8 +220,12 @@ def hf_items(source: dict, streaming: bool, start: int = 0) -> tuple[Iterator[It
     field = source["text_field"]
     label = f"{source['path']}/{source['name']}"
 
+    # A Dataset's skip is a cheap index select; an IterableDataset's still reads (and drops, in
+    # Arrow batches) every row before `start` (see docs/data.md, "Resume cost").
+    rest = ds.skip(start) if start else ds
+
     def items() -> Iterator[Item]:
-        for i, row in enumerate(itertools.islice(ds, start, None), start):
+        for i, row in enumerate(rest, start):
             yield ("text", row.get(field), f"{label} row {i}")
 
     return items(), total
@@ -362,8 +409,12 @@ def write_shards(
     `settings` identifies the source; resuming with other settings is refused. `val_items`:
     the first N items form the validation shard exactly (default: the first `shard_size` tokens).
     """
-    if shard_size <= 0:
-        raise UserError(f"--shard-size must be positive, got {shard_size}")
+    check_sizes(shard_size, val_items)
+    if "/" in prefix or os.sep in prefix or not _prefix_round_trips(prefix):
+        raise UserError(
+            f"--prefix {prefix!r} does not give shard names the loader reads back "
+            f"({{prefix}}_train_000001.bin); use a non-empty name without '/'"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -414,6 +465,10 @@ def write_shards(
 
     def flush(n: int, next_item: int, next_skip: int, snapshot: dict) -> None:
         nonlocal shard_index, written_here
+        if shard_index >= MAX_SHARDS:
+            raise UserError(
+                f"more than {MAX_SHARDS:,} shards of {shard_size:,} tokens; raise --shard-size"
+            )
         split = "val" if shard_index == 0 else "train"
         name = f"{prefix}_{split}_{shard_index:06d}.bin"
         tokens = buf[:n]
@@ -502,6 +557,25 @@ def write_shards(
     return manifest
 
 
+def check_sizes(shard_size: int, val_items: int | None) -> None:
+    """Refuse a --shard-size the header cannot hold and a --val-docs below 1."""
+    if not 1 <= shard_size <= MAX_SHARD_SIZE:
+        raise UserError(
+            f"--shard-size {shard_size:,} is outside [1, {MAX_SHARD_SIZE:,}] (the shard header "
+            f"stores the token count as int32); pass a size in that range"
+        )
+    if val_items is not None and val_items < 1:
+        raise UserError(
+            f"--val-docs {val_items} must be at least 1 (or left out: the val shard is then "
+            f"the first --shard-size tokens)"
+        )
+
+
+def _prefix_round_trips(prefix: str) -> bool:
+    m = SHARD_NAME.match(f"{prefix}_train_000001.bin")
+    return m is not None and m["prefix"] == prefix
+
+
 def _progress_bar(total_docs: int | None, total_bytes: int | None, start: int) -> Any:
     from tqdm import tqdm
 
@@ -551,6 +625,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     src.add_argument("--sample", choices=SAMPLES, default="10BT", help="HF sample config")
     src.add_argument("--streaming", action="store_true", help="stream instead of downloading")
+    src.add_argument(
+        "--revision",
+        help="HF dataset commit sha or branch (default: the Hub's current sha, recorded for resume)",
+    )
     src.add_argument("--input", help="local .jsonl/.json/.parquet/.txt: a file, a dir or a glob")
     p.add_argument("--text-field", default="text", help="JSON/parquet field holding the text")
     p.add_argument("--out-dir", help="default data/edu_fineweb10B (or data/fineweb10B, ...)")
@@ -563,6 +641,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.input and args.dataset:
         raise UserError("give either --input (local files) or --dataset (HF), not both")
+    if args.input and args.revision:
+        raise UserError("--revision applies to --dataset (HF) only; drop it with --input")
+    check_sizes(args.shard_size, args.val_docs)
     return args
 
 
@@ -597,9 +678,10 @@ def main(argv: list[str]) -> int:
         )
         return 0
     dataset = args.dataset or "fineweb-edu"
-    source = hf_source(dataset, args.sample, args.text_field)
     short = "edu_fineweb" if dataset == "fineweb-edu" else "fineweb"
     out_dir = args.out_dir or f"data/{short}{args.sample[:-1]}"
+    revision = hf_revision(Path(out_dir), HF_DATASETS[dataset], args.revision)
+    source = hf_source(dataset, args.sample, args.text_field, revision)
     totals: dict[str, int | None] = {}
 
     def open_items(start: int) -> Iterator[Item]:

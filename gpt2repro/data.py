@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,19 +130,50 @@ def _read_npy(path: Path) -> np.ndarray:
     return arr
 
 
+SHARD_NAME = re.compile(
+    r"^(?P<prefix>.+)_(?P<split>train|val)_(?P<index>\d{6})\.(?P<suffix>bin|npy)$"
+)
+"""A shard's file name: `{prefix}_{train|val}_{6-digit index}.{bin|npy}` (the prefix may hold `_`)."""
+
+
 def shard_paths(data_dir: str | os.PathLike, split: str) -> list[Path]:
-    """The split's shards (`*_{split}_*.bin` and `*_{split}_*.npy`), sorted by name."""
+    """The split's shards (`{prefix}_{split}_{index:06d}.bin` or `.npy`), sorted by index.
+
+    A directory must hold one prefix and, per split, one suffix: anything else is refused rather
+    than silently mixing two datasets.
+    """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     d = Path(data_dir)
     if not d.is_dir():
         raise UserError(f"data directory {d} does not exist (data.dir); {_PREP_HINT}")
-    paths = sorted(p for s in SHARD_SUFFIXES for p in d.glob(f"*_{split}_*{s}") if p.is_file())
-    if not paths:
+    found, others = [], []
+    for p in d.iterdir():
+        m = SHARD_NAME.match(p.name)
+        if m and p.is_file():
+            found.append((m, p))
+        elif p.suffix in SHARD_SUFFIXES:
+            others.append(p.name)
+    prefixes = sorted({m["prefix"] for m, _ in found})
+    if len(prefixes) > 1:
         raise UserError(
-            f"data directory {d} holds no {split} shards (*_{split}_*.bin or .npy); {_PREP_HINT}"
+            f"data directory {d} holds shards of {len(prefixes)} prefixes "
+            f"({', '.join(prefixes)}); keep one dataset per directory (move the others out)"
         )
-    return paths
+    mine = [(m, p) for m, p in found if m["split"] == split]
+    suffixes = sorted({m["suffix"] for m, _ in mine})
+    if len(suffixes) > 1:
+        raise UserError(
+            f"data directory {d} holds both .bin and .npy {split} shards of prefix "
+            f"{prefixes[0]}; keep one format per directory (move the others out)"
+        )
+    if not mine:
+        near = f" ({min(others)} does not match that name)" if others else ""
+        raise UserError(
+            f"data directory {d} holds no {split} shards ({{prefix}}_{split}_NNNNNN.bin or .npy)"
+            f"{near}; {_PREP_HINT}"
+        )
+    return [p for _, p in sorted(mine, key=lambda mp: int(mp[0]["index"]))]
 
 
 def load_tokens(data_dir: str | os.PathLike, split: str, n_tokens: int | None) -> np.ndarray:
@@ -286,11 +318,15 @@ class TokenLoader:
             host[row] = self.shards[shard][off : off + self.T + 1]
         if self.device.type == "cpu":
             buf = host_t
-        else:
-            buf = host_t.to(self.device, non_blocking=self._pin)
-            if self._pin:
+        elif self._pin:
+            # The copy runs on self.device's current stream; the event must be recorded on that
+            # same stream (Event.record() with no stream uses the *current device's* stream).
+            with torch.cuda.device(self.device):
+                buf = host_t.to(self.device, non_blocking=True)
                 self._copy_done = torch.cuda.Event()
-                self._copy_done.record()
+                self._copy_done.record(torch.cuda.current_stream(self.device))
+        else:
+            buf = host_t.to(self.device)
         return buf[:, :-1], buf[:, 1:]  # views of one [B, T+1] tensor
 
     # -- resume -----------------------------------------------------------------------------

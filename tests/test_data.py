@@ -127,6 +127,44 @@ def test_shard_paths_and_load_tokens(tmp_path: Path) -> None:
         load_tokens(tmp_path, "train", 221)
 
 
+def test_shard_names_split_and_prefix_by_regex(tmp_path: Path) -> None:
+    toks = np.arange(100, dtype=np.uint16)
+    write_shard(tmp_path / "my_val_set_val_000000.bin", toks)
+    for i in (1, 2, 10):
+        write_shard(tmp_path / f"my_val_set_train_{i:06d}.bin", toks)
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / ".my_val_set_train_000003.bin.x1.tmp").write_bytes(b"")  # a writer's temp file
+    # the split is the part before the index, not "_val_" anywhere in the name
+    assert [p.name for p in shard_paths(tmp_path, "val")] == ["my_val_set_val_000000.bin"]
+    assert [p.name for p in shard_paths(tmp_path, "train")] == [
+        f"my_val_set_train_{i:06d}.bin" for i in (1, 2, 10)
+    ]
+    # a name the pattern does not match is not a shard, and the error says so
+    only_odd = tmp_path / "odd"
+    only_odd.mkdir()
+    write_shard(only_odd / "x_val_1.bin", toks)
+    with pytest.raises(UserError, match=r"no val shards.*x_val_1\.bin does not match"):
+        shard_paths(only_odd, "val")
+
+
+def test_shard_paths_refuses_mixed_prefixes_and_formats(tmp_path: Path) -> None:
+    toks = np.arange(100, dtype=np.uint16)
+    write_shard(tmp_path / "a_val_000000.bin", toks)
+    write_shard(tmp_path / "a_train_000001.bin", toks)
+    write_shard(tmp_path / "b_train_000001.bin", toks)
+    for split in ("train", "val"):  # another dataset's shards are refused for either split
+        with pytest.raises(UserError) as e:
+            shard_paths(tmp_path, split)
+        msg = str(e.value)
+        assert str(tmp_path) in msg and "2 prefixes (a, b)" in msg and "\n" not in msg
+    (tmp_path / "b_train_000001.bin").unlink()
+    assert len(shard_paths(tmp_path, "train")) == 1
+    np.save(tmp_path / "a_train_000002.npy", toks)
+    with pytest.raises(UserError, match=r"both \.bin and \.npy train shards of prefix a"):
+        shard_paths(tmp_path, "train")
+    assert [p.name for p in shard_paths(tmp_path, "val")] == ["a_val_000000.bin"]
+
+
 # --------------------------------------------------------------------------- loader
 
 

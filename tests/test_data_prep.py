@@ -219,49 +219,85 @@ def test_val_items_closes_the_val_shard_at_a_document(tmp_path: Path) -> None:
 
 
 class _FakeStream:
-    """An HF IterableDataset stand-in: iterable, no len()."""
+    """An HF IterableDataset stand-in: iterable, no len(); skip() still reads the rows it drops."""
 
-    def __init__(self, rows: list[dict]) -> None:
-        self.rows = rows
+    def __init__(self, rows: list[dict], log: list | None = None) -> None:
+        self.rows, self.log = rows, log if log is not None else []
 
     def __iter__(self):
         return iter(self.rows)
+
+    def skip(self, n: int) -> _FakeStream:
+        self.log.append(("skip", n))
+        return _FakeStream(self.rows[n:], self.log)
+
+
+class _FakeDataset(_FakeStream):
+    """An HF Dataset stand-in: len() and a cheap skip()."""
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def skip(self, n: int) -> _FakeDataset:
+        self.log.append(("skip", n))
+        return _FakeDataset(self.rows[n:], self.log)
+
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _fake_hf(monkeypatch: pytest.MonkeyPatch, rows: list[dict], sha: str = SHA) -> list:
+    """Patch datasets.load_dataset and huggingface_hub.HfApi (no network); returns the call log."""
+    import datasets
+    import huggingface_hub
+
+    log: list = []
+
+    def fake_load_dataset(path, name=None, split=None, streaming=False, **kw):
+        log.append(("load", path, name, split, streaming, kw))
+        return (_FakeStream if streaming else _FakeDataset)(rows, log)
+
+    class FakeApi:
+        def dataset_info(self, repo_id, **kw):
+            log.append(("info", repo_id))
+            return type("Info", (), {"sha": sha})()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    return log
 
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_huggingface_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streaming: bool
 ) -> None:
-    import datasets
-
     rows = [{"text": f"document number {i}", "id": i} for i in range(40)] + [{"id": 99}]
-    calls = []
-
-    def fake_load_dataset(path, name=None, split=None, streaming=False, **kw):
-        calls.append((path, name, split, streaming))
-        return _FakeStream(rows) if streaming else rows
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    log = _fake_hf(monkeypatch, rows)
     out = tmp_path / "edu"
     argv = ["--dataset", "fineweb-edu", "--sample", "100BT", "--out-dir", str(out)]
     argv += ["--shard-size", "60", "--workers", "1", "--quiet"]
     assert fineweb.main(argv + (["--streaming"] if streaming else [])) == 0
-    assert calls[0] == ("HuggingFaceFW/fineweb-edu", "sample-100BT", "train", streaming)
+    assert log[0] == ("info", "HuggingFaceFW/fineweb-edu")
+    load = log[1]
+    assert load[:5] == ("load", "HuggingFaceFW/fineweb-edu", "sample-100BT", "train", streaming)
+    assert load[5] == {"revision": SHA, "columns": ["text"]}
+    assert ("skip", 0) not in log  # a fresh run skips nothing
     assert shard_paths(out, "val")[0].name == "edufineweb_val_000000.bin"
     assert np.array_equal(_stream(out), _reference([r["text"] for r in rows[:40]]))
     m = json.loads((out / fineweb.MANIFEST).read_text())
     assert m["skipped"]["total"] == 1 and "row 40" in m["skipped"]["examples"][0]
     assert m["settings"]["source"]["path"] == "HuggingFaceFW/fineweb-edu"
+    assert m["settings"]["source"]["revision"] == SHA
 
 
-def test_huggingface_resume_streams_from_the_boundary(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("streaming", [False, True])
+def test_huggingface_resume_pins_the_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streaming: bool
 ) -> None:
-    import datasets
-
     rows = [{"text": " ".join(["word"] * (5 + i % 17))} for i in range(200)]
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: rows)
+    _fake_hf(monkeypatch, rows)
     argv = ["--dataset", "fineweb", "--shard-size", "300", "--workers", "1", "--quiet"]
+    argv += ["--streaming"] if streaming else []
     assert fineweb.main([*argv, "--out-dir", str(tmp_path / "ref")]) == 0
     out = tmp_path / "out"
     monkeypatch.setenv(fineweb.FAULT_ENV, "3")
@@ -269,8 +305,94 @@ def test_huggingface_resume_streams_from_the_boundary(
     with pytest.raises(SystemExit):
         fineweb.main([*argv, "--out-dir", str(out)])
     monkeypatch.delenv(fineweb.FAULT_ENV)
+    progress = json.loads((out / fineweb.PROGRESS).read_text())
+    assert progress["settings"]["source"]["revision"] == SHA
+    start = progress["next_item"]
+    assert start > 0
+    # the Hub moved on: a resume without --revision still reads the recorded one ...
+    log2 = _fake_hf(monkeypatch, rows, sha="f" * 40)
+    with pytest.raises(UserError, match=f"revision {SHA}, not --revision main.*drop --revision"):
+        fineweb.main([*argv, "--out-dir", str(out), "--revision", "main"])
+    assert not log2  # refused before opening the dataset
     assert fineweb.main([*argv, "--out-dir", str(out)]) == 0
+    assert not [e for e in log2 if e[0] == "info"]  # the recorded revision, not the Hub's
+    loads = [e for e in log2 if e[0] == "load"]
+    assert len(loads) == 1 and loads[0][5]["revision"] == SHA
+    assert ("skip", start) in log2  # resumed by skip(), not by re-iterating from row 0
     assert _bytes(out) == _bytes(tmp_path / "ref")
+
+
+def test_huggingface_explicit_and_unresolvable_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    rows = [{"text": f"doc {i}"} for i in range(10)]
+    log = _fake_hf(monkeypatch, rows)
+    argv = ["--dataset", "fineweb", "--shard-size", "20", "--workers", "1", "--quiet"]
+    assert fineweb.main([*argv, "--out-dir", str(tmp_path / "a"), "--revision", "v1.2"]) == 0
+    assert not [e for e in log if e[0] == "info"]
+    assert [e[5]["revision"] for e in log if e[0] == "load"] == ["v1.2"]
+
+    class Offline:
+        def dataset_info(self, repo_id, **kw):
+            raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    with pytest.raises(UserError) as e:
+        fineweb.main([*argv, "--out-dir", str(tmp_path / "b")])
+    msg = str(e.value)
+    assert "HuggingFaceFW/fineweb" in msg and "--revision" in msg and "\n" not in msg
+    with pytest.raises(UserError, match="--revision applies to --dataset"):
+        fineweb.main(
+            ["--input", str(tmp_path), "--out-dir", str(tmp_path / "c"), "--revision", "x"]
+        )
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (
+            ["--shard-size", str(2**31)],
+            r"--shard-size 2,147,483,648 is outside \[1, 2,147,483,647\]",
+        ),
+        (["--shard-size", "0"], r"--shard-size 0 is outside"),
+        (["--shard-size", "-5"], r"--shard-size -5 is outside"),
+        (["--val-docs", "0"], r"--val-docs 0 must be at least 1"),
+        (["--val-docs", "-3"], r"--val-docs -3 must be at least 1"),
+    ],
+    ids=["shard-size-2**31", "shard-size-0", "shard-size-neg", "val-docs-0", "val-docs-neg"],
+)
+def test_cli_refuses_bad_sizes_up_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str], needle: str
+) -> None:
+    log = _fake_hf(monkeypatch, [{"text": "x"}])
+    with pytest.raises(UserError, match=needle) as e:
+        fineweb.main(["--dataset", "fineweb", "--out-dir", str(tmp_path / "o"), *extra])
+    assert "\n" not in str(e.value)
+    assert not log and not (tmp_path / "o").exists()  # nothing looked up, nothing created
+
+
+def test_write_shards_refuses_bad_sizes_and_prefixes(tmp_path: Path) -> None:
+    _corpus(tmp_path / "in", n_docs=50)
+    with pytest.raises(UserError, match="outside"):
+        _run(tmp_path / "in", tmp_path / "o", shard_size=2**31)
+    with pytest.raises(UserError, match="--val-docs 0"):
+        _run(tmp_path / "in", tmp_path / "o", shard_size=100, val_items=0)
+    for prefix in ("", "a/b"):
+        with pytest.raises(UserError, match="--prefix"):
+            _run(tmp_path / "in", tmp_path / "o", shard_size=100, prefix=prefix)
+    assert not (tmp_path / "o").exists()
+
+
+def test_prefix_containing_val_reads_back_as_train(tmp_path: Path) -> None:
+    docs = _corpus(tmp_path / "in", n_docs=60)
+    m = _run(tmp_path / "in", tmp_path / "out", shard_size=2000, prefix="my_val_set")
+    names = [s["file"] for s in m["shards"]]
+    assert len(names) > 2
+    assert [p.name for p in shard_paths(tmp_path / "out", "val")] == names[:1]
+    assert [p.name for p in shard_paths(tmp_path / "out", "train")] == names[1:]
+    assert np.array_equal(_stream(tmp_path / "out"), _reference(docs))
 
 
 # --------------------------------------------------------------------------- shakespeare
