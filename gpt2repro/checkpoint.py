@@ -219,7 +219,7 @@ def prune(ckpt_root: Path, keep_last: int) -> list[Path]:
     return doomed
 
 
-def abandon_after(run_dir: Path, step: int) -> list[Path]:
+def abandon_after(run_dir: Path, step: int) -> list[tuple[Path, Path]]:
     """Move checkpoints of steps after `step` to `ckpt/.abandoned-step_N-<time>` (kept, hidden).
 
     Used when a run deliberately continues from an older checkpoint: the newer ones belong to a
@@ -233,7 +233,7 @@ def abandon_after(run_dir: Path, step: int) -> list[Path]:
         if p.is_dir() and s is not None and s > step:
             dest = root / f".abandoned-{p.name}-{stamp}"
             os.replace(p, dest)
-            moved.append(dest)
+            moved.append((p, dest))
     if moved:
         write_text(root / "latest", step_dir_name(step) + "\n")
     return moved

@@ -197,8 +197,8 @@ def _resume_point(cfg: Config, run_dir: Path) -> Path | None:
             "checkpoints; use a new --run.dir so they are not overwritten"
         )
     checkpoint.verify(ckpt, checkpoint.read_state(ckpt))
-    for moved in checkpoint.abandon_after(run_dir, checkpoint.read_state(ckpt)["step"]):
-        print(f"note: moved {moved.name} aside: this run continues from {ckpt.name}", flush=True)
+    for src, dest in checkpoint.abandon_after(run_dir, checkpoint.read_state(ckpt)["step"]):
+        print(f"note: moved {src.name} aside to {dest.name}: this run continues from {ckpt.name}")
     return ckpt
 
 
