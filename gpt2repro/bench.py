@@ -144,7 +144,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     from gpt2repro.config import load_config, to_dict
     from gpt2repro.metrics import flops_per_token, mfu, peak_flops
     from gpt2repro.model import GPT
-    from gpt2repro.optim import build_optimizer, lr_at
+    from gpt2repro.optim import build_optimizer, lr_at, skips_on_device, step_unless_on_device
     from gpt2repro.train import autocast_factory, forward_backward, speed_settings
 
     cfg, rest = load_config(args.overrides)
@@ -189,9 +189,8 @@ def bench_train(args: argparse.Namespace) -> dict:
             # The per-step extras of the training loop: the non-finite guard (device-side flag
             # where the fused optimizer takes one, else a host read) and the preemption poll.
             bad = ~torch.isfinite(norm)
-            if optimizer.defaults.get("fused") and cfg.dist.strategy != "fsdp":
-                optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
-                optimizer.step()
+            if skips_on_device(optimizer, cfg.dist.strategy):
+                step_unless_on_device(optimizer, bad)
             elif not bool(bad.item()):
                 optimizer.step()
             dist.any_rank(False)

@@ -125,12 +125,6 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    if is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
-
-
 def broadcast_object(obj: object, src: int = 0) -> object:
     """Send a picklable object from rank `src` to all ranks (identity in one process)."""
     if not is_initialized():

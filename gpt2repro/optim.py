@@ -35,6 +35,22 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> tor
     )
 
 
+def skips_on_device(optimizer: torch.optim.Optimizer, strategy: str) -> bool:
+    """Can a non-finite step be skipped inside the optimizer kernel, with no host sync?
+
+    Fused AdamW takes a device-side `found_inf` flag (as GradScaler uses it); not with FSDP2's
+    DTensor parameters, where the caller reads the flag on the host instead.
+    """
+    return bool(optimizer.defaults.get("fused")) and strategy != "fsdp"
+
+
+def step_unless_on_device(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+    """optimizer.step(), skipped inside the fused kernel when the 0-d bool tensor `bad` is True
+    (parameters, moments and the step count stay as they were)."""
+    optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
+    optimizer.step()
+
+
 def lr_at(step: int, max_steps: int, cfg: OptimConfig) -> float:
     """Learning rate for optimizer step `step` (0-based) of `max_steps`.
 

@@ -36,7 +36,7 @@ from gpt2repro.metrics import (
     run_header,
 )
 from gpt2repro.model import GPT
-from gpt2repro.optim import build_optimizer, lr_at
+from gpt2repro.optim import build_optimizer, lr_at, skips_on_device, step_unless_on_device
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run stopped early on a signal; rerun to resume
 
@@ -196,8 +196,9 @@ def _resume_point(cfg: Config, run_dir: Path) -> Path | None:
             f"checkpoint.resume={mode} starts from another run but {run_dir} already holds "
             "checkpoints; use a new --run.dir so they are not overwritten"
         )
-    checkpoint.verify(ckpt, checkpoint.read_state(ckpt))
-    for src, dest in checkpoint.abandon_after(run_dir, checkpoint.read_state(ckpt)["step"]):
+    state = checkpoint.read_state(ckpt)
+    checkpoint.verify(ckpt, state)
+    for src, dest in checkpoint.abandon_after(run_dir, state["step"]):
         print(f"note: moved {src.name} aside to {dest.name}: this run continues from {ckpt.name}")
     return ckpt
 
@@ -352,8 +353,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     # A NaN/Inf grad norm skips the update without a host sync when the fused kernel can take
     # a device-side flag; elsewhere (CPU, FSDP) the check syncs, which costs nothing on CPU.
     async_guard = (
-        bool(optimizer.defaults.get("fused"))
-        and cfg.dist.strategy != "fsdp"
+        skips_on_device(optimizer, cfg.dist.strategy)
         and cfg.guard.spike_zscore <= 0  # the spike guard reads the loss each step anyway
     )
     train_loader = data.TokenLoader(
@@ -535,8 +535,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
         )
         bad = ~torch.isfinite(norm)  # the norm is global: every rank decides the same
         if async_guard:
-            optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
-            optimizer.step()  # skipped inside the fused kernel when found_inf is 1
+            step_unless_on_device(optimizer, bad)
             skipped_dev += bad.float()
         else:
             spike = False
