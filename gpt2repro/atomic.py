@@ -1,13 +1,17 @@
-"""Atomic file writes: a file appears under its final name complete, or not at all.
+"""File integrity: atomic writes and content hashes.
 
-Write to a temporary file in the same directory, flush and fsync it, rename it over the final
-name, then fsync the directory so the rename survives a power cut. Used for shards, manifests,
-checkpoint metadata, evaluation results and exports.
+Atomic writes: a file appears under its final name complete, or not at all. Write to a temporary
+file in the same directory, flush and fsync it, rename it over the final name, then fsync the
+directory so the rename survives a power cut. Used for shards, manifests, checkpoint metadata,
+evaluation results and exports. `sha256_file` is the one file hash (checkpoints, tokenizer files,
+downloaded archives).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -16,11 +20,25 @@ from pathlib import Path
 from typing import IO, Any
 
 
+@functools.cache
 def public_mode() -> int:
-    """0o666 less the umask: what open() would give (mkstemp's temp files are 0o600)."""
+    """0o666 less the umask: what open() would give (mkstemp's temp files are 0o600).
+
+    Read once per process: reading the umask means setting it, and flipping it on every write
+    would race with any other thread creating files meanwhile.
+    """
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (checkpoints can be many GB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

