@@ -320,3 +320,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     sd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(sd)
     return model.to(device).eval()
+
+
+def load_model_or_hf(
+    *, checkpoint: str | Path | None, hf: str | None, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """The model the evaluate/sample/export CLIs work on: a gpt2repro checkpoint (run dir, ckpt
+    dir or step dir) or, when `hf` is given, an HF GPT-2 directory or hub name; in eval mode."""
+    if hf is not None:
+        from gpt2repro.hf import load_hf
+
+        return load_hf(hf, device).eval()
+    if checkpoint is None:
+        raise UserError("give a model: --checkpoint RUN_DIR or --hf NAME_OR_DIR")
+    return load_model(checkpoint, device)

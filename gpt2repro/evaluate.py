@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from gpt2repro import dist
 from gpt2repro.atomic import write_json
+from gpt2repro.checkpoint import load_model_or_hf
 from gpt2repro.errors import UserError, run_cli
 
 DEFAULT_HELLASWAG = "data/hellaswag/hellaswag_val.jsonl"
@@ -602,18 +603,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
-    if args.hf:
-        from gpt2repro.hf import load_hf
-
-        model = load_hf(args.hf)
-    else:
-        from gpt2repro.checkpoint import load_model
-
-        model = load_model(args.checkpoint, device="cpu")
-    return model.to(device)
-
-
 def _bench_cli(args: argparse.Namespace) -> None:
     """--bench: batched vs one-example-at-a-time scoring on a random model (weights do not
     change the speed); real examples with --hellaswag FILE, else --limit (64) synthetic ones."""
@@ -672,7 +661,7 @@ def main(argv: list[str]) -> int:
         # Check inputs before the expensive model load (fail early).
         examples = load_hellaswag(args.hellaswag, args.limit) if args.hellaswag else None
         val_tokens = load_val_tokens(args.val_data, args.val_tokens) if args.val_data else None
-        model = _load_model(args, device)
+        model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=device)
         block_size = _block_size(model)
         seq_len = args.seq_len or block_size
         if seq_len > block_size:

@@ -21,6 +21,7 @@ import json
 
 import torch
 
+from gpt2repro.checkpoint import load_model_or_hf
 from gpt2repro.errors import UserError, run_cli
 from gpt2repro.model import GPT
 from gpt2repro.tokenizer import EOT, get_encoding
@@ -46,20 +47,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kv-cache", action="store_true", help="re-run the full context each step")
     p.add_argument("--json", action="store_true", help="print one JSON object (see module doc)")
     return p
-
-
-def load(checkpoint: str | None, hf: str | None, device: torch.device) -> GPT:
-    """The raw GPT from a gpt2repro checkpoint or an HF GPT-2 directory / hub name."""
-    if hf is not None:
-        from gpt2repro.hf import load_hf
-
-        return load_hf(hf, device)
-    try:
-        from gpt2repro.checkpoint import load_model
-    except ImportError as e:
-        raise UserError(f"cannot load gpt2repro checkpoints here ({e}); use --hf instead") from None
-    assert checkpoint is not None
-    return load_model(checkpoint, device)
 
 
 def sample(
@@ -109,7 +96,7 @@ def main(argv: list[str]) -> int:
     device = pick_device(args.device)
     enc = get_encoding()
     prompt_tokens = enc.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [EOT]
-    model = load(args.checkpoint, args.hf, device)
+    model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=device)
     cfg = model.config
     if max(prompt_tokens) >= cfg.vocab_size:
         raise UserError(
