@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2repro import dist
+from gpt2repro import dist, precision
 from gpt2repro.atomic import write_json
 from gpt2repro.checkpoint import load_model_or_hf
 from gpt2repro.errors import UserError, run_cli
@@ -64,16 +64,6 @@ PUBLISHED: list[tuple[str, float | None, float | None, float | None]] = [
     ("GPT-3 760M (paper)", None, 0.510, None),
     ("GPT-3 1.3B (paper)", None, 0.547, None),
 ]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _acc_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
 @contextlib.contextmanager
@@ -118,7 +108,7 @@ def validation_loss(
     mine = list(range(rank, n_windows, world_size))
     per_rank = math.ceil(n_windows / world_size)  # the largest share: every rank loops this often
     n_batches = math.ceil(per_rank / batch_size)
-    acc_dtype = _acc_dtype(device)
+    acc_dtype = precision.accumulate_dtype(device)
     total = torch.zeros(2, dtype=acc_dtype, device=device)  # [sum of losses, token count]
     with _eval_mode(model):
         for b in range(n_batches):
@@ -130,7 +120,7 @@ def validation_loss(
                 y[row] = tokens[i * T + 1 : (i + 1) * T + 1]
             xt = torch.from_numpy(x).to(device, non_blocking=True)
             yt = torch.from_numpy(y).to(device, non_blocking=True)
-            with _autocast(device, autocast_dtype):
+            with precision.autocast(device, autocast_dtype):
                 _, loss = model(xt, yt)  # mean over the non-ignored targets
             if idx:  # an all-padding batch has a NaN mean (0/0) and adds nothing
                 n = len(idx) * T
@@ -330,13 +320,15 @@ def hellaswag_losses(
                     yn[r, n_ctx - 1 : len(toks) - 1] = toks[n_ctx:]
             x = torch.from_numpy(xn).to(device, non_blocking=True)
             y = torch.from_numpy(yn).to(device, non_blocking=True)
-            with _autocast(device, autocast_dtype):
+            with precision.autocast(device, autocast_dtype):
                 logits, _ = model(x)  # [4*E, L, vocab]
             # Only the ending positions (~15% of the batch) go through float + cross-entropy.
             scored = y != -1  # [4*E, L]
             tok_loss = F.cross_entropy(logits[scored].float(), y[scored], reduction="none")
             row_of = scored.nonzero()[:, 0]  # [n_scored] row of each scored position
-            row_sum = torch.zeros(rows_per_batch, dtype=_acc_dtype(device), device=device)
+            row_sum = torch.zeros(
+                rows_per_batch, dtype=precision.accumulate_dtype(device), device=device
+            )
             row_sum.index_add_(0, row_of, tok_loss.to(row_sum.dtype))
             row_sum = row_sum.cpu().numpy()
             row_cnt = scored.sum(dim=1).cpu().numpy()
@@ -362,7 +354,7 @@ def reference_losses(
     with _eval_mode(model):
         for k, (toks, n_ctx) in enumerate(example_rows(example, _block_size(model))):
             t = torch.tensor(toks, device=device)[None]  # [1, n]
-            with _autocast(device, autocast_dtype):
+            with precision.autocast(device, autocast_dtype):
                 logits, _ = model(t[:, :-1])  # [1, n-1, vocab]
             logp = F.log_softmax(logits[0].float(), dim=-1)
             targets = t[0, n_ctx:]  # the ending tokens
@@ -589,7 +581,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="first N HellaSwag examples (0 = all)")
     p.add_argument("--batch-examples", type=int, default=16, help="HellaSwag examples per pass")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
+    p.add_argument("--dtype", default="auto", choices=precision.CHOICES)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON (atomically)")
     p.add_argument("--bucket", type=int, default=32, help="pad HellaSwag rows to a multiple of")
@@ -618,13 +610,12 @@ def _bench_cli(args: argparse.Namespace) -> None:
     model = GPT(cfg).to(device)
     if args.compile:
         model = torch.compile(model)
-    bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device.type == "cuda")
     if args.hellaswag:
         examples = load_hellaswag(args.hellaswag, args.limit)
     else:
         examples = synthetic_examples(args.limit or 64)
     r = bench_hellaswag(
-        model, examples, device, torch.bfloat16 if bf16 else None, args.batch_examples,
+        model, examples, device, precision.autocast_dtype(args.dtype, device), args.batch_examples,
         args.bucket, n_single=min(len(examples), 64),
     )  # fmt: skip
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
@@ -666,10 +657,7 @@ def main(argv: list[str]) -> int:
         seq_len = args.seq_len or block_size
         if seq_len > block_size:
             raise UserError(f"--seq-len {seq_len} exceeds the model's block_size {block_size}")
-        if args.dtype == "auto":
-            autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
-        else:
-            autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+        amp_dtype = precision.autocast_dtype(args.dtype, device)
         if args.compile:
             model = torch.compile(model)
 
@@ -677,7 +665,7 @@ def main(argv: list[str]) -> int:
         label = args.hf or args.checkpoint
         if val_tokens is not None:
             out["val_loss"] = validation_loss(
-                model, val_tokens, seq_len, args.val_batch_size, device, autocast_dtype,
+                model, val_tokens, seq_len, args.val_batch_size, device, amp_dtype,
                 info.rank, info.world_size,
             )  # fmt: skip
             if info.is_main:
@@ -689,7 +677,7 @@ def main(argv: list[str]) -> int:
         if examples is not None:
             t0 = time.perf_counter()
             hs = score_hellaswag(
-                model, examples, device, autocast_dtype, info.rank, info.world_size,
+                model, examples, device, amp_dtype, info.rank, info.world_size,
                 args.batch_examples, args.bucket, progress=info.is_main,
             )  # fmt: skip
             out["hellaswag"] = hs
