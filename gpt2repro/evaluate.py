@@ -408,6 +408,50 @@ def score_hellaswag(
     return {"n": n, **{k: c / max(n, 1) for k, c in zip(keys, correct, strict=True)}}
 
 
+def evaluate_in_loop(
+    raw_model: nn.Module,
+    *,
+    val_tokens: np.ndarray | None,
+    hellaswag: Sequence[HellaSwagExample] | None,
+    seq_len: int,
+    batch_size: int,
+    batch_examples: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    rank: int,
+    world_size: int,
+) -> dict[str, float]:
+    """The training loop's evaluation: validation loss if `val_tokens` is given, HellaSwag if
+    `hellaswag` is. Collective (every rank calls it with the same arguments); returns the metrics
+    record fields, `val_loss` and `hellaswag_acc`, `hellaswag_acc_norm`, `hellaswag_acc_norm_char`.
+    """
+    out: dict[str, float] = {}
+    if val_tokens is not None:
+        out["val_loss"] = validation_loss(
+            raw_model,
+            val_tokens,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            rank=rank,
+            world_size=world_size,
+        )
+    if hellaswag is not None:
+        scores = score_hellaswag(
+            raw_model,
+            hellaswag,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            rank=rank,
+            world_size=world_size,
+            batch_examples=batch_examples,
+        )
+        for key in ("acc", "acc_norm", "acc_norm_char"):
+            out[f"hellaswag_{key}"] = scores[key]
+    return out
+
+
 def _progress(total: int, desc: str) -> Any:  # a tqdm bar, or None without tqdm
     try:
         from tqdm import tqdm
