@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from gpt2repro.errors import run_cli
 
@@ -141,112 +142,136 @@ def bench_train(args: argparse.Namespace) -> dict:
     import torch
 
     from gpt2repro import dist
-    from gpt2repro.config import load_config, to_dict
-    from gpt2repro.metrics import flops_per_token, mfu, peak_flops
-    from gpt2repro.model import GPT
-    from gpt2repro.optim import build_optimizer, lr_at, skips_on_device, step_unless_on_device
-    from gpt2repro.train import autocast_factory, forward_backward, speed_settings
+    from gpt2repro.config import load_config
+    from gpt2repro.errors import UserError
+    from gpt2repro.train import build_model, grad_accum_steps
 
     cfg, rest = load_config(args.overrides)
     if rest:
-        from gpt2repro.errors import UserError
-
         raise UserError(f"unknown argument {rest[0]!r}: use --config FILE and --section.key=value")
-    t, m = cfg.train, cfg.model
-    info = dist.setup(t.device, cfg.dist.backend)
+    info = dist.setup(cfg.train.device, cfg.dist.backend)
     ok = False
     try:
-        device = info.device
-        per_step = t.micro_batch_size * t.seq_len * info.world_size
-        grad_accum = max(1, t.total_batch_tokens // per_step) if not args.accum else args.accum
-        tokens_per_step = per_step * grad_accum
-        autocast_dtype, use_compile = speed_settings(t, device)
-        torch.manual_seed(t.seed)  # one model on every rank, as in training
-        raw = GPT(m).to(device)
-        n_params = raw.num_params(exclude_padding=False)
-        raw.activation_checkpointing = t.activation_checkpointing
-        dist.shard(raw, info, cfg.dist.strategy)
-        optimizer = build_optimizer(raw, cfg.optim, device.type)
-        model = dist.wrap(raw, info, cfg.dist.strategy, use_compile)
-        tokens = torch.randint(0, m.vocab_size, (t.micro_batch_size, t.seq_len + 1), device=device)
-        batch = (tokens[:, :-1], tokens[:, 1:])
-        autocast = autocast_factory(device, autocast_dtype)
-
-        def step(i: int) -> torch.Tensor:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(i, t.max_steps, cfg.optim)
-            optimizer.zero_grad(set_to_none=True)
-            loss, norm = forward_backward(
-                model,
-                raw,
-                lambda: batch,
-                grad_accum,
-                autocast,
-                cfg.dist.strategy,
-                info,
-                cfg.optim.grad_clip,
-            )
-            # The per-step extras of the training loop: the non-finite guard (device-side flag
-            # where the fused optimizer takes one, else a host read) and the preemption poll.
-            bad = ~torch.isfinite(norm)
-            if skips_on_device(optimizer, cfg.dist.strategy):
-                step_unless_on_device(optimizer, bad)
-            elif not bool(bad.item()):
-                optimizer.step()
-            dist.any_rank(False)
-            return loss
-
-        def sync() -> None:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        t0 = time.perf_counter()
-        for i in range(args.warmup):  # includes compilation
-            step(i)
-        sync()
-        warmup_s = time.perf_counter() - t0
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        for i in range(args.steps):
-            loss = step(args.warmup + i)
-        sync()
-        dt = (time.perf_counter() - t0) / args.steps
-        tok_s = tokens_per_step / dt
-        fpt = flops_per_token(n_params, m.n_layer, m.n_embd, t.seq_len)
-        peak = peak_flops(device)
-        result = {
-            "bench": "train",
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-            "world_size": info.world_size,
-            "torch": torch.__version__,
-            "n_params": n_params,
-            "model": to_dict(cfg)["model"],
-            "strategy": cfg.dist.strategy,
-            "compile": use_compile,
-            "dtype": str(autocast_dtype) if autocast_dtype else "float32",
-            "micro_batch": t.micro_batch_size,
-            "seq_len": t.seq_len,
-            "grad_accum": grad_accum,
-            "tokens_per_step": tokens_per_step,
-            "warmup_s": round(warmup_s, 2),
-            "step_ms": round(1e3 * dt, 2),
-            "tok_per_s": round(tok_s),
-            "tok_per_s_per_device": round(tok_s / info.world_size),
-            "mfu": None
-            if peak is None
-            else round(mfu(fpt, tok_s, peak, info.world_size) or 0.0, 4),
-            "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-            if device.type == "cuda"
-            else None,
-            "final_loss": round(float(loss.item()), 4),
-        }
-        if not info.is_main:
-            result = {}
+        # The training rule (refuses a batch that B x T x world does not divide), unless --accum.
+        grad_accum = args.accum or grad_accum_steps(cfg.train, info.world_size)
+        trainable = build_model(cfg, info)  # one model on every rank, as in training
+        runner = _TrainSteps(cfg, info, trainable, grad_accum)
+        warmup_s, _ = runner.timed(first=0, count=args.warmup)  # includes compilation
+        if info.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(info.device)
+        seconds, loss = runner.timed(first=args.warmup, count=args.steps)
+        result = _train_result(
+            cfg,
+            info,
+            trainable,
+            grad_accum=grad_accum,
+            warmup_s=warmup_s,
+            step_s=seconds / args.steps,
+            final_loss=loss,
+        )
         ok = True
-        return result
+        return result if info.is_main else {}
     finally:
         dist.teardown(clean=ok)  # after an error on this rank, no barrier that could hang
+
+
+class _TrainSteps:
+    """Optimizer steps exactly as the training loop takes them (learning rate, forward/backward,
+    the update guard, the preemption poll), on one fixed synthetic micro-batch."""
+
+    def __init__(self, cfg: Any, info: Any, trainable: Any, grad_accum: int) -> None:
+        import torch
+
+        from gpt2repro.guard import Guard
+        from gpt2repro.train import TrainState
+
+        self.cfg, self.info, self.trainable, self.grad_accum = cfg, info, trainable, grad_accum
+        self.guard = Guard(cfg.guard, trainable.optimizer, cfg.dist.strategy, info)
+        self.state = TrainState.fresh(loss_window=cfg.guard.spike_window)
+        B, T = cfg.train.micro_batch_size, cfg.train.seq_len
+        tokens = torch.randint(0, cfg.model.vocab_size, (B, T + 1), device=info.device)
+        self.batch = (tokens[:, :-1], tokens[:, 1:])  # [B, T] inputs and targets
+
+    def next_batch(self) -> tuple[Any, Any]:
+        return self.batch
+
+    def timed(self, *, first: int, count: int) -> tuple[float, float | None]:
+        """Run steps first..first+count-1; (wall seconds, last loss or None)."""
+        import torch
+
+        from gpt2repro import dist
+        from gpt2repro.optim import lr_at
+        from gpt2repro.train import forward_backward
+
+        optimizer = self.trainable.optimizer
+        loss = None
+        start = time.perf_counter()
+        for i in range(first, first + count):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(i, self.cfg.train.max_steps, self.cfg.optim)
+            optimizer.zero_grad(set_to_none=True)
+            loss, norm = forward_backward(
+                self.trainable,
+                self.next_batch,
+                grad_accum=self.grad_accum,
+                grad_clip=self.cfg.optim.grad_clip,
+                info=self.info,
+            )
+            self.guard.step(loss=loss, grad_norm=norm, step=i + 1, state=self.state)
+            dist.any_rank(False)
+        if self.info.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, None if loss is None else float(loss.item())
+
+
+def _train_result(
+    cfg: Any,
+    info: Any,
+    trainable: Any,
+    *,
+    grad_accum: int,
+    warmup_s: float,
+    step_s: float,
+    final_loss: float | None,
+) -> dict[str, Any]:
+    import torch
+
+    from gpt2repro.config import to_dict
+    from gpt2repro.metrics import flops_per_token, mfu, peak_flops
+
+    train_cfg, model_cfg, device = cfg.train, cfg.model, info.device
+    tokens_per_step = train_cfg.micro_batch_size * train_cfg.seq_len * info.world_size * grad_accum
+    tok_s = tokens_per_step / step_s
+    flops = flops_per_token(
+        trainable.n_params, model_cfg.n_layer, model_cfg.n_embd, train_cfg.seq_len
+    )
+    peak = peak_flops(device)
+    on_cuda = device.type == "cuda"
+    dtype = trainable.autocast_dtype
+    return {
+        "bench": "train",
+        "device": torch.cuda.get_device_name(device) if on_cuda else device.type,
+        "world_size": info.world_size,
+        "torch": torch.__version__,
+        "n_params": trainable.n_params,
+        "model": to_dict(cfg)["model"],
+        "strategy": cfg.dist.strategy,
+        "compile": trainable.compiled,
+        "dtype": str(dtype) if dtype else "float32",
+        "micro_batch": train_cfg.micro_batch_size,
+        "seq_len": train_cfg.seq_len,
+        "grad_accum": grad_accum,
+        "tokens_per_step": tokens_per_step,
+        "warmup_s": round(warmup_s, 2),
+        "step_ms": round(1e3 * step_s, 2),
+        "tok_per_s": round(tok_s),
+        "tok_per_s_per_device": round(tok_s / info.world_size),
+        "mfu": None if peak is None else round(mfu(flops, tok_s, peak, info.world_size) or 0.0, 4),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        if on_cuda
+        else None,
+        "final_loss": None if final_loss is None else round(final_loss, 4),
+    }
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -271,9 +272,11 @@ def verify(ckpt: Path, state: dict[str, Any]) -> None:
 
 
 def find_latest(run_dir: Path) -> Path | None:
-    """The newest valid checkpoint under run_dir/ckpt (by `latest`, else by step), or None.
+    """The newest valid checkpoint under run_dir/ckpt, by step number, or None.
 
     A corrupt or incomplete newest checkpoint is skipped with a warning in favour of an older one.
+    `ckpt/latest` is not read: it is written after the rename and can be stale after a crash, so
+    the step directories themselves are the truth (`latest` is for people and scripts).
     """
     root = run_dir / "ckpt"
     if not root.is_dir():
@@ -334,3 +337,85 @@ def load_model_or_hf(
     if checkpoint is None:
         raise UserError("give a model: --checkpoint RUN_DIR or --hf NAME_OR_DIR")
     return load_model(checkpoint, device)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The checkpoint a run continues from: its directory and its validated state.json."""
+
+    path: Path
+    state: dict[str, Any]
+
+
+def select_resume(*, mode: str, run_dir: Path, model_config: dict[str, Any]) -> Resume | None:
+    """The checkpoint to continue from per `checkpoint.resume` (`mode`), or None for a fresh start.
+
+    Collective: rank 0 picks and verifies it (sha256 once, not per rank) and tells the others, so
+    every rank resumes from the same one even if their views of the filesystem lag. Refuses a
+    checkpoint of another model shape. Never over existing checkpoints: resuming from an older
+    checkpoint of this run moves the newer ones aside (`ckpt/.abandoned-...`).
+    """
+    path = dist.on_main(lambda: _pick_resume(mode, run_dir))
+    if path is None:
+        return None
+    state = read_state(path)
+    saved = state["config"]["model"]
+    diff = [
+        f"{k}={saved.get(k)} (config: {v})" for k, v in model_config.items() if saved.get(k) != v
+    ]
+    if diff:
+        raise UserError(
+            f"checkpoint {path} is for another model shape: {', '.join(diff)}; use the same "
+            "[model] config, a new --run.dir, or --checkpoint.resume=never"
+        )
+    return Resume(path=path, state=state)
+
+
+def _pick_resume(mode: str, run_dir: Path) -> Path | None:
+    if mode == "auto":
+        return find_latest(run_dir)  # verified
+    existing = sorted((run_dir / "ckpt").glob(f"{_PREFIX}*"))
+    if mode == "never":
+        if existing:
+            raise UserError(
+                f"checkpoint.resume=never but {run_dir} already holds checkpoints "
+                f"({existing[-1].name}); use a new --run.dir (nothing is overwritten) or resume=auto"
+            )
+        return None
+    ckpt = resolve(mode)
+    if existing and run_dir.resolve() not in ckpt.resolve().parents:
+        raise UserError(
+            f"checkpoint.resume={mode} starts from another run but {run_dir} already holds "
+            "checkpoints; use a new --run.dir so they are not overwritten"
+        )
+    state = read_state(ckpt)
+    verify(ckpt, state)
+    for src, dest in abandon_after(run_dir, state["step"]):
+        print(f"note: moved {src.name} aside to {dest.name}: this run continues from {ckpt.name}")
+    return ckpt
+
+
+def restore_rank(state: dict[str, Any], loader: Any, info: dist.DistInfo) -> None:
+    """Put this rank's data position (`loader.load_state_dict`) and RNG states back.
+
+    Model and optimizer state are full (unsharded) and the loader position counts windows, so a
+    run continues on the same data with another number of processes; only per-rank RNG streams
+    cannot map, and they restart.
+    """
+    rank, world_size = info.rank, info.world_size
+    ranks = state["ranks"]
+    if len(ranks) == world_size:
+        loader.load_state_dict(ranks[rank]["loader"])
+        set_rng_state(ranks[rank]["rng"])
+        return
+    loader.load_state_dict(ranks[0]["loader"])
+    if info.is_main:
+        print(
+            f"note: checkpoint written by {len(ranks)} processes, resuming with "
+            f"{world_size}: same data order and optimizer state, but per-rank RNG "
+            "streams restart, so the losses match only to rounding",
+            flush=True,
+        )

@@ -43,19 +43,19 @@ def main(argv: list[str]) -> int:
     train_s = time.time() - t1
 
     print("== 3/3 sample from the trained model", flush=True)
-    import torch
+    from gpt2repro.sample import complete
 
-    from gpt2repro.model import GPT
-    from gpt2repro.tokenizer import get_encoding
-
-    model: GPT = checkpoint.load_model(cfg.run.dir)  # type: ignore[assignment]
-    enc = get_encoding()
-    prompt = cfg.log.sample_prompt
-    idx = torch.tensor([enc.encode_ordinary(prompt)])
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    out = model.generate(idx, 120, temperature=0.8, top_k=50, generator=gen)
+    model = checkpoint.load_model(cfg.run.dir)
+    text = complete(
+        model,  # type: ignore[arg-type]
+        cfg.log.sample_prompt,
+        max_new_tokens=120,
+        temperature=0.8,
+        top_k=50,
+        seed=cfg.train.seed,
+    )
     print("-" * 60)
-    print(enc.decode(out[0].tolist()))
+    print(text)
     print("-" * 60)
 
     recs = read_metrics(Path(cfg.run.dir) / "metrics.jsonl")

@@ -6,15 +6,20 @@ in a single process, so callers never branch on "am I distributed?".
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from gpt2repro.errors import UserError
+
+T = TypeVar("T")
 
 # Group for tiny CPU-side control messages (preemption flags); gloo even when training uses NCCL.
 _CONTROL_GROUP: object | None = None
@@ -189,3 +194,47 @@ def wrap(raw_model: nn.Module, info: DistInfo, strategy: str, compile: bool) -> 
     if compile:
         model = torch.compile(model)
     return model
+
+
+def on_main(check: Callable[[], T]) -> T:
+    """Run `check` on rank 0 only and return its result on every rank; a UserError it raises is
+    raised on every rank (so no rank is left waiting in a collective)."""
+    result: T | None = None
+    message = None
+    if not is_initialized() or dist.get_rank() == 0:
+        try:
+            result = check()
+        except UserError as e:
+            message = str(e)
+    message, result = broadcast_object((message, result))  # type: ignore[misc]
+    if message is not None:
+        raise UserError(message)
+    return result  # type: ignore[return-value]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside torch.compile (`._orig_mod`) and DDP (`.module`) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def grad_sync(
+    model: nn.Module, raw_model: nn.Module, strategy: str, info: DistInfo, sync: bool
+) -> contextlib.AbstractContextManager:
+    """Skip the gradient all-reduce unless `sync` (all but the last micro-step): DDP's `no_sync`,
+    or FSDP2's `set_requires_gradient_sync` flag on the raw (sharded) module."""
+    if not info.distributed:
+        return contextlib.nullcontext()
+    if strategy == "fsdp":
+        raw_model.set_requires_gradient_sync(sync)  # type: ignore[operator]
+        return contextlib.nullcontext()
+    ddp = getattr(model, "_orig_mod", model)  # compile(DDP(m)): no_sync lives on the DDP module
+    return contextlib.nullcontext() if sync else ddp.no_sync()  # type: ignore[operator]
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a possibly replicated DTensor (clip_grad_norm_ under FSDP2 returns one)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

@@ -229,7 +229,7 @@ def run_header(
 
     from gpt2repro.config import to_dict, to_toml
 
-    t = cfg.train
+    train_cfg = cfg.train
     gpus = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if torch.cuda.is_available()
@@ -252,7 +252,7 @@ def run_header(
         "config": to_dict(cfg),
     }
     batch = (
-        f"batch: {t.total_batch_tokens:,} tokens/step = {t.micro_batch_size} seqs x {t.seq_len} tokens"
+        f"batch: {train_cfg.total_batch_tokens:,} tokens/step = {train_cfg.micro_batch_size} seqs x {train_cfg.seq_len} tokens"
         f" x {info.world_size} processes x {grad_accum} accumulation steps"
     )
     text = "\n".join(
@@ -262,9 +262,53 @@ def run_header(
             + (f" ({gpus[0]}, {len(gpus)} visible)" if gpus else ""),
             f"model: {n_params:,} parameters, {cfg.model.n_layer} layers, {cfg.model.n_head} heads, width {cfg.model.n_embd}",
             batch,
-            f"steps: {t.max_steps:,} ({t.max_steps * t.total_batch_tokens:,} tokens)",
+            f"steps: {train_cfg.max_steps:,} ({train_cfg.max_steps * train_cfg.total_batch_tokens:,} tokens)",
             "config:",
             "  " + to_toml(cfg).strip().replace("\n", "\n  "),
         ]
     )
     return {"record": record, "text": text}
+
+
+class RunLog:
+    """Where a training run reports: the console, metrics.jsonl and wandb. Every rank makes one
+    and calls it alike; only rank 0 prints or writes."""
+
+    def __init__(self, run_dir: Path, cfg: Any, is_main: bool) -> None:
+        from gpt2repro.config import to_dict
+
+        self.is_main = is_main
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
+        self.wandb = WandbLogger(
+            mode=cfg.log.wandb_mode,
+            project=cfg.log.wandb_project,
+            name=cfg.log.wandb_run_name or cfg.run.name or run_dir.name,
+            run_dir=run_dir,
+            config=to_dict(cfg),
+            enabled=is_main,
+        )
+
+    def print(self, text: str) -> None:
+        if self.is_main:
+            print(text, flush=True)
+
+    def record(self, record: dict[str, Any], text: str | None = None, wandb: bool = True) -> None:
+        """Print `text` (if any), append `record` to metrics.jsonl and, unless told not, to wandb."""
+        if not self.is_main:
+            return
+        if text is not None:
+            print(text, flush=True)
+        self.metrics.write(record)
+        if wandb:
+            self.wandb.log(record)
+
+    def sample(self, step: int, tokens: int, text: str) -> None:
+        if not self.is_main:
+            return
+        print(f"sample step {step}: {text!r}", flush=True)
+        self.metrics.write({"step": step, "tokens": tokens, "sample": text})
+        self.wandb.log_sample(step, text)
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.wandb.finish()

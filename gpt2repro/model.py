@@ -219,6 +219,31 @@ class GPT(nn.Module):
         """
         was_training = self.training
         self.eval()
+        try:
+            return self._generate(
+                idx,
+                max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                generator=generator,
+                use_cache=use_cache,
+                stop_token=stop_token,
+            )
+        finally:
+            self.train(was_training)  # restored even when generation raises
+
+    @torch.no_grad()
+    def _generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float,
+        top_k: int | None,
+        generator: torch.Generator | None,
+        use_cache: bool,
+        stop_token: int | None,
+    ) -> torch.Tensor:
         B, T0 = idx.shape
         limit = self.config.block_size
         cache: KVCache | None = None
@@ -251,5 +276,4 @@ class GPT(nn.Module):
             step_input = nxt
             if stop_token is not None and B == 1 and int(nxt.item()) == stop_token:
                 break
-        self.train(was_training)
         return out

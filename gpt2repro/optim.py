@@ -35,7 +35,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> tor
     )
 
 
-def skips_on_device(optimizer: torch.optim.Optimizer, strategy: str) -> bool:
+def can_skip_on_device(optimizer: torch.optim.Optimizer, strategy: str) -> bool:
     """Can a non-finite step be skipped inside the optimizer kernel, with no host sync?
 
     Fused AdamW takes a device-side `found_inf` flag (as GradScaler uses it); not with FSDP2's
@@ -44,9 +44,10 @@ def skips_on_device(optimizer: torch.optim.Optimizer, strategy: str) -> bool:
     return bool(optimizer.defaults.get("fused")) and strategy != "fsdp"
 
 
-def step_unless_on_device(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
-    """optimizer.step(), skipped inside the fused kernel when the 0-d bool tensor `bad` is True
-    (parameters, moments and the step count stay as they were)."""
+def step_skipping_if(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+    """optimizer.step(), which the fused kernel itself skips when the 0-d bool tensor `bad` is
+    True (parameters, moments and the step count stay as they were); no host sync. Only for an
+    optimizer where `can_skip_on_device` holds."""
     optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
     optimizer.step()
 

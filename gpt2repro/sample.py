@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 import torch
 
+from gpt2repro import precision
 from gpt2repro.checkpoint import load_model_or_hf
 from gpt2repro.errors import UserError, run_cli
 from gpt2repro.model import GPT
@@ -58,23 +60,65 @@ def sample(
     num_samples: int = 1,
     seed: int | None = None,
     use_cache: bool = True,
+    autocast_dtype: torch.dtype | None = None,
 ) -> list[list[int]]:
-    """Generated ids (prompt excluded), one list per sample."""
+    """Generated ids (prompt excluded), one list per sample. `seed` seeds a generator on the
+    model's device; `autocast_dtype` runs the model under autocast (training's precision)."""
     device = model.transformer.wte.weight.device
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
     idx = torch.tensor([prompt_tokens] * num_samples, dtype=torch.long, device=device)  # [B, T0]
-    out = model.generate(
-        idx,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k or None,
-        generator=generator,
-        use_cache=use_cache,
-    )  # [B, T0 + max_new_tokens]
+    with precision.autocast(device, autocast_dtype):
+        out = model.generate(
+            idx,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k or None,
+            generator=generator,
+            use_cache=use_cache,
+        )  # [B, T0 + max_new_tokens]
     return out[:, len(prompt_tokens) :].tolist()
+
+
+def decode_continuation(enc: Any, prompt_tokens: list[int], generated: list[int]) -> str:
+    """The text of `generated` after the prompt. Prompt + continuation are decoded as bytes and
+    the prompt's bytes dropped: a character whose bytes straddle the boundary is decoded whole
+    instead of as two replacement characters."""
+    prompt_bytes = enc.decode_bytes(prompt_tokens)
+    whole = enc.decode_bytes(prompt_tokens + generated)
+    return whole[len(prompt_bytes) :].decode("utf-8", errors="replace")
+
+
+def complete(
+    model: GPT,
+    prompt: str,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    seed: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> str:
+    """Prompt -> generate -> text: `prompt` followed by its sampled continuation (one sample).
+
+    Used by the training loop's samples and `make demo`; the CLI below adds several samples,
+    JSON and special tokens. At most as many tokens as fit the context after the prompt.
+    """
+    enc = get_encoding()
+    prompt_tokens = enc.encode_ordinary(prompt) or [EOT]
+    n = max(0, min(max_new_tokens, model.config.block_size - len(prompt_tokens)))
+    generated = sample(
+        model,
+        prompt_tokens,
+        n,
+        temperature,
+        top_k,
+        seed=seed,
+        autocast_dtype=autocast_dtype,
+    )[0]
+    return prompt + decode_continuation(enc, prompt_tokens, generated)
 
 
 def main(argv: list[str]) -> int:
@@ -115,20 +159,14 @@ def main(argv: list[str]) -> int:
     generated = sample(
         model,
         prompt_tokens,
-        args.max_new_tokens,
-        args.temperature,
-        args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
         num_samples=args.num_samples,
         seed=args.seed,
         use_cache=use_cache,
     )
-    # Decode prompt + continuation as bytes, then drop the prompt's bytes: a character whose
-    # bytes straddle the boundary is decoded whole instead of as two replacement characters.
-    prompt_bytes = enc.decode_bytes(prompt_tokens)
-    texts = [
-        enc.decode_bytes(prompt_tokens + t)[len(prompt_bytes) :].decode("utf-8", errors="replace")
-        for t in generated
-    ]
+    texts = [decode_continuation(enc, prompt_tokens, t) for t in generated]
     if args.json:
         single = args.num_samples == 1
         obj = {

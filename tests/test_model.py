@@ -137,3 +137,14 @@ def test_activation_checkpointing_same_grads():
     torch.testing.assert_close(loss2, loss)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
+def test_generate_restores_training_mode_when_it_raises() -> None:
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32))
+    model.train()
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model.generate(torch.zeros(1, 6, dtype=torch.long), 5)  # 6 + 5 > 8 with the KV cache
+    assert model.training
+    model.eval()
+    model.generate(torch.zeros(1, 2, dtype=torch.long), 2)
+    assert not model.training

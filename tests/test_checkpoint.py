@@ -1,0 +1,118 @@
+"""Checkpoint discovery and resume selection, in process (the training subprocess tests in
+test_train.py cover the same calls end to end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2repro import checkpoint, dist
+from gpt2repro.config import ModelConfig, OptimConfig, to_dict
+from gpt2repro.errors import UserError
+from gpt2repro.model import GPT
+from gpt2repro.optim import build_optimizer
+
+MODEL = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=64)
+
+
+class _Loader:
+    def state_dict(self) -> dict:
+        return {"position": 0}
+
+
+def save(run_dir: Path, step: int, model_cfg: ModelConfig = MODEL) -> Path:
+    model = GPT(model_cfg)
+    opt = build_optimizer(model, OptimConfig(), "cpu")
+    config = {"model": to_dict_model(model_cfg)}
+    return checkpoint.save(
+        run_dir,
+        step,
+        model,
+        opt,
+        state={"step": step, "tokens": step * 10, "config": config},
+        loader_state=_Loader().state_dict(),
+        keep_last=0,
+        is_main=True,
+    )
+
+
+def to_dict_model(model_cfg: ModelConfig) -> dict:
+    from gpt2repro.config import Config
+
+    return to_dict(Config(model=model_cfg))["model"]
+
+
+def test_find_latest_goes_by_step_not_by_a_stale_latest_file(tmp_path: Path) -> None:
+    save(tmp_path, 2)
+    save(tmp_path, 4)
+    (tmp_path / "ckpt" / "latest").write_text("step_00000002\n")  # stale after a crash
+    assert checkpoint.find_latest(tmp_path) == tmp_path / "ckpt" / "step_00000004"
+
+
+def test_find_latest_skips_a_corrupt_newest_checkpoint(tmp_path: Path) -> None:
+    save(tmp_path, 2)
+    newest = save(tmp_path, 4)
+    blob = newest / "model.pt"
+    data = bytearray(blob.read_bytes())
+    data[100:110] = bytes(10)
+    blob.write_bytes(bytes(data))
+    assert checkpoint.find_latest(tmp_path) == tmp_path / "ckpt" / "step_00000002"
+
+
+def test_select_resume_auto_returns_the_newest_with_its_state(tmp_path: Path) -> None:
+    assert checkpoint.select_resume(mode="auto", run_dir=tmp_path, model_config={}) is None
+    save(tmp_path, 3)
+    resume = checkpoint.select_resume(
+        mode="auto", run_dir=tmp_path, model_config=to_dict_model(MODEL)
+    )
+    assert resume is not None and resume.path.name == "step_00000003"
+    assert resume.state["step"] == 3 and resume.state["tokens"] == 30
+
+
+def test_select_resume_refuses_another_model_shape(tmp_path: Path) -> None:
+    save(tmp_path, 3)
+    wider = to_dict_model(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64))
+    with pytest.raises(UserError, match=r"is for another model shape: n_embd=16 \(config: 32\)"):
+        checkpoint.select_resume(mode="auto", run_dir=tmp_path, model_config=wider)
+
+
+def test_select_resume_never_refuses_a_run_dir_with_checkpoints(tmp_path: Path) -> None:
+    assert checkpoint.select_resume(mode="never", run_dir=tmp_path, model_config={}) is None
+    save(tmp_path, 1)
+    with pytest.raises(UserError, match="checkpoint.resume=never but"):
+        checkpoint.select_resume(mode="never", run_dir=tmp_path, model_config={})
+
+
+def test_select_resume_from_an_older_checkpoint_moves_newer_ones_aside(tmp_path: Path) -> None:
+    save(tmp_path, 2)
+    save(tmp_path, 4)
+    older = tmp_path / "ckpt" / "step_00000002"
+    resume = checkpoint.select_resume(
+        mode=str(older), run_dir=tmp_path, model_config=to_dict_model(MODEL)
+    )
+    assert resume is not None and resume.path == older
+    assert not (tmp_path / "ckpt" / "step_00000004").exists()
+    assert len(list((tmp_path / "ckpt").glob(".abandoned-step_00000004-*"))) == 1
+    assert checkpoint.find_latest(tmp_path) == older
+
+
+def test_load_into_restores_model_and_optimizer(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    path = save(tmp_path, 1)
+    fresh = GPT(MODEL)
+    opt = build_optimizer(fresh, OptimConfig(), "cpu")
+    checkpoint.load_into(fresh, opt, path)
+    saved = torch.load(path / "model.pt", weights_only=True)
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+
+
+def test_on_main_and_unwrap_in_one_process() -> None:
+    assert dist.on_main(lambda: 41 + 1) == 42
+    with pytest.raises(UserError, match="nope"):
+        dist.on_main(lambda: (_ for _ in ()).throw(UserError("nope")))
+    raw = torch.nn.Linear(2, 2)
+    wrapped = torch.compile(raw)
+    assert dist.unwrap(wrapped) is raw and dist.unwrap(raw) is raw
