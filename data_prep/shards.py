@@ -459,11 +459,13 @@ class Console:
     def __init__(self, stream: Stream, *, start: int, quiet: bool) -> None:
         self.documents, self.nbytes = stream.documents, stream.nbytes
         self.start, self.quiet = start, quiet
-        self.bar: Any = None  # created at the first chunk, so the worker pool starts before it
+        self.bar: Any = None  # a tqdm bar from the first chunk on (see begin_chunk)
         self.t0 = time.perf_counter()
         self.docs = self.tokens = self.printed = 0
 
     def begin_chunk(self) -> None:
+        """Start the bar at the first chunk (after the worker pool, which must fork before tqdm's
+        monitor thread exists)."""
         if self.bar is not None or self.quiet:
             return
         from tqdm import tqdm
@@ -501,6 +503,7 @@ class Console:
         self.bar.set_postfix_str(rates, refresh=False)
 
     def close(self) -> None:
+        """Close the bar, if any."""
         if self.bar is not None:
             self.bar.close()
 
