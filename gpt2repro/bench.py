@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,7 +54,7 @@ def synthetic_corpus(n_bytes: int, seed: int = 0) -> list[str]:
 
 def bench_data(args: argparse.Namespace) -> dict:
     """Pipeline (read JSONL -> tokenize in `workers` processes -> write shards) vs raw tiktoken."""
-    from data_prep import fineweb
+    from data_prep.shards import Stream, jsonl_items, write_shards
     from gpt2repro.tokenizer import get_encoding
 
     docs = synthetic_corpus(int(args.mb * 1e6))
@@ -66,7 +65,6 @@ def bench_data(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpt2repro-bench-") as tmp:
         src = Path(tmp) / "corpus.jsonl"
         src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-        files = [src]
         # alternate raw and pipeline runs, best of each: the machine may be shared
         for i in range(args.repeat):
             t0 = time.perf_counter()
@@ -75,8 +73,8 @@ def bench_data(args: argparse.Namespace) -> dict:
             raw_tokens = sum(len(t) for t in raw) + len(docs)  # + one EOT per document
             del raw
             t0 = time.perf_counter()  # includes starting the worker processes
-            m = fineweb.write_shards(
-                lambda start: fineweb.local_items(files, "text", start),
+            m = write_shards(
+                lambda start: Stream(items=jsonl_items(src, start), nbytes=src.stat().st_size),
                 Path(tmp) / f"out{i}",
                 {"source": "bench"},
                 prefix="bench",
@@ -329,5 +327,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for data_prep
     raise SystemExit(run_cli(main))

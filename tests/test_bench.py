@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,3 +32,52 @@ def test_bench_train_reports_throughput_fields(tmp_path: Path) -> None:
     assert res["tok_per_s"] > 0 and res["step_ms"] > 0
     assert res["mfu"] is None and res["peak_mem_gib"] is None  # CPU: no guessed numbers
     assert res["n_params"] == 2 * 12 * 32 * 32 + 2 * 13 * 32 + 512 * 32 + 64 * 32 + 2 * 32
+
+
+def test_bench_imports_the_shard_writer_library_not_a_script() -> None:
+    tree = ast.parse((REPO / "gpt2repro" / "bench.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in imported if m and m.startswith("data_prep")} == {"data_prep.shards"}
+    sys_path = [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and n.attr == "path" and getattr(n.value, "id", "") == "sys"
+    ]
+    assert not sys_path, f"gpt2repro/bench.py:{sys_path} patches sys.path to reach the checkout"
+
+
+@pytest.mark.slow
+def test_bench_data_runs_from_an_installed_package(tmp_path: Path) -> None:
+    """`python -m gpt2repro.bench data` from a plain (non-editable) install, outside the checkout."""
+    # pip, and setuptools as the build backend without build isolation (no index: offline)
+    for tool in ("pip", "setuptools"):
+        if importlib.util.find_spec(tool) is None:  # looked up, not imported into this process
+            pytest.skip(f"{tool} is not installed")
+    src, site, cwd = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
+    skip = shutil.ignore_patterns("__pycache__")
+    for name in ("gpt2repro", "data_prep"):
+        shutil.copytree(REPO / name, src / name, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation"]
+    pip += ["--no-index", "--disable-pip-version-check", "--quiet", "--target", str(site), str(src)]
+    p = subprocess.run(pip, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)  # the install only (ahead of any editable install's finder)
+    where = (
+        "import gpt2repro.bench, data_prep.shards as s; print(gpt2repro.bench.__file__, s.__file__)"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", where], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
+    )
+    assert p.returncode == 0, p.stderr
+    assert all(Path(f).is_relative_to(site) for f in p.stdout.split()), p.stdout
+    cmd = [sys.executable, "-m", "gpt2repro.bench", "data"]
+    cmd += ["--mb", "0.05", "--repeat", "1", "--workers", "1", "--shard-size", "4000"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["bench"] == "data" and res["tokens"] > 4000 and res["pipeline_tok_per_s"] > 0

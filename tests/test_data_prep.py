@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import fineweb, hellaswag, shakespeare  # pytest's pythonpath has the repo root
+from data_prep import fineweb, hellaswag, shakespeare, shards  # pytest's pythonpath: repo root
 from gpt2repro.data import TokenLoader, read_shard, shard_paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,8 +82,8 @@ def _run(src: Path, out: Path, **kw) -> dict:
     settings = {"source": {"kind": "local", "files": [[str(f), f.stat().st_size] for f in files]}}
     kw.setdefault("prefix", "t")
     kw.setdefault("quiet", True)
-    return fineweb.write_shards(
-        lambda s: fineweb.local_items(files, "text", s), out, settings, **kw
+    return shards.write_shards(
+        lambda s: fineweb.local_stream(files, "text", s), out, settings, **kw
     )
 
 
@@ -108,7 +108,7 @@ def test_token_stream_is_eot_plus_encoding_in_order(tmp_path: Path) -> None:
     for s in m["shards"]:
         raw = (tmp_path / "out" / s["file"]).read_bytes()
         assert hashlib.sha256(raw).hexdigest() == s["sha256"]
-    assert not (tmp_path / "out" / fineweb.PROGRESS).exists()
+    assert not (tmp_path / "out" / shards.PROGRESS).exists()
     # the loader reads what the pipeline wrote
     x, y = TokenLoader(str(tmp_path / "out"), "val", 2, 64).next_batch()
     assert x[0].tolist() == ref[:64].tolist() and y[0].tolist() == ref[1:65].tolist()
@@ -136,14 +136,14 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path: Path) -> None:
     out = tmp_path / "out"
     # die right after the 2nd shard's rename, before progress.json records it; then after 3 more
     for n in ("2", "3"):
-        p = _cli(tmp_path / "in", out, "--workers", "2", env={fineweb.FAULT_ENV: n})
+        p = _cli(tmp_path / "in", out, "--workers", "2", env={shards.FAULT_ENV: n})
         assert p.wait() == 3
         assert 0 < len(_bytes(out)) < len(ref)
-        assert not (out / fineweb.MANIFEST).exists()
+        assert not (out / shards.MANIFEST).exists()
     assert _cli(tmp_path / "in", out, "--workers", "1").wait() == 0
     assert _bytes(out) == ref
-    manifest = json.loads((out / fineweb.MANIFEST).read_text())
-    assert manifest == json.loads((tmp_path / "ref" / fineweb.MANIFEST).read_text())
+    manifest = json.loads((out / shards.MANIFEST).read_text())
+    assert manifest == json.loads((tmp_path / "ref" / shards.MANIFEST).read_text())
     assert not list(out.glob(".*"))  # no temp files left
 
 
@@ -284,7 +284,7 @@ def test_huggingface_source(
     assert ("skip", 0) not in log  # a fresh run skips nothing
     assert shard_paths(out, "val")[0].name == "edufineweb_val_000000.bin"
     assert np.array_equal(_stream(out), _reference([r["text"] for r in rows[:40]]))
-    m = json.loads((out / fineweb.MANIFEST).read_text())
+    m = json.loads((out / shards.MANIFEST).read_text())
     assert m["skipped"]["total"] == 1 and "row 40" in m["skipped"]["examples"][0]
     assert m["settings"]["source"]["path"] == "HuggingFaceFW/fineweb-edu"
     assert m["settings"]["source"]["revision"] == SHA
@@ -300,12 +300,12 @@ def test_huggingface_resume_pins_the_revision(
     argv += ["--streaming"] if streaming else []
     assert fineweb.main([*argv, "--out-dir", str(tmp_path / "ref")]) == 0
     out = tmp_path / "out"
-    monkeypatch.setenv(fineweb.FAULT_ENV, "3")
-    monkeypatch.setattr(fineweb.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    monkeypatch.setenv(shards.FAULT_ENV, "3")
+    monkeypatch.setattr(shards.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
     with pytest.raises(SystemExit):
         fineweb.main([*argv, "--out-dir", str(out)])
-    monkeypatch.delenv(fineweb.FAULT_ENV)
-    progress = json.loads((out / fineweb.PROGRESS).read_text())
+    monkeypatch.delenv(shards.FAULT_ENV)
+    progress = json.loads((out / shards.PROGRESS).read_text())
     assert progress["settings"]["source"]["revision"] == SHA
     start = progress["next_item"]
     assert start > 0
