@@ -3,7 +3,8 @@
 Atomic writes: a file appears under its final name complete, or not at all. Write to a temporary
 file in the same directory, flush and fsync it, rename it over the final name, then fsync the
 directory so the rename survives a power cut. Used for shards, manifests, checkpoint metadata,
-evaluation results and exports. `sha256_file` is the one file hash (checkpoints, tokenizer files,
+evaluation results and exports. `publish_dir` does the same for a directory (checkpoints,
+exports). `sha256_file` is the one file hash (checkpoints, tokenizer files,
 downloaded archives).
 """
 
@@ -14,6 +15,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +74,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Rename the complete directory `tmp` to `final` (same filesystem), replacing an existing
+    `final` so that at every moment one of them is whole: the old one is moved aside first and
+    deleted only after the new one is in place."""
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from gpt2repro import dist
-from gpt2repro.atomic import fsync_dir, sha256_file, write_text
+from gpt2repro.atomic import publish_dir, sha256_file, write_text
 from gpt2repro.errors import UserError
 
 FORMAT_VERSION = 1
@@ -183,16 +183,8 @@ def save(
             complete=True,
         )
         write_text(tmp / "state.json", json.dumps(record))
-        if final.exists():
-            # A checkpoint of this step exists (a resumed run reached it again): replace it.
-            old = ckpt_root / f".old-{step_dir_name(step)}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        fsync_dir(ckpt_root)
+        # A checkpoint of this step may exist (a resumed run reached it again): replaced whole.
+        publish_dir(tmp, final)
         write_text(ckpt_root / "latest", final.name + "\n")
         prune(ckpt_root, keep_last)
     dist.barrier()

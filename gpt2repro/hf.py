@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from gpt2repro.atomic import publish_dir
 from gpt2repro.config import ModelConfig
 from gpt2repro.errors import UserError
 from gpt2repro.model import GPT
@@ -359,13 +360,7 @@ def save_hf(model: GPT, out_dir: str | Path, overwrite: bool = False) -> Path:
         eot = EOT if cfg.vocab_size > EOT else None
         _write_json(tmp / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
         _write_tokenizer(tmp, cfg)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -34,3 +34,18 @@ def test_writes_do_not_flip_the_umask_each_time(
     assert calls == []
     mode = stat.S_IMODE((tmp_path / "f0.txt").stat().st_mode)
     assert mode == atomic.public_mode()  # as open() would create it, not mkstemp's 0o600
+
+
+def test_publish_dir_replaces_a_directory_whole(tmp_path: Path) -> None:
+    final = tmp_path / "out"
+    for version in ("old", "new"):
+        tmp = tmp_path / f".out.tmp-{version}"
+        tmp.mkdir()
+        (tmp / "file.txt").write_text(version)
+        if version == "old":
+            (tmp / "only-old.txt").write_text("x")
+        atomic.publish_dir(tmp, final)
+        assert not tmp.exists()
+    assert (final / "file.txt").read_text() == "new"
+    assert not (final / "only-old.txt").exists()  # the old directory is gone, not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left aside
