@@ -111,7 +111,12 @@ def bench_loader(args: argparse.Namespace) -> dict:
             toks = rng.integers(0, 50257, size=args.shard_tokens, dtype=np.uint16)
             write_shard(Path(tmp) / f"bench_train_{i + 1:06d}.bin", toks)
         loader = TokenLoader(
-            tmp, "train", args.batch_size, args.seq_len, seed=0, device=args.device
+            tmp,
+            "train",
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
+            seed=0,
+            device=args.device,
         )
         for _ in range(args.warmup):
             loader.next_batch()
@@ -153,7 +158,7 @@ def bench_train(args: argparse.Namespace) -> dict:
         # The training rule (refuses a batch that B x T x world does not divide), unless --accum.
         grad_accum = args.accum or grad_accum_steps(cfg.train, info.world_size)
         trainable = build_model(cfg, info)  # one model on every rank, as in training
-        runner = _TrainSteps(cfg, info, trainable, grad_accum)
+        runner = _TrainSteps(cfg, info, trainable, grad_accum=grad_accum)
         warmup_s, _ = runner.timed(first=0, count=args.warmup)  # includes compilation
         if info.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(info.device)
@@ -177,14 +182,14 @@ class _TrainSteps:
     """Optimizer steps exactly as the training loop takes them (learning rate, forward/backward,
     the update guard, the preemption poll), on one fixed synthetic micro-batch."""
 
-    def __init__(self, cfg: Any, info: Any, trainable: Any, grad_accum: int) -> None:
+    def __init__(self, cfg: Any, info: Any, trainable: Any, *, grad_accum: int) -> None:
         import torch
 
         from gpt2repro.guard import Guard
         from gpt2repro.train import TrainState
 
         self.cfg, self.info, self.trainable, self.grad_accum = cfg, info, trainable, grad_accum
-        self.guard = Guard(cfg.guard, trainable.optimizer, cfg.dist.strategy, info)
+        self.guard = Guard(cfg.guard, trainable.optimizer, strategy=cfg.dist.strategy, info=info)
         self.state = TrainState.fresh(loss_window=cfg.guard.spike_window)
         B, T = cfg.train.micro_batch_size, cfg.train.seq_len
         tokens = torch.randint(0, cfg.model.vocab_size, (B, T + 1), device=info.device)
@@ -241,7 +246,10 @@ def _train_result(
     tokens_per_step = train_cfg.micro_batch_size * train_cfg.seq_len * info.world_size * grad_accum
     tok_s = tokens_per_step / step_s
     flops = flops_per_token(
-        trainable.n_params, model_cfg.n_layer, model_cfg.n_embd, train_cfg.seq_len
+        n_params=trainable.n_params,
+        n_layer=model_cfg.n_layer,
+        n_embd=model_cfg.n_embd,
+        seq_len=train_cfg.seq_len,
     )
     peak = peak_flops(device)
     on_cuda = device.type == "cuda"
@@ -264,7 +272,12 @@ def _train_result(
         "step_ms": round(1e3 * step_s, 2),
         "tok_per_s": round(tok_s),
         "tok_per_s_per_device": round(tok_s / info.world_size),
-        "mfu": None if peak is None else round(mfu(flops, tok_s, peak, info.world_size) or 0.0, 4),
+        "mfu": None
+        if peak is None
+        else round(
+            mfu(flops, tokens_per_s=tok_s, peak_per_device=peak, n_devices=info.world_size) or 0.0,
+            4,
+        ),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         if on_cuda
         else None,

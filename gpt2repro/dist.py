@@ -90,7 +90,14 @@ def setup(device: str = "auto", backend: str = "auto", timeout_min: int = 30) ->
     )
     global _CONTROL_GROUP
     _CONTROL_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
-    return DistInfo(rank, local_rank, world, local_world, dev, backend)
+    return DistInfo(
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world,
+        local_world_size=local_world,
+        device=dev,
+        backend=backend,
+    )
 
 
 def teardown(clean: bool = True) -> None:

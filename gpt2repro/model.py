@@ -254,7 +254,9 @@ class GPT(nn.Module):
                     f"{limit}; the KV cache cannot slide (use --no-kv-cache or fewer tokens)"
                 )
             dtype = self.transformer.wte.weight.dtype
-            cache = KVCache.empty(self.config, B, T0 + max_new_tokens, idx.device, dtype)
+            cache = KVCache.empty(
+                self.config, batch=B, max_len=T0 + max_new_tokens, device=idx.device, dtype=dtype
+            )
         out = idx
         step_input = idx
         for _ in range(max_new_tokens):

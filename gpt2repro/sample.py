@@ -112,9 +112,9 @@ def complete(
     generated = sample(
         model,
         prompt_tokens,
-        n,
-        temperature,
-        top_k,
+        max_new_tokens=n,
+        temperature=temperature,
+        top_k=top_k,
         seed=seed,
         autocast_dtype=autocast_dtype,
     )[0]

@@ -248,7 +248,7 @@ def build_model(cfg: Config, info: dist.DistInfo, load_from: Path | None = None)
         checkpoint.load_into(raw_model, optimizer, load_from)
     return Trainable(
         raw_model=raw_model,
-        model=dist.wrap(raw_model, info, cfg.dist.strategy, compiled),
+        model=dist.wrap(raw_model, info, strategy=cfg.dist.strategy, compile=compiled),
         optimizer=optimizer,
         n_params=n_params,
         autocast_dtype=precision.autocast_dtype(cfg.train.dtype, device),
@@ -278,7 +278,7 @@ def forward_backward(
     for micro in range(grad_accum):
         x, y = next_batch()  # [B, T] each
         sync = micro == grad_accum - 1  # all-reduce gradients on the last micro-step only
-        with dist.grad_sync(model, raw_model, trainable.strategy, info, sync):
+        with dist.grad_sync(model, raw_model, strategy=trainable.strategy, info=info, sync=sync):
             with precision.autocast(info.device, trainable.autocast_dtype):
                 _, loss = model(x, y)
             loss = loss / grad_accum  # mean over the whole global batch after DDP's average
@@ -356,9 +356,11 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     if resume is not None:
         state.load_state_dict(resume.state)
         checkpoint.restore_rank(resume.state, train_loader, info)
-    guard = Guard(cfg.guard, trainable.optimizer, cfg.dist.strategy, info)
+    guard = Guard(cfg.guard, trainable.optimizer, strategy=cfg.dist.strategy, info=info)
     log = RunLog(run_dir, cfg, info.is_main)
-    header = run_header(cfg, info, sys.argv, grad_accum, trainable.n_params)
+    header = run_header(
+        cfg, info, argv=sys.argv, grad_accum=grad_accum, n_params=trainable.n_params
+    )
     _report_start(log, header=header, state=state, resume=resume)
     if info.is_main:
         done_marker.unlink(missing_ok=True)
@@ -401,7 +403,8 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
         last = state.step == train_cfg.max_steps
         if _due(state.step, log_cfg.every, last or stop):
             guard.sync(state)  # the exact skip count (device-side skips)
-            record = _train_record(
+            _log_train(
+                log,
                 cfg,
                 info,
                 trainable,
@@ -410,10 +413,6 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
                 grad_norm=grad_norm,
                 lr=lr,
                 timer=timer,
-            )
-            eta = record["step_ms"] / 1000 * (train_cfg.max_steps - state.step)
-            log.record(
-                record, text=console_line(record, train_cfg.max_steps, eta, record["mem_gib"])
             )
             timer.reset(state.step)
         paused = False  # saving, evaluating and sampling stay out of the step time
@@ -482,7 +481,8 @@ def _report_start(
         log.print(f"resumed from {resume.path} at step {state.step} ({state.tokens:,} tokens)")
 
 
-def _train_record(
+def _log_train(
+    log: RunLog,
     cfg: Config,
     info: dist.DistInfo,
     trainable: Trainable,
@@ -492,27 +492,41 @@ def _train_record(
     grad_norm: torch.Tensor,
     lr: float,
     timer: StepTimer,
-) -> dict[str, Any]:
-    """The metrics record of a log step (a collective: the loss is averaged over ranks)."""
+) -> None:
+    """The train line of a log step: console and metrics record (a collective: the loss is
+    averaged over ranks)."""
     global_loss = dist.all_reduce_mean(loss.clone()).item()
     seconds = timer.seconds_per_step(state.step)
     tok_per_s = cfg.train.total_batch_tokens / seconds
     flops = flops_per_token(
-        trainable.n_params, cfg.model.n_layer, cfg.model.n_embd, cfg.train.seq_len
+        n_params=trainable.n_params,
+        n_layer=cfg.model.n_layer,
+        n_embd=cfg.model.n_embd,
+        seq_len=cfg.train.seq_len,
     )
     on_cuda = info.device.type == "cuda"
-    return {
+    record = {
         "step": state.step,
         "loss": global_loss,
         "lr": lr,
         "grad_norm": float(grad_norm.item()),
         "tokens": state.tokens,
         "tok_per_s": tok_per_s,
-        "mfu": mfu(flops, tok_per_s, peak_flops(info.device), info.world_size),
+        "mfu": mfu(
+            flops,
+            tokens_per_s=tok_per_s,
+            peak_per_device=peak_flops(info.device),
+            n_devices=info.world_size,
+        ),
         "step_ms": 1000 * seconds,
         "skipped": state.skipped,
         "mem_gib": torch.cuda.max_memory_allocated(info.device) / 2**30 if on_cuda else None,
     }
+    eta_s = seconds * (cfg.train.max_steps - state.step)
+    line = console_line(
+        record, max_steps=cfg.train.max_steps, eta_s=eta_s, peak_mem_gib=record["mem_gib"]
+    )
+    log.record(record, text=line)
 
 
 def _evaluate(
@@ -575,8 +589,8 @@ def _save(
     path = checkpoint.save(
         Path(cfg.run.dir),
         state.step,
-        trainable.raw_model,
-        trainable.optimizer,
+        model=trainable.raw_model,
+        optimizer=trainable.optimizer,
         state={
             **state.state_dict(),
             "config": to_dict(cfg),
