@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-# Dense bf16 peak FLOP/s from the datasheets (REFERENCE.md). Order matters: first match wins.
+# Dense bf16 peak FLOP/s from the datasheets (docs/reference.md "MFU and GPU peaks").
+# Order matters: first match wins.
 GPU_PEAK_FLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),  # per GPU of the NVL pair
