@@ -213,3 +213,24 @@ def test_review_edge_cases() -> None:
         assert key in msg, (key, msg)
     cfg = build_config(overrides=[("log.sample_prompt", 'ROMEO:\n"say" \\ ä\t')])
     assert tomllib.loads(to_toml(cfg))["log"]["sample_prompt"] == cfg.log.sample_prompt
+
+
+@pytest.mark.parametrize("stray", ["stray", "--seed=3", "-x"])
+def test_config_cli_rejects_leftover_arguments(stray: str, capsys: pytest.CaptureFixture) -> None:
+    """`python -m gpt2repro.config` refuses what it does not understand, in train.py's words."""
+    from gpt2repro.config import _cli
+    from gpt2repro.errors import run_cli
+    from gpt2repro.train import _main as train_main
+
+    with pytest.raises(UserError) as from_config:
+        _cli(["--train.seed=3", stray])
+    with pytest.raises(UserError) as from_train:
+        train_main(["--train.seed=3", stray])
+    assert str(from_config.value) == str(from_train.value)
+    assert str(from_config.value) == (
+        f"unknown argument {stray!r}: options look like --section.key=value (see --help)"
+    )
+    assert run_cli(_cli, [stray]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no TOML printed for a command line with a mistake in it
+    assert captured.err.strip().splitlines() == [f"error: {from_config.value}"]
