@@ -183,19 +183,16 @@ def test_published_recipes():
         assert cfg.optim.lr == lr and cfg.train.total_batch_tokens == 524288
 
 
-def test_review_edge_cases() -> None:
-    """An option is not a value; non-finite and out-of-range numbers are refused; the resolved
-    TOML round-trips strings with quotes, backslashes and newlines."""
-    import tomllib
-
-    from gpt2repro.config import build_config, load_config, to_toml
-    from gpt2repro.errors import UserError
-
+def test_an_option_is_not_a_value() -> None:
     with pytest.raises(UserError, match=r"--run.name needs a value"):
         load_config(["--run.name", "--train.seed=3"])
-    assert (
-        load_config(["--optim.min_lr", "-0.0"])[0].optim.min_lr == 0.0
-    )  # a leading '-' is a value
+
+
+def test_a_leading_minus_is_a_value() -> None:
+    assert load_config(["--optim.min_lr", "-0.0"])[0].optim.min_lr == 0.0
+
+
+def test_non_finite_and_out_of_range_numbers_are_refused_together() -> None:
     with pytest.raises(UserError) as e:
         build_config(
             {
@@ -211,6 +208,9 @@ def test_review_edge_cases() -> None:
         "eval.batch_examples",
     ):
         assert key in msg, (key, msg)
+
+
+def test_resolved_toml_round_trips_quotes_backslashes_and_newlines() -> None:
     cfg = build_config(overrides=[("log.sample_prompt", 'ROMEO:\n"say" \\ ä\t')])
     assert tomllib.loads(to_toml(cfg))["log"]["sample_prompt"] == cfg.log.sample_prompt
 
