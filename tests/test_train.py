@@ -131,6 +131,7 @@ def test_loss_falls_and_metrics_schema(corpus: Path, tmp_path: Path) -> None:
     assert "already complete" in p2.stdout
 
 
+@pytest.mark.dist
 def test_ddp_two_processes_equal_one_with_double_accumulation(corpus: Path, tmp_path: Path) -> None:
     one = tmp_path / "one"
     two = tmp_path / "two"
@@ -146,7 +147,14 @@ def test_ddp_two_processes_equal_one_with_double_accumulation(corpus: Path, tmp_
     assert_params_close(final_params(one), final_params(two), 1e-5)
 
 
-@pytest.mark.parametrize("nproc,strategy", [(1, "ddp"), (2, "ddp"), (2, "fsdp")])
+@pytest.mark.parametrize(
+    "nproc,strategy",
+    [
+        (1, "ddp"),
+        pytest.param(2, "ddp", marks=pytest.mark.dist),
+        pytest.param(2, "fsdp", marks=[pytest.mark.dist, pytest.mark.slow]),  # ~27 s
+    ],
+)
 def test_sigkill_resume_is_bit_identical(
     corpus: Path, tmp_path: Path, nproc: int, strategy: str
 ) -> None:
@@ -252,6 +260,7 @@ def test_resume_from_an_older_checkpoint_moves_newer_ones_aside(
     assert checkpoint.find_latest(rd).name == "step_00000010"
 
 
+@pytest.mark.dist
 def test_fsdp_matches_ddp(corpus: Path, tmp_path: Path) -> None:
     common = ["--train.max_steps=4", "--checkpoint.every=0"]
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
@@ -272,6 +281,7 @@ def test_fsdp_matches_ddp(corpus: Path, tmp_path: Path) -> None:
     assert diff / norm <= 1e-5, float(diff / norm)
 
 
+@pytest.mark.dist
 def test_fsdp_checkpoint_resumes_on_another_world_size(corpus: Path, tmp_path: Path) -> None:
     """2 FSDP ranks write step 3, are killed; 1 process resumes and follows the 2-rank run."""
     common = ["--train.max_steps=6", "--checkpoint.every=3", "--dist.strategy=fsdp"]
@@ -321,6 +331,8 @@ def test_corrupt_newest_checkpoint_falls_back(corpus: Path, tmp_path: Path) -> N
     assert found is not None and found.name == "step_00000003"
 
 
+@pytest.mark.dist
+@pytest.mark.slow  # ~50 s on 2 CPU cores: two torch.compile runs
 def test_compile_ddp_matches_eager(corpus: Path, tmp_path: Path) -> None:
     """torch.compile(DDP(model)) on 2 gloo ranks: the same losses as eager, to rounding."""
     common = ["--train.max_steps=3", "--checkpoint.every=0"]
