@@ -428,6 +428,18 @@ def load_config(argv: list[str]) -> tuple[Config, list[str]]:
     return build_config(toml, overrides, source), rest
 
 
+def reject_unknown_args(rest: list[str]) -> None:
+    """The one error for command-line arguments that `load_config` handed back unparsed.
+
+    Entry points that take nothing but config options (train.py, `python -m gpt2repro.config`)
+    call it with `load_config`'s second result.
+    """
+    if rest:
+        raise UserError(
+            f"unknown argument {rest[0]!r}: options look like --section.key=value (see --help)"
+        )
+
+
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     """The resolved config as a nested dict (stored with every run and checkpoint)."""
     return dataclasses.asdict(cfg)
@@ -495,7 +507,8 @@ def _cli(argv: list[str]) -> int:
         print(help_text("python -m gpt2repro.config"))
         return 0
     argv = [a for a in argv if a != "--toml"]  # printing the TOML is the default
-    cfg, _ = load_config(argv)
+    cfg, rest = load_config(argv)
+    reject_unknown_args(rest)
     if get is not None:
         section, _, key = get.partition(".")
         d = to_dict(cfg)

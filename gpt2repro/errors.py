@@ -9,15 +9,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
 
 
 class UserError(Exception):
     """Something the user can fix: a config key, a file, a world size. The message says how."""
-
-
-def fail(message: str) -> NoReturn:
-    raise UserError(message)
 
 
 def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:

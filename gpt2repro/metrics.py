@@ -1,10 +1,22 @@
 """What a run reports: FLOP accounting and MFU, the console line, metrics.jsonl, and wandb.
 
-`metrics.jsonl` is the complete record of a run: one JSON object per line, each with `step` and
-`tokens`. Train lines: step, loss, lr, grad_norm, tokens, tok_per_s, mfu, step_ms, skipped, mem_gib.
-Eval lines: step, val_loss and/or hellaswag_acc, hellaswag_acc_norm. Events (start, resume,
-preempt, done) carry an `event` key. After a resume, steps after the checkpoint may appear twice;
-the later line is the one that counts.
+`metrics.jsonl` is the complete record of a run (written by rank 0 of `gpt2repro.train`): one
+JSON object per line, every one with `step` (completed optimizer steps) and `tokens` (training
+tokens seen so far). Four kinds of line:
+
+- events, told apart by `event`:
+  `start` (a fresh run) and `resume` (continuing from a checkpoint) also carry the run header
+  (`versions`, `gpus`, `device`, `world_size`, `git_sha`, `argv`, `n_params`, `grad_accum`,
+  `config`; see `run_header`); `preempted` (stopped by SIGTERM/SIGINT after checkpointing) and
+  `done` (the last step is checkpointed) carry nothing more;
+- train steps, every `log.every` steps, at the last one and at a preemption: `loss`, `lr`, `grad_norm`,
+  `tok_per_s`, `mfu` (null when the GPU peak is unknown), `step_ms`, `skipped` (updates skipped
+  by the guards so far), `mem_gib` (peak CUDA memory; null off CUDA);
+- evaluations: `val_loss` and/or `hellaswag_acc`, `hellaswag_acc_norm` (token-normalized),
+  `hellaswag_acc_norm_char` (character-normalized, lm-evaluation-harness style);
+- text samples: `sample`, the prompt and its continuation.
+
+After a resume, steps after the checkpoint may appear twice; the later line is the one that counts.
 """
 
 from __future__ import annotations
@@ -17,7 +29,8 @@ from typing import Any
 
 import torch
 
-# Dense bf16 peak FLOP/s from the datasheets (REFERENCE.md). Order matters: first match wins.
+# Dense bf16 peak FLOP/s from the datasheets (docs/reference.md "MFU and GPU peaks").
+# Order matters: first match wins.
 GPU_PEAK_FLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),  # per GPU of the NVL pair

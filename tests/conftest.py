@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,3 +36,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+def launches_torchrun(cmd: Any) -> bool:
+    """Whether a subprocess command line starts torchrun (the script or torch.distributed.run)."""
+    if isinstance(cmd, str | bytes | os.PathLike):
+        args = shlex.split(os.fsdecode(cmd))
+    else:
+        args = [os.fsdecode(a) for a in cmd]
+    return any(Path(a).name == "torchrun" or a == "torch.distributed.run" for a in args)
+
+
+@pytest.fixture(autouse=True)
+def _torchrun_needs_the_dist_marker(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """A test without the `dist` marker that starts torchrun fails at once, so `-m 'not dist'`
+    really leaves out every multi-process test (tests/test_markers.py checks the source too)."""
+    if request.node.get_closest_marker("dist") is None:
+        test_id = request.node.nodeid
+
+        class Popen(subprocess.Popen):  # type: ignore[type-arg]
+            def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+                if launches_torchrun(args):
+                    pytest.fail(f"{test_id} starts torchrun: mark it @pytest.mark.dist")
+                super().__init__(args, *rest, **kwargs)
+
+        monkeypatch.setattr(subprocess, "Popen", Popen)
+    yield

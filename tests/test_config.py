@@ -183,19 +183,16 @@ def test_published_recipes():
         assert cfg.optim.lr == lr and cfg.train.total_batch_tokens == 524288
 
 
-def test_review_edge_cases() -> None:
-    """An option is not a value; non-finite and out-of-range numbers are refused; the resolved
-    TOML round-trips strings with quotes, backslashes and newlines."""
-    import tomllib
-
-    from gpt2repro.config import build_config, load_config, to_toml
-    from gpt2repro.errors import UserError
-
+def test_an_option_is_not_a_value() -> None:
     with pytest.raises(UserError, match=r"--run.name needs a value"):
         load_config(["--run.name", "--train.seed=3"])
-    assert (
-        load_config(["--optim.min_lr", "-0.0"])[0].optim.min_lr == 0.0
-    )  # a leading '-' is a value
+
+
+def test_a_leading_minus_is_a_value() -> None:
+    assert load_config(["--optim.min_lr", "-0.0"])[0].optim.min_lr == 0.0
+
+
+def test_non_finite_and_out_of_range_numbers_are_refused_together() -> None:
     with pytest.raises(UserError) as e:
         build_config(
             {
@@ -211,5 +208,29 @@ def test_review_edge_cases() -> None:
         "eval.batch_examples",
     ):
         assert key in msg, (key, msg)
+
+
+def test_resolved_toml_round_trips_quotes_backslashes_and_newlines() -> None:
     cfg = build_config(overrides=[("log.sample_prompt", 'ROMEO:\n"say" \\ ä\t')])
     assert tomllib.loads(to_toml(cfg))["log"]["sample_prompt"] == cfg.log.sample_prompt
+
+
+@pytest.mark.parametrize("stray", ["stray", "--seed=3", "-x"])
+def test_config_cli_rejects_leftover_arguments(stray: str, capsys: pytest.CaptureFixture) -> None:
+    """`python -m gpt2repro.config` refuses what it does not understand, in train.py's words."""
+    from gpt2repro.config import _cli
+    from gpt2repro.errors import run_cli
+    from gpt2repro.train import _main as train_main
+
+    with pytest.raises(UserError) as from_config:
+        _cli(["--train.seed=3", stray])
+    with pytest.raises(UserError) as from_train:
+        train_main(["--train.seed=3", stray])
+    assert str(from_config.value) == str(from_train.value)
+    assert str(from_config.value) == (
+        f"unknown argument {stray!r}: options look like --section.key=value (see --help)"
+    )
+    assert run_cli(_cli, [stray]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no TOML printed for a command line with a mistake in it
+    assert captured.err.strip().splitlines() == [f"error: {from_config.value}"]

@@ -131,6 +131,7 @@ def test_loss_falls_and_metrics_schema(corpus: Path, tmp_path: Path) -> None:
     assert "already complete" in p2.stdout
 
 
+@pytest.mark.dist
 def test_ddp_two_processes_equal_one_with_double_accumulation(corpus: Path, tmp_path: Path) -> None:
     one = tmp_path / "one"
     two = tmp_path / "two"
@@ -146,7 +147,14 @@ def test_ddp_two_processes_equal_one_with_double_accumulation(corpus: Path, tmp_
     assert_params_close(final_params(one), final_params(two), 1e-5)
 
 
-@pytest.mark.parametrize("nproc,strategy", [(1, "ddp"), (2, "ddp"), (2, "fsdp")])
+@pytest.mark.parametrize(
+    "nproc,strategy",
+    [
+        (1, "ddp"),
+        pytest.param(2, "ddp", marks=pytest.mark.dist),
+        pytest.param(2, "fsdp", marks=[pytest.mark.dist, pytest.mark.slow]),  # ~27 s
+    ],
+)
 def test_sigkill_resume_is_bit_identical(
     corpus: Path, tmp_path: Path, nproc: int, strategy: str
 ) -> None:
@@ -252,6 +260,7 @@ def test_resume_from_an_older_checkpoint_moves_newer_ones_aside(
     assert checkpoint.find_latest(rd).name == "step_00000010"
 
 
+@pytest.mark.dist
 def test_fsdp_matches_ddp(corpus: Path, tmp_path: Path) -> None:
     common = ["--train.max_steps=4", "--checkpoint.every=0"]
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
@@ -272,6 +281,7 @@ def test_fsdp_matches_ddp(corpus: Path, tmp_path: Path) -> None:
     assert diff / norm <= 1e-5, float(diff / norm)
 
 
+@pytest.mark.dist
 def test_fsdp_checkpoint_resumes_on_another_world_size(corpus: Path, tmp_path: Path) -> None:
     """2 FSDP ranks write step 3, are killed; 1 process resumes and follows the 2-rank run."""
     common = ["--train.max_steps=6", "--checkpoint.every=3", "--dist.strategy=fsdp"]
@@ -321,6 +331,8 @@ def test_corrupt_newest_checkpoint_falls_back(corpus: Path, tmp_path: Path) -> N
     assert found is not None and found.name == "step_00000003"
 
 
+@pytest.mark.dist
+@pytest.mark.slow  # ~50 s on 2 CPU cores: two torch.compile runs
 def test_compile_ddp_matches_eager(corpus: Path, tmp_path: Path) -> None:
     """torch.compile(DDP(model)) on 2 gloo ranks: the same losses as eager, to rounding."""
     common = ["--train.max_steps=3", "--checkpoint.every=0"]
@@ -388,12 +400,15 @@ def test_resolved_config_in_checkpoint_round_trips(corpus: Path, tmp_path: Path)
     assert from_dict(state["config"]) == cfg
 
 
-def test_in_loop_hellaswag_val_and_samples(tmp_path: Path) -> None:
-    """A GPT-2-vocab model: val loss, HellaSwag and text samples land in metrics.jsonl."""
+@pytest.fixture(scope="module")
+def gpt2_vocab_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One short run of a GPT-2-vocab model with val loss, HellaSwag and text samples in the loop;
+    the tests below check its outputs (one training subprocess for all of them)."""
     from fixtures.hellaswag import write_hellaswag
 
     from gpt2repro.tokenizer import get_encoding
 
+    tmp_path = tmp_path_factory.mktemp("gpt2_vocab_run")
     enc = get_encoding()
     docs = ["To be, or not to be, that is the question. " * 40, "All the world's a stage. " * 60]
     toks = np.concatenate([[enc.eot_token, *enc.encode_ordinary(d)] for d in docs * 5]).astype(
@@ -422,16 +437,41 @@ def test_in_loop_hellaswag_val_and_samples(tmp_path: Path) -> None:
     ]
     p = run(args)
     recs = read_metrics(rd / "metrics.jsonl")
+    return {
+        "args": args,
+        "p": p,
+        "recs": recs,
+        "rd": rd,
+        "corpus": corpus,
+        "hs": hs,
+        "toks": toks,
+        "hsw": [r for r in recs if "hellaswag_acc" in r],
+    }
+
+
+def test_in_loop_val_loss_at_step_0_every_and_last(gpt2_vocab_run: dict) -> None:
+    recs, p = gpt2_vocab_run["recs"], gpt2_vocab_run["p"]
     vals = [r["step"] for r in recs if "val_loss" in r]
-    hsw = [r for r in recs if "hellaswag_acc" in r]
-    samples = [r for r in recs if "sample" in r]
     assert vals == [0, 2, 4]
+    assert "eval step      4 | val_loss" in p.stdout
+
+
+def test_in_loop_hellaswag_at_step_0_and_its_interval(gpt2_vocab_run: dict) -> None:
+    hsw = gpt2_vocab_run["hsw"]
     assert [r["step"] for r in hsw] == [0, 4]
     assert all(0.0 <= r["hellaswag_acc_norm"] <= 1.0 for r in hsw)
+
+
+def test_in_loop_text_sample_starts_with_the_prompt(gpt2_vocab_run: dict) -> None:
+    samples = [r for r in gpt2_vocab_run["recs"] if "sample" in r]
     assert len(samples) == 1 and samples[0]["sample"].startswith("Hello, I'm a language model,")
-    assert "eval step      4 | val_loss" in p.stdout
-    # The same checkpoint through the CLIs: evaluate reproduces the in-loop numbers, export
-    # gives a directory transformers loads with equal logits.
+
+
+def test_evaluate_cli_reproduces_the_in_loop_numbers(gpt2_vocab_run: dict, tmp_path: Path) -> None:
+    """The run's checkpoint through `python -m gpt2repro.evaluate`: the same val loss and
+    HellaSwag acc_norm as the last in-loop evaluation."""
+    rd, corpus, hs = gpt2_vocab_run["rd"], gpt2_vocab_run["corpus"], gpt2_vocab_run["hs"]
+    recs, hsw = gpt2_vocab_run["recs"], gpt2_vocab_run["hsw"]
     out = tmp_path / "eval.json"
     cmd = [
         sys.executable, "-m", "gpt2repro.evaluate", "--checkpoint", str(rd), "--val-data",
@@ -443,6 +483,12 @@ def test_in_loop_hellaswag_val_and_samples(tmp_path: Path) -> None:
     res = json.loads(out.read_text())
     assert abs(res["val_loss"] - [r for r in recs if "val_loss" in r][-1]["val_loss"]) < 1e-5
     assert res["hellaswag"]["acc_norm"] == hsw[-1]["hellaswag_acc_norm"]
+
+
+def test_export_cli_gives_transformers_equal_logits(gpt2_vocab_run: dict, tmp_path: Path) -> None:
+    """The run's checkpoint through `python -m gpt2repro.export`: a directory transformers
+    loads, with the same logits as our model."""
+    rd, toks = gpt2_vocab_run["rd"], gpt2_vocab_run["toks"]
     hf_dir = tmp_path / "hf"
     x = subprocess.run(
         [sys.executable, "-m", "gpt2repro.export", "--checkpoint", str(rd), "--out", str(hf_dir)],
@@ -458,6 +504,9 @@ def test_in_loop_hellaswag_val_and_samples(tmp_path: Path) -> None:
     idx = torch.from_numpy(toks[:40].astype(np.int64))[None]
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, ours(idx)[0], rtol=1e-4, atol=1e-4)
-    # a HellaSwag file that does not exist is refused before training starts
+
+
+def test_missing_hellaswag_file_is_refused_before_training(gpt2_vocab_run: dict) -> None:
+    args = gpt2_vocab_run["args"]
     line = _error_line(run([*args, "--eval.hellaswag_file=/nonexistent.jsonl"], check=False))
     assert "eval.hellaswag_file" in line and "data_prep/hellaswag.py" in line
