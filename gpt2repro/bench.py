@@ -145,13 +145,11 @@ def bench_train(args: argparse.Namespace) -> dict:
     import torch
 
     from gpt2repro import dist
-    from gpt2repro.config import load_config
-    from gpt2repro.errors import UserError
+    from gpt2repro.config import load_config, reject_unknown_args
     from gpt2repro.train import build_model, grad_accum_steps
 
     cfg, rest = load_config(args.overrides)
-    if rest:
-        raise UserError(f"unknown argument {rest[0]!r}: use --config FILE and --section.key=value")
+    reject_unknown_args(rest)
     info = dist.setup(cfg.train.device, cfg.dist.backend)
     ok = False
     try:

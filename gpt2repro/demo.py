@@ -20,15 +20,12 @@ CONFIG = REPO / "configs" / "shakespeare.toml"
 def main(argv: list[str]) -> int:
     """Run the demo; extra `--section.key=value` arguments are passed to the trainer."""
     from gpt2repro import checkpoint, train
-    from gpt2repro.config import load_config
+    from gpt2repro.config import load_config, reject_unknown_args
     from gpt2repro.metrics import read_metrics
 
     t0 = time.time()
     cfg, rest = load_config(["--config", str(CONFIG), *argv])
-    if rest:
-        raise UserError(
-            f"unknown argument {rest[0]!r}: the demo takes --section.key=value overrides"
-        )
+    reject_unknown_args(rest)
     data_dir = Path(cfg.data.dir)
     print(f"== 1/3 data: Shakespeare's works -> {data_dir}", flush=True)
     prep = [sys.executable, str(REPO / "data_prep" / "shakespeare.py"), "--out-dir", str(data_dir)]
