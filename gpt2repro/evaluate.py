@@ -19,7 +19,8 @@ CLI:
     python -m gpt2repro.evaluate --checkpoint runs/gpt2_124m --val-data data/edu_fineweb10B \\
         --val-tokens 10485760 --hellaswag --json eval.json
     torchrun --nproc_per_node=8 -m gpt2repro.evaluate --hf gpt2 --hellaswag
-    python -m gpt2repro.evaluate --bench            # batched vs one-example-at-a-time, tiny model
+
+The scoring speed (batched vs one example per pass): `python -m gpt2repro.bench hellaswag`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import argparse
 import contextlib
 import json
 import math
-import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -51,8 +51,8 @@ N_ENDINGS = 4
 
 GPT2_124M_VAL_LOSS = 3.2924  # OpenAI GPT-2 124M on the FineWeb-Edu val shard (build-nanogpt)
 
-# Published HellaSwag figures (docs: REFERENCE.md). name -> (acc, acc_norm, acc_norm_char);
-# None where the source gives no number for that column.
+# Published HellaSwag figures (sources: docs/reference.md).
+# name -> (acc, acc_norm, acc_norm_char); None where the source gives no number for that column.
 PUBLISHED: list[tuple[str, float | None, float | None, float | None]] = [
     ("GPT-2 124M (OpenAI, reference script)", 0.2859, 0.2955, None),
     ("GPT-2 124M (OpenAI)", None, 0.2945, 0.3114),
@@ -259,7 +259,8 @@ def _model_config(model: nn.Module) -> Any:
     raise ValueError("cannot find config.block_size on the model (or its .module/._orig_mod)")
 
 
-def _block_size(model: nn.Module) -> int:
+def model_block_size(model: nn.Module) -> int:
+    """The model's context length (positions), through DDP and torch.compile wrappers."""
     return int(_model_config(model).block_size)
 
 
@@ -274,7 +275,9 @@ def _check_vocab(model: nn.Module) -> None:
         )
 
 
-def _bucket_len(n: int, bucket: int, block_size: int) -> int:
+def bucketed_length(n: int, bucket: int, block_size: int) -> int:
+    """The padded row length for a batch whose longest row has n inputs: a multiple of `bucket`,
+    capped at block_size (so a compiled model sees a handful of shapes)."""
     return min(block_size, math.ceil(n / bucket) * bucket)
 
 
@@ -295,7 +298,7 @@ def hellaswag_losses(
     `n_batches` (>= the batches needed) adds empty forward passes so ranks stay in step.
     """
     _check_vocab(model)
-    block_size = _block_size(model)
+    block_size = model_block_size(model)
     rows_per_batch = N_ENDINGS * batch_examples
     all_rows = [example_rows(ex, block_size) for ex in examples]
     order = sorted(range(len(examples)), key=lambda i: max(len(t) for t, _ in all_rows[i]))
@@ -309,7 +312,7 @@ def hellaswag_losses(
         for b in range(n_batches):
             chunk = order[b * batch_examples : (b + 1) * batch_examples]
             longest = max((len(t) - 1 for i in chunk for t, _ in all_rows[i]), default=1)
-            L = _bucket_len(longest, bucket, block_size)
+            L = bucketed_length(longest, bucket, block_size)
             xn = np.zeros((rows_per_batch, L), dtype=np.int64)  # [4*E, L], 0 = padding
             yn = np.full((rows_per_batch, L), -1, dtype=np.int64)  # -1 = not scored
             for j, i in enumerate(chunk):
@@ -352,7 +355,7 @@ def reference_losses(
     sums = np.zeros(N_ENDINGS, dtype=np.float64)
     counts = np.zeros(N_ENDINGS, dtype=np.int64)
     with _eval_mode(model):
-        for k, (toks, n_ctx) in enumerate(example_rows(example, _block_size(model))):
+        for k, (toks, n_ctx) in enumerate(example_rows(example, model_block_size(model))):
             t = torch.tensor(toks, device=device)[None]  # [1, n]
             with precision.autocast(device, autocast_dtype):
                 logits, _ = model(t[:, :-1])  # [1, n-1, vocab]
@@ -460,125 +463,6 @@ def _progress(total: int, desc: str) -> Any:  # a tqdm bar, or None without tqdm
     return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
 
 
-# --------------------------------------------------------------------------- benchmark
-
-
-def synthetic_examples(n: int, seed: int = 0) -> list[HellaSwagExample]:
-    """n HellaSwag-shaped examples of random words (context ~40-120 tokens, endings ~10-30)."""
-    rng = random.Random(seed)
-    words = [
-        *[
-            "the",
-            "a",
-            "man",
-            "woman",
-            "dog",
-            "ball",
-            "kitchen",
-            "is",
-            "are",
-            "then",
-            "puts",
-            "takes",
-            "runs",
-            "quickly",
-            "slowly",
-        ],
-        *[
-            "into",
-            "onto",
-            "water",
-            "bowl",
-            "table",
-            "camera",
-            "shows",
-            "continues",
-            "begins",
-            "while",
-            "holding",
-            "knife",
-        ],
-    ]
-
-    def text(lo: int, hi: int) -> str:
-        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
-
-    return [
-        make_example(text(40, 120), [text(8, 30) for _ in range(N_ENDINGS)], rng.randrange(4))
-        for _ in range(n)
-    ]
-
-
-def padded_fraction(
-    examples: Sequence[HellaSwagExample], block_size: int, batch_examples: int, bucket: int
-) -> float:
-    """Fraction of the positions fed to the model that are padding, for this batching."""
-    rows = [example_rows(ex, block_size) for ex in examples]
-    lens = sorted(max(len(t) - 1 for t, _ in r) for r in rows)  # the same order as scoring
-    real = sum(len(t) - 1 for r in rows for t, _ in r)
-    fed = 0
-    for b in range(0, len(lens), batch_examples):
-        L = _bucket_len(lens[min(b + batch_examples, len(lens)) - 1], bucket, block_size)
-        fed += N_ENDINGS * batch_examples * L
-    return 1 - real / fed
-
-
-def bench_hellaswag(
-    model: nn.Module | None = None,
-    examples: Sequence[HellaSwagExample] | None = None,
-    device: torch.device | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    batch_examples: int = 16,
-    bucket: int = 32,
-    n_examples: int = 64,
-    n_single: int = 64,
-    repeats: int = 3,
-) -> dict:
-    """Examples/s of the batched scorer vs one example per forward pass (its 4 rows padded to the
-    longest, like the reference script), best of `repeats` alternating runs (a shared machine is
-    noisy). Defaults: a tiny random GPT (2 layers, 2 heads, 64 wide) on synthetic examples."""
-    from gpt2repro.config import ModelConfig
-    from gpt2repro.model import GPT
-
-    device = device or torch.device("cpu")
-    if model is None:
-        torch.manual_seed(0)
-        model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256)).to(device)
-    examples = list(examples) if examples is not None else synthetic_examples(n_examples)
-    single_set = examples[:n_single]
-
-    def run(exs: Sequence[HellaSwagExample], be: int, bk: int) -> tuple[float, np.ndarray]:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        sums, _ = hellaswag_losses(model, exs, device, autocast_dtype, be, bk)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return len(exs) / (time.perf_counter() - t0), sums
-
-    run(examples[:batch_examples], batch_examples, bucket)  # warm-up (and compile, if any)
-    run(examples[:2], 1, 1)
-    batched = single = 0.0
-    for _ in range(repeats):
-        rate, s_batched = run(examples, batch_examples, bucket)
-        batched = max(batched, rate)
-        rate, s_single = run(single_set, 1, 1)
-        single = max(single, rate)
-    block_size = _block_size(model)
-    return {
-        "n": len(examples),
-        "n_single": len(single_set),
-        "batch_examples": batch_examples,
-        "bucket": bucket,
-        "batched_ex_per_s": batched,
-        "single_ex_per_s": single,
-        "speedup": batched / single,
-        "padded_batched": padded_fraction(examples, block_size, batch_examples, bucket),
-        "padded_single": padded_fraction(single_set, block_size, 1, 1),
-        "max_abs_diff": float(np.abs(s_batched[: len(single_set)] - s_single).max()),
-    }
-
-
 # --------------------------------------------------------------------------- CLI
 
 
@@ -629,52 +513,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON (atomically)")
     p.add_argument("--bucket", type=int, default=32, help="pad HellaSwag rows to a multiple of")
-    p.add_argument("--bench", action="store_true", help="benchmark batched vs unbatched scoring")
-    p.add_argument(
-        "--bench-model",
-        default="tiny",
-        choices=("tiny", "gpt2"),
-        help="--bench on a random tiny GPT (2x64) or a random GPT-2 124M",
-    )
     return p
 
 
-def _bench_cli(args: argparse.Namespace) -> None:
-    """--bench: batched vs one-example-at-a-time scoring on a random model (weights do not
-    change the speed); real examples with --hellaswag FILE, else --limit (64) synthetic ones."""
-    from gpt2repro.config import ModelConfig
-    from gpt2repro.model import GPT, gpt2_config
-
-    device = dist.pick_device(args.device)
-    torch.manual_seed(0)
-    if args.bench_model == "gpt2":
-        cfg = gpt2_config("gpt2")
-    else:
-        cfg = ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256)
-    model = GPT(cfg).to(device)
-    if args.compile:
-        model = torch.compile(model)
-    if args.hellaswag:
-        examples = load_hellaswag(args.hellaswag, args.limit)
-    else:
-        examples = synthetic_examples(args.limit or 64)
-    r = bench_hellaswag(
-        model, examples, device, precision.autocast_dtype(args.dtype, device), args.batch_examples,
-        args.bucket, n_single=min(len(examples), 64),
-    )  # fmt: skip
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    print(
-        f"hellaswag scoring, random {args.bench_model} GPT on {device}{threads}:\n"
-        f"  batched ({r['batch_examples']} examples/pass, bucket {r['bucket']}): "
-        f"{r['batched_ex_per_s']:.1f} ex/s over {r['n']} ({r['padded_batched']:.0%} padding)\n"
-        f"  one example per pass: {r['single_ex_per_s']:.1f} ex/s over {r['n_single']} "
-        f"({r['padded_single']:.0%} padding)\n"
-        f"  speedup {r['speedup']:.2f}x; max |summed loss diff| {r['max_abs_diff']:.2e}; "
-        f"full 10,042-example set at the batched rate: {10042 / r['batched_ex_per_s']:.0f} s"
-    )
-
-
 def main(argv: list[str]) -> int:
+    if "--bench" in argv:
+        raise UserError("the HellaSwag benchmark moved: python -m gpt2repro.bench hellaswag [...]")
     args = _parser().parse_args(argv)
     for name in ("limit", "val_tokens", "seq_len"):
         if getattr(args, name) < 0:
@@ -682,11 +526,8 @@ def main(argv: list[str]) -> int:
     for name in ("batch_examples", "val_batch_size", "bucket"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.bench:
-        _bench_cli(args)
-        return 0
     if not (args.checkpoint or args.hf):
-        raise UserError("pass --checkpoint PATH or --hf NAME_OR_DIR (or --bench)")
+        raise UserError("pass --checkpoint PATH or --hf NAME_OR_DIR")
     if args.hellaswag is None and args.val_data is None:
         args.hellaswag = DEFAULT_HELLASWAG  # nothing asked: HellaSwag with the default file
 
@@ -697,7 +538,7 @@ def main(argv: list[str]) -> int:
         examples = load_hellaswag(args.hellaswag, args.limit) if args.hellaswag else None
         val_tokens = load_val_tokens(args.val_data, args.val_tokens) if args.val_data else None
         model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=device)
-        block_size = _block_size(model)
+        block_size = model_block_size(model)
         seq_len = args.seq_len or block_size
         if seq_len > block_size:
             raise UserError(f"--seq-len {seq_len} exceeds the model's block_size {block_size}")

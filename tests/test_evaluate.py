@@ -224,6 +224,11 @@ def test_bad_hellaswag_file(tmp_path: Path, capsys, line, needle: str) -> None:
     assert f"{path}:3:" in err and needle in err
 
 
+def test_bench_flag_points_to_the_bench_subcommand(capsys) -> None:
+    err = one_line_error(["--bench", "--bench-model", "gpt2"], capsys)
+    assert "python -m gpt2repro.bench hellaswag" in err
+
+
 def test_missing_hellaswag_file_says_how_to_get_it(tmp_path: Path, capsys) -> None:
     err = one_line_error(["--hf", "x", "--hellaswag", str(tmp_path / "nope.jsonl")], capsys)
     assert "python data_prep/hellaswag.py" in err
