@@ -171,8 +171,11 @@ def make_example(ctx: str, endings: Sequence[str], label: int) -> HellaSwagExamp
     )
 
 
-def _check_row(row: object) -> str | None:
-    """Why a parsed JSON line is not a raw HellaSwag example, or None when it is."""
+def check_hellaswag_row(row: object) -> str | None:
+    """Why a parsed JSON line is not a raw HellaSwag example, or None when it is.
+
+    The one schema: `load_hellaswag` and `data_prep/hellaswag.py` accept exactly these rows.
+    """
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}"
     missing = [k for k in ("ctx", "endings", "label") if k not in row]
@@ -193,6 +196,26 @@ def _check_row(row: object) -> str | None:
     return None
 
 
+def read_hellaswag_rows(path: Path, shown: Path | None = None) -> Iterator[dict]:
+    """The rows of a raw `hellaswag_val.jsonl`, in file order, each checked by
+    `check_hellaswag_row`; a bad line raises a UserError `{shown}:{line}: problem`."""
+    shown = shown or path
+    with path.open("rb") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for non-UTF-8 bytes
+                raise UserError(
+                    f"{shown}:{lineno}: not valid JSON ({getattr(e, 'msg', e)})"
+                ) from None
+            problem = check_hellaswag_row(row)
+            if problem:
+                raise UserError(f"{shown}:{lineno}: {problem}")
+            yield row
+
+
 def load_hellaswag(path: str | Path, limit: int = 0) -> list[HellaSwagExample]:
     """Read the raw `hellaswag_val.jsonl` schema (ctx, endings, label; other keys ignored).
 
@@ -206,20 +229,10 @@ def load_hellaswag(path: str | Path, limit: int = 0) -> list[HellaSwagExample]:
             "or pass --hellaswag FILE"
         )
     examples: list[HellaSwagExample] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            problem = _check_row(row)
-            if problem:
-                raise UserError(f"{path}:{lineno}: {problem}")
-            examples.append(make_example(row["ctx"], row["endings"], row["label"]))
-            if 0 < limit <= len(examples):
-                break
+    for row in read_hellaswag_rows(path):
+        examples.append(make_example(row["ctx"], row["endings"], row["label"]))
+        if 0 < limit <= len(examples):
+            break
     if not examples:
         raise UserError(f"HellaSwag file {path} holds no examples")
     return examples
