@@ -131,16 +131,23 @@ def validation_loss(
 
 
 def load_val_tokens(data_dir: str | Path, val_tokens: int) -> np.ndarray:
-    """The first val_tokens + 1 tokens of the validation shards (the +1 is the last target)."""
+    """The first val_tokens + 1 tokens of the validation shards (the +1 is the last target).
+
+    Too few tokens: a UserError naming the CLI's --val-tokens and a value that loads.
+    """
     from gpt2repro import data
 
-    data.shard_paths(data_dir, "val")  # a missing or empty directory: its own clear error
-    try:
-        return data.load_tokens(data_dir, "val", val_tokens + 1)
-    except UserError as e:
+    # a missing or empty directory raises its own clear error; headers only, no token is read
+    have = sum(len(data.read_shard(p)) for p in data.shard_paths(data_dir, "val"))
+    if have < val_tokens + 1:
+        fix = "prepare more data"
+        if have > 1:
+            fix = f"pass --val-tokens {have - 1} or less, or {fix}"
         raise UserError(
-            f"--val-tokens {val_tokens} needs {val_tokens + 1} validation tokens: {e}"
-        ) from None
+            f"--val-tokens {val_tokens} needs {val_tokens + 1:,} validation tokens (the +1 is "
+            f"the last target) but {data_dir} holds only {have:,}; {fix}"
+        )
+    return data.load_tokens(data_dir, "val", val_tokens + 1)
 
 
 # --------------------------------------------------------------------------- HellaSwag data
@@ -555,6 +562,11 @@ def main(argv: list[str]) -> int:
         seq_len = args.seq_len or block_size
         if seq_len > block_size:
             raise UserError(f"--seq-len {seq_len} exceeds the model's block_size {block_size}")
+        if val_tokens is not None and args.val_tokens < seq_len:
+            raise UserError(
+                f"--val-tokens {args.val_tokens} is less than one window of --seq-len {seq_len}; "
+                f"pass --val-tokens {seq_len} or more, or a smaller --seq-len"
+            )
         amp_dtype = precision.autocast_dtype(args.dtype, device)
         if args.compile:
             model = torch.compile(model)

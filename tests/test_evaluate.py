@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from gpt2repro.evaluate import (
     example_rows,
     hellaswag_losses,
     load_hellaswag,
+    load_val_tokens,
     main,
     make_example,
     predictions,
@@ -245,6 +247,32 @@ def test_val_tokens_larger_than_data(tmp_path: Path, capsys) -> None:
     write_shard(tmp_path / "x_val_000000.bin", np.arange(1000, dtype=np.uint16))
     err = one_line_error(["--hf", "x", "--val-data", str(tmp_path), "--val-tokens", "5000"], capsys)
     assert "--val-tokens 5000" in err and "1,000" in err
+    # the advice names the CLI's own flag, and following it works (validation reads N + 1 tokens)
+    assert "eval.val_tokens" not in err
+    suggested = int(re.search(r"pass --val-tokens (\d+)", err)[1])
+    assert len(load_val_tokens(tmp_path, suggested)) == suggested + 1
+
+
+def test_training_val_tokens_advice_works(tmp_path: Path) -> None:
+    """Training's message names its config key, and the value it suggests loads."""
+    from gpt2repro.data import load_tokens, write_shard
+
+    write_shard(tmp_path / "x_val_000000.bin", np.arange(1000, dtype=np.uint16))
+    with pytest.raises(UserError) as e:
+        load_tokens(tmp_path, "val", 5000 + 1)  # as train.py asks: eval.val_tokens + 1
+    suggested = int(re.search(r"eval\.val_tokens=(\d+)", str(e.value))[1])
+    assert len(load_tokens(tmp_path, "val", suggested + 1)) == suggested + 1
+
+
+def test_val_tokens_below_one_window_names_the_flags(tmp_path: Path, capsys) -> None:
+    from gpt2repro.data import write_shard
+    from gpt2repro.hf import save_hf
+
+    save_hf(tiny_model(), tmp_path / "m")
+    write_shard(tmp_path / "x_val_000000.bin", np.arange(1000, dtype=np.uint16))
+    argv = ["--hf", str(tmp_path / "m"), "--val-data", str(tmp_path), "--val-tokens", "100"]
+    err = one_line_error(argv, capsys)  # one window is seq_len = block_size = 128 tokens
+    assert "--val-tokens" in err and "--seq-len" in err and "eval.val_tokens" not in err
 
 
 # --------------------------------------------------------------------------- CLI
