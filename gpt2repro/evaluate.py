@@ -552,6 +552,7 @@ def main(argv: list[str]) -> int:
         args.hellaswag = DEFAULT_HELLASWAG  # nothing asked: HellaSwag with the default file
 
     info = dist.setup(args.device)
+    ok = False
     try:
         device = info.device
         # Check inputs before the expensive model load (fail early).
@@ -597,8 +598,9 @@ def main(argv: list[str]) -> int:
                 print(f"hellaswag: {hs['n']} examples in {secs:.1f} s on {info.world_size} rank(s)")
         if args.json and info.is_main:
             write_json(args.json, out)
+        ok = True
     finally:
-        dist.teardown()
+        dist.teardown(clean=ok)  # after an error on this rank, no barrier that could hang
     return 0
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -338,6 +339,52 @@ def test_torchrun_two_ranks_equal_one(tmp_path: Path, hs_file: Path, repo: Path)
     for k in ("acc", "acc_norm", "acc_norm_char"):
         assert round(got["hellaswag"][k] * n) == round(want[k] * n), k
     assert abs(got["val_loss"] - direct_val_loss(model, tokens, 128)) < 1e-5
+
+
+FAIL_ON_RANK_1 = """
+import os, sys
+from gpt2repro import evaluate
+from gpt2repro.errors import UserError, run_cli
+
+load = evaluate.load_model_or_hf
+
+def load_or_fail(**kw):
+    if os.environ["RANK"] == "1":
+        raise UserError("rank 1 cannot load the model (test)")
+    return load(**kw)
+
+evaluate.load_model_or_hf = load_or_fail
+sys.exit(run_cli(evaluate.main))
+"""
+
+
+@pytest.mark.dist
+def test_torchrun_error_on_one_rank_exits_without_hanging(tmp_path: Path, repo: Path) -> None:
+    """Rank 1 fails while rank 0 goes on to a collective: rank 1 must not wait in a teardown
+    barrier (it would hang until the process-group timeout); torchrun then stops rank 0 too."""
+    from gpt2repro.data import write_shard
+    from gpt2repro.hf import save_hf
+
+    exe = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("torchrun not found")
+    save_hf(tiny_model(), tmp_path / "m")
+    write_shard(tmp_path / "x_val_000000.bin", np.arange(5 * 128 + 1, dtype=np.uint16))
+    script = tmp_path / "fail_on_rank_1.py"
+    script.write_text(FAIL_ON_RANK_1)
+    cmd = [exe, "--standalone", "--nproc_per_node=2", str(script), "--hf", str(tmp_path / "m")]
+    cmd += ["--val-data", str(tmp_path), "--val-tokens", "640", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        # SIGTERM: torchrun stops its workers (they run in sessions of their own) and exits
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+        pytest.fail("torchrun hung after an error on rank 1 (teardown barrier)")
+    assert proc.returncode != 0
+    assert "error: rank 1 cannot load the model (test)" in stderr, stderr[-3000:]
 
 
 def test_hellaswag_needs_gpt2_vocab(examples) -> None:
