@@ -364,7 +364,9 @@ def time_hellaswag_scoring(
         "batched_ex_per_s": batched,
         "single_ex_per_s": single,
         "speedup": batched / single,
-        "padded_batched": padded_fraction(examples, block_size, batch_examples, bucket),
+        "padded_batched": padded_fraction(
+            examples, block_size, batch_examples=batch_examples, bucket=bucket
+        ),
         "padded_single": padded_fraction(single_set, block_size, batch_examples=1, bucket=1),
         "max_abs_diff": float(np.abs(s_batched[: len(single_set)] - s_single).max()),
     }

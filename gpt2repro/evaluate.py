@@ -49,7 +49,11 @@ from gpt2repro.errors import UserError, run_cli
 DEFAULT_HELLASWAG = "data/hellaswag/hellaswag_val.jsonl"
 N_ENDINGS = 4
 
-GPT2_124M_VAL_LOSS = 3.2924  # OpenAI GPT-2 124M on the FineWeb-Edu val shard (build-nanogpt)
+# OpenAI GPT-2 124M on the FineWeb-Edu val shard with 1024-token windows (build-nanogpt); printed
+# beside ours only for that data (as data_prep/fineweb.py names it in manifest.json) and seq_len.
+GPT2_124M_VAL_LOSS = 3.2924
+GPT2_124M_VAL_SEQ_LEN = 1024
+FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"
 
 # Published HellaSwag figures (sources: docs/reference.md).
 # name -> (acc, acc_norm, acc_norm_char); None where the source gives no number for that column.
@@ -284,7 +288,7 @@ def model_block_size(model: nn.Module) -> int:
     return int(_model_config(model).block_size)
 
 
-def _check_vocab(model: nn.Module) -> None:
+def _require_gpt2_vocab(model: nn.Module) -> None:
     from gpt2repro.tokenizer import N_VOCAB
 
     vocab = getattr(_model_config(model), "vocab_size", N_VOCAB)
@@ -317,7 +321,7 @@ def hellaswag_losses(
     forward pass is [4 * batch_examples, L] with L a multiple of `bucket` (capped at block_size).
     `n_batches` (>= the batches needed) adds empty forward passes so ranks stay in step.
     """
-    _check_vocab(model)
+    _require_gpt2_vocab(model)
     block_size = model_block_size(model)
     rows_per_batch = N_ENDINGS * batch_examples
     all_rows = [example_rows(ex, block_size) for ex in examples]
@@ -327,7 +331,7 @@ def hellaswag_losses(
     assert n_batches >= needed, (n_batches, needed)
     sums = np.zeros((len(examples), N_ENDINGS), dtype=np.float64)
     counts = np.zeros((len(examples), N_ENDINGS), dtype=np.int64)
-    bar = _progress(n_batches, "hellaswag") if progress else None
+    bar = _progress_bar(n_batches, "hellaswag") if progress else None
     with _eval_mode(model):
         for b in range(n_batches):
             chunk = order[b * batch_examples : (b + 1) * batch_examples]
@@ -420,7 +424,14 @@ def score_hellaswag(
     per_rank = math.ceil(len(examples) / world_size)
     n_batches = math.ceil(per_rank / batch_examples)
     sums, counts = hellaswag_losses(
-        model, mine, device, autocast_dtype, batch_examples, bucket, n_batches, progress
+        model,
+        mine,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        batch_examples=batch_examples,
+        bucket=bucket,
+        n_batches=n_batches,
+        progress=progress,
     )
     labels = np.array([ex.label for ex in mine], dtype=np.int64)
     preds = predictions(mine, sums, counts)
@@ -475,7 +486,7 @@ def evaluate_in_loop(
     return out
 
 
-def _progress(total: int, desc: str) -> Any:  # a tqdm bar, or None without tqdm
+def _progress_bar(total: int, desc: str) -> Any:  # a tqdm bar, or None without tqdm
     try:
         from tqdm import tqdm
     except ImportError:
@@ -486,20 +497,22 @@ def _progress(total: int, desc: str) -> Any:  # a tqdm bar, or None without tqdm
 # --------------------------------------------------------------------------- CLI
 
 
-def _fmt(v: float | None) -> str:
+def _format_score(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def results_table(label: str, hs: dict) -> str:
+def hellaswag_table(label: str, hs: dict) -> str:
     """Our HellaSwag numbers beside the published GPT-2 / GPT-3 figures."""
     lines = [
         f"{'model':<40} {'acc':>7} {'acc_norm':>9} {'char_norm':>9}",
-        f"{label[:40]:<40} {_fmt(hs['acc']):>7} {_fmt(hs['acc_norm']):>9} "
-        f"{_fmt(hs['acc_norm_char']):>9}   (n={hs['n']})",
+        f"{label[:40]:<40} {_format_score(hs['acc']):>7} {_format_score(hs['acc_norm']):>9} "
+        f"{_format_score(hs['acc_norm_char']):>9}   (n={hs['n']})",
         "-" * 68,
     ]
     for name, acc, norm, char in PUBLISHED:
-        lines.append(f"{name:<40} {_fmt(acc):>7} {_fmt(norm):>9} {_fmt(char):>9}")
+        lines.append(
+            f"{name:<40} {_format_score(acc):>7} {_format_score(norm):>9} {_format_score(char):>9}"
+        )
     lines.append(
         "acc_norm = per-token mean loss (reference script); char_norm = lm-eval's per-character.\n"
         "GPT-3 rows: the paper's HellaSwag accuracy, conventionally set beside acc_norm."
@@ -536,10 +549,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
-    if "--bench" in argv:
-        raise UserError("the HellaSwag benchmark moved: python -m gpt2repro.bench hellaswag [...]")
-    args = _parser().parse_args(argv)
+def _check_args(args: argparse.Namespace) -> None:
+    """Option values a user can get wrong, checked before anything is loaded."""
     for name in ("limit", "val_tokens", "seq_len"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")
@@ -548,56 +559,106 @@ def main(argv: list[str]) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if not (args.checkpoint or args.hf):
         raise UserError("pass --checkpoint PATH or --hf NAME_OR_DIR")
+
+
+def _val_seq_len(args: argparse.Namespace, block_size: int) -> int:
+    """The validation window: --seq-len, or the model's block_size; checked against both."""
+    seq_len = args.seq_len or block_size
+    if seq_len > block_size:
+        raise UserError(f"--seq-len {seq_len} exceeds the model's block_size {block_size}")
+    if args.val_data and args.val_tokens < seq_len:
+        raise UserError(
+            f"--val-tokens {args.val_tokens} is less than one window of --seq-len {seq_len}; "
+            f"pass --val-tokens {seq_len} or more, or a smaller --seq-len"
+        )
+    return seq_len
+
+
+def val_data_source(data_dir: str | Path) -> str | None:
+    """The Hugging Face dataset the shards in `data_dir` were made from, as data_prep records it
+    in `manifest.json` (settings.source.path); None for local files or without a manifest."""
+    try:
+        manifest = json.loads((Path(data_dir) / "manifest.json").read_text(encoding="utf-8"))
+        source = manifest["settings"]["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(source, dict) or source.get("kind") != "huggingface":
+        return None
+    return source.get("path")
+
+
+def _val_loss_line(val_loss: float, n_tokens: int, seq_len: int, data_dir: str | Path) -> str:
+    """The printed validation result; OpenAI's GPT-2 124M figure beside it only when it was
+    measured the same way (FineWeb-Edu validation shard, 1024-token windows)."""
+    line = f"val_loss {val_loss:.4f} ({n_tokens:,} tokens, seq_len {seq_len})"
+    if seq_len == GPT2_124M_VAL_SEQ_LEN and val_data_source(data_dir) == FINEWEB_EDU:
+        line += f"; OpenAI GPT-2 124M on the FineWeb-Edu val shard: {GPT2_124M_VAL_LOSS}"
+    return line
+
+
+def _run(args: argparse.Namespace, info: dist.DistInfo) -> None:
+    """Check the inputs, load the model, evaluate; rank 0 prints and writes the JSON."""
+    device = info.device
+    # Check inputs before the expensive model load (fail early).
+    examples = load_hellaswag(args.hellaswag, limit=args.limit) if args.hellaswag else None
+    val_tokens = load_val_tokens(args.val_data, args.val_tokens) if args.val_data else None
+    model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=device)
+    seq_len = _val_seq_len(args, model_block_size(model))
+    amp_dtype = precision.autocast_dtype(args.dtype, device)
+    if args.compile:
+        model = torch.compile(model)
+
+    out: dict = {}
+    if val_tokens is not None:
+        out["val_loss"] = validation_loss(
+            model,
+            val_tokens,
+            seq_len=seq_len,
+            batch_size=args.val_batch_size,
+            device=device,
+            autocast_dtype=amp_dtype,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
+        if info.is_main:
+            n = (len(val_tokens) - 1) // seq_len * seq_len
+            line = _val_loss_line(
+                out["val_loss"], n_tokens=n, seq_len=seq_len, data_dir=args.val_data
+            )
+            print(line)
+    if examples is not None:
+        t0 = time.perf_counter()
+        hs = score_hellaswag(
+            model,
+            examples,
+            device=device,
+            autocast_dtype=amp_dtype,
+            rank=info.rank,
+            world_size=info.world_size,
+            batch_examples=args.batch_examples,
+            bucket=args.bucket,
+            progress=info.is_main,
+        )
+        out["hellaswag"] = hs
+        if info.is_main:
+            print(hellaswag_table(args.hf or args.checkpoint, hs))
+            secs = time.perf_counter() - t0
+            print(f"hellaswag: {hs['n']} examples in {secs:.1f} s on {info.world_size} rank(s)")
+    if args.json and info.is_main:
+        write_json(args.json, out)
+
+
+def main(argv: list[str]) -> int:
+    if "--bench" in argv:
+        raise UserError("the HellaSwag benchmark moved: python -m gpt2repro.bench hellaswag [...]")
+    args = _parser().parse_args(argv)
+    _check_args(args)
     if args.hellaswag is None and args.val_data is None:
         args.hellaswag = DEFAULT_HELLASWAG  # nothing asked: HellaSwag with the default file
-
     info = dist.setup(args.device)
     ok = False
     try:
-        device = info.device
-        # Check inputs before the expensive model load (fail early).
-        examples = load_hellaswag(args.hellaswag, args.limit) if args.hellaswag else None
-        val_tokens = load_val_tokens(args.val_data, args.val_tokens) if args.val_data else None
-        model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=device)
-        block_size = model_block_size(model)
-        seq_len = args.seq_len or block_size
-        if seq_len > block_size:
-            raise UserError(f"--seq-len {seq_len} exceeds the model's block_size {block_size}")
-        if val_tokens is not None and args.val_tokens < seq_len:
-            raise UserError(
-                f"--val-tokens {args.val_tokens} is less than one window of --seq-len {seq_len}; "
-                f"pass --val-tokens {seq_len} or more, or a smaller --seq-len"
-            )
-        amp_dtype = precision.autocast_dtype(args.dtype, device)
-        if args.compile:
-            model = torch.compile(model)
-
-        out: dict = {}
-        label = args.hf or args.checkpoint
-        if val_tokens is not None:
-            out["val_loss"] = validation_loss(
-                model, val_tokens, seq_len, args.val_batch_size, device, amp_dtype,
-                info.rank, info.world_size,
-            )  # fmt: skip
-            if info.is_main:
-                n = (len(val_tokens) - 1) // seq_len * seq_len
-                print(
-                    f"val_loss {out['val_loss']:.4f} ({n:,} tokens, seq_len {seq_len}); "
-                    f"OpenAI GPT-2 124M on the FineWeb-Edu val shard: {GPT2_124M_VAL_LOSS}"
-                )
-        if examples is not None:
-            t0 = time.perf_counter()
-            hs = score_hellaswag(
-                model, examples, device, amp_dtype, info.rank, info.world_size,
-                args.batch_examples, args.bucket, progress=info.is_main,
-            )  # fmt: skip
-            out["hellaswag"] = hs
-            if info.is_main:
-                print(results_table(label, hs))
-                secs = time.perf_counter() - t0
-                print(f"hellaswag: {hs['n']} examples in {secs:.1f} s on {info.world_size} rank(s)")
-        if args.json and info.is_main:
-            write_json(args.json, out)
+        _run(args, info)
         ok = True
     finally:
         dist.teardown(clean=ok)  # after an error on this rank, no barrier that could hang

