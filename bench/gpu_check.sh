@@ -30,7 +30,7 @@ timeout 120 "$PY" -m gpt2repro.bench train --config configs/gpt2_124m.toml --tra
   --model.pad_vocab_multiple=1 --warmup 5 --steps 20 --out "$out/train_124m_b64_unpadded.json" 2>&1 | tail -3 | tee -a "$log"
 
 step "HellaSwag scoring speed, 124M-shaped model, synthetic examples"
-timeout 120 "$PY" -m gpt2repro.evaluate --bench --bench-model gpt2 --device cuda --limit 2000 2>&1 | tail -8 | tee -a "$log"
+timeout 120 "$PY" -m gpt2repro.bench hellaswag --bench-model gpt2 --device cuda --limit 2000 2>&1 | tail -8 | tee -a "$log"
 
 step "loader: B=64 T=1024 to cuda"
 timeout 60 "$PY" -m gpt2repro.bench loader --steps 300 --device cuda 2>&1 | tail -2 | tee -a "$log"

@@ -4,13 +4,13 @@
     python data_prep/hellaswag.py --file /mnt/hellaswag_val.jsonl   # air-gapped: validate + copy
 
 The file is downloaded from the rowanz/hellaswag repository, written atomically (temp file, fsync,
-rename) and checked: 10,042 JSON lines, each with `ctx`, four `endings` and a `label`.
+rename) and checked: 10,042 JSON lines, each with `ctx`, four `endings` and a `label` 0..3, the
+schema `gpt2repro.evaluate` reads (`check_hellaswag_row`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from gpt2repro.atomic import fsync_dir, public_mode  # noqa: E402
 from gpt2repro.errors import UserError, run_cli  # noqa: E402
+from gpt2repro.evaluate import read_hellaswag_rows  # noqa: E402
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 FILENAME = "hellaswag_val.jsonl"
@@ -30,27 +31,16 @@ N_EXAMPLES = 10042
 
 
 def validate(path: Path, shown: Path | None = None) -> int:
-    """Check the file is HellaSwag's val split; return the number of examples."""
+    """Check the file is HellaSwag's val split; return the number of examples.
+
+    Each row is checked against the schema the evaluation reads (`check_hellaswag_row`), so a
+    file accepted here is never refused by `python -m gpt2repro.evaluate`.
+    """
     shown = shown or path
-    n = 0
-    with path.open("rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ex = json.loads(line)
-            except ValueError:
-                raise UserError(
-                    f"{shown}:{lineno} is not valid JSON; download {URL} again"
-                ) from None
-            ok = isinstance(ex, dict) and isinstance(ex.get("ctx"), str)
-            ok = ok and isinstance(ex.get("endings"), list) and len(ex["endings"]) == 4
-            if not ok or not isinstance(ex.get("label"), int):
-                raise UserError(
-                    f"{shown}:{lineno} lacks ctx / 4 endings / label: not hellaswag_val.jsonl; "
-                    f"download {URL}"
-                )
-            n += 1
+    try:
+        n = sum(1 for _ in read_hellaswag_rows(path, shown))
+    except UserError as e:
+        raise UserError(f"{e}; not hellaswag_val.jsonl? download {URL} again") from None
     if n != N_EXAMPLES:
         raise UserError(
             f"{shown} holds {n} examples, expected {N_EXAMPLES} (truncated download?); "

@@ -5,6 +5,8 @@
     python -m gpt2repro.bench train --config configs/gpt2_124m.toml [--section.key=value ...]
                                        # training step on synthetic tokens: tokens/s, MFU, memory
     torchrun --standalone --nproc_per_node=8 -m gpt2repro.bench train --config ...
+    python -m gpt2repro.bench hellaswag [--bench-model gpt2 --device cuda --limit 10042]
+                                       # HellaSwag scoring: batched vs one example per pass
 
 Numbers are recorded in docs/benchmarks.md with the date, machine and command.
 """
@@ -17,10 +19,17 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpt2repro.errors import run_cli
+
+if TYPE_CHECKING:  # torch is imported by the benchmarks that need it: `bench data` never does
+    import torch
+    import torch.nn as nn
+
+    from gpt2repro.evaluate import HellaSwagExample
 
 _WORDS = (
     "the of and to in a is that for it as was with be by on not he I this are or his from at "
@@ -283,6 +292,174 @@ def _train_result(
     }
 
 
+# Words of the synthetic HellaSwag-shaped examples; their order fixes the examples (and so the
+# recorded numbers in docs/benchmarks.md).
+_HELLASWAG_WORDS = (
+    "the a man woman dog ball kitchen is are then puts takes runs quickly slowly "
+    "into onto water bowl table camera shows continues begins while holding knife"
+)
+
+
+def synthetic_examples(n: int, seed: int = 0) -> list[HellaSwagExample]:
+    """n HellaSwag-shaped examples of random words (context ~40-120 tokens, endings ~10-30)."""
+    from gpt2repro.evaluate import N_ENDINGS, make_example
+
+    rng = random.Random(seed)
+    words = _HELLASWAG_WORDS.split(" ")
+
+    def text(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+
+    return [
+        make_example(
+            ctx=text(40, 120),
+            endings=[text(8, 30) for _ in range(N_ENDINGS)],
+            label=rng.randrange(N_ENDINGS),
+        )
+        for _ in range(n)
+    ]
+
+
+def padded_fraction(
+    examples: Sequence[HellaSwagExample], block_size: int, batch_examples: int, bucket: int
+) -> float:
+    """Fraction of the positions fed to the model that are padding, for this batching."""
+    from gpt2repro.evaluate import N_ENDINGS, bucketed_length, example_rows
+
+    rows = [example_rows(ex, block_size) for ex in examples]
+    lens = sorted(max(len(t) - 1 for t, _ in r) for r in rows)  # the same order as scoring
+    real = sum(len(t) - 1 for r in rows for t, _ in r)
+    fed = 0
+    for b in range(0, len(lens), batch_examples):
+        L = bucketed_length(lens[min(b + batch_examples, len(lens)) - 1], bucket, block_size)
+        fed += N_ENDINGS * batch_examples * L
+    return 1 - real / fed
+
+
+def time_hellaswag_scoring(
+    model: nn.Module | None = None,
+    examples: Sequence[HellaSwagExample] | None = None,
+    device: torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    batch_examples: int = 16,
+    bucket: int = 32,
+    n_examples: int = 64,
+    n_single: int = 64,
+    repeats: int = 3,
+) -> dict:
+    """Examples/s of the batched scorer vs one example per forward pass (its 4 rows padded to the
+    longest, like the reference script), best of `repeats` alternating runs (a shared machine is
+    noisy). Defaults: a tiny random GPT (2 layers, 2 heads, 64 wide) on synthetic examples."""
+    import numpy as np
+    import torch
+
+    from gpt2repro.config import ModelConfig
+    from gpt2repro.evaluate import hellaswag_losses, model_block_size
+    from gpt2repro.model import GPT
+
+    device = device or torch.device("cpu")
+    if model is None:
+        torch.manual_seed(0)
+        model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256)).to(device)
+    examples = list(examples) if examples is not None else synthetic_examples(n_examples)
+    single_set = examples[:n_single]
+
+    def run(exs: Sequence[HellaSwagExample], per_pass: int, bk: int) -> tuple[float, np.ndarray]:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        sums, _ = hellaswag_losses(
+            model,
+            exs,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            batch_examples=per_pass,
+            bucket=bk,
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return len(exs) / (time.perf_counter() - t0), sums
+
+    run(examples[:batch_examples], batch_examples, bucket)  # warm-up (and compile, if any)
+    run(examples[:2], 1, 1)
+    batched = single = 0.0
+    for _ in range(repeats):
+        rate, s_batched = run(examples, batch_examples, bucket)
+        batched = max(batched, rate)
+        rate, s_single = run(single_set, 1, 1)
+        single = max(single, rate)
+    block_size = model_block_size(model)
+    return {
+        "n": len(examples),
+        "n_single": len(single_set),
+        "batch_examples": batch_examples,
+        "bucket": bucket,
+        "batched_ex_per_s": batched,
+        "single_ex_per_s": single,
+        "speedup": batched / single,
+        "padded_batched": padded_fraction(
+            examples, block_size, batch_examples=batch_examples, bucket=bucket
+        ),
+        "padded_single": padded_fraction(single_set, block_size, batch_examples=1, bucket=1),
+        "max_abs_diff": float(np.abs(s_batched[: len(single_set)] - s_single).max()),
+    }
+
+
+def bench_hellaswag(args: argparse.Namespace) -> dict:
+    """Batched vs one-example-at-a-time HellaSwag scoring on a random model (weights do not change
+    the speed); real examples with --hellaswag FILE, else --limit (64) synthetic ones. Prints a
+    few lines (returns no JSON)."""
+    import torch
+
+    from gpt2repro import dist, precision
+    from gpt2repro.config import ModelConfig
+    from gpt2repro.errors import UserError
+    from gpt2repro.evaluate import DEFAULT_HELLASWAG, load_hellaswag
+    from gpt2repro.model import GPT, gpt2_config
+
+    if args.limit < 0:
+        raise UserError("--limit must be >= 0")
+    for name in ("batch_examples", "bucket"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.dtype not in precision.CHOICES:
+        raise UserError(f"--dtype must be one of {', '.join(precision.CHOICES)}")
+    device = dist.pick_device(args.device)
+    torch.manual_seed(0)
+    if args.bench_model == "gpt2":
+        cfg = gpt2_config("gpt2")
+    else:
+        cfg = ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256)
+    model = GPT(cfg).to(device)
+    if args.compile:
+        model = torch.compile(model)
+    if args.hellaswag:
+        path = DEFAULT_HELLASWAG if args.hellaswag is True else args.hellaswag
+        examples = load_hellaswag(path, limit=args.limit)
+    else:
+        examples = synthetic_examples(args.limit or 64)
+    r = time_hellaswag_scoring(
+        model,
+        examples,
+        device=device,
+        autocast_dtype=precision.autocast_dtype(args.dtype, device),
+        batch_examples=args.batch_examples,
+        bucket=args.bucket,
+        n_single=min(len(examples), 64),
+    )
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    print(
+        f"hellaswag scoring, random {args.bench_model} GPT on {device}{threads}:\n"
+        f"  batched ({r['batch_examples']} examples/pass, bucket {r['bucket']}): "
+        f"{r['batched_ex_per_s']:.1f} ex/s over {r['n']} ({r['padded_batched']:.0%} padding)\n"
+        f"  one example per pass: {r['single_ex_per_s']:.1f} ex/s over {r['n_single']} "
+        f"({r['padded_single']:.0%} padding)\n"
+        f"  speedup {r['speedup']:.2f}x; max |summed loss diff| {r['max_abs_diff']:.2e}; "
+        f"full 10,042-example set at the batched rate: {10042 / r['batched_ex_per_s']:.0f} s"
+    )
+    return {}
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m gpt2repro.bench", description=__doc__.split("\n")[0]
@@ -318,6 +495,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     tr.add_argument("--out", default="", help="also write the JSON result to this file")
     tr.set_defaults(func=bench_train)
+
+    hs = sub.add_parser("hellaswag", help="HellaSwag scoring: batched vs one example per pass")
+    hs.add_argument(
+        "--bench-model",
+        default="tiny",
+        choices=("tiny", "gpt2"),
+        help="a random tiny GPT (2x64) or a random GPT-2 124M",
+    )
+    hs.add_argument(
+        "--hellaswag",
+        nargs="?",
+        const=True,  # the flag alone: evaluate's default file
+        metavar="FILE",
+        help="real examples from FILE (alone: the file `python -m gpt2repro.evaluate` reads)",
+    )
+    hs.add_argument("--limit", type=int, default=0, help="examples (0 = 64 synthetic / all)")
+    hs.add_argument("--batch-examples", type=int, default=16, help="examples per batched pass")
+    hs.add_argument("--bucket", type=int, default=32, help="pad rows to a multiple of")
+    hs.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    hs.add_argument("--dtype", default="auto", help="auto, bfloat16 or float32")
+    hs.add_argument("--compile", action="store_true", help="torch.compile the model")
+    hs.set_defaults(func=bench_hellaswag)
     args, unknown = p.parse_known_args(argv)
     if args.command != "train" and unknown:
         p.error(f"unrecognized arguments: {' '.join(unknown)}")

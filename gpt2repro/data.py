@@ -188,9 +188,12 @@ def load_tokens(data_dir: str | os.PathLike, split: str, n_tokens: int | None) -
         parts.append(np.asarray(shard[:take]))
         have += take
     if n_tokens is not None and have < n_tokens:
+        # validation reads eval.val_tokens + 1 tokens (the +1 is the last target)
+        budget = f"e.g. eval.val_tokens={have - 1}, " if have > 1 else ""
         raise UserError(
             f"{data_dir} holds only {have:,} {split} tokens but {n_tokens:,} were asked for; "
-            f"lower the token budget (e.g. eval.val_tokens={have}) or prepare more data"
+            f"lower the token budget ({budget}validation reads eval.val_tokens + 1 tokens) "
+            "or prepare more data"
         )
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 

@@ -19,7 +19,8 @@ CLI:
     python -m gpt2repro.evaluate --checkpoint runs/gpt2_124m --val-data data/edu_fineweb10B \\
         --val-tokens 10485760 --hellaswag --json eval.json
     torchrun --nproc_per_node=8 -m gpt2repro.evaluate --hf gpt2 --hellaswag
-    python -m gpt2repro.evaluate --bench            # batched vs one-example-at-a-time, tiny model
+
+The scoring speed (batched vs one example per pass): `python -m gpt2repro.bench hellaswag`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import argparse
 import contextlib
 import json
 import math
-import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -49,10 +49,14 @@ from gpt2repro.errors import UserError, run_cli
 DEFAULT_HELLASWAG = "data/hellaswag/hellaswag_val.jsonl"
 N_ENDINGS = 4
 
-GPT2_124M_VAL_LOSS = 3.2924  # OpenAI GPT-2 124M on the FineWeb-Edu val shard (build-nanogpt)
+# OpenAI GPT-2 124M on the FineWeb-Edu val shard with 1024-token windows (build-nanogpt); printed
+# beside ours only for that data (as data_prep/fineweb.py names it in manifest.json) and seq_len.
+GPT2_124M_VAL_LOSS = 3.2924
+GPT2_124M_VAL_SEQ_LEN = 1024
+FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"
 
-# Published HellaSwag figures (docs: REFERENCE.md). name -> (acc, acc_norm, acc_norm_char);
-# None where the source gives no number for that column.
+# Published HellaSwag figures (sources: docs/reference.md).
+# name -> (acc, acc_norm, acc_norm_char); None where the source gives no number for that column.
 PUBLISHED: list[tuple[str, float | None, float | None, float | None]] = [
     ("GPT-2 124M (OpenAI, reference script)", 0.2859, 0.2955, None),
     ("GPT-2 124M (OpenAI)", None, 0.2945, 0.3114),
@@ -131,16 +135,23 @@ def validation_loss(
 
 
 def load_val_tokens(data_dir: str | Path, val_tokens: int) -> np.ndarray:
-    """The first val_tokens + 1 tokens of the validation shards (the +1 is the last target)."""
+    """The first val_tokens + 1 tokens of the validation shards (the +1 is the last target).
+
+    Too few tokens: a UserError naming the CLI's --val-tokens and a value that loads.
+    """
     from gpt2repro import data
 
-    data.shard_paths(data_dir, "val")  # a missing or empty directory: its own clear error
-    try:
-        return data.load_tokens(data_dir, "val", val_tokens + 1)
-    except UserError as e:
+    # a missing or empty directory raises its own clear error; headers only, no token is read
+    have = sum(len(data.read_shard(p)) for p in data.shard_paths(data_dir, "val"))
+    if have < val_tokens + 1:
+        fix = "prepare more data"
+        if have > 1:
+            fix = f"pass --val-tokens {have - 1} or less, or {fix}"
         raise UserError(
-            f"--val-tokens {val_tokens} needs {val_tokens + 1} validation tokens: {e}"
-        ) from None
+            f"--val-tokens {val_tokens} needs {val_tokens + 1:,} validation tokens (the +1 is "
+            f"the last target) but {data_dir} holds only {have:,}; {fix}"
+        )
+    return data.load_tokens(data_dir, "val", val_tokens + 1)
 
 
 # --------------------------------------------------------------------------- HellaSwag data
@@ -171,8 +182,11 @@ def make_example(ctx: str, endings: Sequence[str], label: int) -> HellaSwagExamp
     )
 
 
-def _check_row(row: object) -> str | None:
-    """Why a parsed JSON line is not a raw HellaSwag example, or None when it is."""
+def check_hellaswag_row(row: object) -> str | None:
+    """Why a parsed JSON line is not a raw HellaSwag example, or None when it is.
+
+    The one schema: `load_hellaswag` and `data_prep/hellaswag.py` accept exactly these rows.
+    """
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}"
     missing = [k for k in ("ctx", "endings", "label") if k not in row]
@@ -193,6 +207,26 @@ def _check_row(row: object) -> str | None:
     return None
 
 
+def read_hellaswag_rows(path: Path, shown: Path | None = None) -> Iterator[dict]:
+    """The rows of a raw `hellaswag_val.jsonl`, in file order, each checked by
+    `check_hellaswag_row`; a bad line raises a UserError `{shown}:{line}: problem`."""
+    shown = shown or path
+    with path.open("rb") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for non-UTF-8 bytes
+                raise UserError(
+                    f"{shown}:{lineno}: not valid JSON ({getattr(e, 'msg', e)})"
+                ) from None
+            problem = check_hellaswag_row(row)
+            if problem:
+                raise UserError(f"{shown}:{lineno}: {problem}")
+            yield row
+
+
 def load_hellaswag(path: str | Path, limit: int = 0) -> list[HellaSwagExample]:
     """Read the raw `hellaswag_val.jsonl` schema (ctx, endings, label; other keys ignored).
 
@@ -206,20 +240,10 @@ def load_hellaswag(path: str | Path, limit: int = 0) -> list[HellaSwagExample]:
             "or pass --hellaswag FILE"
         )
     examples: list[HellaSwagExample] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            problem = _check_row(row)
-            if problem:
-                raise UserError(f"{path}:{lineno}: {problem}")
-            examples.append(make_example(row["ctx"], row["endings"], row["label"]))
-            if 0 < limit <= len(examples):
-                break
+    for row in read_hellaswag_rows(path):
+        examples.append(make_example(row["ctx"], row["endings"], row["label"]))
+        if 0 < limit <= len(examples):
+            break
     if not examples:
         raise UserError(f"HellaSwag file {path} holds no examples")
     return examples
@@ -259,11 +283,12 @@ def _model_config(model: nn.Module) -> Any:
     raise ValueError("cannot find config.block_size on the model (or its .module/._orig_mod)")
 
 
-def _block_size(model: nn.Module) -> int:
+def model_block_size(model: nn.Module) -> int:
+    """The model's context length (positions), through DDP and torch.compile wrappers."""
     return int(_model_config(model).block_size)
 
 
-def _check_vocab(model: nn.Module) -> None:
+def _require_gpt2_vocab(model: nn.Module) -> None:
     from gpt2repro.tokenizer import N_VOCAB
 
     vocab = getattr(_model_config(model), "vocab_size", N_VOCAB)
@@ -274,7 +299,9 @@ def _check_vocab(model: nn.Module) -> None:
         )
 
 
-def _bucket_len(n: int, bucket: int, block_size: int) -> int:
+def bucketed_length(n: int, bucket: int, block_size: int) -> int:
+    """The padded row length for a batch whose longest row has n inputs: a multiple of `bucket`,
+    capped at block_size (so a compiled model sees a handful of shapes)."""
     return min(block_size, math.ceil(n / bucket) * bucket)
 
 
@@ -294,8 +321,8 @@ def hellaswag_losses(
     forward pass is [4 * batch_examples, L] with L a multiple of `bucket` (capped at block_size).
     `n_batches` (>= the batches needed) adds empty forward passes so ranks stay in step.
     """
-    _check_vocab(model)
-    block_size = _block_size(model)
+    _require_gpt2_vocab(model)
+    block_size = model_block_size(model)
     rows_per_batch = N_ENDINGS * batch_examples
     all_rows = [example_rows(ex, block_size) for ex in examples]
     order = sorted(range(len(examples)), key=lambda i: max(len(t) for t, _ in all_rows[i]))
@@ -304,12 +331,12 @@ def hellaswag_losses(
     assert n_batches >= needed, (n_batches, needed)
     sums = np.zeros((len(examples), N_ENDINGS), dtype=np.float64)
     counts = np.zeros((len(examples), N_ENDINGS), dtype=np.int64)
-    bar = _progress(n_batches, "hellaswag") if progress else None
+    bar = _progress_bar(n_batches, "hellaswag") if progress else None
     with _eval_mode(model):
         for b in range(n_batches):
             chunk = order[b * batch_examples : (b + 1) * batch_examples]
             longest = max((len(t) - 1 for i in chunk for t, _ in all_rows[i]), default=1)
-            L = _bucket_len(longest, bucket, block_size)
+            L = bucketed_length(longest, bucket, block_size)
             xn = np.zeros((rows_per_batch, L), dtype=np.int64)  # [4*E, L], 0 = padding
             yn = np.full((rows_per_batch, L), -1, dtype=np.int64)  # -1 = not scored
             for j, i in enumerate(chunk):
@@ -352,7 +379,7 @@ def reference_losses(
     sums = np.zeros(N_ENDINGS, dtype=np.float64)
     counts = np.zeros(N_ENDINGS, dtype=np.int64)
     with _eval_mode(model):
-        for k, (toks, n_ctx) in enumerate(example_rows(example, _block_size(model))):
+        for k, (toks, n_ctx) in enumerate(example_rows(example, model_block_size(model))):
             t = torch.tensor(toks, device=device)[None]  # [1, n]
             with precision.autocast(device, autocast_dtype):
                 logits, _ = model(t[:, :-1])  # [1, n-1, vocab]
@@ -397,7 +424,14 @@ def score_hellaswag(
     per_rank = math.ceil(len(examples) / world_size)
     n_batches = math.ceil(per_rank / batch_examples)
     sums, counts = hellaswag_losses(
-        model, mine, device, autocast_dtype, batch_examples, bucket, n_batches, progress
+        model,
+        mine,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        batch_examples=batch_examples,
+        bucket=bucket,
+        n_batches=n_batches,
+        progress=progress,
     )
     labels = np.array([ex.label for ex in mine], dtype=np.int64)
     preds = predictions(mine, sums, counts)
@@ -452,7 +486,7 @@ def evaluate_in_loop(
     return out
 
 
-def _progress(total: int, desc: str) -> Any:  # a tqdm bar, or None without tqdm
+def _progress_bar(total: int, desc: str) -> Any:  # a tqdm bar, or None without tqdm
     try:
         from tqdm import tqdm
     except ImportError:
@@ -460,142 +494,25 @@ def _progress(total: int, desc: str) -> Any:  # a tqdm bar, or None without tqdm
     return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
 
 
-# --------------------------------------------------------------------------- benchmark
-
-
-def synthetic_examples(n: int, seed: int = 0) -> list[HellaSwagExample]:
-    """n HellaSwag-shaped examples of random words (context ~40-120 tokens, endings ~10-30)."""
-    rng = random.Random(seed)
-    words = [
-        *[
-            "the",
-            "a",
-            "man",
-            "woman",
-            "dog",
-            "ball",
-            "kitchen",
-            "is",
-            "are",
-            "then",
-            "puts",
-            "takes",
-            "runs",
-            "quickly",
-            "slowly",
-        ],
-        *[
-            "into",
-            "onto",
-            "water",
-            "bowl",
-            "table",
-            "camera",
-            "shows",
-            "continues",
-            "begins",
-            "while",
-            "holding",
-            "knife",
-        ],
-    ]
-
-    def text(lo: int, hi: int) -> str:
-        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
-
-    return [
-        make_example(text(40, 120), [text(8, 30) for _ in range(N_ENDINGS)], rng.randrange(4))
-        for _ in range(n)
-    ]
-
-
-def padded_fraction(
-    examples: Sequence[HellaSwagExample], block_size: int, batch_examples: int, bucket: int
-) -> float:
-    """Fraction of the positions fed to the model that are padding, for this batching."""
-    rows = [example_rows(ex, block_size) for ex in examples]
-    lens = sorted(max(len(t) - 1 for t, _ in r) for r in rows)  # the same order as scoring
-    real = sum(len(t) - 1 for r in rows for t, _ in r)
-    fed = 0
-    for b in range(0, len(lens), batch_examples):
-        L = _bucket_len(lens[min(b + batch_examples, len(lens)) - 1], bucket, block_size)
-        fed += N_ENDINGS * batch_examples * L
-    return 1 - real / fed
-
-
-def bench_hellaswag(
-    model: nn.Module | None = None,
-    examples: Sequence[HellaSwagExample] | None = None,
-    device: torch.device | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    batch_examples: int = 16,
-    bucket: int = 32,
-    n_examples: int = 64,
-    n_single: int = 64,
-    repeats: int = 3,
-) -> dict:
-    """Examples/s of the batched scorer vs one example per forward pass (its 4 rows padded to the
-    longest, like the reference script), best of `repeats` alternating runs (a shared machine is
-    noisy). Defaults: a tiny random GPT (2 layers, 2 heads, 64 wide) on synthetic examples."""
-    from gpt2repro.config import ModelConfig
-    from gpt2repro.model import GPT
-
-    device = device or torch.device("cpu")
-    if model is None:
-        torch.manual_seed(0)
-        model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256)).to(device)
-    examples = list(examples) if examples is not None else synthetic_examples(n_examples)
-    single_set = examples[:n_single]
-
-    def run(exs: Sequence[HellaSwagExample], be: int, bk: int) -> tuple[float, np.ndarray]:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        sums, _ = hellaswag_losses(model, exs, device, autocast_dtype, be, bk)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return len(exs) / (time.perf_counter() - t0), sums
-
-    run(examples[:batch_examples], batch_examples, bucket)  # warm-up (and compile, if any)
-    run(examples[:2], 1, 1)
-    batched = single = 0.0
-    for _ in range(repeats):
-        rate, s_batched = run(examples, batch_examples, bucket)
-        batched = max(batched, rate)
-        rate, s_single = run(single_set, 1, 1)
-        single = max(single, rate)
-    block_size = _block_size(model)
-    return {
-        "n": len(examples),
-        "n_single": len(single_set),
-        "batch_examples": batch_examples,
-        "bucket": bucket,
-        "batched_ex_per_s": batched,
-        "single_ex_per_s": single,
-        "speedup": batched / single,
-        "padded_batched": padded_fraction(examples, block_size, batch_examples, bucket),
-        "padded_single": padded_fraction(single_set, block_size, 1, 1),
-        "max_abs_diff": float(np.abs(s_batched[: len(single_set)] - s_single).max()),
-    }
-
-
 # --------------------------------------------------------------------------- CLI
 
 
-def _fmt(v: float | None) -> str:
+def _format_score(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def results_table(label: str, hs: dict) -> str:
+def hellaswag_table(label: str, hs: dict) -> str:
     """Our HellaSwag numbers beside the published GPT-2 / GPT-3 figures."""
     lines = [
         f"{'model':<40} {'acc':>7} {'acc_norm':>9} {'char_norm':>9}",
-        f"{label[:40]:<40} {_fmt(hs['acc']):>7} {_fmt(hs['acc_norm']):>9} "
-        f"{_fmt(hs['acc_norm_char']):>9}   (n={hs['n']})",
+        f"{label[:40]:<40} {_format_score(hs['acc']):>7} {_format_score(hs['acc_norm']):>9} "
+        f"{_format_score(hs['acc_norm_char']):>9}   (n={hs['n']})",
         "-" * 68,
     ]
     for name, acc, norm, char in PUBLISHED:
-        lines.append(f"{name:<40} {_fmt(acc):>7} {_fmt(norm):>9} {_fmt(char):>9}")
+        lines.append(
+            f"{name:<40} {_format_score(acc):>7} {_format_score(norm):>9} {_format_score(char):>9}"
+        )
     lines.append(
         "acc_norm = per-token mean loss (reference script); char_norm = lm-eval's per-character.\n"
         "GPT-3 rows: the paper's HellaSwag accuracy, conventionally set beside acc_norm."
@@ -629,110 +546,122 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON (atomically)")
     p.add_argument("--bucket", type=int, default=32, help="pad HellaSwag rows to a multiple of")
-    p.add_argument("--bench", action="store_true", help="benchmark batched vs unbatched scoring")
-    p.add_argument(
-        "--bench-model",
-        default="tiny",
-        choices=("tiny", "gpt2"),
-        help="--bench on a random tiny GPT (2x64) or a random GPT-2 124M",
-    )
     return p
 
 
-def _bench_cli(args: argparse.Namespace) -> None:
-    """--bench: batched vs one-example-at-a-time scoring on a random model (weights do not
-    change the speed); real examples with --hellaswag FILE, else --limit (64) synthetic ones."""
-    from gpt2repro.config import ModelConfig
-    from gpt2repro.model import GPT, gpt2_config
-
-    device = dist.pick_device(args.device)
-    torch.manual_seed(0)
-    if args.bench_model == "gpt2":
-        cfg = gpt2_config("gpt2")
-    else:
-        cfg = ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256)
-    model = GPT(cfg).to(device)
-    if args.compile:
-        model = torch.compile(model)
-    if args.hellaswag:
-        examples = load_hellaswag(args.hellaswag, args.limit)
-    else:
-        examples = synthetic_examples(args.limit or 64)
-    r = bench_hellaswag(
-        model, examples, device, precision.autocast_dtype(args.dtype, device), args.batch_examples,
-        args.bucket, n_single=min(len(examples), 64),
-    )  # fmt: skip
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    print(
-        f"hellaswag scoring, random {args.bench_model} GPT on {device}{threads}:\n"
-        f"  batched ({r['batch_examples']} examples/pass, bucket {r['bucket']}): "
-        f"{r['batched_ex_per_s']:.1f} ex/s over {r['n']} ({r['padded_batched']:.0%} padding)\n"
-        f"  one example per pass: {r['single_ex_per_s']:.1f} ex/s over {r['n_single']} "
-        f"({r['padded_single']:.0%} padding)\n"
-        f"  speedup {r['speedup']:.2f}x; max |summed loss diff| {r['max_abs_diff']:.2e}; "
-        f"full 10,042-example set at the batched rate: {10042 / r['batched_ex_per_s']:.0f} s"
-    )
-
-
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def _check_args(args: argparse.Namespace) -> None:
+    """Option values a user can get wrong, checked before anything is loaded."""
     for name in ("limit", "val_tokens", "seq_len"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")
     for name in ("batch_examples", "val_batch_size", "bucket"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.bench:
-        _bench_cli(args)
-        return 0
     if not (args.checkpoint or args.hf):
-        raise UserError("pass --checkpoint PATH or --hf NAME_OR_DIR (or --bench)")
+        raise UserError("pass --checkpoint PATH or --hf NAME_OR_DIR")
+
+
+def _val_seq_len(args: argparse.Namespace, block_size: int) -> int:
+    """The validation window: --seq-len, or the model's block_size; checked against both."""
+    seq_len = args.seq_len or block_size
+    if seq_len > block_size:
+        raise UserError(f"--seq-len {seq_len} exceeds the model's block_size {block_size}")
+    if args.val_data and args.val_tokens < seq_len:
+        raise UserError(
+            f"--val-tokens {args.val_tokens} is less than one window of --seq-len {seq_len}; "
+            f"pass --val-tokens {seq_len} or more, or a smaller --seq-len"
+        )
+    return seq_len
+
+
+def val_data_source(data_dir: str | Path) -> str | None:
+    """The Hugging Face dataset the shards in `data_dir` were made from, as data_prep records it
+    in `manifest.json` (settings.source.path); None for local files or without a manifest."""
+    try:
+        manifest = json.loads((Path(data_dir) / "manifest.json").read_text(encoding="utf-8"))
+        source = manifest["settings"]["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(source, dict) or source.get("kind") != "huggingface":
+        return None
+    return source.get("path")
+
+
+def _val_loss_line(val_loss: float, n_tokens: int, seq_len: int, data_dir: str | Path) -> str:
+    """The printed validation result; OpenAI's GPT-2 124M figure beside it only when it was
+    measured the same way (FineWeb-Edu validation shard, 1024-token windows)."""
+    line = f"val_loss {val_loss:.4f} ({n_tokens:,} tokens, seq_len {seq_len})"
+    if seq_len == GPT2_124M_VAL_SEQ_LEN and val_data_source(data_dir) == FINEWEB_EDU:
+        line += f"; OpenAI GPT-2 124M on the FineWeb-Edu val shard: {GPT2_124M_VAL_LOSS}"
+    return line
+
+
+def _run(args: argparse.Namespace, info: dist.DistInfo) -> None:
+    """Check the inputs, load the model, evaluate; rank 0 prints and writes the JSON."""
+    device = info.device
+    # Check inputs before the expensive model load (fail early).
+    examples = load_hellaswag(args.hellaswag, limit=args.limit) if args.hellaswag else None
+    val_tokens = load_val_tokens(args.val_data, args.val_tokens) if args.val_data else None
+    model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=device)
+    seq_len = _val_seq_len(args, model_block_size(model))
+    amp_dtype = precision.autocast_dtype(args.dtype, device)
+    if args.compile:
+        model = torch.compile(model)
+
+    out: dict = {}
+    if val_tokens is not None:
+        out["val_loss"] = validation_loss(
+            model,
+            val_tokens,
+            seq_len=seq_len,
+            batch_size=args.val_batch_size,
+            device=device,
+            autocast_dtype=amp_dtype,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
+        if info.is_main:
+            n = (len(val_tokens) - 1) // seq_len * seq_len
+            line = _val_loss_line(
+                out["val_loss"], n_tokens=n, seq_len=seq_len, data_dir=args.val_data
+            )
+            print(line)
+    if examples is not None:
+        t0 = time.perf_counter()
+        hs = score_hellaswag(
+            model,
+            examples,
+            device=device,
+            autocast_dtype=amp_dtype,
+            rank=info.rank,
+            world_size=info.world_size,
+            batch_examples=args.batch_examples,
+            bucket=args.bucket,
+            progress=info.is_main,
+        )
+        out["hellaswag"] = hs
+        if info.is_main:
+            print(hellaswag_table(args.hf or args.checkpoint, hs))
+            secs = time.perf_counter() - t0
+            print(f"hellaswag: {hs['n']} examples in {secs:.1f} s on {info.world_size} rank(s)")
+    if args.json and info.is_main:
+        write_json(args.json, out)
+
+
+def main(argv: list[str]) -> int:
+    if "--bench" in argv:
+        raise UserError("the HellaSwag benchmark moved: python -m gpt2repro.bench hellaswag [...]")
+    args = _parser().parse_args(argv)
+    _check_args(args)
     if args.hellaswag is None and args.val_data is None:
         args.hellaswag = DEFAULT_HELLASWAG  # nothing asked: HellaSwag with the default file
-
     info = dist.setup(args.device)
+    ok = False
     try:
-        device = info.device
-        # Check inputs before the expensive model load (fail early).
-        examples = load_hellaswag(args.hellaswag, args.limit) if args.hellaswag else None
-        val_tokens = load_val_tokens(args.val_data, args.val_tokens) if args.val_data else None
-        model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=device)
-        block_size = _block_size(model)
-        seq_len = args.seq_len or block_size
-        if seq_len > block_size:
-            raise UserError(f"--seq-len {seq_len} exceeds the model's block_size {block_size}")
-        amp_dtype = precision.autocast_dtype(args.dtype, device)
-        if args.compile:
-            model = torch.compile(model)
-
-        out: dict = {}
-        label = args.hf or args.checkpoint
-        if val_tokens is not None:
-            out["val_loss"] = validation_loss(
-                model, val_tokens, seq_len, args.val_batch_size, device, amp_dtype,
-                info.rank, info.world_size,
-            )  # fmt: skip
-            if info.is_main:
-                n = (len(val_tokens) - 1) // seq_len * seq_len
-                print(
-                    f"val_loss {out['val_loss']:.4f} ({n:,} tokens, seq_len {seq_len}); "
-                    f"OpenAI GPT-2 124M on the FineWeb-Edu val shard: {GPT2_124M_VAL_LOSS}"
-                )
-        if examples is not None:
-            t0 = time.perf_counter()
-            hs = score_hellaswag(
-                model, examples, device, amp_dtype, info.rank, info.world_size,
-                args.batch_examples, args.bucket, progress=info.is_main,
-            )  # fmt: skip
-            out["hellaswag"] = hs
-            if info.is_main:
-                print(results_table(label, hs))
-                secs = time.perf_counter() - t0
-                print(f"hellaswag: {hs['n']} examples in {secs:.1f} s on {info.world_size} rank(s)")
-        if args.json and info.is_main:
-            write_json(args.json, out)
+        _run(args, info)
+        ok = True
     finally:
-        dist.teardown()
+        dist.teardown(clean=ok)  # after an error on this rank, no barrier that could hang
     return 0
 
 

@@ -6,12 +6,14 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from fixtures.hellaswag import write_hellaswag
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,3 +83,21 @@ def test_bench_data_runs_from_an_installed_package(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert res["bench"] == "data" and res["tokens"] > 4000 and res["pipeline_tok_per_s"] > 0
+
+
+def test_bench_hellaswag_batched_agrees_with_one_at_a_time(tmp_path: Path) -> None:
+    """`bench hellaswag` on real-schema examples: both scorers run, over the same examples, and
+    their summed losses agree (the batching changes the speed, not the numbers)."""
+    hs = write_hellaswag(tmp_path / "hellaswag_val.jsonl", n=6)
+    cmd = [
+        sys.executable, "-m", "gpt2repro.bench", "hellaswag", "--hellaswag", str(hs),
+        "--batch-examples", "4", "--device", "cpu",
+    ]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "random tiny GPT on cpu" in out
+    assert "batched (4 examples/pass, bucket 32)" in out and "ex/s over 6 " in out
+    assert "one example per pass" in out and "speedup" in out
+    diff = re.search(r"max \|summed loss diff\| (\S+);", out)
+    assert diff is not None and float(diff[1]) < 1e-4, out

