@@ -11,17 +11,16 @@ schema `gpt2repro.evaluate` reads (`check_hellaswag_row`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt2repro.atomic import fsync_dir, public_mode  # noqa: E402
+from gpt2repro.atomic import atomic_open  # noqa: E402
 from gpt2repro.errors import UserError, run_cli  # noqa: E402
 from gpt2repro.evaluate import read_hellaswag_rows  # noqa: E402
 
@@ -49,30 +48,22 @@ def validate(path: Path, shown: Path | None = None) -> int:
     return n
 
 
-def _atomic_copy_from(src, dest: Path, total: int | None, quiet: bool) -> Path:
-    """Stream the file object `src` into a temp file beside `dest`; return the temp path."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+def _copy_validated(src: Any, dest: Path, total: int | None, quiet: bool) -> None:
+    """Stream the file object `src` into `dest` atomically: written beside it, validated, renamed."""
     bar = None
     if not quiet:
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name)
     try:
-        os.fchmod(fd, public_mode())
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(dest, "wb", check=lambda tmp: validate(tmp, shown=dest)) as f:
             for block in iter(lambda: src.read(1 << 20), b""):
                 f.write(block)
                 if bar is not None:
                     bar.update(len(block))
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         if bar is not None:
             bar.close()
-    return Path(tmp)
 
 
 def prepare(
@@ -95,7 +86,7 @@ def prepare(
         if src_path.resolve() == dest.resolve():
             return dest
         with src_path.open("rb") as src:
-            tmp = _atomic_copy_from(src, dest, src_path.stat().st_size, quiet)
+            _copy_validated(src, dest, total=src_path.stat().st_size, quiet=quiet)
     else:
         try:
             response = urllib.request.urlopen(URL, timeout=60)
@@ -108,18 +99,13 @@ def prepare(
         with response:
             length = response.headers.get("Content-Length")
             try:
-                tmp = _atomic_copy_from(response, dest, int(length) if length else None, quiet)
+                total = int(length) if length else None
+                _copy_validated(response, dest, total=total, quiet=quiet)
             except (urllib.error.URLError, OSError) as e:
                 raise UserError(
                     f"download of {URL} broke off ({e}); run again, or download it elsewhere and "
                     f"pass --file"
                 ) from None
-    try:
-        validate(tmp, shown=dest)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(out)
     if not quiet:
         print(f"{dest}: {N_EXAMPLES} examples")
     return dest

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,8 +58,14 @@ def fsync_dir(directory: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
-    """`with atomic_open(p, "w") as f: ...` writes p atomically; on an exception p is untouched."""
+def atomic_open(
+    path: str | os.PathLike, mode: str = "wb", check: Callable[[Path], object] | None = None
+) -> Iterator[IO[Any]]:
+    """`with atomic_open(p, "w") as f: ...` writes p atomically; on an exception p is untouched.
+
+    `check`, if given, is called with the complete temporary file's path before the rename; an
+    exception from it leaves `p` untouched too (e.g. validate a download before it lands).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -69,6 +75,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -272,15 +272,10 @@ def example_rows(ex: HellaSwagExample, block_size: int) -> list[tuple[list[int],
 
 def _model_config(model: nn.Module) -> Any:
     """The config of a GPT, through DDP (.module) and torch.compile (._orig_mod) wrappers."""
-    m: nn.Module | None = model
-    for _ in range(4):
-        cfg = getattr(m, "config", None)
-        if cfg is not None and hasattr(cfg, "block_size"):
-            return cfg
-        m = getattr(m, "module", None) or getattr(m, "_orig_mod", None)
-        if m is None:
-            break
-    raise ValueError("cannot find config.block_size on the model (or its .module/._orig_mod)")
+    cfg = getattr(dist.unwrap(model), "config", None)
+    if cfg is None or not hasattr(cfg, "block_size"):
+        raise ValueError("cannot find config.block_size on the model (or its .module/._orig_mod)")
+    return cfg
 
 
 def model_block_size(model: nn.Module) -> int:

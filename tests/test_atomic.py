@@ -49,3 +49,18 @@ def test_publish_dir_replaces_a_directory_whole(tmp_path: Path) -> None:
     assert (final / "file.txt").read_text() == "new"
     assert not (final / "only-old.txt").exists()  # the old directory is gone, not merged
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left aside
+
+
+def test_a_failed_check_leaves_the_destination_untouched(tmp_path: Path) -> None:
+    dest = tmp_path / "data.txt"
+    dest.write_text("old")
+
+    def refuse(tmp: Path) -> None:
+        assert tmp.read_text() == "new"  # the check sees the complete temporary file
+        raise ValueError("bad download")
+
+    with pytest.raises(ValueError, match="bad download"):
+        with atomic.atomic_open(dest, "w", check=refuse) as f:
+            f.write("new")
+    assert dest.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt"]
