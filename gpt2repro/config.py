@@ -343,6 +343,27 @@ def _join(problems: list[str]) -> str:
     return f"{len(problems)} config problems:\n  " + "\n  ".join(problems)
 
 
+# Range rules, by dotted key (cross-field rules are in _validate).
+_POSITIVE = (
+    "model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.vocab_size",
+    "model.pad_vocab_multiple", "train.seq_len", "train.micro_batch_size",
+    "train.total_batch_tokens", "train.max_steps", "optim.lr", "optim.eps",
+    "eval.batch_examples", "guard.max_skipped", "guard.spike_window", "log.every",
+    "log.sample_tokens",
+)  # fmt: skip
+_NON_NEGATIVE = (
+    "optim.warmup_steps", "eval.every", "eval.val_tokens", "eval.hellaswag_every",
+    "checkpoint.every", "checkpoint.keep_last", "eval.hellaswag_limit", "optim.min_lr",
+    "optim.weight_decay", "optim.grad_clip", "guard.spike_zscore",
+)  # fmt: skip
+_BETWEEN_0_AND_1 = ("optim.beta1", "optim.beta2")  # 0 <= x < 1
+
+
+def _value(cfg: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
 def _validate(cfg: Config) -> list[str]:
     """Check allowed values and cross-field rules; return one line per problem."""
     problems: list[str] = []
@@ -355,61 +376,37 @@ def _validate(cfg: Config) -> list[str]:
                 problems.append(
                     f"'{sname}.{f.name}' must be one of {', '.join(choices)}, got {v!r}"
                 )
-    m, t, o = cfg.model, cfg.train, cfg.optim
-    positive = {
-        "model.n_layer": m.n_layer,
-        "model.n_head": m.n_head,
-        "model.n_embd": m.n_embd,
-        "model.block_size": m.block_size,
-        "model.vocab_size": m.vocab_size,
-        "model.pad_vocab_multiple": m.pad_vocab_multiple,
-        "train.seq_len": t.seq_len,
-        "train.micro_batch_size": t.micro_batch_size,
-        "train.total_batch_tokens": t.total_batch_tokens,
-        "train.max_steps": t.max_steps,
-        "optim.lr": o.lr,
-        "optim.eps": o.eps,
-        "eval.batch_examples": cfg.eval.batch_examples,
-        "guard.max_skipped": cfg.guard.max_skipped,
-        "guard.spike_window": cfg.guard.spike_window,
-        "log.every": cfg.log.every,
-        "log.sample_tokens": cfg.log.sample_tokens,
-    }
-    for key, v in positive.items():
-        if v <= 0:
-            problems.append(f"'{key}' must be positive, got {v}")
-    if m.n_head > 0 and m.n_embd % m.n_head != 0:
+    problems += [
+        f"'{key}' must be positive, got {_value(cfg, key)}"
+        for key in _POSITIVE
+        if _value(cfg, key) <= 0
+    ]
+    model_cfg, train_cfg, optim_cfg = cfg.model, cfg.train, cfg.optim
+    if model_cfg.n_head > 0 and model_cfg.n_embd % model_cfg.n_head != 0:
+        n_head, n_embd = model_cfg.n_head, model_cfg.n_embd
         problems.append(
-            f"'model.n_embd' ({m.n_embd}) must be divisible by 'model.n_head' ({m.n_head}); "
-            f"e.g. n_embd={m.n_head * max(1, round(m.n_embd / m.n_head))}"
+            f"'model.n_embd' ({n_embd}) must be divisible by 'model.n_head' ({n_head}); "
+            f"e.g. n_embd={n_head * max(1, round(n_embd / n_head))}"
         )
-    if t.seq_len > m.block_size:
+    if train_cfg.seq_len > model_cfg.block_size:
         problems.append(
-            f"'train.seq_len' ({t.seq_len}) exceeds 'model.block_size' ({m.block_size}); "
-            f"lower train.seq_len or raise model.block_size"
+            f"'train.seq_len' ({train_cfg.seq_len}) exceeds 'model.block_size' "
+            f"({model_cfg.block_size}); lower train.seq_len or raise model.block_size"
         )
-    if o.min_lr > o.lr:
-        problems.append(f"'optim.min_lr' ({o.min_lr}) is above 'optim.lr' ({o.lr})")
-    if not 0.0 <= o.decay_frac <= 1.0:
-        problems.append(f"'optim.decay_frac' must be in [0, 1], got {o.decay_frac}")
-    for key, v in {
-        "optim.warmup_steps": o.warmup_steps,
-        "eval.every": cfg.eval.every,
-        "eval.val_tokens": cfg.eval.val_tokens,
-        "eval.hellaswag_every": cfg.eval.hellaswag_every,
-        "checkpoint.every": cfg.checkpoint.every,
-        "checkpoint.keep_last": cfg.checkpoint.keep_last,
-        "eval.hellaswag_limit": cfg.eval.hellaswag_limit,
-        "optim.min_lr": o.min_lr,
-        "optim.weight_decay": o.weight_decay,
-        "optim.grad_clip": o.grad_clip,
-        "guard.spike_zscore": cfg.guard.spike_zscore,
-    }.items():
-        if v < 0:
-            problems.append(f"'{key}' must be >= 0, got {v}")
-    for key, b in {"optim.beta1": o.beta1, "optim.beta2": o.beta2}.items():
-        if not 0.0 <= b < 1.0:
-            problems.append(f"'{key}' must be in [0, 1), got {b}")
+    if optim_cfg.min_lr > optim_cfg.lr:
+        problems.append(f"'optim.min_lr' ({optim_cfg.min_lr}) is above 'optim.lr' ({optim_cfg.lr})")
+    if not 0.0 <= optim_cfg.decay_frac <= 1.0:
+        problems.append(f"'optim.decay_frac' must be in [0, 1], got {optim_cfg.decay_frac}")
+    problems += [
+        f"'{key}' must be >= 0, got {_value(cfg, key)}"
+        for key in _NON_NEGATIVE
+        if _value(cfg, key) < 0
+    ]
+    problems += [
+        f"'{key}' must be in [0, 1), got {_value(cfg, key)}"
+        for key in _BETWEEN_0_AND_1
+        if not 0.0 <= _value(cfg, key) < 1.0
+    ]
     for sname, section in to_dict(cfg).items():  # TOML can spell nan and inf; the CLI cannot
         for key, v in section.items():
             if isinstance(v, float) and not math.isfinite(v):

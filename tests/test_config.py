@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gpt2repro import config as config_module
 from gpt2repro.config import (
     Config,
     build_config,
@@ -234,3 +235,15 @@ def test_config_cli_rejects_leftover_arguments(stray: str, capsys: pytest.Captur
     captured = capsys.readouterr()
     assert captured.out == ""  # no TOML printed for a command line with a mistake in it
     assert captured.err.strip().splitlines() == [f"error: {from_config.value}"]
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [(k, "0", "must be positive") for k in config_module._POSITIVE]
+    + [(k, "-1", "must be >= 0") for k in config_module._NON_NEGATIVE]
+    + [(k, "1", "must be in [0, 1)") for k in config_module._BETWEEN_0_AND_1],
+)
+def test_every_range_rule_names_its_key(key: str, value: str, message: str) -> None:
+    with pytest.raises(UserError) as e:
+        load_config([f"--{key}={value}"])
+    assert f"'{key}' {message}" in str(e.value)
