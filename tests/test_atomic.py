@@ -59,8 +59,10 @@ def test_a_failed_check_leaves_the_destination_untouched(tmp_path: Path) -> None
         assert tmp.read_text() == "new"  # the check sees the complete temporary file
         raise ValueError("bad download")
 
-    with pytest.raises(ValueError, match="bad download"):
-        with atomic.atomic_open(dest, "w", check=refuse) as f:
-            f.write("new")
+    with (
+        pytest.raises(ValueError, match="bad download"),
+        atomic.atomic_open(dest, "w", check=refuse) as f,
+    ):
+        f.write("new")
     assert dest.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt"]
