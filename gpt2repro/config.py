@@ -65,6 +65,11 @@ class TrainConfig:
     )
     device: str = _f("auto", "cuda, mps, cpu or auto")
     activation_checkpointing: bool = _f(False, "recompute each block in backward to save memory")
+    loss_chunk: int = _f(
+        4096,
+        "rows per chunk of the fused linear + cross-entropy (the [B*T, vocab] logits are never "
+        "held at once); 0 = full logits then cross-entropy",
+    )
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class EvalConfig:
     hellaswag_file: str = _f("", "path to hellaswag_val.jsonl (data_prep/hellaswag.py)")
     hellaswag_limit: int = _f(0, "score only the first N examples; 0 = all")
     batch_examples: int = _f(16, "HellaSwag examples per forward pass (4 rows each)")
+    batch_size: int = _f(0, "validation sequences per forward pass; 0 = train.micro_batch_size")
 
 
 @dataclass(frozen=True)
@@ -354,6 +360,7 @@ _POSITIVE = (
 _NON_NEGATIVE = (
     "optim.warmup_steps", "eval.every", "eval.val_tokens", "eval.hellaswag_every",
     "checkpoint.every", "checkpoint.keep_last", "eval.hellaswag_limit", "optim.min_lr",
+    "train.loss_chunk", "eval.batch_size",
     "optim.weight_decay", "optim.grad_clip", "guard.spike_zscore",
 )  # fmt: skip
 _BETWEEN_0_AND_1 = ("optim.beta1", "optim.beta2")  # 0 <= x < 1

@@ -125,7 +125,7 @@ def validation_loss(
             xt = torch.from_numpy(x).to(device, non_blocking=True)
             yt = torch.from_numpy(y).to(device, non_blocking=True)
             with precision.autocast(device, autocast_dtype):
-                _, loss = model(xt, yt)  # mean over the non-ignored targets
+                _, loss = model(xt, yt, loss_only=True)  # mean over the non-ignored targets
             if idx:  # an all-padding batch has a NaN mean (0/0) and adds nothing
                 n = len(idx) * T
                 total[0] += loss.detach().to(acc_dtype) * n

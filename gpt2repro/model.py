@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from gpt2repro.config import ModelConfig
+from gpt2repro.loss import linear_cross_entropy
 
 # GPT-2 sizes: (n_layer, n_head, n_embd). Context 1024, vocab 50257.
 GPT2_SIZES: dict[str, tuple[int, int, int]] = {
@@ -65,15 +66,23 @@ class CausalSelfAttention(nn.Module):
         self.c_proj.RESIDUAL_SCALE_INIT = True  # type: ignore[assignment]
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`attn_mask` (bool, True = attend, broadcastable to [B, nh, T, T]) replaces the causal
+        mask, e.g. for several sequences packed in one row; not with `cache`."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # each [B, T, C]
         hd = C // self.n_head
         q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # [B, nh, T, hd]
         k = k.view(B, T, self.n_head, hd).transpose(1, 2)
         v = v.view(B, T, self.n_head, hd).transpose(1, 2)
-        if cache is None:
+        if attn_mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        elif cache is None:
             # Flash / memory-efficient kernels on GPU when the inputs allow it.
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -114,9 +123,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.attn(self.ln_1(x), cache, layer, attn_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -139,6 +152,9 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # weight tying
         # Set by train.py when activation checkpointing is on; recomputes each block in backward.
         self.activation_checkpointing = False
+        # Rows of the loss computed at once by the chunked linear + cross-entropy (loss.py) when
+        # only the loss is wanted; 0 = full logits then F.cross_entropy. Set from train.loss_chunk.
+        self.loss_chunk = 4096
         self.apply(self._init_weights)
         with torch.no_grad():
             # Padded rows are never looked up or predicted; keep them exactly zero.
@@ -164,36 +180,73 @@ class GPT(nn.Module):
             n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
         return n
 
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        pos: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final hidden states [B, T, C] (after ln_f) for token ids idx [B, T].
+
+        Positions are 0..T-1, or start at `cache.pos` with a KV cache (which is advanced by T),
+        or are given as `pos` ([T] or [B, T]) together with an `attn_mask` (bool, True = attend,
+        [B, 1, T, T] or broadcastable) for packed rows such as a context and its endings.
+        """
+        B, T = idx.size()
+        if pos is None:
+            start = 0 if cache is None else cache.pos
+            if start + T > self.config.block_size:
+                raise ValueError(
+                    f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}"
+                )
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # [T]
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # [B, T, C]
+        for i, block in enumerate(self.transformer.h):
+            if self.activation_checkpointing and self.training and cache is None:
+                x = torch.utils.checkpoint.checkpoint(
+                    block, x, None, i, attn_mask, use_reentrant=False
+                )
+            else:
+                x = block(x, cache, i, attn_mask)
+        if cache is not None:
+            cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits [..., vocab_size] of hidden states [..., C]; padded ids are never predicted."""
+        logits = self.lm_head(h)  # [..., padded_vocab]
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]
+        return logits
+
     def forward(
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        loss_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx, targets: [B, T] token ids. Returns logits [B, T, vocab_size] and mean CE loss.
 
         Targets equal to -1 are ignored. With `cache`, positions start at `cache.pos` and the
-        cache is advanced by T.
+        cache is advanced by T. `loss_only` (training, validation): no logits are returned, and
+        the loss comes from the chunked linear + cross-entropy (`self.loss_chunk` rows at a
+        time), so no [B, T, vocab] tensor is ever held.
         """
-        B, T = idx.size()
-        start = 0 if cache is None else cache.pos
-        if start + T > self.config.block_size:
-            raise ValueError(
-                f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}"
+        h = self.hidden_states(idx, cache)
+        if loss_only:
+            if targets is None:
+                raise ValueError("loss_only needs targets")
+            loss = linear_cross_entropy(
+                h,
+                self.lm_head.weight,
+                targets,
+                n_valid=self.config.vocab_size,
+                chunk=self.loss_chunk,
             )
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # [T]
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # [B, T, C]
-        for i, block in enumerate(self.transformer.h):
-            if self.activation_checkpointing and self.training and cache is None:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x, cache, i)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)  # [B, T, padded_vocab]
-        if self.config.padded_vocab_size != self.config.vocab_size:
-            logits = logits[..., : self.config.vocab_size]  # padded ids are never predicted
-        if cache is not None:
-            cache.pos += T
+            return None, loss
+        logits = self.logits(h)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(

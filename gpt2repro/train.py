@@ -248,6 +248,7 @@ def build_model(cfg: Config, info: dist.DistInfo, load_from: Path | None = None)
     raw_model = GPT(cfg.model).to(device)
     n_params = raw_model.num_params(exclude_padding=False)
     raw_model.activation_checkpointing = cfg.train.activation_checkpointing
+    raw_model.loss_chunk = cfg.train.loss_chunk
     dist.shard(raw_model, info, cfg.dist.strategy)  # FSDP2 in place, before the optimizer
     optimizer = build_optimizer(raw_model, cfg.optim, device.type)
     if load_from is not None:
@@ -286,7 +287,7 @@ def forward_backward(
         sync = micro == grad_accum - 1  # all-reduce gradients on the last micro-step only
         with dist.grad_sync(model, raw_model, strategy=trainable.strategy, info=info, sync=sync):
             with precision.autocast(info.device, trainable.autocast_dtype):
-                _, loss = model(x, y)
+                _, loss = model(x, y, loss_only=True)  # no [B, T, vocab] logits
             loss = loss / grad_accum  # mean over the whole global batch after DDP's average
             if poison is not None:
                 loss = loss * poison
@@ -550,7 +551,7 @@ def _evaluate(
         val_tokens=val_tokens,
         hellaswag=hellaswag,
         seq_len=cfg.train.seq_len,
-        batch_size=cfg.train.micro_batch_size,
+        batch_size=cfg.eval.batch_size or cfg.train.micro_batch_size,
         batch_examples=cfg.eval.batch_examples,
         device=info.device,
         autocast_dtype=trainable.autocast_dtype,
