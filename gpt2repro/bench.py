@@ -185,6 +185,13 @@ def bench_train(args: argparse.Namespace) -> dict:
         dist.teardown(clean=ok)  # after an error on this rank, no barrier that could hang
 
 
+def _peak_rss_bytes() -> int:
+    import resource
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib * 1024
+
+
 class _TrainSteps:
     """Optimizer steps exactly as the training loop takes them (learning rate, forward/backward,
     the update guard, the preemption poll), on one fixed synthetic micro-batch."""
@@ -288,6 +295,9 @@ def _train_result(
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         if on_cuda
         else None,
+        # CPU: the process's peak resident set (model, optimizer, activations, Python and torch
+        # themselves); a coarse proxy, comparable between runs of the same shape.
+        "peak_rss_gib": None if on_cuda else round(_peak_rss_bytes() / 2**30, 3),
         "final_loss": None if final_loss is None else round(final_loss, 4),
     }
 

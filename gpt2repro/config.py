@@ -66,7 +66,7 @@ class TrainConfig:
     device: str = _f("auto", "cuda, mps, cpu or auto")
     activation_checkpointing: bool = _f(False, "recompute each block in backward to save memory")
     loss_chunk: int = _f(
-        4096,
+        1024,
         "rows per chunk of the fused linear + cross-entropy (the [B*T, vocab] logits are never "
         "held at once); 0 = full logits then cross-entropy",
     )

@@ -87,7 +87,7 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     *,
     n_valid: int | None = None,
-    chunk: int = 4096,
+    chunk: int = 1024,
 ) -> torch.Tensor:
     """Mean cross-entropy of `h @ weight.T` against `targets`, `chunk` rows at a time.
 

@@ -154,7 +154,7 @@ class GPT(nn.Module):
         self.activation_checkpointing = False
         # Rows of the loss computed at once by the chunked linear + cross-entropy (loss.py) when
         # only the loss is wanted; 0 = full logits then F.cross_entropy. Set from train.loss_chunk.
-        self.loss_chunk = 4096
+        self.loss_chunk = 1024
         self.apply(self._init_weights)
         with torch.no_grad():
             # Padded rows are never looked up or predicted; keep them exactly zero.
