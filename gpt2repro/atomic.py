@@ -23,15 +23,22 @@ from typing import IO, Any
 
 
 @functools.cache
-def public_mode() -> int:
-    """0o666 less the umask: what open() would give (mkstemp's temp files are 0o600).
-
-    Read once per process: reading the umask means setting it, and flipping it on every write
-    would race with any other thread creating files meanwhile.
-    """
+def _umask() -> int:
+    """The process umask, read once: reading it means setting it, and flipping it on every write
+    would race with any other thread creating files meanwhile."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def public_mode() -> int:
+    """0o666 less the umask: what open() would give (mkstemp's temp files are 0o600)."""
+    return 0o666 & ~_umask()
+
+
+def public_dir_mode() -> int:
+    """0o777 less the umask: what mkdir() would give (mkdtemp's directories are 0o700)."""
+    return 0o777 & ~_umask()
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:

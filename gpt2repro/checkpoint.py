@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import time
@@ -253,9 +254,13 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     return state
 
 
-def verify(ckpt: Path, state: dict[str, Any]) -> None:
-    """Check the sha256 of model.pt and optim.pt against those recorded at save time."""
+def verify(
+    ckpt: Path, state: dict[str, Any], names: tuple[str, ...] = ("model.pt", "optim.pt")
+) -> None:
+    """Check the sha256 of `names` (model.pt and optim.pt) against those recorded at save time."""
     for name, digest in state.get("sha256", {}).items():
+        if name not in names:
+            continue
         if sha256_file(ckpt / name) != digest:
             raise UserError(
                 f"{ckpt / name} does not match its recorded sha256 (corrupted); delete {ckpt} "
@@ -305,14 +310,26 @@ def resolve(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The GPT stored in a checkpoint (run dir, ckpt dir or step dir), in eval mode."""
+    """The GPT stored in a checkpoint (run dir, ckpt dir or step dir), in eval mode.
+
+    The files are checked against the sha256 recorded at save time first, whichever directory
+    was named, so a corrupted or truncated model.pt is one clear error, never wrong weights.
+    """
     from gpt2repro.config import ModelConfig
     from gpt2repro.model import GPT
 
-    ckpt = resolve(path)
+    ckpt = resolve(path)  # a run or ckpt dir: find_latest has verified the one it picked
     state = read_state(ckpt)
+    if ckpt == Path(path):  # a step directory named directly
+        verify(ckpt, state, names=("model.pt",))
     model = GPT(ModelConfig(**state["config"]["model"]))
-    sd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        raise UserError(
+            f"{ckpt / 'model.pt'} cannot be read ({str(e).splitlines()[0]}); use another "
+            "checkpoint of the run"
+        ) from None
     model.load_state_dict(sd)
     return model.to(device).eval()
 

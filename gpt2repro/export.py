@@ -20,14 +20,21 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--checkpoint", required=True, help="run dir, checkpoint dir or step dir")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a previous export at --out (only that)"
+    )
     args = p.parse_args(argv)
 
-    from gpt2repro.checkpoint import load_model
-    from gpt2repro.hf import save_hf
+    from pathlib import Path
 
-    model = load_model(args.checkpoint, "cpu")
-    out = save_hf(model, args.out, overwrite=args.overwrite)  # type: ignore[arg-type]
+    from gpt2repro.checkpoint import load_model, resolve
+    from gpt2repro.hf import check_export_target, save_hf
+
+    ckpt = resolve(args.checkpoint)
+    out_dir = Path(args.out).expanduser()
+    check_export_target(out_dir, args.overwrite, protect=ckpt)  # before loading anything
+    model = load_model(ckpt, "cpu")
+    out = save_hf(model, out_dir, overwrite=args.overwrite, protect=ckpt)  # type: ignore[arg-type]
     print(f"wrote {out} ({model.num_params():,} parameters)")  # type: ignore[operator]
     return 0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2repro.atomic import publish_dir
+from gpt2repro.atomic import public_dir_mode, public_mode, publish_dir
 from gpt2repro.config import ModelConfig
 from gpt2repro.errors import UserError
 from gpt2repro.model import GPT
@@ -324,7 +324,40 @@ def _tokenizer_config(block_size: int) -> dict:
     }
 
 
-def save_hf(model: GPT, out_dir: str | Path, overwrite: bool = False) -> Path:
+EXPORT_MARKER = "gpt2repro_export.json"  # marks a directory as one of our exports
+
+
+def check_export_target(out: Path, overwrite: bool, protect: Path | None = None) -> None:
+    """Refuse an output directory that an export must not replace (UserError naming the fix).
+
+    `--overwrite` only ever replaces a previous export (recognised by EXPORT_MARKER), never
+    another kind of directory, and never one that holds `protect` (the checkpoint exported).
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory; choose another output directory")
+    if protect is not None:
+        inside = out.resolve() == protect.resolve() or out.resolve() in protect.resolve().parents
+        if inside:
+            raise UserError(
+                f"--out {out} contains the checkpoint being exported ({protect}); choose an "
+                "output directory outside it, e.g. RUN_DIR/hf"
+            )
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / EXPORT_MARKER).is_file():
+        raise UserError(
+            f"{out} exists, is not empty and is not a gpt2repro export (no {EXPORT_MARKER}); "
+            "--overwrite only replaces a previous export: choose another --out"
+        )
+    if not overwrite:
+        raise UserError(
+            f"{out} holds a previous export; pass --overwrite to replace it, or choose another --out"
+        )
+
+
+def save_hf(
+    model: GPT, out_dir: str | Path, overwrite: bool = False, protect: Path | None = None
+) -> Path:
     """Write `model` as an HF GPT-2 directory; return its path.
 
     Files: config.json, model.safetensors (vocab_size rows, tied weight once), generation_config.json
@@ -333,7 +366,8 @@ def save_hf(model: GPT, out_dir: str | Path, overwrite: bool = False) -> Path:
 
     `model` must be the raw GPT: unwrap DDP (`.module`) and torch.compile (`._orig_mod`) first.
     The directory is written beside `out_dir` and renamed into place, so a crash never leaves a
-    half-written export; an existing non-empty `out_dir` is refused unless `overwrite`.
+    half-written export. An existing non-empty `out_dir` is replaced only if it is a previous
+    export (it holds EXPORT_MARKER) and `overwrite` is set; never if it holds `protect`.
     """
     from safetensors.torch import save_file
 
@@ -343,13 +377,7 @@ def save_hf(model: GPT, out_dir: str | Path, overwrite: bool = False) -> Path:
             "and torch.compile (model._orig_mod) first"
         )
     out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory; choose another output directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(
-            f"{out} exists and is not empty; choose another directory or pass overwrite=True "
-            "(--overwrite) to replace it"
-        )
+    check_export_target(out, overwrite, protect)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -360,6 +388,10 @@ def save_hf(model: GPT, out_dir: str | Path, overwrite: bool = False) -> Path:
         eot = EOT if cfg.vocab_size > EOT else None
         _write_json(tmp / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
         _write_tokenizer(tmp, cfg)
+        _write_json(tmp / EXPORT_MARKER, {"format": "gpt2repro-hf-export", "version": 1})
+        for path in tmp.iterdir():  # the usual modes, not mkdtemp's/safetensors' private ones
+            path.chmod(public_mode())
+        tmp.chmod(public_dir_mode())
         publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

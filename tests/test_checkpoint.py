@@ -116,3 +116,60 @@ def test_on_main_and_unwrap_in_one_process() -> None:
     raw = torch.nn.Linear(2, 2)
     wrapped = torch.compile(raw)
     assert dist.unwrap(wrapped) is raw and dist.unwrap(raw) is raw
+
+
+def zero_bytes(path: Path, start: int = 100, n: int = 100) -> None:
+    data = bytearray(path.read_bytes())
+    data[start : start + n] = bytes(n)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "truncated"])
+def test_load_model_from_a_step_dir_checks_the_file(tmp_path: Path, damage: str) -> None:
+    """evaluate, sample and export load through load_model: a damaged model.pt named directly
+    by its step directory is one clear error, never wrong weights or a torch traceback."""
+    step = save(tmp_path, 2)
+    blob = step / "model.pt"
+    if damage == "zeroed":
+        zero_bytes(blob)
+    else:
+        blob.write_bytes(blob.read_bytes()[:-500])
+    with pytest.raises(UserError, match=r"model.pt does not match its recorded sha256"):
+        checkpoint.load_model(step)
+
+
+def test_load_model_reports_an_unreadable_file_in_one_line(tmp_path: Path) -> None:
+    step = save(tmp_path, 2)
+    state = checkpoint.read_state(step)
+    (step / "model.pt").write_bytes(b"not a torch file")
+    state["sha256"].pop("model.pt")  # a checkpoint without a recorded hash for it
+    (step / "state.json").write_text(__import__("json").dumps(state))
+    with pytest.raises(UserError, match=r"model.pt cannot be read \("):
+        checkpoint.load_model(step)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("where", ["run_dir", "step_dir", "parent"])
+def test_export_overwrite_never_touches_a_run(tmp_path: Path, where: str) -> None:
+    from gpt2repro.errors import run_cli
+    from gpt2repro.export import main
+
+    run_dir = tmp_path / "run"
+    step = save(run_dir, 2)
+    (run_dir / "metrics.jsonl").write_text('{"step": 2}\n')
+    (run_dir / "DONE").write_text("{}\n")
+    out = {"run_dir": run_dir, "step_dir": step, "parent": tmp_path}[where]
+    before = tree_digest(tmp_path)
+    status = run_cli(main, ["--checkpoint", str(run_dir), "--out", str(out), "--overwrite"])
+    assert status == 2
+    assert tree_digest(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

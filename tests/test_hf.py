@@ -179,17 +179,38 @@ def test_mismatched_weights_named_in_one_line(tmp_path: Path):
     assert "transformer.h.0.attn.c_proj.weight" in msg and "shape mismatch" in msg
 
 
-def test_overwrite_refused(tmp_path: Path):
+def test_overwrite_replaces_only_a_previous_export(tmp_path: Path):
+    """--overwrite replaces a previous export (it carries our marker), never another directory."""
     model = GPT(ModelConfig(n_layer=1, n_head=1, n_embd=16, block_size=16, vocab_size=64))
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(UserError, match=str(out)):
-        save_hf(model, out)
-    assert (out / "precious.txt").read_text() == "keep me"
-    save_hf(model, out, overwrite=True)
-    assert not (out / "precious.txt").exists() and (out / "model.safetensors").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or old dirs left
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match=str(out)):
+            save_hf(model, out, overwrite=overwrite)
+        assert (out / "precious.txt").read_text() == "keep me"
+    export = tmp_path / "export"
+    save_hf(model, export)
+    assert (export / "gpt2repro_export.json").is_file()
+    with pytest.raises(UserError, match="holds a previous export; pass --overwrite"):
+        save_hf(model, export)
+    (export / "stale.txt").write_text("from the old export")
+    save_hf(model, export, overwrite=True)
+    assert not (export / "stale.txt").exists() and (export / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "out"]  # no temp/old dirs
+
+
+def test_export_files_get_the_usual_modes(tmp_path: Path):
+    import os
+    import stat
+
+    model = GPT(ModelConfig(n_layer=1, n_head=1, n_embd=16, block_size=16, vocab_size=64))
+    out = save_hf(model, tmp_path / "out")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    for f in out.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name
 
 
 def test_save_hf_wants_raw_model(tmp_path: Path):
@@ -229,14 +250,15 @@ def test_export_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
     monkeypatch.setattr(
         gpt2repro.checkpoint, "load_model", lambda path, device: seen.append(path) or ours
     )
+    monkeypatch.setattr(gpt2repro.checkpoint, "resolve", lambda path: Path(path))
     out = tmp_path / "exp"
     assert run_cli(main, ["--checkpoint", "runs/x", "--out", str(out)]) == 0
-    assert seen == ["runs/x"] and "wrote" in capsys.readouterr().out
+    assert seen == [Path("runs/x")] and "wrote" in capsys.readouterr().out
     hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
     idx = torch.randint(0, 100, (1, 9))
     torch.testing.assert_close(hf_logits(hf, idx), our_logits(ours, idx), atol=1e-5, rtol=0)
     assert run_cli(main, ["--checkpoint", "runs/x", "--out", str(out)]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "holds a previous export; pass --overwrite" in capsys.readouterr().err
 
 
 def test_mistyped_local_path_is_not_sent_to_the_hub(
