@@ -359,34 +359,88 @@ class Resume:
     state: dict[str, Any]
 
 
-def select_resume(*, mode: str, run_dir: Path, model_config: dict[str, Any]) -> Resume | None:
+# Settings that define the optimization or the data: `resume=auto` refuses a change to them
+# unless `checkpoint.allow_changes` names it (model.* is compared apart: it cannot change at all).
+RUN_DEFINING = (
+    "data.dir", "train.seq_len", "train.total_batch_tokens", "train.max_steps", "train.seed",
+    "optim.lr", "optim.min_lr", "optim.warmup_steps", "optim.schedule", "optim.decay_frac",
+    "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps", "optim.grad_clip",
+)  # fmt: skip
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """'key=saved (now: new)' for each RUN_DEFINING setting that differs (configs as dicts)."""
+    out = []
+    for key in RUN_DEFINING:
+        section, name = key.split(".")
+        old, new = saved.get(section, {}).get(name), now[section][name]
+        if key == "data.dir" and old is not None:
+            old, new = os.path.normpath(old), os.path.normpath(new)
+        if old != new:
+            out.append(f"{key}={old} (now: {new})")
+    return out
+
+
+def select_resume(
+    *,
+    mode: str,
+    run_dir: Path,
+    config: dict[str, Any],
+    allow_changes: str = "",
+    is_main: bool = True,
+) -> Resume | None:
     """The checkpoint to continue from per `checkpoint.resume` (`mode`), or None for a fresh start.
 
     Collective: rank 0 picks and verifies it (sha256 once, not per rank) and tells the others, so
     every rank resumes from the same one even if their views of the filesystem lag. Refuses a
-    checkpoint of another model shape. Never over existing checkpoints: resuming from an older
-    checkpoint of this run moves the newer ones aside (`ckpt/.abandoned-...`).
+    checkpoint of another model shape, and (with `auto`) one whose run-defining settings differ
+    from `config` unless `allow_changes` names them. Never over existing checkpoints: resuming
+    from an older checkpoint of this run moves the newer ones aside (`ckpt/.abandoned-...`).
     """
     path = dist.on_main(lambda: _pick_resume(mode, run_dir))
     if path is None:
         return None
     state = read_state(path)
     saved = state["config"]["model"]
-    diff = [
-        f"{k}={saved.get(k)} (config: {v})" for k, v in model_config.items() if saved.get(k) != v
+    shape = [
+        f"{k}={saved.get(k)} (config: {v})" for k, v in config["model"].items() if saved.get(k) != v
     ]
-    if diff:
+    if shape:
         raise UserError(
-            f"checkpoint {path} is for another model shape: {', '.join(diff)}; use the same "
-            "[model] config, a new --run.dir, or --checkpoint.resume=never"
+            f"checkpoint {path} is for another model shape: {', '.join(shape)}; use the same "
+            "[model] config, or a new --run.dir for a new model"
         )
+    allowed = {k.strip() for k in allow_changes.split(",") if k.strip()}
+    changes = changed_settings(state["config"], config)
+    refused = [c for c in changes if c.split("=")[0] not in allowed]
+    if refused and mode == "auto":
+        keys = ",".join(c.split("=")[0] for c in refused)
+        raise UserError(
+            f"{run_dir} holds a run with other settings: {'; '.join(refused)}; resume with the "
+            f"saved values, accept the change with --checkpoint.allow_changes={keys}, or use a "
+            "new --run.dir"
+        )
+    if changes and is_main:
+        print(f"note: continuing from {path.name} with changed settings: {'; '.join(changes)}")
     return Resume(path=path, state=state)
 
 
 def _pick_resume(mode: str, run_dir: Path) -> Path | None:
-    if mode == "auto":
-        return find_latest(run_dir)  # verified
+    _clean_stale_writes(run_dir)
     existing = sorted((run_dir / "ckpt").glob(f"{_PREFIX}*"))
+    if mode == "auto":
+        found = find_latest(run_dir)  # verified
+        if found is None and existing:
+            raise UserError(
+                f"{run_dir} holds checkpoints but none is valid (newest: "
+                f"{_problem(existing[-1])}); to start over there pass "
+                "--checkpoint.resume=restart (the old files are moved aside, not deleted), or "
+                "use a new --run.dir"
+            )
+        return found
+    if mode == "restart":
+        _move_run_aside(run_dir)
+        return None
     if mode == "never":
         if existing:
             raise UserError(
@@ -405,6 +459,40 @@ def _pick_resume(mode: str, run_dir: Path) -> Path | None:
     for src, dest in abandon_after(run_dir, state["step"]):
         print(f"note: moved {src.name} aside to {dest.name}: this run continues from {ckpt.name}")
     return ckpt
+
+
+def _problem(ckpt: Path) -> str:
+    """What is wrong with a checkpoint directory, in a few words (for messages)."""
+    try:
+        verify(ckpt, read_state(ckpt))
+    except UserError as e:
+        return str(e).split(";")[0]
+    return f"{ckpt} looks valid"
+
+
+def _clean_stale_writes(run_dir: Path) -> None:
+    """Remove `ckpt/.tmp-step_*` left by a crash or a full disk while saving (never complete
+    checkpoints: those are renamed into place only when whole)."""
+    for tmp in sorted((run_dir / "ckpt").glob(".tmp-step_*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(
+            f"note: removed {tmp}, an unfinished checkpoint write (a crash or a full disk while "
+            "saving); the complete checkpoints are untouched"
+        )
+
+
+def _move_run_aside(run_dir: Path) -> None:
+    """checkpoint.resume=restart: move checkpoints, metrics, DONE and the wandb id of this run
+    directory into `run_dir/.restarted-<time>/` (kept, not deleted)."""
+    names = ("ckpt", "metrics.jsonl", "DONE", "wandb_id.txt")
+    present = [run_dir / n for n in names if (run_dir / n).exists()]
+    if not present:
+        return
+    dest = run_dir / f".restarted-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir()
+    for p in present:
+        os.replace(p, dest / p.name)
+    print(f"note: checkpoint.resume=restart: moved {', '.join(p.name for p in present)} to {dest}")
 
 
 def restore_rank(state: dict[str, Any], loader: Any, info: dist.DistInfo) -> None:

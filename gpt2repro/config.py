@@ -102,7 +102,18 @@ class EvalConfig:
 class CheckpointConfig:
     every: int = _f(1000, "write a checkpoint every N steps (and at the end); 0 = only at the end")
     keep_last: int = _f(3, "keep the newest N checkpoints; 0 = keep all")
-    resume: str = _f("auto", "auto = continue from the newest valid checkpoint; never; or a path")
+    resume: str = _f(
+        "auto",
+        "auto = continue from the newest valid checkpoint; never = refuse a run dir that has "
+        "checkpoints; restart = move this run dir's checkpoints and metrics aside and start over; "
+        "or the path of a checkpoint to continue from",
+    )
+    allow_changes: str = _f(
+        "",
+        "comma-separated settings a resumed run may change from its checkpoint's "
+        "(e.g. train.max_steps,optim.lr); other changes to optim.*, data.dir, seq_len, batch, "
+        "max_steps or seed are refused",
+    )
 
 
 @dataclass(frozen=True)

@@ -338,7 +338,11 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     dist.on_main(functools.partial(_check_run_dir, run_dir))
     dist.barrier()
     resume = checkpoint.select_resume(
-        mode=cfg.checkpoint.resume, run_dir=run_dir, model_config=to_dict(cfg)["model"]
+        mode=cfg.checkpoint.resume,
+        run_dir=run_dir,
+        config=to_dict(cfg),
+        allow_changes=cfg.checkpoint.allow_changes,
+        is_main=info.is_main,
     )
     if resume is not None and resume.state["step"] >= train_cfg.max_steps and done_marker.exists():
         if info.is_main:

@@ -25,7 +25,7 @@ class _Loader:
 def save(run_dir: Path, step: int, model_cfg: ModelConfig = MODEL) -> Path:
     model = GPT(model_cfg)
     opt = build_optimizer(model, OptimConfig(), "cpu")
-    config = {"model": to_dict_model(model_cfg)}
+    config = full_config(model_cfg)
     return checkpoint.save(
         run_dir,
         step,
@@ -38,10 +38,15 @@ def save(run_dir: Path, step: int, model_cfg: ModelConfig = MODEL) -> Path:
     )
 
 
-def to_dict_model(model_cfg: ModelConfig) -> dict:
+def full_config(model_cfg: ModelConfig, **overrides: object) -> dict:
+    """A whole config as a dict (what checkpoints store), with `section.key` overrides."""
     from gpt2repro.config import Config
 
-    return to_dict(Config(model=model_cfg))["model"]
+    out = to_dict(Config(model=model_cfg))
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        out[section][name] = value
+    return out
 
 
 def test_find_latest_goes_by_step_not_by_a_stale_latest_file(tmp_path: Path) -> None:
@@ -62,36 +67,36 @@ def test_find_latest_skips_a_corrupt_newest_checkpoint(tmp_path: Path) -> None:
 
 
 def test_select_resume_auto_returns_the_newest_with_its_state(tmp_path: Path) -> None:
-    assert checkpoint.select_resume(mode="auto", run_dir=tmp_path, model_config={}) is None
-    save(tmp_path, 3)
-    resume = checkpoint.select_resume(
-        mode="auto", run_dir=tmp_path, model_config=to_dict_model(MODEL)
+    assert (
+        checkpoint.select_resume(mode="auto", run_dir=tmp_path, config=full_config(MODEL)) is None
     )
+    save(tmp_path, 3)
+    resume = checkpoint.select_resume(mode="auto", run_dir=tmp_path, config=full_config(MODEL))
     assert resume is not None and resume.path.name == "step_00000003"
     assert resume.state["step"] == 3 and resume.state["tokens"] == 30
 
 
 def test_select_resume_refuses_another_model_shape(tmp_path: Path) -> None:
     save(tmp_path, 3)
-    wider = to_dict_model(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64))
+    wider = full_config(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64))
     with pytest.raises(UserError, match=r"is for another model shape: n_embd=16 \(config: 32\)"):
-        checkpoint.select_resume(mode="auto", run_dir=tmp_path, model_config=wider)
+        checkpoint.select_resume(mode="auto", run_dir=tmp_path, config=wider)
 
 
 def test_select_resume_never_refuses_a_run_dir_with_checkpoints(tmp_path: Path) -> None:
-    assert checkpoint.select_resume(mode="never", run_dir=tmp_path, model_config={}) is None
+    assert (
+        checkpoint.select_resume(mode="never", run_dir=tmp_path, config=full_config(MODEL)) is None
+    )
     save(tmp_path, 1)
     with pytest.raises(UserError, match="checkpoint.resume=never but"):
-        checkpoint.select_resume(mode="never", run_dir=tmp_path, model_config={})
+        checkpoint.select_resume(mode="never", run_dir=tmp_path, config=full_config(MODEL))
 
 
 def test_select_resume_from_an_older_checkpoint_moves_newer_ones_aside(tmp_path: Path) -> None:
     save(tmp_path, 2)
     save(tmp_path, 4)
     older = tmp_path / "ckpt" / "step_00000002"
-    resume = checkpoint.select_resume(
-        mode=str(older), run_dir=tmp_path, model_config=to_dict_model(MODEL)
-    )
+    resume = checkpoint.select_resume(mode=str(older), run_dir=tmp_path, config=full_config(MODEL))
     assert resume is not None and resume.path == older
     assert not (tmp_path / "ckpt" / "step_00000004").exists()
     assert len(list((tmp_path / "ckpt").glob(".abandoned-step_00000004-*"))) == 1
