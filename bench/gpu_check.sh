@@ -20,7 +20,8 @@
 # GPU_CHECK_DEVICE=cpu runs the same steps on the CPU with a tiny model, eager, a few steps and
 # without the gpu tests: a test of this script's logic that takes under a minute
 # (tests/test_gpu_check.py). GPU_CHECK_DRY_RUN=1 prints each step's command and writes nothing.
-# PYTHON picks the interpreter (default: python3, else python, from PATH).
+# GPU_CHECK_BUDGET_S=N scales the allowances to N seconds in all. PYTHON picks the interpreter
+# (default: python3, else python, from PATH).
 set -uo pipefail
 
 # name:allowance in seconds, in the order the steps run
@@ -74,11 +75,21 @@ tsv=$out/steps.tsv
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 
+# GPU_CHECK_BUDGET_S scales every allowance (a slower GPU, or less time on the machine).
+total=0
+for s in "${STEPS[@]}"; do total=$((total + ${s##*:})); done
+budget=${GPU_CHECK_BUDGET_S:-$total}
+if ! [[ $budget =~ ^[0-9]+$ ]] || ((budget < 1)); then
+  echo "gpu_check: GPU_CHECK_BUDGET_S must be a whole number of seconds, not '$budget'" >&2
+  exit 2
+fi
 declare -A ALLOW=()
 reserve=0 # the allowances of the steps not run yet
 for s in "${STEPS[@]}"; do
-  ALLOW[${s%%:*}]=${s##*:}
-  reserve=$((reserve + ${s##*:}))
+  a=$((${s##*:} * budget / total))
+  ((a < 1)) && a=1
+  ALLOW[${s%%:*}]=$a
+  reserve=$((reserve + a))
 done
 BUDGET=$reserve
 failures=0
@@ -124,19 +135,22 @@ run_step() { # run_step NAME PLAN CMD...: CMD under this step's time limit, outp
   shift 2
   take_allowance "$name"
   say "== $name (limit ${secs}s)"
+  local cmd
+  cmd=$(printf '%q ' "$@")
   if [[ $DRY == 1 ]]; then
-    echo "   $*"
+    echo "   $cmd"
     return
   fi
   local steplog=$out/logs/$name.log t0 rc elapsed status
   t0=$(date +%s%N)
-  printf '$ %s\n' "$*" >"$steplog"
+  echo "\$ $cmd" >"$steplog"
   timeout -s KILL "$secs" "$@" 2>&1 </dev/null | tee -a "$steplog" | show | tee -a "$log"
   rc=${PIPESTATUS[0]}
   elapsed=$((($(date +%s%N) - t0) / 1000000))
   elapsed=$((elapsed / 1000)).$(printf '%03d' $((elapsed % 1000)))
   if ((rc == 0)); then
     status=ok
+    [[ $plan == kind=train* && ! -s $out/$name.json ]] && status=failed # exited 0, wrote no result
     # a result printed as the last JSON line (bench loader) becomes NAME.json like --out's
     if [[ ! -s $out/$name.json ]] && grep -qE '^\{.*\}$' "$steplog"; then
       grep -E '^\{.*\}$' "$steplog" | tail -n 1 >"$out/$name.json"
@@ -163,11 +177,11 @@ skip_step() { # skip_step NAME WHY
 if [[ $MODE == cpu ]]; then
   T=16 B_DIV=8 WARMUP=1 STEPS_TIMED=2
   export OMP_NUM_THREADS=1 # a tiny model on a shared machine: more threads only contend
-  TINY=(--train.device=cpu --model.n_layer=2 --model.n_head=2 --model.n_embd=32 --model.block_size=32
+  TRAIN_ARGS=(--train.device=cpu --model.n_layer=2 --model.n_head=2 --model.n_embd=32 --model.block_size=32
     --model.vocab_size=1000)
 else
   T=1024 B_DIV=1 WARMUP=3 STEPS_TIMED=10
-  TINY=(--train.device=cuda)
+  TRAIN_ARGS=(--train.device=cuda)
 fi
 
 train_step() { # train_step NAME CONFIG B [OVERRIDE...]: one `bench train` at micro-batch B, no accumulation
@@ -187,29 +201,15 @@ train_step() { # train_step NAME CONFIG B [OVERRIDE...]: one `bench train` at mi
   [[ $MODE == cpu ]] && compile=false # inductor on a CPU: a C++ build, too slow for the test
   [[ $DRY == 1 ]] || rm -f "$out/$name.json"
   run_step "$name" "kind=train config=$config B=$b compile=$compile loss=$loss vocab=$vocab" \
-    "$PY" -m gpt2repro.bench train --config "configs/$config.toml" "${TINY[@]}" \
+    "$PY" -m gpt2repro.bench train --config "configs/$config.toml" "${TRAIN_ARGS[@]}" \
     --train.seq_len=$T --train.micro_batch_size=$b --train.total_batch_tokens=$((b * T)) \
     --train.compile=$compile "${overrides[@]}" --warmup "$warmup" --steps "$steps" \
     --out "$out/$name.json"
 }
 
-SECONDS=0
 say "gpu_check ($MODE): $gpu -> $out; budget ${BUDGET}s; $(git rev-parse --short HEAD 2>/dev/null || echo no-git)"
 
-ENV_PY='
-import shutil, subprocess, sys, torch
-mode = sys.argv[1]
-print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)
-for i in range(torch.cuda.device_count()):
-    p = torch.cuda.get_device_properties(i)
-    print(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB")
-if shutil.which("nvidia-smi"):
-    q = "--query-gpu=name,memory.total,driver_version"
-    print(subprocess.run(["nvidia-smi", q, "--format=csv"], capture_output=True, text=True, timeout=10).stdout)
-if mode == "cuda" and not torch.cuda.is_available():
-    sys.exit("no CUDA device visible to torch: run this on a GPU machine, or set GPU_CHECK_DEVICE=cpu to test the script on a CPU")
-'
-run_step env "kind=env" "$PY" -c "$ENV_PY" "$MODE"
+run_step env "kind=env" "$PY" bench/gpu_env.py "$MODE"
 if [[ $MODE == cuda && $DRY != 1 && $(tail -n 1 "$tsv" | cut -f 2) != ok ]]; then
   cat "$out/logs/env.log"
   echo "gpu_check: stopped (the environment step failed; see above)"
