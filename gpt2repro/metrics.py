@@ -35,8 +35,10 @@ GPU_PEAK_FLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),  # per GPU of the NVL pair
     ("H100", 989e12),  # SXM / HBM3
-    ("H200", 989e12),
-    ("H800", 989e12),
+    ("H200 NVL", 835e12),  # before "H200": the NVL board runs at a lower power limit
+    ("H200", 989e12),  # SXM
+    ("H800 PCIe", 756e12),  # before "H800": the PCIe card, like the H100 PCIe
+    ("H800", 989e12),  # SXM
     ("A100", 312e12),
 ]
 

@@ -14,6 +14,7 @@ import torch
 from gpt2repro.config import ModelConfig, load_config, to_dict
 from gpt2repro.dist import DistInfo
 from gpt2repro.metrics import (
+    GPU_PEAK_FLOPS,
     MetricsLog,
     console_line,
     flops_per_token,
@@ -54,6 +55,9 @@ def test_flops_per_token_is_linear_in_its_terms() -> None:
         ("NVIDIA A100-SXM4-80GB", 312e12),
         ("NVIDIA A100 80GB PCIe", 312e12),
         ("NVIDIA H800", 989e12),
+        ("NVIDIA H200 NVL", 835e12),
+        ("NVIDIA H800 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
         ("NVIDIA GeForce RTX 4090", None),
         ("Tesla V100-SXM2-16GB", None),
         ("", None),
@@ -62,6 +66,24 @@ def test_flops_per_token_is_linear_in_its_terms() -> None:
 def test_peak_table(name: str, peak: float | None) -> None:
     assert peak_flops_for_name(name) == peak
     assert peak_flops_for_name(name.lower()) == peak  # case-insensitive
+
+
+def test_peak_table_specific_names_come_before_general_ones() -> None:
+    """First match wins, so every entry must precede any shorter entry it contains ("H200 NVL"
+    before "H200"); otherwise the general peak would shadow the specific one."""
+    keys = [key.lower() for key, _ in GPU_PEAK_FLOPS]
+    assert len(set(keys)) == len(keys)
+    for i, general in enumerate(keys):
+        for specific in keys[i + 1 :]:
+            assert general not in specific, f"{specific!r} is shadowed by {general!r}"
+    # The variants whose peak differs from their family's: the specific entry decides.
+    for specific, general in [
+        ("H200 NVL", "H200"),
+        ("H800 PCIe", "H800"),
+        ("H100 NVL", "H100"),
+        ("H100 PCIe", "H100"),
+    ]:
+        assert peak_flops_for_name(f"NVIDIA {specific}") != peak_flops_for_name(f"NVIDIA {general}")
 
 
 def test_peak_flops_off_cuda_is_unknown() -> None:

@@ -1,0 +1,354 @@
+"""bench/gpu_check.sh works the first time a GPU appears: its time budget (parsed from the script),
+its GPU-mode logic run for real with a stand-in `python` (commands, a failed step, a timed-out step,
+the table), the real benchmarks in its CPU mode, its dry run, and shellcheck."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpt2repro.bench import main as bench_main
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "gpu_check.sh"
+LIMIT_S = 540  # what one command may run on the lent GPU machine
+TRAIN_STEPS = [
+    "train_124m_b16",
+    "train_124m_b32",
+    "train_124m_b64",
+    "train_124m_b64_full_logits",
+    "train_124m_b64_eager",
+    "train_124m_b64_vocab50257",
+    "train_350m_b64",
+    "train_1558m_b16",
+]
+
+
+def allowances() -> dict[str, int]:
+    """The STEPS list of the script: step name -> seconds, in order."""
+    block = re.search(r"^STEPS=\(\n(.*?)^\)", SCRIPT.read_text(), re.S | re.M)
+    assert block is not None, "STEPS=( ... ) not found in bench/gpu_check.sh"
+    pairs = re.findall(r"^\s*(\w+):(\d+)\s*$", block[1], re.M)
+    return {name: int(secs) for name, secs in pairs}
+
+
+def code_lines() -> list[str]:
+    """The script without comments (a `#` that starts a line or follows a space)."""
+    return [re.sub(r"(^|\s)#.*$", "", ln) for ln in SCRIPT.read_text().splitlines()]
+
+
+def run_script(
+    tmp_path: Path, env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The script from a scratch folder (so a relative path or a stray write shows)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_CHECK_", "FAKE_"))}
+    full.pop("OUT", None)
+    full.update(env)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_tsv(out: Path) -> list[list[str]]:
+    return [ln.split("\t") for ln in (out / "steps.tsv").read_text().splitlines()]
+
+
+def repo_state() -> str:
+    """Every untracked or ignored file of the checkout (what a stray write would add)."""
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def table_rows(text: str) -> dict[str, dict[str, str]]:
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", ln.strip()[1:-1])]
+        rows[cells[0]] = dict(zip(head, cells, strict=True))
+    return rows
+
+
+# A stand-in for `python`: answers each command of the script the way the real one would on a GPU
+# (JSON results, the tests' summary, HellaSwag lines), fails or hangs where told, and runs
+# `bench table` for real.
+FAKE_PYTHON = """#!{python}
+import json, os, sys, time
+args = sys.argv[1:]
+line = " ".join(args)
+with open(os.environ["FAKE_CALLS"], "a") as fh:
+    fh.write(line + "\\n")
+if args[:3] == ["-m", "gpt2repro.bench", "table"]:
+    from gpt2repro.bench import main
+    sys.exit(main(args[2:]))
+if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in line:
+    print("Traceback (most recent call last):")
+    print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 12.28 GiB")
+    sys.exit(1)
+if os.environ.get("FAKE_HANG") and os.environ["FAKE_HANG"] in line:
+    time.sleep(120)
+opts = dict(a.split("=", 1) for a in args if a.startswith("--") and "=" in a)
+command = args[1] if args[:1] == ["bench/gpu_env.py"] else " ".join(args[:3])
+if command == "cuda":
+    print("cuda:0 NVIDIA H200, 140 GiB")
+elif command.startswith("-m pytest"):
+    print("GPT-2 124M bf16 compiled on NVIDIA H200: 712,345 tok/s")
+    print("6 passed in 81.20s")
+elif command == "-m gpt2repro.bench train":
+    B = int(opts["--train.micro_batch_size"])
+    res = {{
+        "bench": "train", "n_params": 124475904, "compile": opts["--train.compile"] == "true",
+        "model": {{"vocab_size": 50257, "pad_vocab_multiple": int(opts.get("--model.pad_vocab_multiple", 128))}},
+        "micro_batch": B, "step_ms": 100.0, "tok_per_s": B * 10240, "mfu": 0.42, "peak_mem_gib": 30.5,
+    }}
+    out = args[args.index("--out") + 1]
+    with open(out, "w") as fh:
+        json.dump(res, fh)
+    print(json.dumps(res))
+elif command == "-m gpt2repro.bench hellaswag":
+    print("hellaswag scoring, random gpt2 GPT on cuda:")
+    print("  batched (16 examples/pass, bucket 32): 812.5 ex/s over 2000 (12% padding)")
+    print("  one example per pass: 90.1 ex/s over 64 (7% padding)")
+elif command == "-m gpt2repro.bench loader":
+    print(json.dumps({{"bench": "loader", "B": 64, "T": 1024, "ms_per_batch": 0.5, "tok_per_s": 131072000}}))
+else:
+    sys.exit(f"the stand-in python does not know {{line!r}}")
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> Path:
+    path = tmp_path / "fakepython"
+    path.write_text(FAKE_PYTHON.format(python=sys.executable))
+    path.chmod(0o755)
+    return path
+
+
+def test_allowances_fit_the_machine_limit() -> None:
+    steps = allowances()
+    assert list(steps)[0] == "env" and list(steps)[-1] == "table"
+    lines = code_lines()
+    # Every `timeout` is either a step's share ("$secs", drawn from the allowances) or a literal
+    # number of seconds spent outside the steps; both count against the limit.
+    literal, commands = 0, 0
+    for ln in lines:  # `timeout` as a command: at the start, after $( | ; & or `if !`
+        for m in re.finditer(r"(?:^\s*|[|;&(]\s*|\bif\s+!?\s*)timeout\s+(.*)", ln):
+            commands += 1
+            number = re.match(r"(?:-s \w+\s+)?(\d+)\s", m[1])
+            assert number or m[1].startswith('-s KILL "$secs" '), ln
+            literal += int(number[1]) if number else 0
+    assert commands == 3  # the GPU's name, each step, the table
+    total = sum(steps.values()) + literal
+    assert total < LIMIT_S, f"allowances {sum(steps.values())} s + literal timeouts {literal} s"
+    # Every step the script runs has an allowance, and every allowance is used.
+    called = [
+        m[1]
+        for ln in lines
+        for m in [re.match(r"\s*(?:run_step|train_step|skip_step|take_allowance) (\w+)", ln)]
+        if m and m[1] != "name"  # the helpers' own definitions
+    ]
+    assert set(called) == set(steps), (called, list(steps))
+
+
+def test_gpu_mode_runs_every_step_and_records_a_failure(tmp_path: Path, fake_python: Path) -> None:
+    """GPU mode with the stand-in python: the commands, the JSONs, a failed step that does not stop
+    the others, exit status 1, and the table printed last (and saved) with the failure's reason."""
+    out, calls = tmp_path / "out", tmp_path / "calls.txt"
+    env = {
+        "PYTHON": str(fake_python),
+        "OUT": str(out),  # no argument: $OUT is the output folder
+        "FAKE_CALLS": str(calls),
+        "FAKE_FAIL": "train_124m_b64_full_logits.json",
+    }
+    p = run_script(tmp_path, env)
+    assert p.returncode == 1, p.stdout + p.stderr
+    steps = allowances()
+    tsv = read_tsv(out)
+    assert [r[0] for r in tsv] == list(steps)[:-1]  # every step but the table, in order
+    status = {r[0]: r[1] for r in tsv}
+    assert status.pop("train_124m_b64_full_logits") == "failed"
+    assert set(status.values()) == {"ok"}, status
+    for name, _, _, elapsed, limit, allowance, _ in tsv:
+        assert float(elapsed) <= float(limit) and int(limit) >= int(allowance), name
+
+    cmds = calls.read_text().splitlines()
+    train = {n: next(c for c in cmds if f"/{n}.json" in c) for n in TRAIN_STEPS}
+    for name, B in [("train_124m_b16", 16), ("train_124m_b32", 32), ("train_124m_b64", 64)]:
+        assert "--config configs/gpt2_124m.toml" in train[name]
+        assert f"--train.micro_batch_size={B} --train.total_batch_tokens={B * 1024} " in train[name]
+    for name, cmd in train.items():
+        assert "--train.device=cuda" in cmd and "--train.seq_len=1024" in cmd
+        assert ("--train.compile=false" in cmd) == (name == "train_124m_b64_eager"), cmd
+        assert ("--train.compile=true" in cmd) == (name != "train_124m_b64_eager"), cmd
+        assert ("--train.loss_chunk=0" in cmd) == (name == "train_124m_b64_full_logits"), cmd
+        assert ("--model.pad_vocab_multiple=1" in cmd) == name.endswith("vocab50257"), cmd
+    assert "configs/gpt2_350m.toml" in train["train_350m_b64"]
+    big = train["train_1558m_b16"]
+    assert "configs/gpt2_1558m.toml" in big and "--train.micro_batch_size=16 " in big
+    assert any(re.search(r"-m pytest .*-m gpu", c) for c in cmds)
+    assert any("hellaswag --bench-model gpt2 --device cuda" in c for c in cmds)
+    assert any(re.search(r"loader .*--device cuda", c) for c in cmds)
+
+    # results: --out JSONs, the loader's printed JSON, a log per step, nothing for the failed one
+    for name in TRAIN_STEPS + ["loader"]:
+        assert (out / f"{name}.json").exists() == (name != "train_124m_b64_full_logits"), name
+    assert json.loads((out / "loader.json").read_text())["tok_per_s"] == 131072000
+    assert {f.stem for f in (out / "logs").iterdir()} == set(steps) - {"table"}
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["calls.txt", "cwd", "fakepython", "out"]
+    assert not any((tmp_path / "cwd").iterdir())
+
+    # the console: tokens/s of each step as it runs, then the one table, last
+    table = (out / "table.md").read_text()
+    assert p.stdout.rstrip().endswith(table.rstrip())
+    assert p.stdout.count("   result: ") == len(TRAIN_STEPS) - 1 + 1  # - the failed + the loader
+    assert "712,345 tok/s" in p.stdout  # printed by a gpu test (pytest -s)
+    rows = table_rows(table)
+    assert list(rows) == list(steps)[:-1]
+    b64 = rows["train_124m_b64"]
+    assert (b64["config"], b64["B"], b64["compile"], b64["loss"], b64["vocab"]) == (
+        "gpt2_124m", "64", "true", "chunked", "50304",
+    )  # fmt: skip
+    assert (b64["step ms"], b64["tok/s"], b64["MFU"], b64["peak GiB"]) == (
+        "100.0", "655,360", "42.0%", "30.5",
+    )  # fmt: skip
+    assert rows["train_124m_b64_vocab50257"]["vocab"] == "50257"
+    assert rows["train_124m_b64_eager"]["compile"] == "false"
+    failed = rows["train_124m_b64_full_logits"]
+    assert failed["status"] == "failed (rc 1)" and failed["loss"] == "full"
+    assert "CUDA out of memory" in failed["note"] and failed["tok/s"] == ""
+    assert rows["gpu_tests"]["note"] == "6 passed in 81.20s"
+    assert rows["hellaswag"]["note"].startswith("batched (16 examples/pass")
+    assert rows["loader"]["tok/s"] == "131,072,000"
+
+
+def test_a_step_past_its_limit_is_killed_and_recorded(tmp_path: Path, fake_python: Path) -> None:
+    """A hanging step is killed at its limit (its allowance, as nothing earlier saved time) and
+    recorded as a timeout; the steps after it still get theirs."""
+    out = tmp_path / "out"
+    env = {
+        "PYTHON": str(fake_python),
+        "GPU_CHECK_DEVICE": "cpu",
+        "GPU_CHECK_BUDGET_S": "30",  # scaled allowances: env gets 1 s
+        "FAKE_CALLS": str(tmp_path / "calls.txt"),
+        "FAKE_HANG": "gpu_env.py",
+    }
+    t0 = time.monotonic()
+    p = run_script(tmp_path, env, str(out))
+    assert time.monotonic() - t0 < 25  # not the 120 s the stand-in sleeps
+    assert p.returncode == 1, p.stdout + p.stderr
+    tsv = {r[0]: r for r in read_tsv(out)}
+    assert tsv["env"][1:3] == ["timeout", "137"] and tsv["env"][4] == "1"
+    assert tsv["gpu_tests"][1] == "skipped"
+    assert all(tsv[n][1] == "ok" for n in TRAIN_STEPS + ["hellaswag", "loader"])
+    rows = table_rows((out / "table.md").read_text())
+    assert rows["env"]["status"] == "timeout (1 s)"
+    assert rows["gpu_tests"]["status"] == "skipped" and rows["gpu_tests"]["note"] == "cpu mode"
+
+
+@pytest.mark.slow
+def test_cpu_mode_runs_the_real_benchmarks(tmp_path: Path) -> None:
+    """GPU_CHECK_DEVICE=cpu: every step for real (tiny model), results only under OUT_DIR."""
+    before = repo_state()
+    t0 = time.monotonic()
+    p = run_script(
+        tmp_path, {"GPU_CHECK_DEVICE": "cpu", "PYTHON": sys.executable}, "results", timeout=300
+    )
+    seconds = time.monotonic() - t0
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = tmp_path / "cwd" / "results"  # relative to where the script was started
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["cwd"]
+    assert sorted(f.name for f in (tmp_path / "cwd").iterdir()) == ["results"]
+    assert repo_state() == before  # nothing written into the checkout
+    steps = allowances()
+    names = {f.name for f in out.iterdir()}
+    expected = {f"{n}.json" for n in [*TRAIN_STEPS, "loader"]}
+    assert names == expected | {"logs", "steps.tsv", "table.md", "gpu_check.log"}
+    assert {f.stem for f in (out / "logs").iterdir()} == set(steps) - {"gpu_tests", "table"}
+    status = {r[0]: r[1] for r in read_tsv(out)}
+    assert status == {n: "skipped" if n == "gpu_tests" else "ok" for n in list(steps)[:-1]}
+    results = {n: json.loads((out / f"{n}.json").read_text()) for n in TRAIN_STEPS}
+    assert [results[n]["micro_batch"] for n in TRAIN_STEPS[:3]] == [2, 4, 8]  # B/8 on the CPU
+    assert all(r["device"] == "cpu" and r["tok_per_s"] > 0 for r in results.values())
+    assert results["train_124m_b64_vocab50257"]["model"]["pad_vocab_multiple"] == 1
+    assert results["train_124m_b64"]["model"]["pad_vocab_multiple"] == 128
+    table = (out / "table.md").read_text()
+    assert p.stdout.rstrip().endswith(table.rstrip())
+    rows = table_rows(table)
+    assert rows["train_124m_b64_full_logits"]["loss"] == "full"
+    assert rows["train_124m_b64"]["MFU"] == "n/a"  # no guessed peak on a CPU
+    assert p.stdout.count("tok_per_s") == len(TRAIN_STEPS) + 1  # each result, as it comes
+    print(f"gpu_check.sh in CPU mode: {seconds:.1f} s")
+    assert seconds < 120
+
+
+def test_dry_run_lists_the_steps_and_writes_nothing(tmp_path: Path) -> None:
+    steps = allowances()
+    p = run_script(tmp_path, {"GPU_CHECK_DRY_RUN": "1", "PYTHON": "python3"}, "out")
+    assert p.returncode == 0, p.stderr
+    listed = re.findall(r"^== (\w+)(?: \(limit (\d+)s\)|: skipped)", p.stdout, re.M)
+    assert [(n, int(s)) for n, s in listed] == list(steps.items())
+    assert not any((tmp_path / "cwd").iterdir())
+    # the output folder: the argument, else $OUT, else bench/results/<date>-<gpu> in the checkout
+    p = run_script(tmp_path, {"GPU_CHECK_DRY_RUN": "1", "OUT": "/elsewhere"}, "mine")
+    assert " -> mine;" in p.stdout
+    p = run_script(tmp_path, {"GPU_CHECK_DRY_RUN": "1", "OUT": "/elsewhere"})
+    assert " -> /elsewhere;" in p.stdout
+    p = run_script(tmp_path, {"GPU_CHECK_DRY_RUN": "1", "GPU_CHECK_DEVICE": "cpu"})
+    today = datetime.date.today().isoformat()
+    assert f" -> {REPO}/bench/results/{today}-cpu;" in p.stdout
+    assert not (REPO / "bench" / "results" / f"{today}-cpu").exists()
+
+
+def test_bad_settings_stop_with_a_message(tmp_path: Path) -> None:
+    p = run_script(tmp_path, {"GPU_CHECK_DEVICE": "gpu", "GPU_CHECK_DRY_RUN": "1"})
+    assert p.returncode == 2 and "GPU_CHECK_DEVICE must be cuda or cpu" in p.stderr
+    p = run_script(tmp_path, {"GPU_CHECK_BUDGET_S": "9m", "GPU_CHECK_DRY_RUN": "1"})
+    assert p.returncode == 2 and "GPU_CHECK_BUDGET_S must be a whole number" in p.stderr
+
+
+def test_table_of_a_folder_of_plain_bench_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bench table` also reads a folder of `bench train --out` files (no steps.tsv)."""
+    res = {
+        "bench": "train", "n_params": 1_557_686_400, "compile": True, "micro_batch": 16,
+        "model": {"vocab_size": 50257, "pad_vocab_multiple": 1}, "step_ms": 512.25,
+        "tok_per_s": 31983, "mfu": None, "peak_mem_gib": 77.04,
+    }  # fmt: skip
+    (tmp_path / "xl.json").write_text(json.dumps(res))
+    assert bench_main(["table", str(tmp_path), "--md", str(tmp_path / "t.md")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip() == (tmp_path / "t.md").read_text().strip()
+    row = table_rows(printed)["xl"]
+    assert (row["params"], row["B"], row["vocab"], row["step ms"], row["tok/s"]) == (
+        "1.56B", "16", "50257", "512.2", "31,983",
+    )  # fmt: skip
+    assert (row["MFU"], row["peak GiB"], row["status"]) == ("n/a", "77.0", "ok")
+
+
+def test_shellcheck() -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    p = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout
