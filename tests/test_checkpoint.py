@@ -178,3 +178,62 @@ def test_export_overwrite_never_touches_a_run(tmp_path: Path, where: str) -> Non
     assert status == 2
     assert tree_digest(tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_auto_refuses_when_every_checkpoint_is_invalid_and_restart_keeps_them(
+    tmp_path: Path,
+) -> None:
+    """It used to warn and restart from step 0 beside the corrupt checkpoint."""
+    step = save(tmp_path, 2)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 2}\n')
+    zero_bytes(step / "model.pt")
+    with pytest.raises(UserError) as e:
+        checkpoint.select_resume(mode="auto", run_dir=tmp_path, config=full_config(MODEL))
+    msg = str(e.value)
+    assert "none is valid" in msg and "step_00000002" in msg and "sha256" in msg
+    assert "--checkpoint.resume=restart" in msg and "\n" not in msg
+    assert checkpoint.select_resume(mode="restart", run_dir=tmp_path, config={}) is None
+    moved = list(tmp_path.glob(".restarted-*"))
+    assert len(moved) == 1 and sorted(p.name for p in moved[0].iterdir()) == [
+        "ckpt",
+        "metrics.jsonl",
+    ]
+    assert not (tmp_path / "ckpt").exists()  # a fresh start, the old run kept aside
+
+
+def test_auto_refuses_changed_run_settings_unless_allowed(tmp_path: Path) -> None:
+    save(tmp_path, 2)
+    changed = full_config(MODEL, optim__lr=3e-4, train__max_steps=99)
+    with pytest.raises(UserError) as e:
+        checkpoint.select_resume(mode="auto", run_dir=tmp_path, config=changed)
+    msg = str(e.value)
+    assert (
+        "train.max_steps=" in msg and "(now: 99)" in msg and "optim.lr=0.0006 (now: 0.0003)" in msg
+    )
+    assert "--checkpoint.allow_changes=train.max_steps,optim.lr" in msg
+    with pytest.raises(UserError, match="optim.lr"):  # allowing one is not allowing both
+        checkpoint.select_resume(
+            mode="auto", run_dir=tmp_path, config=changed, allow_changes="train.max_steps"
+        )
+    resume = checkpoint.select_resume(
+        mode="auto", run_dir=tmp_path, config=changed, allow_changes="train.max_steps, optim.lr"
+    )
+    assert resume is not None and resume.state["step"] == 2
+    other_data = full_config(MODEL, data__dir="somewhere/else")
+    with pytest.raises(UserError, match="data.dir="):
+        checkpoint.select_resume(mode="auto", run_dir=tmp_path, config=other_data)
+    harmless = full_config(MODEL, log__every=1, eval__every=5, train__micro_batch_size=2)
+    assert checkpoint.select_resume(mode="auto", run_dir=tmp_path, config=harmless) is not None
+
+
+def test_a_stale_checkpoint_write_is_removed_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    save(tmp_path, 2)
+    stale = tmp_path / "ckpt" / ".tmp-step_00000004"
+    stale.mkdir()
+    (stale / "model.pt").write_bytes(b"half")
+    resume = checkpoint.select_resume(mode="auto", run_dir=tmp_path, config=full_config(MODEL))
+    assert resume is not None and resume.path.name == "step_00000002"
+    assert not stale.exists()
+    assert "removed" in capsys.readouterr().out and ".tmp-step_00000004" in str(stale)
