@@ -292,8 +292,8 @@ def _train_result(
     }
 
 
-# Words of the synthetic HellaSwag-shaped examples; their order fixes the examples (and so the
-# recorded numbers in docs/benchmarks.md).
+# Words of the synthetic HellaSwag-shaped examples; their order and the seed fix the examples (and
+# so the recorded numbers in docs/benchmarks.md).
 _HELLASWAG_WORDS = (
     "the a man woman dog ball kitchen is are then puts takes runs quickly slowly "
     "into onto water bowl table camera shows continues begins while holding knife"
@@ -301,23 +301,36 @@ _HELLASWAG_WORDS = (
 
 
 def synthetic_examples(n: int, seed: int = 0) -> list[HellaSwagExample]:
-    """n HellaSwag-shaped examples of random words (context ~40-120 tokens, endings ~10-30)."""
-    from gpt2repro.evaluate import N_ENDINGS, make_example
+    """n HellaSwag-shaped examples of random words (context 40-120 tokens, endings 8-30).
+
+    Built directly as token ids, one GPT-2-range id per word (the model is random, so which ids
+    does not matter), so no tokenizer files are needed: the benchmark runs on a bare, offline box.
+    """
+    from gpt2repro.evaluate import N_ENDINGS, HellaSwagExample
+    from gpt2repro.tokenizer import N_VOCAB
 
     rng = random.Random(seed)
     words = _HELLASWAG_WORDS.split(" ")
+    ids = rng.sample(range(N_VOCAB), len(words))  # word i <-> token ids[i]
 
-    def text(lo: int, hi: int) -> str:
-        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+    def text(lo: int, hi: int) -> tuple[str, tuple[int, ...]]:
+        picks = [rng.randrange(len(words)) for _ in range(rng.randint(lo, hi))]
+        return " ".join(words[i] for i in picks), tuple(ids[i] for i in picks)
 
-    return [
-        make_example(
-            ctx=text(40, 120),
-            endings=[text(8, 30) for _ in range(N_ENDINGS)],
-            label=rng.randrange(N_ENDINGS),
+    out = []
+    for _ in range(n):
+        ctx, ctx_tokens = text(40, 120)
+        endings = [text(8, 30) for _ in range(N_ENDINGS)]
+        out.append(
+            HellaSwagExample(
+                ctx=ctx,
+                endings=tuple(e for e, _ in endings),
+                label=rng.randrange(N_ENDINGS),
+                ctx_tokens=ctx_tokens,
+                ending_tokens=tuple(t for _, t in endings),
+            )
         )
-        for _ in range(n)
-    ]
+    return out
 
 
 def padded_fraction(
@@ -426,10 +439,11 @@ def bench_hellaswag(args: argparse.Namespace) -> dict:
         raise UserError(f"--dtype must be one of {', '.join(precision.CHOICES)}")
     device = dist.pick_device(args.device)
     torch.manual_seed(0)
-    if args.bench_model == "gpt2":
-        cfg = gpt2_config("gpt2")
-    else:
-        cfg = ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256)
+    cfg = {
+        "gpt2": lambda: gpt2_config("gpt2"),
+        "4layer": lambda: ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=256),
+        "tiny": lambda: ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256),
+    }[args.bench_model]()
     model = GPT(cfg).to(device)
     if args.compile:
         model = torch.compile(model)
@@ -500,8 +514,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     hs.add_argument(
         "--bench-model",
         default="tiny",
-        choices=("tiny", "gpt2"),
-        help="a random tiny GPT (2x64) or a random GPT-2 124M",
+        choices=("tiny", "4layer", "gpt2"),
+        help="a random GPT: tiny (2 layers x 64), 4layer (4 x 128, the CPU demo's shape) or "
+        "gpt2 (124M); all with GPT-2's 50257-token vocabulary",
     )
     hs.add_argument(
         "--hellaswag",
