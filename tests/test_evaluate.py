@@ -22,6 +22,7 @@ from gpt2repro.config import ModelConfig
 from gpt2repro.errors import UserError, run_cli
 from gpt2repro.evaluate import (
     example_rows,
+    full_row_losses,
     hellaswag_losses,
     load_hellaswag,
     load_val_tokens,
@@ -116,8 +117,15 @@ def test_accuracy_definitions() -> None:
 def test_two_ranks_give_the_same_counts(examples) -> None:
     model = tiny_model(1)
     full = score_hellaswag(model, examples, CPU, batch_examples=2)
+    # The packed scorer runs the model as model.hidden_states (no forward hook fires): count those.
     calls = [0]
-    handle = model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    hidden_states = model.hidden_states
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return hidden_states(*args, **kwargs)
+
+    model.hidden_states = counted
     parts, forwards = [], []
     for rank in range(2):
         calls[0] = 0
@@ -125,7 +133,7 @@ def test_two_ranks_give_the_same_counts(examples) -> None:
             score_hellaswag(model, examples, CPU, rank=rank, world_size=2, batch_examples=2)
         )
         forwards.append(calls[0])
-    handle.remove()
+    del model.hidden_states
     assert sum(p["n"] for p in parts) == full["n"] == len(examples)
     for k in ("acc", "acc_norm", "acc_norm_char"):
         correct = sum(round(p[k] * p["n"]) for p in parts)
@@ -446,7 +454,8 @@ def test_hellaswag_needs_gpt2_vocab(examples) -> None:
 
 
 def test_compiled_model_compiles_per_bucket_not_per_example(examples, monkeypatch) -> None:
-    """Fixed batch rows and bucketed lengths bound the graphs a compiled model needs."""
+    """Fixed batch rows and bucketed lengths bound the graphs a compiled model needs (the
+    full-row scorer, used for FSDP models; the packed one: test_hellaswag_packed.py)."""
     import torch._dynamo
 
     monkeypatch.setattr(torch._dynamo.config, "automatic_dynamic_shapes", False)
@@ -459,7 +468,7 @@ def test_compiled_model_compiles_per_bucket_not_per_example(examples, monkeypatc
     torch._dynamo.reset()
     model = tiny_model()
     compiled = torch.compile(model, backend=counting_backend)
-    sums, _ = hellaswag_losses(compiled, examples, CPU, batch_examples=2, bucket=32)
+    sums, _ = full_row_losses(compiled, examples, CPU, batch_examples=2, bucket=32)
     lengths = {max(len(t) - 1 for t, _ in example_rows(ex, 128)) for ex in examples}
     buckets = {min(128, -(-n // 32) * 32) for n in lengths}
     assert len(graphs) <= len(buckets) <= 128 // 32 < len(lengths)  # not one per length
