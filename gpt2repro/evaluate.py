@@ -561,6 +561,35 @@ def predictions(
     }
 
 
+def rank_losses(
+    model: nn.Module,
+    examples: Sequence[HellaSwagExample],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_examples: int = 16,
+    bucket: int = 32,
+    progress: bool = False,
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """This rank's share of `hellaswag_losses`: (indices into `examples`, [n, 4] sums, [n, 4]
+    counts). Example i is scored on rank i % world_size; every rank runs the same number of
+    passes (the largest share's), so ranks stay in step. No collectives."""
+    mine = list(range(rank, len(examples), world_size))
+    per_rank = math.ceil(len(examples) / world_size)
+    sums, counts = hellaswag_losses(
+        model,
+        [examples[i] for i in mine],
+        device=device,
+        autocast_dtype=autocast_dtype,
+        batch_examples=batch_examples,
+        bucket=bucket,
+        n_batches=math.ceil(per_rank / batch_examples),
+        progress=progress,
+    )
+    return mine, sums, counts
+
+
 def score_hellaswag(
     model: nn.Module,
     examples: Sequence[HellaSwagExample],
@@ -574,22 +603,21 @@ def score_hellaswag(
 ) -> dict:
     """HellaSwag accuracy: {"n", "acc", "acc_norm", "acc_norm_char"} over all ranks' examples.
 
-    Example i is scored on rank i % world_size; every rank runs the same number of forward
-    passes; correct counts are all-reduced, so every rank returns the same dict.
+    Each rank scores its `rank_losses` share; correct counts are all-reduced, so every rank
+    returns the same dict.
     """
-    mine = [examples[i] for i in range(rank, len(examples), world_size)]
-    per_rank = math.ceil(len(examples) / world_size)
-    n_batches = math.ceil(per_rank / batch_examples)
-    sums, counts = hellaswag_losses(
+    indices, sums, counts = rank_losses(
         model,
-        mine,
-        device=device,
+        examples,
+        device,
         autocast_dtype=autocast_dtype,
+        rank=rank,
+        world_size=world_size,
         batch_examples=batch_examples,
         bucket=bucket,
-        n_batches=n_batches,
         progress=progress,
     )
+    mine = [examples[i] for i in indices]
     labels = np.array([ex.label for ex in mine], dtype=np.int64)
     preds = predictions(mine, sums, counts)
     keys = ("acc", "acc_norm", "acc_norm_char")
