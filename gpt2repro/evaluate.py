@@ -10,9 +10,12 @@ then the tokens of `" " + ending`; cross-entropy over the ending tokens only. `a
 summed loss, `acc_norm` = argmin of the per-token mean loss, `acc_norm_char` = argmin of the summed
 loss divided by the ending's character length (lm-evaluation-harness's normalization).
 
-Batching: many examples (4 rows each) per forward pass; rows are right-padded to a bucketed length
-(a multiple of `bucket`, capped at block_size) and the batch dimension is padded to a fixed size,
-so a compiled model sees only a handful of distinct shapes.
+Packing: each example is one row, its context once and then its four endings (each ending sees
+the context and itself: positions and an attention mask through GPT.hidden_states), and the
+vocabulary logits are computed only at the scored positions. Many examples per pass; rows and
+scored positions are padded to bucketed lengths and the batch to a fixed size, so a compiled
+model sees only a handful of distinct shapes. `full_row_losses` (4 full rows per example, logits
+everywhere) is the reference method, kept for the benchmark and FSDP-sharded models.
 
 CLI:
     python -m gpt2repro.evaluate --hf gpt2 --hellaswag
@@ -20,7 +23,7 @@ CLI:
         --val-tokens 10485760 --hellaswag --json eval.json
     torchrun --nproc_per_node=8 -m gpt2repro.evaluate --hf gpt2 --hellaswag
 
-The scoring speed (batched vs one example per pass): `python -m gpt2repro.bench hellaswag`.
+The scoring speed (packed vs one example per pass): `python -m gpt2repro.bench hellaswag`.
 """
 
 from __future__ import annotations
