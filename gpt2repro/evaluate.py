@@ -303,6 +303,27 @@ def bucketed_length(n: int, bucket: int, block_size: int) -> int:
     return min(block_size, math.ceil(n / bucket) * bucket)
 
 
+def _sorted_batches(
+    lengths: Sequence[int], batch_examples: int, n_batches: int | None, progress: bool
+) -> Iterator[list[int]]:
+    """The example indices of each pass: sorted by length (so a batch pads little),
+    `batch_examples` at a time, `n_batches` passes (>= those needed: the extra ones are empty,
+    so ranks stay in step); with a progress bar if asked."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    needed = math.ceil(len(lengths) / batch_examples)
+    n_batches = needed if n_batches is None else n_batches
+    assert n_batches >= needed, (n_batches, needed)
+    bar = _progress_bar(n_batches, "hellaswag") if progress else None
+    try:
+        for b in range(n_batches):
+            yield order[b * batch_examples : (b + 1) * batch_examples]
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def full_row_losses(
     model: nn.Module,
     examples: Sequence[HellaSwagExample],
@@ -326,16 +347,11 @@ def full_row_losses(
     block_size = model_block_size(model)
     rows_per_batch = N_ENDINGS * batch_examples
     all_rows = [example_rows(ex, block_size) for ex in examples]
-    order = sorted(range(len(examples)), key=lambda i: max(len(t) for t, _ in all_rows[i]))
-    needed = math.ceil(len(examples) / batch_examples)
-    n_batches = needed if n_batches is None else n_batches
-    assert n_batches >= needed, (n_batches, needed)
+    lengths = [max(len(t) for t, _ in rows) for rows in all_rows]
     sums = np.zeros((len(examples), N_ENDINGS), dtype=np.float64)
     counts = np.zeros((len(examples), N_ENDINGS), dtype=np.int64)
-    bar = _progress_bar(n_batches, "hellaswag") if progress else None
     with _eval_mode(model):
-        for b in range(n_batches):
-            chunk = order[b * batch_examples : (b + 1) * batch_examples]
+        for chunk in _sorted_batches(lengths, batch_examples, n_batches, progress):
             longest = max((len(t) - 1 for i in chunk for t, _ in all_rows[i]), default=1)
             L = bucketed_length(longest, bucket, block_size)
             xn = np.zeros((rows_per_batch, L), dtype=np.int64)  # [4*E, L], 0 = padding
@@ -363,10 +379,6 @@ def full_row_losses(
             for j, i in enumerate(chunk):
                 sums[i] = row_sum[N_ENDINGS * j : N_ENDINGS * (j + 1)]
                 counts[i] = row_cnt[N_ENDINGS * j : N_ENDINGS * (j + 1)]
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
     return sums, counts
 
 
@@ -481,18 +493,14 @@ def hellaswag_losses(
     if dynamo_ctx is not None:
         step = dynamo_ctx(_packed_token_losses)  # same backend and options as the model
     packed = [pack_example(ex, block_size) for ex in examples]
-    order = sorted(range(len(examples)), key=lambda i: len(packed[i].tokens))
-    needed = math.ceil(len(examples) / batch_examples)
-    n_batches = needed if n_batches is None else n_batches
-    assert n_batches >= needed, (n_batches, needed)
     sums = np.zeros((len(examples), N_ENDINGS), dtype=np.float64)
     counts = np.zeros((len(examples), N_ENDINGS), dtype=np.int64)
     acc_dtype = precision.accumulate_dtype(device)
     B = batch_examples
-    bar = _progress_bar(n_batches, "hellaswag") if progress else None
+    lengths = [len(p.tokens) for p in packed]
     with _eval_mode(model):
-        for b in range(n_batches):
-            chunk = [packed[i] for i in order[b * B : (b + 1) * B]]
+        for indices in _sorted_batches(lengths, B, n_batches, progress):
+            chunk = [packed[i] for i in indices]
             R = math.ceil(max((len(p.tokens) for p in chunk), default=1) / bucket) * bucket
             n_scored = sum(len(p.sel) for p in chunk)
             N = max(1, math.ceil(n_scored / (N_ENDINGS * bucket))) * N_ENDINGS * bucket
@@ -519,13 +527,9 @@ def hellaswag_losses(
             row_sum = torch.zeros(N_ENDINGS * B + 1, dtype=acc_dtype, device=device)
             row_sum.index_add_(0, slot_t, tok_loss.to(acc_dtype))
             row_sum = row_sum.cpu().numpy()
-            for j, i in enumerate(order[b * B : (b + 1) * B]):
+            for j, i in enumerate(indices):
                 sums[i] = row_sum[N_ENDINGS * j : N_ENDINGS * (j + 1)]
                 counts[i] = np.bincount(packed[i].ending, minlength=N_ENDINGS)
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
     return sums, counts
 
 
