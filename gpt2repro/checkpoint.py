@@ -153,43 +153,52 @@ def save(
     state: dict[str, Any],
     loader_state: dict[str, Any],
     keep_last: int,
-    is_main: bool,
 ) -> Path:
     """Write checkpoint `step` atomically; every rank calls this (state dicts are collective).
 
     `state` holds the rank-independent fields (step, tokens, config, ...); loader and RNG states
-    are gathered from every rank and stored by rank index.
+    are gathered from every rank and stored by rank index. Rank 0 writes; a full disk or a
+    permission error there is one UserError on every rank, naming the checkpoint left intact.
     """
-    ckpt_root = run_dir / "ckpt"
-    final = ckpt_root / step_dir_name(step)
-    tmp = ckpt_root / f".tmp-{step_dir_name(step)}"
     msd, osd = _full_state_dicts(model, optimizer)
     per_rank = dist.all_gather_object({"loader": loader_state, "rng": rng_state()})
-    if is_main:
+    record = {**state, "format_version": FORMAT_VERSION, "step": step}
+    record.update(world_size=len(per_rank), ranks=per_rank, complete=True)
+    dist.on_main(lambda: _write(run_dir / "ckpt", step, msd, osd, record, keep_last))
+    return run_dir / "ckpt" / step_dir_name(step)
+
+
+def _write(
+    ckpt_root: Path, step: int, msd: dict, osd: dict | None, record: dict, keep_last: int
+) -> None:
+    final = ckpt_root / step_dir_name(step)
+    tmp = ckpt_root / f".tmp-{step_dir_name(step)}"
+    try:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)  # leftover of a crash during an earlier write of this step
         tmp.mkdir()
-        digests = {
+        record["sha256"] = {
             "model.pt": _save_hashed(msd, tmp / "model.pt"),
             "optim.pt": _save_hashed(osd, tmp / "optim.pt"),
         }
-        record = dict(state)
-        record.update(
-            format_version=FORMAT_VERSION,
-            step=step,
-            world_size=len(per_rank),
-            ranks=per_rank,
-            sha256=digests,
-            complete=True,
-        )
         write_text(tmp / "state.json", json.dumps(record))
         # A checkpoint of this step may exist (a resumed run reached it again): replaced whole.
         publish_dir(tmp, final)
         write_text(ckpt_root / "latest", final.name + "\n")
-        prune(ckpt_root, keep_last)
-    dist.barrier()
-    return final
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        older = [p.name for p in sorted(ckpt_root.glob(f"{_PREFIX}*")) if p != final]
+        kept = (
+            f"{older[-1]} is intact and the run resumes from it"
+            if older
+            else "no earlier checkpoint exists"
+        )
+        raise UserError(
+            f"cannot write checkpoint {final} ({e.strerror or e}); {kept}: free space or fix "
+            f"the permissions of {ckpt_root}, then rerun the same command"
+        ) from None
+    prune(ckpt_root, keep_last)
 
 
 def prune(ckpt_root: Path, keep_last: int) -> list[Path]:

@@ -171,15 +171,21 @@ def _tune_cpu_allocator() -> None:
 
 
 def _check_run_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(
-            f"run directory {run_dir} is not writable ({e.strerror}); set --run.dir to a writable path"
-        ) from None
+    """The run directory, and its ckpt/ when present, take new files (before any training)."""
+    for directory in (run_dir, run_dir / "ckpt"):
+        if directory != run_dir and not directory.exists():
+            continue
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(
+                f"{'run directory' if directory == run_dir else 'checkpoint directory'} "
+                f"{directory} is not writable ({e.strerror}); fix its permissions or set "
+                "--run.dir to a writable path"
+            ) from None
 
 
 def grad_accum_steps(train_cfg: TrainConfig, world_size: int) -> int:
@@ -609,7 +615,6 @@ def _save(
         },
         loader_state=loader.state_dict(),
         keep_last=cfg.checkpoint.keep_last,
-        is_main=info.is_main,
     )
     if info.is_main:
         print(f"checkpoint: {path}", flush=True)

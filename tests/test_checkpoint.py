@@ -34,7 +34,6 @@ def save(run_dir: Path, step: int, model_cfg: ModelConfig = MODEL) -> Path:
         state={"step": step, "tokens": step * 10, "config": config},
         loader_state=_Loader().state_dict(),
         keep_last=0,
-        is_main=True,
     )
 
 
@@ -237,3 +236,29 @@ def test_a_stale_checkpoint_write_is_removed_with_a_note(
     assert resume is not None and resume.path.name == "step_00000002"
     assert not stale.exists()
     assert "removed" in capsys.readouterr().out and ".tmp-step_00000004" in str(stale)
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EACCES"])
+def test_a_failed_checkpoint_write_is_one_line_and_leaves_the_previous_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, errno_name: str
+) -> None:
+    import errno
+    import os
+
+    save(tmp_path, 2)
+    calls = []
+
+    def full_disk(obj: object, path: Path) -> str:
+        calls.append(path)
+        path.write_bytes(b"partial")
+        raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)))
+
+    monkeypatch.setattr(checkpoint, "_save_hashed", full_disk)
+    with pytest.raises(UserError) as e:
+        save(tmp_path, 4)
+    msg = str(e.value)
+    assert calls and "\n" not in msg
+    assert "cannot write checkpoint" in msg and "step_00000004" in msg
+    assert "step_00000002 is intact and the run resumes from it" in msg
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest", "step_00000002"]
+    assert checkpoint.find_latest(tmp_path) == tmp_path / "ckpt" / "step_00000002"
