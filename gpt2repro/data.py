@@ -176,6 +176,31 @@ def shard_paths(data_dir: str | os.PathLike, split: str) -> list[Path]:
     return [p for _, p in sorted(mine, key=lambda mp: int(mp[0]["index"]))]
 
 
+def token_id_problem(
+    data_dir: str | os.PathLike, vocab_size: int, rank: int = 0, world_size: int = 1
+) -> str | None:
+    """The first shard (of this rank's share: every world_size-th, both splits) holding a token
+    id >= vocab_size, as a one-line problem with its fix; None when all ids fit.
+
+    A vectorised scan of the memory-mapped shards, about 0.1 s per 100M tokens from the page
+    cache: cheap next to a run, and it names the shard instead of an IndexError mid-run.
+    """
+    if vocab_size > 65535:
+        return None  # every uint16 id fits
+    paths = shard_paths(data_dir, "train") + shard_paths(data_dir, "val")
+    for path in paths[rank::world_size]:
+        tokens = read_shard(path)
+        step = 1 << 24
+        top = max((int(tokens[i : i + step].max()) for i in range(0, len(tokens), step)), default=0)
+        if top >= vocab_size:
+            return (
+                f"shard {path} holds token id {top} but model.vocab_size is {vocab_size}; "
+                f"set --model.vocab_size={top + 1} or more (50257 for GPT-2 tokens), or "
+                "re-create the shard if it is corrupt"
+            )
+    return None
+
+
 def load_tokens(data_dir: str | os.PathLike, split: str, n_tokens: int | None) -> np.ndarray:
     """The first `n_tokens` tokens (None = all) of the split's shards, in order, as uint16."""
     parts: list[np.ndarray] = []

@@ -219,6 +219,14 @@ def on_main(check: Callable[[], T]) -> T:
     return result  # type: ignore[return-value]
 
 
+def raise_if_any(problem: str | None) -> None:
+    """Collective: raise UserError(the first rank's problem) on every rank if any rank has one."""
+    problems = all_gather_object(problem)
+    first = next((p for p in problems if p is not None), None)
+    if first is not None:
+        raise UserError(str(first))
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside torch.compile (`._orig_mod`) and DDP (`.module`) wrappers."""
     while True:

@@ -341,6 +341,9 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     # ---- checks before anything expensive (batch arithmetic, data, run dir, resume point)
     grad_accum = grad_accum_steps(train_cfg, info.world_size)
     val_tokens, hellaswag = load_eval_inputs(cfg.data.dir, eval_cfg)
+    dist.raise_if_any(
+        data.token_id_problem(cfg.data.dir, cfg.model.vocab_size, info.rank, info.world_size)
+    )
     dist.on_main(functools.partial(_check_run_dir, run_dir))
     dist.barrier()
     resume = checkpoint.select_resume(

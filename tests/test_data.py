@@ -301,3 +301,22 @@ def test_loader_reads_npy_and_batches_are_independent(tmp_path: Path) -> None:
     x1, _ = ld.next_batch()
     assert x0[0].tolist() == list(range(16)) and x1[0].tolist() == list(range(32, 48))
     assert x0[0, 0].item() == 0  # the first batch was not overwritten by the second
+
+
+def test_token_ids_beyond_the_vocab_are_named_with_their_shard(tmp_path: Path) -> None:
+    from gpt2repro.data import token_id_problem
+
+    ok = np.arange(100, dtype=np.uint16)
+    write_shard(tmp_path / "t_val_000000.bin", ok)
+    write_shard(tmp_path / "t_train_000001.bin", ok)
+    bad = ok.copy()
+    bad[57] = 700  # one bad id deep in a train shard
+    write_shard(tmp_path / "t_train_000002.bin", bad)
+    assert token_id_problem(tmp_path, vocab_size=50257) is None
+    problem = token_id_problem(tmp_path, vocab_size=512)
+    assert problem is not None and "t_train_000002.bin" in problem and "token id 700" in problem
+    assert "--model.vocab_size=701" in problem
+    # split across ranks: only the rank holding that shard reports it
+    found = [token_id_problem(tmp_path, 512, rank=r, world_size=2) for r in range(2)]
+    assert sum(p is not None for p in found) == 1
+    assert token_id_problem(tmp_path, vocab_size=50) is not None  # the other shards too
