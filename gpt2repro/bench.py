@@ -467,7 +467,7 @@ def bench_hellaswag(args: argparse.Namespace) -> dict:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if args.dtype not in precision.CHOICES:
         raise UserError(f"--dtype must be one of {', '.join(precision.CHOICES)}")
-    device = dist.pick_device(args.device)
+    device = dist.pick_device(args.device, option="--device")
     torch.manual_seed(0)
     cfg = {
         "gpt2": lambda: gpt2_config("gpt2"),

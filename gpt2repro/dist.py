@@ -47,8 +47,13 @@ class DistInfo:
         return self.device.type
 
 
-def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    """cuda:<local_rank> if available, else mps, else cpu; or exactly what was requested."""
+def pick_device(
+    requested: str = "auto", local_rank: int = 0, option: str = "train.device"
+) -> torch.device:
+    """cuda:<local_rank> if available, else mps, else cpu; or exactly what was requested.
+
+    `option` is how the user spelled the setting (a config key, or a CLI flag like --device),
+    for the error message."""
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
@@ -57,11 +62,11 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if requested == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("train.device=cuda but CUDA is not available; use train.device=auto")
+            raise UserError(f"{option}=cuda but CUDA is not available; use {option}=auto")
         return torch.device("cuda", local_rank)
     if requested in ("cpu", "mps"):
         return torch.device(requested)
-    raise UserError(f"train.device must be auto, cuda, mps or cpu, got {requested!r}")
+    raise UserError(f"{option} must be auto, cuda, mps or cpu, got {requested!r}")
 
 
 def env_world() -> tuple[int, int, int, int]:
@@ -73,10 +78,17 @@ def env_world() -> tuple[int, int, int, int]:
     return rank, local_rank, world, local_world
 
 
-def setup(device: str = "auto", backend: str = "auto", timeout_min: int = 30) -> DistInfo:
-    """Initialise the process group when launched by torchrun with WORLD_SIZE > 1."""
+def setup(
+    device: str = "auto",
+    backend: str = "auto",
+    timeout_min: int = 30,
+    device_option: str = "train.device",
+) -> DistInfo:
+    """Initialise the process group when launched by torchrun with WORLD_SIZE > 1.
+
+    `device_option`: how the user spelled the device setting, for error messages."""
     rank, local_rank, world, local_world = env_world()
-    dev = pick_device(device, local_rank)
+    dev = pick_device(device, local_rank, option=device_option)
     if world == 1:
         return DistInfo(device=dev)
     if backend == "auto":

@@ -847,7 +847,7 @@ def main(argv: list[str]) -> int:
     _check_args(args)
     if args.hellaswag is None and args.val_data is None:
         args.hellaswag = DEFAULT_HELLASWAG  # nothing asked: HellaSwag with the default file
-    info = dist.setup(args.device)
+    info = dist.setup(args.device, device_option="--device")
     ok = False
     try:
         _run(args, info)

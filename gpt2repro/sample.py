@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 import torch
@@ -126,8 +127,10 @@ def main(argv: list[str]) -> int:
     problems = []
     if args.max_new_tokens < 0:
         problems.append(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        problems.append(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):  # NaN fails >= too
+        problems.append(
+            f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}"
+        )
     if args.top_k < 0:
         problems.append(f"--top-k must be >= 0 (0 = no top-k), got {args.top_k}")
     if args.num_samples < 1:
@@ -137,7 +140,7 @@ def main(argv: list[str]) -> int:
 
     from gpt2repro.dist import pick_device
 
-    device = pick_device(args.device)
+    device = pick_device(args.device, option="--device")
     enc = get_encoding()
     prompt_tokens = enc.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [EOT]
     model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=device)

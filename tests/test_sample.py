@@ -159,3 +159,20 @@ def test_cli_num_samples_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert run_cli(main, too_long) == 2
     assert "--no-kv-cache" in capsys.readouterr().err
     assert run_cli(main, too_long + ["--no-kv-cache", "--temperature", "0"]) == 0
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
+        (["--temperature", "inf"], "--temperature must be a finite number >= 0"),
+        (["--device", "tpu"], "--device must be auto, cuda, mps or cpu"),
+    ],
+)
+def test_bad_flags_are_one_line_naming_the_flag(
+    args: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    status = run_cli(main, ["--hf", str(tmp_path / "missing"), *args])
+    err = capsys.readouterr().err
+    assert status == 2 and expected in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1
