@@ -37,7 +37,7 @@ from data_prep.shards import (  # noqa: E402
     read_json,
     write_shards,
 )
-from gpt2repro.errors import UserError, run_cli  # noqa: E402
+from gpt2repro.errors import UserError, add_debug_flag, run_cli  # noqa: E402
 
 HF_DATASETS = {"fineweb": "HuggingFaceFW/fineweb", "fineweb-edu": "HuggingFaceFW/fineweb-edu"}
 SAMPLES = ("10BT", "100BT", "350BT")
@@ -222,6 +222,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="data_prep/fineweb.py", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
+    add_debug_flag(p)
     src = p.add_argument_group("source (one of)")
     src.add_argument(
         "--dataset", choices=sorted(HF_DATASETS), help="HF dataset (default fineweb-edu)"
@@ -295,4 +296,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(
+        run_cli(main, on_interrupt="rerun the same command to resume from the last complete shard")
+    )

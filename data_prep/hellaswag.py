@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpt2repro.atomic import atomic_open  # noqa: E402
-from gpt2repro.errors import UserError, run_cli  # noqa: E402
+from gpt2repro.errors import UserError, add_debug_flag, run_cli  # noqa: E402
 from gpt2repro.evaluate import read_hellaswag_rows  # noqa: E402
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -113,6 +113,7 @@ def prepare(
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="data_prep/hellaswag.py", description=__doc__.split("\n")[0])
+    add_debug_flag(p)
     p.add_argument("--out-dir", default="data/hellaswag", help="where hellaswag_val.jsonl goes")
     p.add_argument("--file", help="a local hellaswag_val.jsonl to validate and copy (no network)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

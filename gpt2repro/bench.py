@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpt2repro.errors import run_cli
+from gpt2repro.errors import add_debug_flag, run_cli
 
 if TYPE_CHECKING:  # torch is imported by the benchmarks that need it: `bench data` never does
     import torch
@@ -645,6 +645,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m gpt2repro.bench", description=__doc__.split("\n")[0]
     )
+    add_debug_flag(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("data", help="prep pipeline tokens/s vs raw tiktoken on the same text")

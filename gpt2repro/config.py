@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpt2repro.errors import UserError
+from gpt2repro.errors import DEBUG_HELP, UserError
 
 
 def _f(default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -506,6 +506,7 @@ def help_text(prog: str = "train.py") -> str:
             out.append(
                 f"  --{sname}.{f.name}  ({_type_name(ftypes[f.name])}, default {shown})  {doc}"
             )
+    out.append(f"\n  --debug  {DEBUG_HELP}")
     return "\n".join(out)
 
 

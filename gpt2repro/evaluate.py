@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from gpt2repro import dist, precision
 from gpt2repro.atomic import write_json
 from gpt2repro.checkpoint import load_model_or_hf
-from gpt2repro.errors import UserError, run_cli
+from gpt2repro.errors import UserError, add_debug_flag, run_cli
 
 DEFAULT_HELLASWAG = "data/hellaswag/hellaswag_val.jsonl"
 N_ENDINGS = 4
@@ -717,6 +717,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m gpt2repro.evaluate",
         description="Validation loss and HellaSwag for a gpt2repro checkpoint or a HF GPT-2.",
     )
+    add_debug_flag(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", metavar="PATH", help="run dir, checkpoint dir or step dir")
     src.add_argument("--hf", metavar="NAME_OR_DIR", help="HF GPT-2 name (gpt2, ...) or directory")

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 
-from gpt2repro.errors import run_cli
+from gpt2repro.errors import add_debug_flag, run_cli
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m gpt2repro.export", description=__doc__.split("\n")[0]
     )
+    add_debug_flag(p)
     p.add_argument("--checkpoint", required=True, help="run dir, checkpoint dir or step dir")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument(

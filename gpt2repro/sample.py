@@ -25,7 +25,7 @@ import torch
 
 from gpt2repro import precision
 from gpt2repro.checkpoint import load_model_or_hf
-from gpt2repro.errors import UserError, run_cli
+from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.model import GPT
 from gpt2repro.tokenizer import EOT, get_encoding
 
@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m gpt2repro.sample",
         description="Generate text with GPT.generate (KV cache) from a checkpoint or an HF GPT-2.",
     )
+    add_debug_flag(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="run dir, checkpoint dir or step dir of gpt2repro")
     src.add_argument("--hf", help="HF GPT-2: hub name (gpt2 ... gpt2-xl) or save_pretrained dir")

@@ -247,3 +247,41 @@ def test_every_range_rule_names_its_key(key: str, value: str, message: str) -> N
     with pytest.raises(UserError) as e:
         load_config([f"--{key}={value}"])
     assert f"'{key}' {message}" in str(e.value)
+
+
+def test_train_help_lists_debug_and_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import runpy, sys; sys.argv = ['train.py', '--help']\n"
+        "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
+    assert p.returncode == 0, p.stderr
+    assert "--debug" in p.stdout and "--optim.lr" in p.stdout
+    assert p.stdout.strip().splitlines()[-1] == "NO-TORCH"
+
+
+@pytest.mark.parametrize(
+    "module", ["gpt2repro.sample", "gpt2repro.export", "gpt2repro.evaluate", "gpt2repro.bench"]
+)
+def test_every_cli_help_lists_debug(module: str) -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "--debug" in p.stdout, p.stderr
+
+
+def test_ctrl_c_is_one_line_with_how_to_go_on(capsys: pytest.CaptureFixture) -> None:
+    from gpt2repro.errors import EXIT_INTERRUPTED, run_cli
+
+    def interrupted(argv: list[str]) -> int:
+        raise KeyboardInterrupt
+
+    assert run_cli(interrupted, [], on_interrupt="rerun to resume") == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "interrupted: rerun to resume\n"
