@@ -198,6 +198,41 @@ def _closest(name: str, options: list[str]) -> str:
     return match[0] if match else options[0]
 
 
+# Names people bring from other trainers (nanoGPT, HF, llm.c) -> ours.
+_ALIASES = {
+    "learning_rate": "optim.lr",
+    "max_lr": "optim.lr",
+    "lr_min": "optim.min_lr",
+    "min_learning_rate": "optim.min_lr",
+    "warmup": "optim.warmup_steps",
+    "warmup_iters": "optim.warmup_steps",
+    "batch_size": "train.micro_batch_size",
+    "total_batch_size": "train.total_batch_tokens",
+    "block_size": "model.block_size",
+    "max_iters": "train.max_steps",
+    "num_iterations": "train.max_steps",
+    "sequence_length": "train.seq_len",
+    "grad_clip_norm": "optim.grad_clip",
+    "out_dir": "run.dir",
+    "data_dir": "data.dir",
+}
+
+
+def _suggest_key(section: str, key: str, sections: dict[str, type]) -> str:
+    """The most likely meant `section.key` for an unknown key: a known alias, the same key in
+    another section, else the closest key of this section."""
+    if key in _ALIASES:
+        return _ALIASES[key]
+    elsewhere = [s for s, cls in sections.items() if key in _field_types(cls)]
+    if elsewhere:
+        return f"{elsewhere[0]}.{key}"
+    names = list(_field_types(sections[section]))
+    match = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    if match:
+        return f"{section}.{match[0]}"
+    return f"{section}.{{{','.join(names)}}}"
+
+
 # --------------------------------------------------------------------------- coercion
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -321,10 +356,8 @@ def build_config(
             return
         ftypes = _field_types(sections[section])
         if key not in ftypes:
-            guess = _closest(key, list(ftypes))
-            problems.append(
-                f"{where}: unknown key '{section}.{key}' (did you mean '{section}.{guess}'?)"
-            )
+            guess = _suggest_key(section, key, sections)
+            problems.append(f"{where}: unknown key '{section}.{key}' (did you mean '{guess}'?)")
             return
         try:
             values[section][key] = _coerce(raw, ftypes[key], from_cli)

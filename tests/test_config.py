@@ -285,3 +285,19 @@ def test_ctrl_c_is_one_line_with_how_to_go_on(capsys: pytest.CaptureFixture) -> 
 
     assert run_cli(interrupted, [], on_interrupt="rerun to resume") == EXIT_INTERRUPTED
     assert capsys.readouterr().err == "interrupted: rerun to resume\n"
+
+
+@pytest.mark.parametrize(
+    "arg,suggestion",
+    [
+        ("--optim.learning_rate=3e-4", "'optim.lr'"),  # it used to suggest optim.decay_frac
+        ("--train.lr=3e-4", "'optim.lr'"),  # a known key in the wrong section
+        ("--optim.micro_batch_size=8", "'train.micro_batch_size'"),
+        ("--optim.weight_decya=0.1", "'optim.weight_decay'"),  # a typo
+        ("--train.batch_size=8", "'train.micro_batch_size'"),
+    ],
+)
+def test_unknown_keys_suggest_what_was_meant(arg: str, suggestion: str) -> None:
+    with pytest.raises(UserError) as e:
+        load_config([arg])
+    assert f"did you mean {suggestion}?" in str(e.value)
