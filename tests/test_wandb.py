@@ -31,6 +31,7 @@ def _run_offline(corpus: Path, rd: Path, tmp: Path, max_steps: int) -> subproces
         f"--train.max_steps={max_steps}",
         "--checkpoint.every=0",
         "--log.wandb_mode=offline",
+        "--checkpoint.allow_changes=train.max_steps",  # the resume runs the same run longer
     )
     p = run(args, env=env, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
