@@ -417,6 +417,11 @@ def _validate(cfg: Config) -> list[str]:
         )
     if optim_cfg.min_lr > optim_cfg.lr:
         problems.append(f"'optim.min_lr' ({optim_cfg.min_lr}) is above 'optim.lr' ({optim_cfg.lr})")
+    if cfg.dist.grad_compression != "none" and cfg.dist.strategy != "ddp":
+        problems.append(
+            f"'dist.grad_compression' ({cfg.dist.grad_compression}) applies to dist.strategy=ddp "
+            f"only, not {cfg.dist.strategy}; remove it or set --dist.strategy=ddp"
+        )
     if not 0.0 <= optim_cfg.decay_frac <= 1.0:
         problems.append(f"'optim.decay_frac' must be in [0, 1], got {optim_cfg.decay_frac}")
     problems += [

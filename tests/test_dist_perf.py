@@ -52,6 +52,8 @@ def test_dist_keys_have_help_choices_and_ranges() -> None:
     ):
         with pytest.raises(UserError, match=message):
             build_config(overrides=[(key, bad)])
+    with pytest.raises(UserError, match="'dist.grad_compression' .* applies to dist.strategy=ddp"):
+        build_config(overrides=[("dist.grad_compression", "bf16"), ("dist.strategy", "fsdp")])
 
 
 @pytest.mark.dist
