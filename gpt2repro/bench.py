@@ -205,7 +205,7 @@ class _TrainSteps:
         from gpt2repro.train import TrainState
 
         self.cfg, self.info, self.trainable, self.grad_accum = cfg, info, trainable, grad_accum
-        self.guard = Guard(cfg.guard, trainable.optimizer, strategy=cfg.dist.strategy, info=info)
+        self.guard = Guard(cfg.guard, trainable.optimizer, info=info)
         self.state = TrainState.fresh(loss_window=cfg.guard.spike_window)
         B, T = cfg.train.micro_batch_size, cfg.train.seq_len
         tokens = torch.randint(0, cfg.model.vocab_size, (B, T + 1), device=info.device)

@@ -149,6 +149,21 @@ class RunConfig:
 class DistConfig:
     strategy: str = _f("ddp", "data parallelism: ddp, or fsdp (FSDP2 fully_shard)", ("ddp", "fsdp"))
     backend: str = _f("auto", "process-group backend: auto (nccl on CUDA, gloo on CPU), nccl, gloo")
+    fsdp_mixed_precision: bool = _f(
+        True,
+        "fsdp with bfloat16 compute (train.dtype auto on CUDA, or bfloat16): all-gather bf16 "
+        "parameters and reduce gradients in float32 (MixedPrecisionPolicy); false = float32 "
+        "all-gather",
+    )
+    bucket_cap_mb: float = _f(
+        25.0, "ddp: gradient all-reduce bucket size in MiB (torch's default 25)"
+    )
+    grad_compression: str = _f(
+        "none",
+        "ddp: compress gradients for the all-reduce (bf16 = torch's bf16_compress_hook: half the "
+        "bytes; gradients are sent and summed in bfloat16)",
+        ("none", "bf16"),
+    )
 
 
 @dataclass(frozen=True)
@@ -399,7 +414,7 @@ _POSITIVE = (
     "model.pad_vocab_multiple", "train.seq_len", "train.micro_batch_size",
     "train.total_batch_tokens", "train.max_steps", "optim.lr", "optim.eps",
     "eval.batch_examples", "guard.max_skipped", "guard.spike_window", "log.every",
-    "log.sample_tokens",
+    "log.sample_tokens", "dist.bucket_cap_mb",
 )  # fmt: skip
 _NON_NEGATIVE = (
     "optim.warmup_steps", "eval.every", "eval.val_tokens", "eval.hellaswag_every",
@@ -446,6 +461,11 @@ def _validate(cfg: Config) -> list[str]:
         )
     if optim_cfg.min_lr > optim_cfg.lr:
         problems.append(f"'optim.min_lr' ({optim_cfg.min_lr}) is above 'optim.lr' ({optim_cfg.lr})")
+    if cfg.dist.grad_compression != "none" and cfg.dist.strategy != "ddp":
+        problems.append(
+            f"'dist.grad_compression' ({cfg.dist.grad_compression}) applies to dist.strategy=ddp "
+            f"only, not {cfg.dist.strategy}; remove it or set --dist.strategy=ddp"
+        )
     if not 0.0 <= optim_cfg.decay_frac <= 1.0:
         problems.append(f"'optim.decay_frac' must be in [0, 1], got {optim_cfg.decay_frac}")
     problems += [

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from gpt2repro.config import DistConfig
 from gpt2repro.errors import UserError
 
 T = TypeVar("T")
@@ -182,34 +183,106 @@ def all_gather_object(obj: object) -> list[object]:
     return out
 
 
-def shard(raw_model: nn.Module, info: DistInfo, strategy: str) -> None:
+def shard(
+    raw_model: nn.Module, info: DistInfo, strategy: str, param_dtype: torch.dtype | None = None
+) -> None:
     """fsdp: FSDP2 `fully_shard` each block, then the root, in place (parameters become DTensors).
+
+    `param_dtype` (bfloat16, when the run computes in it and `dist.fsdp_mixed_precision` is on):
+    each block's parameters are all-gathered in that dtype (half the bytes of float32) and its
+    gradients reduce-scattered in float32; the sharded parameters, their gradients and the
+    optimizer state stay float32. None: float32 all-gather (parameters cast per op by autocast).
 
     Call before building the optimizer. No-op for ddp or a single process.
     """
     if strategy == "fsdp" and info.distributed:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         for block in raw_model.transformer.h:  # type: ignore[union-attr]
-            fully_shard(block)
-        fully_shard(raw_model)
+            fully_shard(block, mp_policy=mp)
+        fully_shard(raw_model, mp_policy=mp)
 
 
-def wrap(raw_model: nn.Module, info: DistInfo, strategy: str, compile: bool) -> nn.Module:
+class _CompiledWhenGrad:
+    """A compiled function where gradients are taken (training, and the recompute of an
+    activation-checkpointed block, so both run the same graph), the eager one under no_grad
+    (evaluation, sampling), which therefore never compiles for its shapes or the KV cache."""
+
+    def __init__(self, eager: Callable[..., torch.Tensor]) -> None:
+        self.eager = eager
+        self.compiled = torch.compile(eager)
+
+    def __call__(self, *args: object, **kwargs: object) -> torch.Tensor:
+        fn = self.compiled if torch.is_grad_enabled() else self.eager
+        return fn(*args, **kwargs)
+
+
+def compile_blocks(raw_model: nn.Module) -> None:
+    """Compile each transformer block's forward and the head + loss (`GPT.head_loss`) apart,
+    in place (torchtitan's per-block compile, for FSDP2).
+
+    Compiling the root module instead breaks its graph at every FSDP2 hook (they are
+    dynamo-disabled): the all-gathers of each block run between the compiled pieces. Here the
+    hooks stay in eager `Block.__call__` and only the maths inside is compiled: one graph for all
+    blocks (they have one code object) and one for the head and loss, with no graph break.
+    Parameter names are unchanged (no `_orig_mod.` in state dicts).
+    """
+    for block in raw_model.transformer.h:  # type: ignore[union-attr]
+        block.forward = _CompiledWhenGrad(block.forward)
+    raw_model.head_loss = _CompiledWhenGrad(raw_model.head_loss)  # type: ignore[assignment]
+
+
+def _bf16_compress_hook(backend: str | None) -> Callable[..., torch.futures.Future]:
+    """torch's `bf16_compress_hook` (cast each bucket to bf16, all-reduce, cast back).
+
+    DDP refuses it by name unless torch is a CUDA build with NCCL >= 2.10, which also shuts out
+    gloo, which all-reduces bf16 fine (so on CPU it is called through a wrapper of another
+    name). Under NCCL DDP's check stays in force.
+    """
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    if backend != "gloo":
+        return default_hooks.bf16_compress_hook
+
+    # No annotations: DDP compares them with the classes, and this module's are strings.
+    def gloo_bf16_compress_hook(state, bucket):  # type: ignore[no-untyped-def]
+        return default_hooks.bf16_compress_hook(state, bucket)
+
+    return gloo_bf16_compress_hook
+
+
+def wrap(raw_model: nn.Module, info: DistInfo, cfg: DistConfig, compile: bool) -> nn.Module:
     """The module to train: DDP-wrapped across processes (ddp), then compiled.
 
-    Compiling the DDP module (not wrapping a compiled one) lets dynamo split the graph at DDP's
-    bucket boundaries, so gradient all-reduces overlap the backward pass. An FSDP2 module (sharded
-    in place by `shard`) is compiled as a whole. The compiled module is a wrapper: `raw_model`
-    stays the uncompiled handle for state dicts, eval and sampling, which therefore never
-    recompile for their shapes.
+    ddp: `DDP(raw_model)` with `cfg.bucket_cap_mb` buckets, gradients as views into the buckets
+    (`gradient_as_bucket_view`: no copy into and out of them, one gradient-sized buffer less),
+    and optionally bf16 gradient compression; then `torch.compile(DDP(...))`, which lets dynamo
+    split the graph at DDP's bucket boundaries so gradient all-reduces overlap the backward
+    pass. The compiled module is a wrapper: `raw_model` stays the uncompiled handle for state
+    dicts, eval and sampling, which therefore never recompile for their shapes.
+
+    fsdp (sharded in place by `shard`): the blocks and the head + loss are compiled one by one,
+    in place (`compile_blocks`); they run eagerly under no_grad, so eval and sampling through
+    `raw_model` do not recompile either.
     """
     model: nn.Module = raw_model
-    if strategy == "ddp" and info.distributed:
+    if cfg.strategy == "fsdp" and info.distributed:
+        if compile:
+            compile_blocks(raw_model)
+        return raw_model
+    if cfg.strategy == "ddp" and info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         device_ids = [info.local_rank] if info.device_type == "cuda" else None
-        model = DDP(raw_model, device_ids=device_ids)
+        model = DDP(
+            raw_model,
+            device_ids=device_ids,
+            bucket_cap_mb=cfg.bucket_cap_mb,
+            gradient_as_bucket_view=True,
+        )
+        if cfg.grad_compression == "bf16":
+            model.register_comm_hook(None, _bf16_compress_hook(info.backend))
     if compile:
         model = torch.compile(model)
     return model

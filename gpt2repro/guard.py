@@ -7,8 +7,9 @@ Two ways to skip, chosen once per run:
   Skips are counted on the device and folded into `TrainState.skipped` by `sync()` (at log and
   checkpoint points). With `guard.nonfinite=stop` the flag is read on the host every step (one
   small device-to-host copy per step) so the stop names the step that went non-finite.
-- on the host: everywhere else (CPU, FSDP2's DTensor parameters, or when the spike guard is on,
-  which needs the global loss each step anyway): read the flag, then step or skip.
+  The same under DDP and FSDP2 (fused AdamW honours `found_inf` with DTensor parameters).
+- on the host: everywhere else (the plain AdamW, the default on CPU, or when the spike guard is
+  on, which needs the global loss each step anyway): read the flag, then step or skip.
 
 `guard.max_skipped` is checked on the host path at every skip; on the device path the step at
 which the count reached the limit is recorded on the device, and `sync()` names that step.
@@ -63,7 +64,6 @@ class Guard:
         self,
         cfg: GuardConfig,
         optimizer: torch.optim.Optimizer,
-        strategy: str,
         info: dist.DistInfo,
     ) -> None:
         self.cfg = cfg
@@ -71,7 +71,8 @@ class Guard:
         self.is_main = info.is_main
         device = info.device
         # The spike guard needs the loss on the host each step, so it always takes the host path.
-        self.on_device = can_skip_on_device(optimizer, strategy) and cfg.spike_zscore <= 0
+        # `strategy` does not matter (DDP and FSDP2 both skip on the device); kept for callers.
+        self.on_device = can_skip_on_device(optimizer) and cfg.spike_zscore <= 0
         self._pending = torch.zeros((), dtype=torch.int64, device=device)  # device-path skips
         self._limit_step = torch.full((), -1, dtype=torch.int64, device=device)
 

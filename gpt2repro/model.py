@@ -220,6 +220,16 @@ class GPT(nn.Module):
             logits = logits[..., : self.config.vocab_size]
         return logits
 
+    def head_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the head on hidden states h [B, T, C] against targets [B, T]
+        (-1 ignored), by the chunked linear + cross-entropy (`self.loss_chunk` rows at a time).
+
+        A method of its own so that it can be compiled apart from the blocks (dist.py does, under
+        FSDP2, where the blocks are compiled one by one)."""
+        return linear_cross_entropy(
+            h, self.lm_head.weight, targets, n_valid=self.config.vocab_size, chunk=self.loss_chunk
+        )
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -238,14 +248,7 @@ class GPT(nn.Module):
         if loss_only:
             if targets is None:
                 raise ValueError("loss_only needs targets")
-            loss = linear_cross_entropy(
-                h,
-                self.lm_head.weight,
-                targets,
-                n_valid=self.config.vocab_size,
-                chunk=self.loss_chunk,
-            )
-            return None, loss
+            return None, self.head_loss(h, targets)
         logits = self.logits(h)
         loss = None
         if targets is not None:

@@ -255,16 +255,19 @@ def build_model(cfg: Config, info: dist.DistInfo, load_from: Path | None = None)
     n_params = raw_model.num_params(exclude_padding=False)
     raw_model.activation_checkpointing = cfg.train.activation_checkpointing
     raw_model.loss_chunk = cfg.train.loss_chunk
-    dist.shard(raw_model, info, cfg.dist.strategy)  # FSDP2 in place, before the optimizer
+    autocast_dtype = precision.autocast_dtype(cfg.train.dtype, device)
+    # FSDP2 all-gathers bf16 parameters when the run computes in bf16 anyway (fp32 reduction)
+    param_dtype = autocast_dtype if cfg.dist.fsdp_mixed_precision else None
+    dist.shard(raw_model, info, cfg.dist.strategy, param_dtype)  # in place, before the optimizer
     optimizer = build_optimizer(raw_model, cfg.optim, device.type)
     if load_from is not None:
         checkpoint.load_into(raw_model, optimizer, load_from)
     return Trainable(
         raw_model=raw_model,
-        model=dist.wrap(raw_model, info, strategy=cfg.dist.strategy, compile=compiled),
+        model=dist.wrap(raw_model, info, cfg.dist, compile=compiled),
         optimizer=optimizer,
         n_params=n_params,
-        autocast_dtype=precision.autocast_dtype(cfg.train.dtype, device),
+        autocast_dtype=autocast_dtype,
         compiled=compiled,
         strategy=cfg.dist.strategy,
     )
@@ -376,7 +379,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     if resume is not None:
         state.load_state_dict(resume.state)
         checkpoint.restore_rank(resume.state, train_loader, info)
-    guard = Guard(cfg.guard, trainable.optimizer, strategy=cfg.dist.strategy, info=info)
+    guard = Guard(cfg.guard, trainable.optimizer, info=info)
     log = RunLog(run_dir, cfg, info.is_main)
     header = run_header(
         cfg, info, argv=sys.argv, grad_accum=grad_accum, n_params=trainable.n_params
