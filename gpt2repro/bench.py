@@ -15,6 +15,7 @@ Numbers are recorded in docs/benchmarks.md with the date, machine and command.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -345,6 +346,53 @@ def synthetic_examples(n: int, seed: int = 0) -> list[HellaSwagExample]:
     return out
 
 
+def _timed_scoring(
+    model: nn.Module,
+    scorer: Any,
+    examples: Sequence[HellaSwagExample],
+    per_pass: int,
+    bucket: int,
+    *,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[float, Any, Any]:
+    """(examples/s, summed losses, counts) of one scorer over `examples`."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    sums, counts = scorer(
+        model,
+        examples,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        batch_examples=per_pass,
+        bucket=bucket,
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(examples) / (time.perf_counter() - t0), sums, counts
+
+
+def _positions_per_example(
+    examples: Sequence[HellaSwagExample], block_size: int
+) -> dict[str, float]:
+    """Mean positions fed per example: packed (and where logits are taken) vs one example per
+    pass (4 rows padded to the longest, logits at every position)."""
+    import numpy as np
+
+    from gpt2repro.evaluate import example_rows, pack_example
+
+    packs = [pack_example(ex, block_size) for ex in examples]
+    ref = [4 * max(len(t) - 1 for t, _ in example_rows(ex, block_size)) for ex in examples]
+    return {
+        "packed_positions": float(np.mean([len(p.tokens) for p in packs])),
+        "packed_logit_positions": float(np.mean([len(p.sel) for p in packs])),
+        "single_positions": float(np.mean(ref)),
+    }
+
+
 def time_hellaswag_scoring(
     model: nn.Module | None = None,
     examples: Sequence[HellaSwagExample] | None = None,
@@ -374,11 +422,9 @@ def time_hellaswag_scoring(
 
     from gpt2repro.config import ModelConfig
     from gpt2repro.evaluate import (
-        example_rows,
         full_row_losses,
         hellaswag_losses,
         model_block_size,
-        pack_example,
         predictions,
     )
     from gpt2repro.model import GPT
@@ -390,22 +436,7 @@ def time_hellaswag_scoring(
     examples = list(examples) if examples is not None else synthetic_examples(n_examples)
     single_set = examples[:n_single]
 
-    def run(scorer: Any, exs: Sequence[HellaSwagExample], per_pass: int, bk: int) -> tuple:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        sums, counts = scorer(
-            model,
-            exs,
-            device=device,
-            autocast_dtype=autocast_dtype,
-            batch_examples=per_pass,
-            bucket=bk,
-        )
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return len(exs) / (time.perf_counter() - t0), sums, counts
-
+    run = functools.partial(_timed_scoring, model, device=device, autocast_dtype=autocast_dtype)
     # warm-up (and compile, if any)
     run(hellaswag_losses, examples[:batch_examples], batch_examples, bucket)
     run(full_row_losses, examples[:batch_examples], batch_examples, bucket)
@@ -423,12 +454,6 @@ def time_hellaswag_scoring(
         np.array_equal(v, predictions(single_set, s_single, c_single)[k])
         for k, v in predictions(single_set, s_packed[:n], c_packed[:n]).items()
     )
-    block_size = model_block_size(model)
-    packs = [pack_example(ex, block_size) for ex in examples]
-    # one example per pass: 4 rows padded to the longest, logits at every position
-    ref_positions = [
-        4 * max(len(t) - 1 for t, _ in example_rows(ex, block_size)) for ex in examples
-    ]
     return {
         "n": len(examples),
         "n_single": n,
@@ -439,9 +464,7 @@ def time_hellaswag_scoring(
         "single_ex_per_s": single,
         "speedup": packed / single,
         "speedup_vs_full": packed / full,
-        "packed_positions": float(np.mean([len(p.tokens) for p in packs])),
-        "packed_logit_positions": float(np.mean([len(p.sel) for p in packs])),
-        "single_positions": float(np.mean(ref_positions)),
+        **_positions_per_example(examples, model_block_size(model)),
         "max_abs_diff": float(np.abs(s_packed[:n] - s_single).max()),
         "max_rel_diff": float((np.abs(s_packed[:n] - s_single) / np.abs(s_single)).max()),
         "same_predictions": same,

@@ -387,12 +387,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     _report_start(log, header=header, state=state, resume=resume)
     if info.is_main:
         done_marker.unlink(missing_ok=True)
-    can_sample = log_cfg.sample_every > 0 and cfg.model.vocab_size >= 50257
-    if log_cfg.sample_every > 0 and not can_sample:
-        log.print(
-            f"note: no text samples: model.vocab_size={cfg.model.vocab_size} is smaller than "
-            "GPT-2's tokenizer"
-        )
+    can_sample = _can_sample(cfg, log)
     preemption = _Preemption()
     preemption.install()
     fault = _Fault(os.environ.get("GPT2REPRO_FAULT"), info.rank)
@@ -490,6 +485,19 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
 
 
 # --------------------------------------------------------------------------- what the loop calls
+
+
+def _can_sample(cfg: Config, log: RunLog) -> bool:
+    """Text samples are on and the model's vocabulary covers GPT-2's tokenizer (else a note)."""
+    if cfg.log.sample_every <= 0:
+        return False
+    if cfg.model.vocab_size < 50257:
+        log.print(
+            f"note: no text samples: model.vocab_size={cfg.model.vocab_size} is smaller than "
+            "GPT-2's tokenizer"
+        )
+        return False
+    return True
 
 
 def _report_start(

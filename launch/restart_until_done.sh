@@ -4,7 +4,7 @@
 # Each attempt resumes from the newest valid checkpoint (checkpoint.resume=auto). Exit status 2
 # (a configuration or input error) stops at once: restarting cannot fix it.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 MAX_ATTEMPTS=${MAX_ATTEMPTS:-100}
 DELAY=${DELAY:-10}
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}

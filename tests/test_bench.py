@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -53,8 +54,13 @@ def test_bench_imports_the_shard_writer_library_not_a_script() -> None:
 def test_bench_data_runs_from_an_installed_package(tmp_path: Path) -> None:
     """`python -m gpt2repro.bench data` from a plain (non-editable) install, outside the checkout."""
     # pip, and setuptools as the build backend without build isolation (no index: offline)
+    # Looked up by distribution metadata: `importlib.util.find_spec("pip")` in this process would
+    # trip setuptools' distutils hack (it switches to stdlib distutils "for pip"), and a later
+    # torch.compile in the same pytest process then fails importing setuptools.
     for tool in ("pip", "setuptools"):
-        if importlib.util.find_spec(tool) is None:  # looked up, not imported into this process
+        try:
+            importlib.metadata.distribution(tool)
+        except importlib.metadata.PackageNotFoundError:
             pytest.skip(f"{tool} is not installed")
     src, site, cwd = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
     skip = shutil.ignore_patterns("__pycache__")
