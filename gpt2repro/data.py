@@ -177,7 +177,11 @@ def shard_paths(data_dir: str | os.PathLike, split: str) -> list[Path]:
 
 
 def token_id_problem(
-    data_dir: str | os.PathLike, vocab_size: int, rank: int = 0, world_size: int = 1
+    data_dir: str | os.PathLike,
+    vocab_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    splits: tuple[str, ...] = ("train", "val"),
 ) -> str | None:
     """The first shard (of this rank's share: every world_size-th, both splits) holding a token
     id >= vocab_size, as a one-line problem with its fix; None when all ids fit.
@@ -187,9 +191,12 @@ def token_id_problem(
     """
     if vocab_size > 65535:
         return None  # every uint16 id fits
-    paths = shard_paths(data_dir, "train") + shard_paths(data_dir, "val")
+    paths = [p for split in splits for p in shard_paths(data_dir, split)]
     for path in paths[rank::world_size]:
-        tokens = read_shard(path)
+        try:  # a problem is returned, not raised: the caller shares it with every rank
+            tokens = read_shard(path)
+        except UserError as e:
+            return str(e)
         step = 1 << 24
         top = max((int(tokens[i : i + step].max()) for i in range(0, len(tokens), step)), default=0)
         if top >= vocab_size:

@@ -290,15 +290,22 @@ def wrap(raw_model: nn.Module, info: DistInfo, cfg: DistConfig, compile: bool) -
 
 def on_main(check: Callable[[], T]) -> T:
     """Run `check` on rank 0 only and return its result on every rank; a UserError it raises is
-    raised on every rank (so no rank is left waiting in a collective)."""
+    raised on every rank (so no rank is left waiting in a collective). Any other exception is
+    re-raised on rank 0 and reported on the others as a UserError pointing at rank 0's log."""
     result: T | None = None
     message = None
+    failure: BaseException | None = None
     if not is_initialized() or dist.get_rank() == 0:
         try:
             result = check()
         except UserError as e:
             message = str(e)
+        except Exception as e:  # still tell the other ranks before raising
+            failure = e
+            message = f"rank 0 failed ({type(e).__name__}: {e}); see rank 0's output above"
     message, result = broadcast_object((message, result))  # type: ignore[misc]
+    if failure is not None:
+        raise failure
     if message is not None:
         raise UserError(message)
     return result  # type: ignore[return-value]

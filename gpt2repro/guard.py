@@ -89,9 +89,9 @@ class Guard:
                     raise nonfinite_stop_error(step)
                 return
             self._pending += bad.to(torch.int64)
-            reached = (self._pending + state.skipped >= self.cfg.max_skipped) & (
-                self._limit_step < 0
-            )
+            # This skip (bad) is the one that brings the count to the limit.
+            reached = bad & (self._pending + state.skipped >= self.cfg.max_skipped)
+            reached = reached & (self._limit_step < 0)
             self._limit_step = torch.where(reached, step, self._limit_step)
             return
         nonfinite = bool(bad.item())

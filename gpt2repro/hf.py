@@ -325,6 +325,16 @@ def _tokenizer_config(block_size: int) -> dict:
 
 
 EXPORT_MARKER = "gpt2repro_export.json"  # marks a directory as one of our exports
+EXPORT_FILES = {  # everything save_hf writes: --overwrite replaces a directory of these only
+    EXPORT_MARKER,
+    "config.json",
+    "model.safetensors",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+}
 
 
 def check_export_target(out: Path, overwrite: bool, protect: Path | None = None) -> None:
@@ -344,9 +354,11 @@ def check_export_target(out: Path, overwrite: bool, protect: Path | None = None)
             )
     if not out.is_dir() or not any(out.iterdir()):
         return
-    if not (out / EXPORT_MARKER).is_file():
+    unknown = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+    if not (out / EXPORT_MARKER).is_file() or unknown:
+        what = f"also holds {', '.join(unknown[:3])}" if unknown else f"has no {EXPORT_MARKER}"
         raise UserError(
-            f"{out} exists, is not empty and is not a gpt2repro export (no {EXPORT_MARKER}); "
+            f"{out} exists, is not empty and is not only a gpt2repro export ({what}); "
             "--overwrite only replaces a previous export: choose another --out"
         )
     if not overwrite:

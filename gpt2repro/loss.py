@@ -40,7 +40,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         count = (targets != IGNORE).sum()
         grad_h = torch.empty_like(h) if want_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_w = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            if want_grad
+            else None
+        )
         for start in range(0, N, chunk):
             h_c, t_c = h[start : start + chunk], targets[start : start + chunk]
             logits = F.linear(h_c, weight).float()  # [n, V]; bf16 matmul under autocast
@@ -59,10 +63,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 dlogits = dlogits.to(torch.promote_types(h.dtype, weight.dtype))
                 # The same two matmuls as autograd's backward of F.linear (autocast applies).
                 grad_h[start : start + chunk] = dlogits @ weight  # type: ignore[index]
-                grad_w += (dlogits.t() @ h_c).float()
+                grad_w += (dlogits.t() @ h_c).float()  # type: ignore[operator]
         mean = loss_sum / count
         if want_grad:
-            ctx.save_for_backward(grad_h / count, grad_w / count)
+            ctx.save_for_backward(grad_h.div_(count), grad_w.div_(count))  # type: ignore[union-attr]
         ctx.weight_dtype = weight.dtype
         return mean
 

@@ -344,8 +344,11 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     # ---- checks before anything expensive (batch arithmetic, data, run dir, resume point)
     grad_accum = grad_accum_steps(train_cfg, info.world_size)
     val_tokens, hellaswag = load_eval_inputs(cfg.data.dir, eval_cfg)
+    splits = ("train", "val") if eval_cfg.every > 0 else ("train",)
     dist.raise_if_any(
-        data.token_id_problem(cfg.data.dir, cfg.model.vocab_size, info.rank, info.world_size)
+        data.token_id_problem(
+            cfg.data.dir, cfg.model.vocab_size, info.rank, info.world_size, splits=splits
+        )
     )
     dist.on_main(functools.partial(_check_run_dir, run_dir))
     dist.barrier()
@@ -463,9 +466,14 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
         if stop:
             signame = signal.Signals(preemption.signal).name if preemption.signal else "signal"
             saved_to = run_dir / "ckpt" / checkpoint.step_dir_name(state.step)
+            how = (
+                "rerun the same command"
+                if cfg.checkpoint.resume == "auto"
+                else ("rerun with --checkpoint.resume=auto")
+            )
             log.print(
                 f"preempted by {signame} at step {state.step}: checkpoint saved to {saved_to}; "
-                "rerun the same command to resume"
+                f"{how} to resume"
             )
             log.record(
                 {"event": "preempted", "step": state.step, "tokens": state.tokens}, wandb=False

@@ -320,3 +320,21 @@ def test_token_ids_beyond_the_vocab_are_named_with_their_shard(tmp_path: Path) -
     found = [token_id_problem(tmp_path, 512, rank=r, world_size=2) for r in range(2)]
     assert sum(p is not None for p in found) == 1
     assert token_id_problem(tmp_path, vocab_size=50) is not None  # the other shards too
+
+
+def test_token_scan_reports_a_bad_shard_instead_of_raising(tmp_path: Path) -> None:
+    """Every rank must reach the collective that shares the problem: a broken shard in one
+    rank's share comes back as a problem, not an exception on that rank alone."""
+    from gpt2repro.data import token_id_problem
+
+    ok = np.arange(100, dtype=np.uint16)
+    write_shard(tmp_path / "t_train_000001.bin", ok)
+    (tmp_path / "t_train_000002.bin").write_bytes(b"\x00" * 10)  # truncated
+    problem = token_id_problem(tmp_path, vocab_size=512, splits=("train",))
+    assert problem is not None and "t_train_000002.bin" in problem
+    assert token_id_problem(tmp_path, 512, rank=0, world_size=2, splits=("train",)) is None
+    # no val shards: fine when only train is scanned (eval.every=0)
+    write_shard(tmp_path / "t_train_000002.bin", ok)
+    assert token_id_problem(tmp_path, 512, splits=("train",)) is None
+    with pytest.raises(UserError, match="no val shards"):
+        token_id_problem(tmp_path, 512)

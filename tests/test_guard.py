@@ -162,3 +162,14 @@ def test_train_state_round_trips_and_reads_old_checkpoints() -> None:
     old = TrainState()
     old.load_state_dict({"step": 3, "tokens": 12})  # written before skip counts existed
     assert (old.step, old.tokens, old.skipped, list(old.loss_history)) == (3, 12, 0, [])
+
+
+def test_a_lowered_limit_after_resume_names_the_skip_that_reached_it() -> None:
+    """Resumed with skipped >= max_skipped (the limit lowered): the error names the next skip,
+    not the first step after the resume."""
+    model, guard = make(GuardConfig(max_skipped=2), fused=True)
+    state = TrainState(step=20, skipped=3)
+    one_update(model, guard, state, bad=False)  # update 21: fine
+    one_update(model, guard, state, bad=True)  # update 22: a skip, over the limit
+    with pytest.raises(UserError, match=r"^step 22: 4 updates skipped"):
+        guard.sync(state)

@@ -194,9 +194,14 @@ def test_overwrite_replaces_only_a_previous_export(tmp_path: Path):
     assert (export / "gpt2repro_export.json").is_file()
     with pytest.raises(UserError, match="holds a previous export; pass --overwrite"):
         save_hf(model, export)
-    (export / "stale.txt").write_text("from the old export")
+    (export / "notes.txt").write_text("the user's, beside the export")
+    with pytest.raises(UserError, match="also holds notes.txt"):
+        save_hf(model, export, overwrite=True)  # a marker alone does not make it ours
+    (export / "notes.txt").unlink()
+    (export / "config.json").write_text("{}")  # a stale file of the old export
     save_hf(model, export, overwrite=True)
-    assert not (export / "stale.txt").exists() and (export / "model.safetensors").is_file()
+    assert (export / "config.json").read_text() != "{}"
+    assert (export / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "out"]  # no temp/old dirs
 
 
