@@ -33,6 +33,7 @@ from data_prep.shards import (  # noqa: E402
     Item,
     Stream,
     check_sizes,
+    check_workers,
     jsonl_items,
     read_json,
     write_shards,
@@ -248,6 +249,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.input and args.revision:
         raise UserError("--revision applies to --dataset (HF) only; drop it with --input")
     check_sizes(args.shard_size, args.val_docs)
+    check_workers(args.workers)
     return args
 
 

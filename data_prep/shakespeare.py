@@ -23,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_prep.shards import Item, Stream, write_shards  # noqa: E402
+from data_prep.shards import Item, Stream, check_workers, write_shards  # noqa: E402
 from gpt2repro.atomic import sha256_file  # noqa: E402
 from gpt2repro.errors import UserError, add_debug_flag, run_cli  # noqa: E402
 
@@ -138,6 +138,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     args = p.parse_args(argv)
+    check_workers(args.workers)
     prepare(args.out_dir, args.archive, args.cache_dir, workers=args.workers, quiet=args.quiet)
     return 0
 

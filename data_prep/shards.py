@@ -426,6 +426,15 @@ def write_shards(
     return manifest
 
 
+def check_workers(workers: int) -> None:
+    """Refuse a --workers below 1 (it used to be taken as 'no pool' silently)."""
+    if workers < 1:
+        raise UserError(
+            f"--workers {workers} must be at least 1 (the number of tokenizer processes; "
+            f"{os.cpu_count() or 1} on this machine)"
+        )
+
+
 def check_sizes(shard_size: int, val_items: int | None) -> None:
     """Refuse a --shard-size the header cannot hold and a --val-docs below 1."""
     if not 1 <= shard_size <= MAX_SHARD_SIZE:

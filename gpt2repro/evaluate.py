@@ -203,6 +203,8 @@ def check_hellaswag_row(row: object) -> str | None:
     if not all(isinstance(e, str) and e.strip() for e in ends):
         return "'endings' must hold non-empty strings"
     label = row["label"]
+    if isinstance(label, str) and label.strip().isdigit():
+        label = int(label)  # the Hugging Face copy stores the label as a string ("2")
     if isinstance(label, bool) or not isinstance(label, int):
         return f"'label' must be an integer 0..{N_ENDINGS - 1}, got {label!r}"
     if not 0 <= label < N_ENDINGS:
@@ -227,7 +229,7 @@ def read_hellaswag_rows(path: Path, shown: Path | None = None) -> Iterator[dict]
             problem = check_hellaswag_row(row)
             if problem:
                 raise UserError(f"{shown}:{lineno}: {problem}")
-            yield row
+            yield {**row, "label": int(row["label"])}  # "2" (Hugging Face's copy) -> 2
 
 
 def load_hellaswag(path: str | Path, limit: int = 0) -> list[HellaSwagExample]:

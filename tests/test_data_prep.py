@@ -488,3 +488,13 @@ def test_hellaswag_download_and_offline(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(UserError, match="expected 10042"):
         hellaswag.prepare(tmp_path / "out3", quiet=True)
     assert not list((tmp_path / "out3").iterdir())  # nothing left under any name
+
+
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_workers_below_one_are_refused(workers: str) -> None:
+    from gpt2repro.errors import run_cli
+
+    argv = ["--input", "x.jsonl", "--out-dir", "out", "--workers", workers]
+    with pytest.raises(UserError, match=rf"--workers {workers} must be at least 1"):
+        fineweb.parse_args(argv)
+    assert run_cli(shakespeare.main, ["--workers", workers, "--out-dir", "unused"]) == 2

@@ -228,7 +228,7 @@ def bad_file(tmp_path: Path, line: dict | str) -> Path:
     [
         ({"context": "x", "endings": ["a"] * 4, "label": 0}, "missing key(s) ctx"),
         ({"ctx": "x", "endings": ["a"] * 4, "label": 4}, "out of range"),
-        ({"ctx": "x", "endings": ["a"] * 4, "label": "2"}, "'label' must be an integer"),
+        ({"ctx": "x", "endings": ["a"] * 4, "label": "two"}, "'label' must be an integer"),
         ({"ctx": "x", "endings": ["a"] * 3, "label": 0}, "list of 4"),
         ("{not json", "not valid JSON"),
     ],

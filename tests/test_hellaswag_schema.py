@@ -26,7 +26,8 @@ BAD_ROWS = [
     pytest.param({**GOOD, "endings": ["a", "b", None, "d"]}, "non-empty strings", id="null-end"),
     pytest.param({**GOOD, "endings": ["a", "b", "", "d"]}, "non-empty strings", id="empty-end"),
     pytest.param({**GOOD, "ctx": 12}, "'ctx' must be a non-empty string", id="int-ctx"),
-    pytest.param({**GOOD, "label": "2"}, "'label' must be an integer", id="label-str"),
+    pytest.param({**GOOD, "label": "two"}, "'label' must be an integer", id="label-word"),
+    pytest.param({**GOOD, "label": "9"}, "out of range", id="label-str-9"),
     pytest.param({"ctx": "x", "label": 0}, "missing key(s) endings", id="no-endings"),
     pytest.param([1, 2], "expected a JSON object", id="not-object"),
 ]
@@ -74,3 +75,15 @@ def test_data_prep_names_a_line_that_is_not_json(tmp_path: Path) -> None:
         hellaswag.prepare(tmp_path / "out", src, quiet=True)
     msg = str(e.value)
     assert f"{src}:2: " in msg and "not valid JSON" in msg and hellaswag.URL in msg
+
+
+def test_the_hugging_face_copy_with_string_labels_is_read(tmp_path: Path) -> None:
+    """Hugging Face's copy of HellaSwag stores the label as a string ("2"): accepted by both
+    data prep and evaluate, and read as the integer."""
+    src = tmp_path / "hs.jsonl"
+    lines = [json.dumps({**GOOD, "label": str(i % 4)}) for i in range(hellaswag.N_EXAMPLES)]
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert run_cli(hellaswag.main, ["--file", str(src), "--out-dir", str(out), "--quiet"]) == 0
+    examples = load_hellaswag(out / hellaswag.FILENAME, limit=8)
+    assert [ex.label for ex in examples] == [0, 1, 2, 3, 0, 1, 2, 3]
