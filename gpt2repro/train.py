@@ -344,12 +344,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     # ---- checks before anything expensive (batch arithmetic, data, run dir, resume point)
     grad_accum = grad_accum_steps(train_cfg, info.world_size)
     val_tokens, hellaswag = load_eval_inputs(cfg.data.dir, eval_cfg)
-    splits = ("train", "val") if eval_cfg.every > 0 else ("train",)
-    dist.raise_if_any(
-        data.token_id_problem(
-            cfg.data.dir, cfg.model.vocab_size, info.rank, info.world_size, splits=splits
-        )
-    )
+    _check_token_ids(cfg, info)
     dist.on_main(functools.partial(_check_run_dir, run_dir))
     dist.barrier()
     resume = checkpoint.select_resume(
@@ -464,17 +459,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
             timer.reset(state.step)
         fault.after_step(state.step)
         if stop:
-            signame = signal.Signals(preemption.signal).name if preemption.signal else "signal"
-            saved_to = run_dir / "ckpt" / checkpoint.step_dir_name(state.step)
-            how = (
-                "rerun the same command"
-                if cfg.checkpoint.resume == "auto"
-                else ("rerun with --checkpoint.resume=auto")
-            )
-            log.print(
-                f"preempted by {signame} at step {state.step}: checkpoint saved to {saved_to}; "
-                f"{how} to resume"
-            )
+            _report_preempted(log, cfg, state=state, signum=preemption.signal)
             log.record(
                 {"event": "preempted", "step": state.step, "tokens": state.tokens}, wandb=False
             )
@@ -493,6 +478,30 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
 
 
 # --------------------------------------------------------------------------- what the loop calls
+
+
+def _check_token_ids(cfg: Config, info: dist.DistInfo) -> None:
+    """Every token id fits model.vocab_size (collective: each rank scans its share of shards;
+    the val shards only when validation is on)."""
+    from gpt2repro import data
+
+    splits = ("train", "val") if cfg.eval.every > 0 else ("train",)
+    problem = data.token_id_problem(
+        cfg.data.dir, cfg.model.vocab_size, info.rank, info.world_size, splits=splits
+    )
+    dist.raise_if_any(problem)
+
+
+def _report_preempted(log: RunLog, cfg: Config, *, state: TrainState, signum: int | None) -> None:
+    signame = signal.Signals(signum).name if signum else "signal"
+    saved_to = Path(cfg.run.dir) / "ckpt" / checkpoint.step_dir_name(state.step)
+    how = "rerun the same command"
+    if cfg.checkpoint.resume != "auto":  # restart or a path would not continue from here
+        how = "rerun with --checkpoint.resume=auto"
+    log.print(
+        f"preempted by {signame} at step {state.step}: checkpoint saved to {saved_to}; "
+        f"{how} to resume"
+    )
 
 
 def _can_sample(cfg: Config, log: RunLog) -> bool:
