@@ -6,6 +6,8 @@ minutes on 2 CPU cores (a GPU is used when present). Rerunning it resumes or reu
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +17,30 @@ from gpt2repro.errors import UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "shakespeare.toml"
+
+
+def portable_overrides(device_option: str) -> tuple[list[str], str]:
+    """Overrides that undo the demo config's bf16 + torch.compile where they would not pay or
+    not work, and why: a CPU without bf16 hardware (bf16 would be emulated, slower than float32),
+    no C++ compiler for torch.compile's CPU code, or an Apple GPU (its compile support is partial).
+    ([], "") where the config's settings stand (CUDA, or a CPU with AMX / AVX-512 BF16)."""
+    import torch
+
+    from gpt2repro.dist import pick_device
+    from gpt2repro.precision import cpu_has_bf16_units
+
+    device = pick_device(device_option)
+    if device.type == "cuda":
+        return [], ""
+    if device.type == "mps":
+        return ["--train.compile=false"], "torch.compile is not used on Apple GPUs"
+    compiler = any(shutil.which(c) for c in ("c++", "g++", "clang++")) or "CXX" in os.environ
+    if not cpu_has_bf16_units():
+        why = f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bfloat16 units"
+        return ["--train.dtype=float32", "--train.compile=false"], why
+    if not compiler:
+        return ["--train.compile=false"], "no C++ compiler (c++, g++ or clang++) for torch.compile"
+    return [], ""
 
 
 def main(argv: list[str]) -> int:
@@ -32,9 +58,13 @@ def main(argv: list[str]) -> int:
     if subprocess.run(prep, cwd=REPO).returncode != 0:
         raise UserError("data preparation failed (see above); rerun `make demo` when fixed")
 
+    fallback, why = portable_overrides(cfg.train.device)
+    if fallback:
+        print(f"note: {why}: training with {' '.join(fallback)}", flush=True)
     print(f"== 2/3 training {CONFIG.relative_to(REPO)} -> {cfg.run.dir}", flush=True)
     t1 = time.time()
-    status = train.main(["--config", str(CONFIG), *argv])
+    # The user's own overrides come last, so they win over the fallback.
+    status = train.main(["--config", str(CONFIG), *fallback, *argv])
     if status != 0:
         return status
     train_s = time.time() - t1
