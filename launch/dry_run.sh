@@ -7,11 +7,14 @@
 # dry_run: true when DRY_RUN is set to anything but "" or 0.
 dry_run() { [ -n "${DRY_RUN:-}" ] && [ "${DRY_RUN}" != 0 ]; }
 
-# print_cmd CMD...: CMD on one line, each word quoted by printf %q.
+# print_cmd CMD...: CMD on one line; a word with characters the shell would read specially is
+# put in single quotes (bash's ${w@Q}), the others are printed as they are.
 print_cmd() {
-  local line
-  line=$(printf '%q ' "$@")
-  echo "${line% }"
+  local out="" w
+  for w in "$@"; do
+    if [[ -n $w && $w != *[!A-Za-z0-9_./=:,+@%^-]* ]]; then out+=" $w"; else out+=" ${w@Q}"; fi
+  done
+  echo "${out# }"
 }
 
 # run CMD...: run CMD, or print it under DRY_RUN.
