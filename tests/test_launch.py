@@ -220,6 +220,16 @@ def test_slurm_head_node_address(
     assert any(c.startswith("getent") for c in calls) == (not master_addr)
 
 
+def test_slurm_outside_the_repository(standins: Path, tmp_path: Path) -> None:
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "MASTER_ADDR": "10.0.0.1"}
+    cmds, out, _ = dry(standins, "slurm.sbatch", env=env, check=False)
+    assert cmds == []
+    assert out.strip() == (
+        f"slurm.sbatch: {tmp_path} is not the gpt2repro repository: submit from its root "
+        "(cd gpt2repro && sbatch --nodes=N launch/slurm.sbatch ...)"
+    )
+
+
 def makefile_torch_spec() -> list[str]:
     (line,) = [
         ln for ln in (REPO / "Makefile").read_text().splitlines() if ln.startswith("TORCH_SPEC ?=")
