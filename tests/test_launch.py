@@ -307,6 +307,7 @@ def test_cloud_setup_stops_without_a_driver_or_with_a_session(
 def test_shellcheck() -> None:
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    # every script in launch/ is checked; a new one must also join SCRIPTS (and get a dry-run test)
     scripts = sorted(p.name for p in LAUNCH.iterdir() if p.suffix in (".sh", ".sbatch"))
     assert scripts == sorted([*SCRIPTS, "dry_run.sh", "slurm.sbatch"])
     # launch/.shellcheckrc lets shellcheck follow `source launch/dry_run.sh`
