@@ -121,12 +121,15 @@ class _Fault:
 
     sigkill / sigterm: signal this process after step STEP completed (after any checkpoint);
     nan: make the loss of step STEP non-finite; spike: multiply it by 50 (exercise the guards).
-    Unset: does nothing.
+    Unset: does nothing. `once` (GPT2REPRO_FAULT_ONCE=PATH): the fault creates PATH when it fires
+    and does nothing while PATH exists, so a restarted attempt with the same environment (as under
+    launch/restart_until_done.sh) runs clean.
     """
 
-    def __init__(self, spec: str | None, rank: int) -> None:
+    def __init__(self, spec: str | None, rank: int, once: str | None = None) -> None:
         self.kind, self.step = "", -1
-        if not spec:
+        self.once = Path(once) if once else None
+        if not spec or (self.once is not None and self.once.exists()):
             return
         parts = spec.split(":")
         if parts[0] not in ("sigkill", "sigterm", "nan", "spike") or len(parts) < 2:
@@ -137,13 +140,19 @@ class _Fault:
         if only_rank is None or only_rank == rank:
             self.kind, self.step = parts[0], int(parts[1])
 
+    def _fired(self) -> None:
+        if self.once is not None:
+            self.once.touch()
+
     def poison(self, step: int) -> float | None:
-        if step != self.step:
+        if step != self.step or self.kind not in ("nan", "spike"):
             return None
-        return {"nan": float("nan"), "spike": 50.0}.get(self.kind)
+        self._fired()
+        return {"nan": float("nan"), "spike": 50.0}[self.kind]
 
     def after_step(self, step: int) -> None:
         if step == self.step and self.kind in ("sigkill", "sigterm"):
+            self._fired()
             os.kill(os.getpid(), signal.SIGKILL if self.kind == "sigkill" else signal.SIGTERM)
 
 
@@ -388,7 +397,9 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     can_sample = _can_sample(cfg, log)
     preemption = _Preemption()
     preemption.install()
-    fault = _Fault(os.environ.get("GPT2REPRO_FAULT"), info.rank)
+    fault = _Fault(
+        os.environ.get("GPT2REPRO_FAULT"), info.rank, os.environ.get("GPT2REPRO_FAULT_ONCE")
+    )
 
     # ---- the loop: one step; log; every N steps: save, evaluate, sample
     if state.step == 0 and (val_tokens is not None or hellaswag is not None):

@@ -2,14 +2,29 @@
 # Run a launcher again and again until the run directory holds DONE:
 #   launch/restart_until_done.sh launch/single_node.sh --config configs/gpt2_124m.toml
 # Each attempt resumes from the newest valid checkpoint (checkpoint.resume=auto). Exit status 2
-# (a configuration or input error) stops at once: restarting cannot fix it.
+# (a configuration or input error) stops at once: restarting cannot fix it. MAX_ATTEMPTS (100) and
+# DELAY (10 s between attempts) are read from the environment. DRY_RUN=1 prints the command of an
+# attempt, then what the launcher would run (it is given DRY_RUN=1 too), and runs nothing.
+# shellcheck source-path=SCRIPTDIR
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
+# shellcheck source=dry_run.sh
+source launch/dry_run.sh
 MAX_ATTEMPTS=${MAX_ATTEMPTS:-100}
 DELAY=${DELAY:-10}
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+if [ $# -lt 1 ]; then
+  echo "usage: launch/restart_until_done.sh LAUNCHER [trainer arguments]" >&2; exit 2
+fi
 launcher=$1; shift
 run_dir=$("$PY" -m gpt2repro.config "$@" --get run.dir) || exit 2
+if dry_run; then
+  echo "# restart_until_done: up to $MAX_ATTEMPTS attempts, ${DELAY}s apart, until $run_dir/DONE exists (exit status 2 stops); each attempt runs:"
+  print_cmd "$launcher" "$@" --checkpoint.resume=auto
+  echo "# which runs:"
+  DRY_RUN=1 "$launcher" "$@" --checkpoint.resume=auto
+  exit $?
+fi
 for attempt in $(seq 1 "$MAX_ATTEMPTS"); do
   if [ -f "$run_dir/DONE" ]; then echo "restart_until_done: $run_dir/DONE exists"; exit 0; fi
   echo "restart_until_done: attempt $attempt/$MAX_ATTEMPTS"

@@ -1,0 +1,33 @@
+# shellcheck shell=bash
+# Sourced by every launch script. With DRY_RUN=1, `run` and `run_exec` print the command they are
+# given, one line each, quoted so it can be pasted into a shell, instead of running it; notes are
+# printed as `# ...` lines, so the whole output reads as a shell script. Read-only look-ups (the GPU
+# count, run.dir, the SLURM head node's address) still run: the printed commands depend on them.
+
+# dry_run: true when DRY_RUN is set to anything but "" or 0.
+dry_run() { [ -n "${DRY_RUN:-}" ] && [ "${DRY_RUN}" != 0 ]; }
+
+# print_cmd CMD...: CMD on one line; a word with characters the shell would read specially is
+# put in single quotes (bash's ${w@Q}), the others are printed as they are.
+print_cmd() {
+  local out="" w
+  for w in "$@"; do
+    if [[ -n $w && $w != *[!A-Za-z0-9_./=:,+@%^-]* ]]; then out+=" $w"; else out+=" ${w@Q}"; fi
+  done
+  echo "${out# }"
+}
+
+# run CMD...: run CMD, or print it under DRY_RUN.
+run() {
+  if dry_run; then print_cmd "$@"; else "$@"; fi
+}
+
+# run_exec CMD...: replace this shell by CMD, so signals (SIGTERM from a scheduler, Ctrl-C) reach it
+# directly; under DRY_RUN print it and exit 0.
+run_exec() {
+  if dry_run; then
+    print_cmd "$@"
+    exit 0
+  fi
+  exec "$@"
+}
