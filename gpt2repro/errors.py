@@ -2,6 +2,11 @@
 
 Every entry point wraps its body in `run_cli`, which prints a `UserError` as a single line
 (`error: ...`) and exits with status 2; `--debug` (or GPT2REPRO_DEBUG=1) shows the traceback.
+
+A launcher cannot always pass status 2 on: torchrun reports any failed worker as status 1. So when
+GPT2REPRO_INPUT_ERROR_FILE names a path, `run_cli` also writes that line there (the first process
+to fail writes it; the others leave it), and launch/restart_until_done.sh, which sets the variable,
+stops retrying when the file exists after an attempt.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Callable
 
 DEBUG_HELP = "show the full traceback of an error (also GPT2REPRO_DEBUG=1)"
 EXIT_INTERRUPTED = 130  # the shell's status for Ctrl-C
+INPUT_ERROR_FILE_ENV = "GPT2REPRO_INPUT_ERROR_FILE"
 
 
 class UserError(Exception):
@@ -37,6 +43,7 @@ def run_cli(
     try:
         return int(main(argv) or 0)
     except UserError as e:
+        report_input_error(f"error: {e}")  # under --debug too: it is still an input error
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -46,3 +53,19 @@ def run_cli(
             raise
         print(f"interrupted: {on_interrupt}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def report_input_error(line: str) -> None:
+    """Write `line` (made one line) to the file $GPT2REPRO_INPUT_ERROR_FILE names, if it is set.
+
+    The file is created exclusively, so among several ranks the first to fail writes and the rest
+    find it there and leave it. Best effort: a path that cannot be written is ignored, because the
+    error itself is already on stderr and must not be masked by a second one."""
+    path = os.environ.get(INPUT_ERROR_FILE_ENV)
+    if not path:
+        return
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(" ".join(line.splitlines()) + "\n")
+    except (OSError, ValueError):  # exists already, unwritable, or not a valid path
+        pass

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Run a launcher again and again until the run directory holds DONE:
 #   launch/restart_until_done.sh launch/single_node.sh --config configs/gpt2_124m.toml
-# Each attempt resumes from the newest valid checkpoint (checkpoint.resume=auto). Exit status 2
-# (a configuration or input error) stops at once: restarting cannot fix it. MAX_ATTEMPTS (100) and
+# Each attempt resumes from the newest valid checkpoint (checkpoint.resume=auto). An input error
+# (a config key, a missing data directory: a gpt2repro UserError) stops at once, as restarting
+# cannot fix it: the launcher's exit status 2, or, because torchrun reports any failed worker as
+# status 1, a line in the file GPT2REPRO_INPUT_ERROR_FILE names (this script sets it to a fresh
+# temporary file; gpt2repro.errors.run_cli writes the error there). MAX_ATTEMPTS (100) and
 # DELAY (10 s between attempts) are read from the environment. DRY_RUN=1 prints the command of an
 # attempt, then what the launcher would run (it is given DRY_RUN=1 too), and runs nothing.
 # shellcheck source-path=SCRIPTDIR
@@ -25,11 +28,18 @@ if dry_run; then
   DRY_RUN=1 "$launcher" "$@" --checkpoint.resume=auto
   exit $?
 fi
+error_dir=$(mktemp -d) || exit 1
+trap 'rm -rf "$error_dir"' EXIT
+export GPT2REPRO_INPUT_ERROR_FILE=$error_dir/input_error
 for attempt in $(seq 1 "$MAX_ATTEMPTS"); do
   if [ -f "$run_dir/DONE" ]; then echo "restart_until_done: $run_dir/DONE exists"; exit 0; fi
   echo "restart_until_done: attempt $attempt/$MAX_ATTEMPTS"
   "$launcher" "$@" --checkpoint.resume=auto
   status=$?
+  if [ -e "$GPT2REPRO_INPUT_ERROR_FILE" ]; then  # a worker's input error, whatever torchrun says
+    head -n 1 "$GPT2REPRO_INPUT_ERROR_FILE"
+    echo "restart_until_done: input error (exit status $status); not retrying"; exit 2
+  fi
   if [ "$status" -eq 2 ]; then echo "restart_until_done: input error (exit 2); not retrying"; exit 2; fi
   if [ -f "$run_dir/DONE" ]; then exit 0; fi
   echo "restart_until_done: exit status $status; restarting in ${DELAY}s"

@@ -1,0 +1,113 @@
+"""launch/restart_until_done.sh stops at an input error even when torchrun hides its exit status 2
+(torchrun reports any failed worker as 1): run_cli writes the error line to
+$GPT2REPRO_INPUT_ERROR_FILE and the script stops when that file exists. A crash is still retried."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gpt2repro.errors import INPUT_ERROR_FILE_ENV, UserError, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "shakespeare.toml")
+
+
+def _fails(message: str) -> Callable[[list[str]], int]:
+    def main(argv: list[str]) -> int:
+        raise UserError(message)
+
+    return main
+
+
+def test_run_cli_writes_the_input_error_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "input_error"
+    monkeypatch.delenv(INPUT_ERROR_FILE_ENV, raising=False)
+    assert run_cli(_fails("data directory x does not exist (data.dir)"), []) == 2
+    assert not path.exists()  # not asked for: nothing written
+
+    monkeypatch.setenv(INPUT_ERROR_FILE_ENV, str(path))
+    assert run_cli(lambda argv: 0, []) == 0
+    assert not path.exists()  # success writes nothing
+    assert run_cli(_fails("data directory x\ndoes not exist (data.dir)"), []) == 2
+    assert path.read_text() == "error: data directory x does not exist (data.dir)\n"
+    # another rank failing later leaves the first line as it is
+    assert run_cli(_fails("vocab mismatch"), []) == 2
+    assert path.read_text() == "error: data directory x does not exist (data.dir)\n"
+    # a path that cannot be written changes nothing: still one line on stderr and status 2
+    monkeypatch.setenv(INPUT_ERROR_FILE_ENV, str(tmp_path / "no such dir" / "input_error"))
+    assert run_cli(_fails("bad key"), []) == 2
+
+
+def restart(
+    tmp_path: Path, launcher: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run restart_until_done.sh with at most 3 attempts, none apart, its temporary files in
+    tmp_path/tmp (to see them removed)."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    full_env = {
+        **os.environ,
+        "MAX_ATTEMPTS": "3",
+        "DELAY": "0",
+        "PYTHON": sys.executable,
+        "TMPDIR": str(tmp_path / "tmp"),
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    full_env.pop(INPUT_ERROR_FILE_ENV, None)
+    full_env.pop("DRY_RUN", None)
+    cmd = ["bash", str(REPO / "launch" / "restart_until_done.sh"), launcher, "--config", CONFIG]
+    cmd += [f"--run.dir={tmp_path / 'run'}", *args]
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def attempts(p: subprocess.CompletedProcess) -> int:
+    return p.stdout.count("restart_until_done: attempt ")
+
+
+def fake_launcher(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "launcher.sh"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_an_input_error_behind_status_1_stops_and_a_crash_is_retried(tmp_path: Path) -> None:
+    # what torchrun does to a worker's input error: the worker returns 2, the launcher exits 1
+    worker = (
+        f"{sys.executable} -c 'import sys; from gpt2repro.errors import UserError, run_cli\n"
+        'def main(argv): raise UserError("data.dir: nope")\n'
+        "sys.exit(run_cli(main, []))'\n"
+        "exit 1"
+    )
+    p = restart(tmp_path, fake_launcher(tmp_path, worker))
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert attempts(p) == 1
+    assert "error: data.dir: nope\nrestart_until_done: input error" in p.stdout
+    assert list((tmp_path / "tmp").iterdir()) == []  # the error file went with the script
+    # a crash (status 1, no input error) is retried up to MAX_ATTEMPTS
+    p = restart(tmp_path, fake_launcher(tmp_path, "exit 1"))
+    assert p.returncode == 1 and attempts(p) == 3, p.stdout + p.stderr
+    assert "gave up after 3 attempts" in p.stdout
+
+
+@pytest.mark.dist  # launch/single_node.sh starts torchrun
+def test_missing_data_dir_under_torchrun_stops_after_one_attempt(tmp_path: Path) -> None:
+    missing = tmp_path / "no data"
+    p = restart(tmp_path, "launch/single_node.sh", f"--data.dir={missing}", env={"NPROC": "1"})
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert attempts(p) == 1, p.stdout
+    line = f"error: data directory {missing} does not exist (data.dir); "
+    assert line in p.stderr  # the worker's own line
+    (printed,) = [ln for ln in p.stdout.splitlines() if ln.startswith("error: ")]
+    assert printed.startswith(line)  # and the script's, above its verdict
+    # only torchrun's own log directory is left behind (torchrun does not remove it)
+    left = [q.name for q in (tmp_path / "tmp").iterdir()]
+    assert all(name.startswith("torchelastic_") for name in left), left
