@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from gpt2repro.config import DistConfig
-from gpt2repro.errors import UserError
+from gpt2repro.errors import RankFailed, UserError
 
 T = TypeVar("T")
 
@@ -291,7 +291,7 @@ def wrap(raw_model: nn.Module, info: DistInfo, cfg: DistConfig, compile: bool) -
 def on_main(check: Callable[[], T]) -> T:
     """Run `check` on rank 0 only and return its result on every rank; a UserError it raises is
     raised on every rank (so no rank is left waiting in a collective). Any other exception is
-    re-raised on rank 0 and reported on the others as a UserError pointing at rank 0's log."""
+    re-raised on rank 0 and reported on the others as a RankFailed pointing at rank 0's log."""
     result: T | None = None
     message = None
     failure: BaseException | None = None
@@ -303,9 +303,12 @@ def on_main(check: Callable[[], T]) -> T:
         except Exception as e:  # still tell the other ranks before raising
             failure = e
             message = f"rank 0 failed ({type(e).__name__}: {e}); see rank 0's output above"
-    message, result = broadcast_object((message, result))  # type: ignore[misc]
+    crashed = failure is not None
+    message, crashed, result = broadcast_object((message, crashed, result))  # type: ignore[misc]
     if failure is not None:
         raise failure
+    if crashed:  # a crash on rank 0 is no input error: restarting may fix it
+        raise RankFailed(message)
     if message is not None:
         raise UserError(message)
     return result  # type: ignore[return-value]

@@ -5,8 +5,9 @@ Every entry point wraps its body in `run_cli`, which prints a `UserError` as a s
 
 A launcher cannot always pass status 2 on: torchrun reports any failed worker as status 1. So when
 GPT2REPRO_INPUT_ERROR_FILE names a path, `run_cli` also writes that line there (the first process
-to fail writes it; the others leave it), and launch/restart_until_done.sh, which sets the variable,
-stops retrying when the file exists after an attempt.
+to fail writes it; the others leave it; a `RankFailed`, another rank's crash, is not written), and
+launch/restart_until_done.sh, which sets the variable, stops retrying when the file exists after
+an attempt.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ INPUT_ERROR_FILE_ENV = "GPT2REPRO_INPUT_ERROR_FILE"
 
 class UserError(Exception):
     """Something the user can fix: a config key, a file, a world size. The message says how."""
+
+
+class RankFailed(UserError):
+    """Another rank crashed (not an input error). Printed as one line like a UserError, so the log
+    holds one traceback, the failing rank's; but not written to GPT2REPRO_INPUT_ERROR_FILE, so
+    restart_until_done.sh restarts as after any crash."""
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +50,8 @@ def run_cli(
     try:
         return int(main(argv) or 0)
     except UserError as e:
-        report_input_error(f"error: {e}")  # under --debug too: it is still an input error
+        if not isinstance(e, RankFailed):  # also under --debug: it is an input error all the same
+            report_input_error(f"error: {e}")
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -4,6 +4,7 @@ $GPT2REPRO_INPUT_ERROR_FILE and the script stops when that file exists. A crash 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt2repro.errors import INPUT_ERROR_FILE_ENV, UserError, run_cli
+from gpt2repro.errors import INPUT_ERROR_FILE_ENV, RankFailed, UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "shakespeare.toml")
@@ -36,6 +37,12 @@ def test_run_cli_writes_the_input_error_file(
     monkeypatch.setenv(INPUT_ERROR_FILE_ENV, str(path))
     assert run_cli(lambda argv: 0, []) == 0
     assert not path.exists()  # success writes nothing
+
+    def peer_crashed(argv: list[str]) -> int:
+        raise RankFailed("rank 0 failed (OSError: disk hiccup); see rank 0's output above")
+
+    assert run_cli(peer_crashed, []) == 2
+    assert not path.exists()  # another rank's crash is no input error
     assert run_cli(_fails("data directory x\ndoes not exist (data.dir)"), []) == 2
     assert path.read_text() == "error: data directory x does not exist (data.dir)\n"
     # another rank failing later leaves the first line as it is
@@ -111,3 +118,51 @@ def test_missing_data_dir_under_torchrun_stops_after_one_attempt(tmp_path: Path)
     # only torchrun's own log directory is left behind (torchrun does not remove it)
     left = [q.name for q in (tmp_path / "tmp").iterdir()]
     assert all(name.startswith("torchelastic_") for name in left), left
+
+
+# Each rank runs two rank-0 checks through dist.on_main, each under run_cli with its own error file:
+# one crashes on rank 0 (an OSError: restarting may fix it), one is an input error.
+ON_MAIN_WORKER = """
+import json, os, sys
+from gpt2repro import dist
+from gpt2repro.errors import INPUT_ERROR_FILE_ENV, UserError, run_cli
+
+def fail(exc):
+    def check():
+        raise exc
+    return lambda argv: dist.on_main(check)
+
+out = sys.argv[1]
+info = dist.setup("cpu", "gloo")
+status = {}
+for name, exc in (("crash", OSError("disk hiccup")), ("input", UserError("data.dir: nope"))):
+    os.environ[INPUT_ERROR_FILE_ENV] = os.path.join(out, f"{name}.{info.rank}")
+    try:
+        status[name] = run_cli(fail(exc), [])
+    except OSError:  # rank 0's own crash is not caught by run_cli
+        status[name] = "raised"
+with open(os.path.join(out, f"status.{info.rank}.json"), "w") as f:
+    json.dump(status, f)
+dist.teardown()
+"""
+
+
+@pytest.mark.dist
+def test_a_crash_forwarded_by_on_main_is_not_an_input_error(tmp_path: Path) -> None:
+    """Rank 0 crashing inside dist.on_main reaches rank 1 as a one-line RankFailed: no input error
+    is reported, so restart_until_done.sh restarts; a UserError there is reported by every rank."""
+    script = tmp_path / "worker.py"
+    script.write_text(ON_MAIN_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop(INPUT_ERROR_FILE_ENV, None)
+    p = subprocess.run(
+        [*cmd, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    status = [json.loads((tmp_path / f"status.{r}.json").read_text()) for r in (0, 1)]
+    assert status == [{"crash": "raised", "input": 2}, {"crash": 2, "input": 2}]
+    assert "error: rank 0 failed (OSError: disk hiccup)" in p.stderr
+    assert not (tmp_path / "crash.0").exists() and not (tmp_path / "crash.1").exists()
+    for r in (0, 1):
+        assert (tmp_path / f"input.{r}").read_text() == "error: data.dir: nope\n"
