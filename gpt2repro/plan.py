@@ -114,21 +114,18 @@ class Memory:
     gradients: float
     optimizer: float  # AdamW exp_avg and exp_avg_sq
     activations: float  # saved for backward, one micro-batch
+    backward: float  # in a block's backward: gradients in flight (+ its recompute, with ckpt)
     loss: float  # the head's input, its saved gradients and its live logits at their peak
     fsdp_unsharded: float  # FSDP2: all-gathered parameters and un-sharded gradients in flight
     overhead: float  # CUDA context, NCCL, allocator slack (not in max_memory_allocated)
 
     @property
     def allocated(self) -> float:
-        """What `torch.cuda.max_memory_allocated` should report for the eager step."""
-        return (
-            self.weights
-            + self.gradients
-            + self.optimizer
-            + self.activations
-            + self.loss
-            + self.fsdp_unsharded
-        )
+        """What `torch.cuda.max_memory_allocated` should report for the eager step. The head's
+        peak (end of the forward) and a block's backward (later) never coincide: the larger of
+        the two counts."""
+        states = self.weights + self.gradients + self.optimizer + self.fsdp_unsharded
+        return states + self.activations + max(self.loss, self.backward)
 
     @property
     def total(self) -> float:
@@ -151,23 +148,37 @@ def block_activation_bytes(s: Setup) -> float:
     return N * C * (2 * r + 14 * a) + 2 * 8 * N + 4 * N * nh
 
 
-def activation_bytes(s: Setup, shape: ModelShape) -> float:
-    """Everything saved for backward between the embeddings and the head, per micro-batch.
-
-    Without checkpointing: every block's activations, plus bf16 copies of the blocks' matmul
-    weights under autocast (cached for the backward). With it: each block's input only, plus one
-    block's activations while it is recomputed in the backward. Both: the token ids and positions
-    (int64) the embeddings keep, and ln_f's input with its statistics.
-    """
+def saved_activation_bytes(s: Setup, shape: ModelShape) -> float:
+    """What autograd holds between the forward and the backward of one micro-batch, from the
+    embeddings to ln_f: every block's activations, plus under autocast the bf16 copies of the
+    blocks' matmul weights (cached for the backward); with activation checkpointing, each
+    block's input only. Both: the token ids and positions (int64) of the embeddings, and ln_f's
+    input with its statistics."""
     L, N, C, T = s.model.n_layer, s.micro_batch * s.seq_len, s.model.n_embd, s.seq_len
     r = 2 if s.bf16_everywhere else 4
-    weight_copies = 2 * shape.block_matmul_weights if s.bf16 and not s.bf16_everywhere else 0
-    per_block = block_activation_bytes(s) + weight_copies
     if s.checkpointing:
-        blocks = L * r * N * C + per_block
+        blocks = L * r * N * C
     else:
-        blocks = L * per_block
+        blocks = L * (block_activation_bytes(s) + _weight_copies(s, shape))
     return blocks + 8 * N + 8 * T + r * N * C + 8 * N
+
+
+def backward_bytes(s: Setup, shape: ModelShape) -> float:
+    """A block's backward at its widest, the MLP: the incoming gradient of the residual stream
+    (fp32, unless FSDP's bf16 policy) and the gradients of GELU's output and input (4C wide, in
+    the compute dtype). With checkpointing, plus the block's activations, recomputed."""
+    N, C = s.micro_batch * s.seq_len, s.model.n_embd
+    a = 2 if s.bf16 else 4
+    r = 2 if s.bf16_everywhere else 4
+    grads = (r + 8 * a) * N * C
+    if s.checkpointing:
+        return grads + block_activation_bytes(s) + _weight_copies(s, shape)
+    return grads
+
+
+def _weight_copies(s: Setup, shape: ModelShape) -> float:
+    """bf16 copies of one block's matmul weights that autocast makes and the backward keeps."""
+    return 2 * shape.block_matmul_weights if s.bf16 and not s.bf16_everywhere else 0
 
 
 def loss_bytes(s: Setup) -> float:
@@ -213,7 +224,8 @@ def memory_per_gpu(s: Setup, shape: ModelShape) -> Memory:
         weights=4 * P / shards,
         gradients=4 * P / shards,
         optimizer=8 * P / shards,
-        activations=activation_bytes(s, shape),
+        activations=saved_activation_bytes(s, shape),
+        backward=backward_bytes(s, shape),
         loss=loss_bytes(s),
         fsdp_unsharded=fsdp,
         overhead=0.0,
@@ -518,7 +530,8 @@ def format_plan(p: dict[str, Any]) -> str:
         ("gradients (fp32)", "gradients"),
         ("AdamW m, v (fp32)", "optimizer"),
         ("activations", "activations"),
-        ("logits / loss", "loss"),
+        ("logits / loss *", "loss"),
+        ("block backward *", "backward"),
         ("FSDP un-sharded", "fsdp_unsharded"),
         ("= allocated peak", "allocated"),
         ("+ overhead", "overhead"),
@@ -532,8 +545,11 @@ def format_plan(p: dict[str, Any]) -> str:
     lines.append(
         f"  overhead assumed: {a['cuda_context_gib']:g} GiB CUDA context"
         + (f" + {a['nccl_gib']:g} GiB NCCL" if a["nccl_gib"] else "")
-        + f" + {a['fragmentation']:.0%} allocator slack; activations are eager-mode (torch.compile "
-        "saves fewer)"
+        + f" + {a['fragmentation']:.0%} allocator slack"
+    )
+    lines.append(
+        "  * not at the same time: the peak counts the larger; activations are eager-mode "
+        "(torch.compile saves fewer)"
     )
     if world == 1:
         lines.append("  (fsdp on one GPU shards nothing: the same as ddp)")
@@ -549,7 +565,7 @@ def format_plan(p: dict[str, Any]) -> str:
     else:
         lines.append(
             f"DOES NOT FIT: {chosen} needs {total:.1f} GiB, {p['over_gib']:.1f} GiB more than "
-            f"the {p['capacity_gib']:g} GiB of a {gpu['name']}"
+            f"the {p['capacity_gib']:g} GiB of one {gpu['name']}"
         )
         if not p["alternatives"]:
             lines.append(
@@ -661,6 +677,7 @@ def parse(argv: list[str]) -> tuple[Config, Request, bool]:
         step_ms=args.step_ms,
         price_per_gpu_hour=args.price_per_gpu_hour,
     )
+    grad_accum(cfg, cfg.train.micro_batch_size, req.world)  # what training refuses, refused now
     return cfg, req, args.json
 
 
