@@ -265,7 +265,7 @@ def measured_mfu(
     size, with the file it came from; None when there is none."""
     best: tuple[float, str] | None = None
     for path in sorted(results.glob("**/*.json")):
-        res = _read_result(path)
+        res = read_bench_result(path)
         if res is None or res.get("mfu") is None:
             continue
         if gpu_for_device_name(str(res.get("device", ""))) != gpu:
@@ -277,7 +277,7 @@ def measured_mfu(
     return best
 
 
-def _read_result(path: Path) -> dict[str, Any] | None:
+def read_bench_result(path: Path) -> dict[str, Any] | None:
     """A `bench train` result file, or None for any other JSON."""
     try:
         res = json.loads(path.read_text())
@@ -620,23 +620,39 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", help="the run's TOML (required)")
-    p.add_argument("--gpus", type=int, required=True, help="GPUs per node")
+    p.add_argument("--gpus", type=int, required=True, metavar="N", help="GPUs per node")
     p.add_argument(
-        "--gpu", required=True, help="GPU model, e.g. H100, 'H100 PCIe', 'A100 40GB', L40S"
+        "--gpu",
+        required=True,
+        metavar="NAME",
+        help="GPU model, e.g. H100, 'H100 PCIe', 'A100 40GB', L40S",
     )
-    p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    p.add_argument("--nodes", type=int, default=1, metavar="K", help="nodes (default 1)")
     p.add_argument(
-        "--micro-batch", type=int, help="sequences per micro-step (train.micro_batch_size)"
+        "--micro-batch",
+        type=int,
+        metavar="B",
+        help="sequences per micro-step (train.micro_batch_size)",
     )
     p.add_argument(
         "--strategy", choices=("ddp", "fsdp"), help="default: the config's dist.strategy"
     )
-    p.add_argument("--tokens", type=float, help="training tokens (default: max_steps x batch)")
+    p.add_argument(
+        "--tokens", type=float, metavar="N", help="training tokens (default: max_steps x batch)"
+    )
     speed = p.add_mutually_exclusive_group()
-    speed.add_argument("--mfu", type=float, help="model FLOPs utilisation, a fraction (0.4 = 40%%)")
-    speed.add_argument("--tokens-per-s", type=float, help="tokens/s of the whole run (all GPUs)")
-    speed.add_argument("--step-ms", type=float, help="milliseconds per optimizer step")
-    p.add_argument("--price-per-gpu-hour", type=float, help="price of one GPU for one hour")
+    speed.add_argument(
+        "--mfu", type=float, metavar="F", help="model FLOPs utilisation, a fraction (0.4 = 40%%)"
+    )
+    speed.add_argument(
+        "--tokens-per-s", type=float, metavar="R", help="tokens/s of the whole run (all GPUs)"
+    )
+    speed.add_argument(
+        "--step-ms", type=float, metavar="MS", help="milliseconds per optimizer step"
+    )
+    p.add_argument(
+        "--price-per-gpu-hour", type=float, metavar="P", help="price of one GPU for one hour"
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_debug_flag(p)
     return p

@@ -25,7 +25,7 @@ import torch
 from gpt2repro import plan, precision
 from gpt2repro.config import build_config
 from gpt2repro.dist import DistInfo
-from gpt2repro.errors import UserError
+from gpt2repro.errors import UserError, run_cli
 from gpt2repro.metrics import GPUS
 from gpt2repro.train import build_model, forward_backward
 
@@ -186,28 +186,42 @@ def run_plan(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def plan_json(*args: str) -> dict[str, Any]:
+    """The --json plan of a command line, in this process."""
+    return plan.make_plan(*plan.parse(list(args))[:2])
+
+
 def test_llmc_124m_on_8xh100_at_140ms_per_step_takes_about_45_minutes() -> None:
     """llm.c's measured 124M step on 8xH100 (140 ms, docs/reference.md) for 10B tokens:
     10e9 / 524,288 = 19,073.5, so 19,074 steps (at least the tokens asked for) x 0.14 s = 44.5 min;
-    as JSON and as text."""
-    r = run_plan("--config", "configs/gpt2_124m.toml", "--gpus", "8", "--gpu", "H100",
-                 "--tokens", "10e9", "--step-ms", "140", "--price-per-gpu-hour", "2", "--json")  # fmt: skip
+    as printed by the command, and as data."""
+    args = [
+        "--config",
+        "configs/gpt2_124m.toml",
+        "--gpus",
+        "8",
+        "--gpu",
+        "H100",
+        "--tokens",
+        "10e9",
+    ]
+    r = run_plan(*args, "--step-ms", "140", "--price-per-gpu-hour", "2")
     assert r.returncode == 0, r.stderr
-    p = json.loads(r.stdout)
+    assert "time: 44m30s of training (5.9 GPU-hours" in r.stdout, r.stdout
+    assert "cost: $11.87 at $2 per GPU-hour" in r.stdout, r.stdout
+    p = plan_json(*args, "--step-ms", "140", "--price-per-gpu-hour", "2")
     assert p["batch"]["steps"] == 19074 and p["batch"]["grad_accum"] == 1
     assert p["wall_seconds"] / 60 == pytest.approx(44.5, abs=0.1)
     assert p["gpu_hours"] == pytest.approx(8 * 44.5 / 60, abs=0.02)
     assert p["cost"] == pytest.approx(2 * p["gpu_hours"])
     assert p["fits"] and p["gpu"]["name"] == "H100 SXM"
     # the same rate as tokens/s gives the same time; the MFU it implies is llm.c's ~38%
-    same = plan.make_plan(*plan.parse(["--config", "configs/gpt2_124m.toml", "--gpus", "8",
-                          "--gpu", "h100 sxm", "--tokens", "10e9",
-                          "--tokens-per-s", str(524288 / 0.14)])[:2])  # fmt: skip
+    same = plan_json(*args, "--tokens-per-s", str(524288 / 0.14))
     assert same["wall_seconds"] == pytest.approx(p["wall_seconds"])
     assert same["speed"]["mfu"] == pytest.approx(0.38, abs=0.01)
-    text = run_plan("--config", "configs/gpt2_124m.toml", "--gpus", "8", "--gpu", "H100",
-                    "--tokens", "10e9", "--step-ms", "140")  # fmt: skip
-    assert text.returncode == 0 and "time: 44m30s of training" in text.stdout, text.stdout
+    # and that MFU, given as such, gives it back
+    again = plan_json(*args, "--mfu", str(same["speed"]["mfu"]))
+    assert again["wall_seconds"] == pytest.approx(p["wall_seconds"])
 
 
 def test_default_mfu_is_the_best_measured_else_a_stated_assumption(tmp_path: Path) -> None:
@@ -243,8 +257,8 @@ def test_an_oversized_run_says_by_how_much_and_what_fits() -> None:
         assert again["fits"], alt
         assert again["batch"]["grad_accum"] == alt["grad_accum"]
         assert 8 * alt["micro_batch"] * 1024 * alt["grad_accum"] == 524288
-    text = run_plan(*args)
-    assert "DOES NOT FIT" in text.stdout and "fits with --micro-batch" in text.stdout
+    text = plan.format_plan(p)
+    assert "DOES NOT FIT: ddp needs" in text and "fits with --micro-batch" in text
 
 
 @pytest.mark.parametrize(
@@ -290,20 +304,32 @@ def test_bad_input_is_one_line(args: list[str], message: str) -> None:
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+def test_cli_errors_are_one_line_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     r = run_plan("--config", str(tmp_path / "missing.toml"), "--gpus", "1", "--gpu", "H100")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "missing.toml does not exist" in r.stderr
-    r = run_plan("--gpus", "1", "--gpu", "H100")
-    assert r.returncode == 2 and "--config is required" in r.stderr
-    r = run_plan("--help")
-    assert r.returncode == 0 and "examples:" in r.stdout and "RTX 4090" in r.stdout
+    assert run_cli(plan.main, ["--gpus", "1", "--gpu", "H100"]) == 2
+    assert "--config is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        run_cli(plan.main, ["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "examples:" in out and "RTX 4090" in out
+    assert (
+        run_cli(
+            plan.main,
+            ["--config", "configs/gpt2_124m.toml", "--gpus", "8", "--gpu", "h200", "--json"],
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["gpu"]["name"] == "H200 SXM"
 
 
 def _gpu_measurements() -> list[tuple[Path, dict[str, Any]]]:
     out = []
     for path in sorted((REPO / "bench" / "results").glob("**/*.json")):
-        res = plan._read_result(path)
+        res = plan.read_bench_result(path)
         if res and res.get("peak_mem_gib") and plan.gpu_for_device_name(str(res.get("device"))):
             out.append((path, res))
     return out
