@@ -273,7 +273,8 @@ def measured_mfu(
         if not _same_model(res.get("model", {}), model_cfg):
             continue
         if best is None or res["mfu"] > best[0]:
-            best = (float(res["mfu"]), str(path))
+            shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+            best = (float(res["mfu"]), str(shown))
     return best
 
 
