@@ -194,11 +194,11 @@ def loss_bytes(s: Setup) -> float:
     """
     N, C = s.micro_batch * s.seq_len, s.model.n_embd
     V, vocab = s.model.padded_vocab_size, s.model.vocab_size
-    h = (2 if s.bf16_everywhere else 4) * N * C
+    h = (2 if s.bf16_everywhere else 4) * N * C  # the head's input, [N, C]
     if s.loss_chunk <= 0:
         return h + 12 * N * vocab + (2 * V * C if s.bf16 and not s.bf16_everywhere else 0)
     n = min(s.loss_chunk, N)
-    saved = h + 4 * V * C  # dL/dh has h's dtype; dL/dW is fp32
+    saved = h + 4 * V * C  # dL/dh (h's shape and dtype) and dL/dW (fp32)
     if s.bf16_everywhere:  # weights already bf16: no autocast copies
         chunk = max(14 * n * V, 6 * n * V + 6 * V * C)
     elif s.bf16:
