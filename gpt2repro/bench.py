@@ -283,6 +283,9 @@ def _train_result(
         "dtype": str(dtype) if dtype else "float32",
         "micro_batch": train_cfg.micro_batch_size,
         "seq_len": train_cfg.seq_len,
+        # what else sets the memory (gpt2repro.plan compares its estimate with peak_mem_gib)
+        "loss_chunk": train_cfg.loss_chunk,
+        "activation_checkpointing": train_cfg.activation_checkpointing,
         "grad_accum": grad_accum,
         "tokens_per_step": tokens_per_step,
         "warmup_s": round(warmup_s, 2),

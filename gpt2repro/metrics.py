@@ -24,23 +24,51 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# Dense bf16 peak FLOP/s from the datasheets (docs/reference.md "MFU and GPU peaks").
-# Order matters: first match wins.
-GPU_PEAK_FLOPS: list[tuple[str, float]] = [
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),  # per GPU of the NVL pair
-    ("H100", 989e12),  # SXM / HBM3
-    ("H200 NVL", 835e12),  # before "H200": the NVL board runs at a lower power limit
-    ("H200", 989e12),  # SXM
-    ("H800 PCIe", 756e12),  # before "H800": the PCIe card, like the H100 PCIe
-    ("H800", 989e12),  # SXM
-    ("A100", 312e12),
-]
+
+@dataclass(frozen=True)
+class GPU:
+    """One row of the known-GPU table (docs/reference.md "MFU and GPU peaks", with sources).
+
+    name: how the planner prints it; match: substrings of `torch.cuda.get_device_name()` that
+    identify it (case ignored); peak_flops: dense bf16 Tensor Core FLOP/s; memory_gib: the
+    datasheet's memory ("80GB"), read as GiB (HBM and GDDR sizes are binary; the driver's reserve
+    is part of the planner's overhead); aliases: other names `gpt2repro.plan --gpu` accepts.
+    """
+
+    name: str
+    match: tuple[str, ...]
+    peak_flops: float
+    memory_gib: float
+    aliases: tuple[str, ...] = ()
+
+
+# Order matters: the first entry with a matching substring wins, so a specific name comes before
+# the general name it contains ("H200 NVL" before "H200"; tests/test_metrics.py checks it).
+GPUS: tuple[GPU, ...] = (
+    GPU("H100 PCIe", ("H100 PCIe",), 756e12, 80),
+    GPU("H100 NVL", ("H100 NVL",), 835e12, 94),  # per GPU of the NVL pair
+    GPU("H100 SXM", ("H100",), 989e12, 80, ("H100", "H100 80GB HBM3")),
+    GPU("H200 NVL", ("H200 NVL",), 835e12, 141),  # lower power limit than the SXM board
+    GPU("H200 SXM", ("H200",), 989e12, 141, ("H200",)),
+    GPU("H800 PCIe", ("H800 PCIe",), 756e12, 80),  # the H100 PCIe's export variant
+    GPU("H800 SXM", ("H800",), 989e12, 80, ("H800",)),
+    GPU("A100 40GB", ("A100-SXM4-40GB", "A100-PCIE-40GB"), 312e12, 40, ("A100-40GB",)),
+    GPU("A100 80GB", ("A100",), 312e12, 80, ("A100-80GB", "A100 SXM", "A100 PCIe")),
+    GPU("L40S", ("L40S",), 362.05e12, 48),
+    # GeForce: bf16 with fp32 accumulation (what torch's bf16 matmuls use) runs at half the
+    # fp16-accumulate rate the marketing figure quotes.
+    GPU("RTX 4090", ("RTX 4090",), 165.2e12, 24, ("4090", "GeForce RTX 4090")),
+)
+
+# (substring of the device name, dense bf16 peak FLOP/s), first match wins: the MFU lookup's view
+# of GPUS.
+GPU_PEAK_FLOPS: list[tuple[str, float]] = [(m, g.peak_flops) for g in GPUS for m in g.match]
 
 
 def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
@@ -56,11 +84,18 @@ def peak_flops(device: torch.device) -> float | None:
     return peak_flops_for_name(name)
 
 
-def peak_flops_for_name(name: str) -> float | None:
-    for key, peak in GPU_PEAK_FLOPS:
-        if key.lower() in name.lower():
-            return peak
+def gpu_for_device_name(name: str) -> GPU | None:
+    """The GPUS row of a CUDA device name ("NVIDIA H100 80GB HBM3"), or None when unknown."""
+    for gpu in GPUS:
+        if any(m.lower() in name.lower() for m in gpu.match):
+            return gpu
     return None
+
+
+def peak_flops_for_name(name: str) -> float | None:
+    """Dense bf16 peak of a CUDA device name, or None when unknown."""
+    gpu = gpu_for_device_name(name)
+    return None if gpu is None else gpu.peak_flops
 
 
 def mfu(

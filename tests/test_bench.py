@@ -34,6 +34,8 @@ def test_bench_train_reports_throughput_fields(tmp_path: Path) -> None:
     assert res["grad_accum"] == 2 and res["tokens_per_step"] == 256
     assert res["tok_per_s"] > 0 and res["step_ms"] > 0
     assert res["mfu"] is None and res["peak_mem_gib"] is None  # CPU: no guessed numbers
+    # what else sets the memory, for gpt2repro.plan's comparison with GPU measurements
+    assert res["loss_chunk"] == 1024 and res["activation_checkpointing"] is False
     assert res["n_params"] == 2 * 12 * 32 * 32 + 2 * 13 * 32 + 512 * 32 + 64 * 32 + 2 * 32
 
 

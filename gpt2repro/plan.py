@@ -1,0 +1,709 @@
+"""Plan a run before renting the GPUs: memory per GPU, whether it fits, wall time and cost.
+
+    python -m gpt2repro.plan --config configs/gpt2_774m.toml --gpus 8 --gpu "A100 40GB"
+    python -m gpt2repro.plan --config configs/gpt2_124m.toml --gpus 8 --gpu H100 \\
+        --tokens 10e9 --step-ms 140 --price-per-gpu-hour 2.5 --json
+
+Everything is arithmetic on the config, with the trainer's own rules: the parameter count of the
+real `GPT` (built on the meta device, so no memory), `metrics.flops_per_token` and the GPU table
+`metrics.GPUS`, `train.grad_accum_steps` (a batch that training refuses is refused here too) and
+`precision.autocast_dtype` (bf16 autocast on CUDA unless train.dtype says otherwise).
+
+The memory model counts the bytes the training step holds at its peak, component by component
+(docs/planning.md derives each term; tests/test_plan.py measures them on real CPU steps):
+weights, gradients and AdamW state (fp32; sharded over the GPUs under FSDP), the activations
+autograd saves for one micro-batch (with and without activation checkpointing), the language-model
+head's loss buffers (one chunk of logits with train.loss_chunk > 0, the full logits with 0), and,
+under FSDP, the parameters and gradients it un-shards for the block at hand. That sum is what
+`torch.cuda.max_memory_allocated` reports for the eager step (torch.compile usually saves fewer
+activations, so it is an upper bound there); the CUDA context, NCCL and the caching allocator's
+slack come on top as a stated overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gpt2repro.config import Config, ModelConfig, load_config
+from gpt2repro.errors import UserError, add_debug_flag, run_cli
+from gpt2repro.metrics import GPU, GPUS, flops_per_token, format_duration, gpu_for_device_name
+
+GIB = 2**30
+DEFAULT_MFU = 0.40  # the assumption when bench/results/ has no measurement for this GPU and size
+# What the caching allocator's tensors do not include (docs/planning.md, "Overhead"):
+CUDA_CONTEXT_GIB = 1.0  # CUDA context, cuBLAS/cuDNN workspaces, compiled kernels
+NCCL_GIB = 0.5  # NCCL's communicators and buffers, when there is more than one GPU
+FRAGMENTATION = 0.10  # the caching allocator's reserved-but-unused share of what it hands out
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "bench" / "results"
+
+
+# --------------------------------------------------------------------------- the model's shape
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Parameter counts of the real GPT (padded vocabulary rows included, tied weights once)."""
+
+    n_params: int  # everything: what the optimizer holds and the FLOP count uses
+    block_params: int  # one transformer block (an FSDP unit)
+    block_matmul_weights: int  # one block's nn.Linear weights (what autocast copies to bf16)
+    root_params: int  # wte (= lm_head), wpe, ln_f: the root FSDP unit
+
+
+def model_shape(model_cfg: ModelConfig) -> ModelShape:
+    """Count parameters on the meta device: the same module as training, no memory, no init."""
+    import torch
+
+    from gpt2repro.model import GPT
+
+    with torch.device("meta"):
+        model = GPT(model_cfg)
+    block = model.transformer.h[0]
+    n_params = model.num_params(exclude_padding=False)
+    block_params = sum(p.numel() for p in block.parameters())
+    matmul = sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
+    return ModelShape(
+        n_params=n_params,
+        block_params=block_params,
+        block_matmul_weights=matmul,
+        root_params=n_params - model_cfg.n_layer * block_params,
+    )
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What decides the memory of one GPU: the model, the micro batch and how the step runs."""
+
+    model: ModelConfig
+    micro_batch: int  # B, sequences per micro-step
+    seq_len: int  # T
+    world: int  # GPUs in the run
+    strategy: str  # "ddp" or "fsdp"
+    bf16: bool  # bf16 autocast (fp32 weights, gradients and AdamW state either way)
+    fsdp_bf16_params: bool  # FSDP2 all-gathers bf16 parameters (dist.fsdp_mixed_precision)
+    checkpointing: bool  # train.activation_checkpointing
+    loss_chunk: int  # train.loss_chunk (0 = full logits)
+    fused_adamw: bool  # fused kernel (else foreach: a transient fp32 copy at the step)
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP2 shards only across several processes (dist.shard is a no-op for one)."""
+        return self.strategy == "fsdp" and self.world > 1
+
+    @property
+    def bf16_everywhere(self) -> bool:
+        """FSDP2's bf16 policy computes the embeddings and residual stream in bf16 too."""
+        return self.sharded and self.bf16 and self.fsdp_bf16_params
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes one GPU holds at the step's peak, by component."""
+
+    weights: float
+    gradients: float
+    optimizer: float  # AdamW exp_avg and exp_avg_sq
+    activations: float  # saved for backward, one micro-batch
+    backward: float  # in a block's backward: gradients in flight (+ its recompute, with ckpt)
+    loss: float  # the head's input, its saved gradients and its live logits at their peak
+    fsdp_unsharded: float  # FSDP2: all-gathered parameters and un-sharded gradients in flight
+    overhead: float  # CUDA context, NCCL, allocator slack (not in max_memory_allocated)
+
+    @property
+    def allocated(self) -> float:
+        """What `torch.cuda.max_memory_allocated` should report for the eager step. The head's
+        peak (end of the forward) and a block's backward (later) never coincide: the larger of
+        the two counts."""
+        states = self.weights + self.gradients + self.optimizer + self.fsdp_unsharded
+        return states + self.activations + max(self.loss, self.backward)
+
+    @property
+    def total(self) -> float:
+        return self.allocated + self.overhead
+
+
+def block_activation_bytes(s: Setup) -> float:
+    """Bytes autograd saves in one block's forward (eager), per micro-batch.
+
+    For N = B*T tokens, width C: the residual stream x and x + attn (r bytes each, inputs of the
+    two LayerNorms, with their mean and rstd in fp32), the LayerNorm outputs (inputs of c_attn
+    and c_fc), q/k/v, the attention output (c_proj's input, one storage), the MLP's c_fc output
+    (GELU's input) and GELU's output (4C wide each): 2r + 14a bytes per token and channel, where
+    a is the compute dtype's size; plus the attention's log-sum-exp (fp32 per token and head).
+    """
+    B, T, C, nh = s.micro_batch, s.seq_len, s.model.n_embd, s.model.n_head
+    N = B * T
+    a = 2 if s.bf16 else 4
+    r = 2 if s.bf16_everywhere else 4
+    return N * C * (2 * r + 14 * a) + 2 * 8 * N + 4 * N * nh
+
+
+def saved_activation_bytes(s: Setup, shape: ModelShape) -> float:
+    """What autograd holds between the forward and the backward of one micro-batch, from the
+    embeddings to ln_f: every block's activations, plus under autocast the bf16 copies of the
+    blocks' matmul weights (cached for the backward); with activation checkpointing, each
+    block's input only. Both: the token ids and positions (int64) of the embeddings, and ln_f's
+    input with its statistics."""
+    L, N, C, T = s.model.n_layer, s.micro_batch * s.seq_len, s.model.n_embd, s.seq_len
+    r = 2 if s.bf16_everywhere else 4
+    if s.checkpointing:
+        blocks = L * r * N * C
+    else:
+        blocks = L * (block_activation_bytes(s) + _weight_copies(s, shape))
+    return blocks + 8 * N + 8 * T + r * N * C + 8 * N
+
+
+def backward_bytes(s: Setup, shape: ModelShape) -> float:
+    """A block's backward at its widest, the MLP: the incoming gradient of the residual stream
+    (fp32, unless FSDP's bf16 policy) and the gradients of GELU's output and input (4C wide, in
+    the compute dtype). With checkpointing, plus the block's activations, recomputed."""
+    N, C = s.micro_batch * s.seq_len, s.model.n_embd
+    a = 2 if s.bf16 else 4
+    r = 2 if s.bf16_everywhere else 4
+    grads = (r + 8 * a) * N * C
+    if s.checkpointing:
+        return grads + block_activation_bytes(s) + _weight_copies(s, shape)
+    return grads
+
+
+def _weight_copies(s: Setup, shape: ModelShape) -> float:
+    """bf16 copies of one block's matmul weights that autocast makes and the backward keeps."""
+    return 2 * shape.block_matmul_weights if s.bf16 and not s.bf16_everywhere else 0
+
+
+def loss_bytes(s: Setup) -> float:
+    """The head's peak: its input h, the loss's saved gradients and the logits alive at once.
+
+    Chunked (train.loss_chunk = n > 0, gpt2repro/loss.py): dL/dh ([N, C], h's dtype) and dL/dW
+    ([V, C], fp32) are computed in the forward and kept; per chunk, the fp32 logits, their
+    exponentials and the gradient, with the previous chunk's still referenced: 16 n V bytes
+    (fp32), or 14 n V plus two bf16 copies of W under autocast; or, at the dL/dW matmul, the
+    chunk's logits and gradient plus a [V, C] product. Full logits (loss_chunk = 0): the
+    [N, vocab] logits, their fp32 log-softmax and its gradient, 12 N vocab bytes.
+    Measured on CPU (tests/test_plan.py); V is the padded vocabulary, vocab the real one.
+    """
+    N, C = s.micro_batch * s.seq_len, s.model.n_embd
+    V, vocab = s.model.padded_vocab_size, s.model.vocab_size
+    h = (2 if s.bf16_everywhere else 4) * N * C  # the head's input, [N, C]
+    if s.loss_chunk <= 0:
+        return h + 12 * N * vocab + (2 * V * C if s.bf16 and not s.bf16_everywhere else 0)
+    n = min(s.loss_chunk, N)
+    saved = h + 4 * V * C  # dL/dh (h's shape and dtype) and dL/dW (fp32)
+    if s.bf16_everywhere:  # weights already bf16: no autocast copies
+        chunk = max(14 * n * V, 6 * n * V + 6 * V * C)
+    elif s.bf16:
+        chunk = max(14 * n * V + 4 * V * C, 8 * n * V + 8 * V * C)
+    else:
+        chunk = max(16 * n * V, 8 * n * V + 4 * V * C)
+    return h + saved + chunk
+
+
+def memory_per_gpu(s: Setup, shape: ModelShape) -> Memory:
+    """The peak bytes of one GPU in a training step, by component (see the module docstring)."""
+    P = shape.n_params
+    shards = s.world if s.sharded else 1
+    fsdp = 0.0
+    if s.sharded:
+        # The root unit (embeddings = head, ln_f) stays gathered through forward and backward;
+        # blocks are gathered one at a time, the next one prefetched. Their gradients exist
+        # un-sharded until reduce-scattered in fp32 (computed in the parameters' dtype first).
+        p_bytes = 2 if s.bf16_everywhere else 4
+        g_bytes = 4 + (2 if s.bf16_everywhere else 0)
+        fsdp = (shape.root_params + 2 * shape.block_params) * (p_bytes + g_bytes)
+    memory = Memory(
+        weights=4 * P / shards,
+        gradients=4 * P / shards,
+        optimizer=8 * P / shards,
+        activations=saved_activation_bytes(s, shape),
+        backward=backward_bytes(s, shape),
+        loss=loss_bytes(s),
+        fsdp_unsharded=fsdp,
+        overhead=0.0,
+    )
+    context = CUDA_CONTEXT_GIB * GIB + (NCCL_GIB * GIB if s.world > 1 else 0)
+    return replace(memory, overhead=context + FRAGMENTATION * memory.allocated)
+
+
+# --------------------------------------------------------------------------- GPUs and speed
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", name.lower().removeprefix("nvidia").strip())
+
+
+def find_gpu(name: str) -> GPU:
+    """A GPUS row by its name, an alias or a CUDA device name, ignoring case, spaces and dashes."""
+    wanted = _norm(name)
+    for gpu in GPUS:
+        if wanted in {_norm(n) for n in (gpu.name, *gpu.aliases)}:
+            return gpu
+    if wanted == "a100":
+        raise UserError(
+            "--gpu A100 is ambiguous: say 'A100 40GB' or 'A100 80GB' (the memory decides the fit)"
+        )
+    gpu = gpu_for_device_name(name) if len(wanted) >= 4 else None
+    if gpu is None:
+        known = ", ".join(g.name for g in GPUS)
+        raise UserError(f"--gpu {name!r} is not a GPU the planner knows; known: {known}")
+    return gpu
+
+
+def measured_mfu(
+    gpu: GPU, model_cfg: ModelConfig, results: Path = RESULTS_DIR
+) -> tuple[float, str] | None:
+    """The best MFU that `gpt2repro.bench train` recorded in results/ for this GPU and model
+    size, with the file it came from; None when there is none."""
+    best: tuple[float, str] | None = None
+    for path in sorted(results.glob("**/*.json")):
+        res = read_bench_result(path)
+        if res is None or res.get("mfu") is None:
+            continue
+        if gpu_for_device_name(str(res.get("device", ""))) != gpu:
+            continue
+        if not _same_model(res.get("model", {}), model_cfg):
+            continue
+        if best is None or res["mfu"] > best[0]:
+            shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+            best = (float(res["mfu"]), str(shown))
+    return best
+
+
+def read_bench_result(path: Path) -> dict[str, Any] | None:
+    """A `bench train` result file, or None for any other JSON."""
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return res if isinstance(res, dict) and res.get("bench") == "train" else None
+
+
+def _same_model(model: dict[str, Any], model_cfg: ModelConfig) -> bool:
+    keys = ("n_layer", "n_head", "n_embd")
+    return all(model.get(k) == getattr(model_cfg, k) for k in keys)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Request:
+    """The planner's command line, parsed."""
+
+    gpu: GPU
+    gpus_per_node: int
+    nodes: int
+    strategy: str
+    tokens: int | None  # None = train.max_steps x train.total_batch_tokens
+    mfu: float | None
+    tokens_per_s: float | None
+    step_ms: float | None
+    price_per_gpu_hour: float | None
+
+    @property
+    def world(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+def setup_for(cfg: Config, world: int, strategy: str) -> Setup:
+    """The Setup of a config on `world` CUDA GPUs, by training's own precision rule."""
+    import torch
+
+    from gpt2repro import precision
+
+    bf16 = precision.autocast_dtype(cfg.train.dtype, torch.device("cuda")) is not None
+    return Setup(
+        model=cfg.model,
+        micro_batch=cfg.train.micro_batch_size,
+        seq_len=cfg.train.seq_len,
+        world=world,
+        strategy=strategy,
+        bf16=bf16,
+        fsdp_bf16_params=cfg.dist.fsdp_mixed_precision,
+        checkpointing=cfg.train.activation_checkpointing,
+        loss_chunk=cfg.train.loss_chunk,
+        fused_adamw=cfg.optim.fused is not False,  # unset = fused on CUDA
+    )
+
+
+def grad_accum(cfg: Config, micro_batch: int, world: int) -> int:
+    """Training's rule (train.grad_accum_steps): refuses what training would refuse."""
+    from gpt2repro.train import grad_accum_steps
+
+    return grad_accum_steps(replace(cfg.train, micro_batch_size=micro_batch), world)
+
+
+def fitting_alternatives(
+    cfg: Config, s: Setup, shape: ModelShape, capacity: float
+) -> list[dict[str, Any]]:
+    """Settings that make the run fit, each a dict of flags, accumulation and memory: the largest
+    micro batch that fits with the switches as they are, with activation checkpointing, with FSDP
+    (several GPUs), and with both; the fastest first (larger micro batch, no recomputation)."""
+    options = []
+    switches = [dict(checkpointing=s.checkpointing, strategy=s.strategy)]
+    if not s.checkpointing:
+        switches.append(dict(checkpointing=True, strategy=s.strategy))
+    if s.strategy != "fsdp" and s.world > 1:
+        switches.append(dict(checkpointing=s.checkpointing, strategy="fsdp"))
+        if not s.checkpointing:
+            switches.append(dict(checkpointing=True, strategy="fsdp"))
+    for sw in switches:
+        b = s.micro_batch
+        while b >= 1:
+            if _divides(cfg, b, s.world):
+                trial = replace(s, micro_batch=b, **sw)
+                mem = memory_per_gpu(trial, shape)
+                if mem.total <= capacity:
+                    flags = []
+                    if b != s.micro_batch:
+                        flags.append(f"--micro-batch {b}")
+                    if sw["checkpointing"] != s.checkpointing:
+                        flags.append("--train.activation_checkpointing=true")
+                    if sw["strategy"] != s.strategy:
+                        flags.append(f"--strategy {sw['strategy']}")
+                    options.append(
+                        {
+                            "flags": " ".join(flags),
+                            "micro_batch": b,
+                            "grad_accum": grad_accum(cfg, b, s.world),
+                            "total_gib": mem.total / GIB,
+                            "recompute": sw["checkpointing"],
+                        }
+                    )
+                    break
+            b //= 2
+    options.sort(key=lambda o: (o["recompute"], -o["micro_batch"]))
+    return options
+
+
+def _divides(cfg: Config, micro_batch: int, world: int) -> bool:
+    return cfg.train.total_batch_tokens % (micro_batch * cfg.train.seq_len * world) == 0
+
+
+def make_plan(cfg: Config, req: Request, results: Path = RESULTS_DIR) -> dict[str, Any]:
+    """The whole plan as plain data (what --json prints)."""
+    world = req.world
+    accum = grad_accum(cfg, cfg.train.micro_batch_size, world)
+    shape = model_shape(cfg.model)
+    flops = flops_per_token(shape.n_params, cfg.model.n_layer, cfg.model.n_embd, cfg.train.seq_len)
+    batch = cfg.train.total_batch_tokens
+    steps = cfg.train.max_steps if req.tokens is None else max(1, math.ceil(req.tokens / batch))
+    tokens = steps * batch
+    capacity = req.gpu.memory_gib * GIB
+
+    memory = {}
+    for strategy in ("ddp", "fsdp"):
+        s = setup_for(cfg, world, strategy)
+        with_ckpt = memory_per_gpu(replace(s, checkpointing=True), shape)
+        without = memory_per_gpu(replace(s, checkpointing=False), shape)
+        memory[strategy] = {
+            "with_checkpointing": _gib(with_ckpt),
+            "without_checkpointing": _gib(without),
+        }
+    chosen = setup_for(cfg, world, req.strategy)
+    mem = memory_per_gpu(chosen, shape)
+    fits = mem.total <= capacity
+
+    speed = _speed(req, cfg.model, flops, batch, results)
+    seconds = tokens / speed["tokens_per_s"]
+    gpu_hours = seconds / 3600 * world
+    return {
+        "config": {
+            "n_layer": cfg.model.n_layer,
+            "n_head": cfg.model.n_head,
+            "n_embd": cfg.model.n_embd,
+            "vocab": cfg.model.padded_vocab_size,
+            "seq_len": cfg.train.seq_len,
+            "dtype": "bfloat16 autocast" if chosen.bf16 else "float32",
+            "loss_chunk": cfg.train.loss_chunk,
+            "fused_adamw": chosen.fused_adamw,
+        },
+        "gpu": {
+            "name": req.gpu.name,
+            "memory_gib": req.gpu.memory_gib,
+            "peak_tflops": req.gpu.peak_flops / 1e12,
+        },
+        "gpus": world,
+        "nodes": req.nodes,
+        "n_params": shape.n_params,
+        "flops_per_token": flops,
+        "batch": {
+            "tokens_per_step": batch,
+            "micro_batch": cfg.train.micro_batch_size,
+            "grad_accum": accum,
+            "steps": steps,
+            "tokens": tokens,
+        },
+        "strategy": req.strategy,
+        "activation_checkpointing": chosen.checkpointing,
+        "memory_gib": memory,
+        "chosen_gib": _gib(mem),
+        "capacity_gib": req.gpu.memory_gib,
+        "fits": fits,
+        "over_gib": None if fits else (mem.total - capacity) / GIB,
+        "alternatives": [] if fits else fitting_alternatives(cfg, chosen, shape, capacity),
+        "assumptions": {
+            "cuda_context_gib": CUDA_CONTEXT_GIB,
+            "nccl_gib": NCCL_GIB if world > 1 else 0.0,
+            "fragmentation": FRAGMENTATION,
+        },
+        "speed": speed,
+        "wall_seconds": seconds,
+        "gpu_hours": gpu_hours,
+        "cost": None if req.price_per_gpu_hour is None else gpu_hours * req.price_per_gpu_hour,
+        "price_per_gpu_hour": req.price_per_gpu_hour,
+    }
+
+
+def _gib(m: Memory) -> dict[str, float]:
+    out = {k: v / GIB for k, v in asdict(m).items()}
+    out["allocated"] = m.allocated / GIB
+    out["total"] = m.total / GIB
+    return out
+
+
+def _speed(
+    req: Request, model_cfg: ModelConfig, flops: float, batch: int, results: Path
+) -> dict[str, Any]:
+    """Tokens/s of the whole run and where the figure comes from."""
+    peak_total = req.gpu.peak_flops * req.world
+    if req.tokens_per_s is not None:
+        tok_s, source = req.tokens_per_s, "given (--tokens-per-s)"
+    elif req.step_ms is not None:
+        tok_s, source = batch / (req.step_ms / 1000), "given (--step-ms)"
+    else:
+        if req.mfu is not None:
+            mfu, source = req.mfu, "given (--mfu)"
+        else:
+            found = measured_mfu(req.gpu, model_cfg, results)
+            if found is not None:
+                mfu, source = found[0], f"best measured, {found[1]}"
+            else:
+                mfu, source = (
+                    DEFAULT_MFU,
+                    "ASSUMED (no measurement in bench/results/ for this GPU and size)",
+                )
+        tok_s = mfu * peak_total / flops
+    return {
+        "tokens_per_s": tok_s,
+        "mfu": tok_s * flops / peak_total,
+        "step_s": batch / tok_s,
+        "source": source,
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    """The plan as a human-readable page."""
+    c, b, sp = p["config"], p["batch"], p["speed"]
+    world, gpu = p["gpus"], p["gpu"]
+    lines = [
+        f"model: {p['n_params']:,} parameters ({c['n_layer']} layers, {c['n_head']} heads, width "
+        f"{c['n_embd']}, vocab {c['vocab']}), {p['flops_per_token'] / 1e6:,.1f} MFLOP/token; "
+        f"{c['dtype']}",
+        f"GPUs: {world} x {gpu['name']} ({gpu['memory_gib']:g} GiB, {gpu['peak_tflops']:g} TFLOP/s "
+        f"dense bf16) on {p['nodes']} node(s)",
+        f"batch: {b['tokens_per_step']:,} tokens/step = {b['micro_batch']} x {c['seq_len']} x "
+        f"{world} GPUs x {b['grad_accum']} accumulation; {b['steps']:,} steps = "
+        f"{b['tokens']:,} tokens",
+        "",
+        f"memory per GPU (GiB), micro batch {b['micro_batch']}:",
+    ]
+    cols = [
+        ("ddp", "without_checkpointing", "ddp"),
+        ("ddp", "with_checkpointing", "ddp+ckpt"),
+        ("fsdp", "without_checkpointing", "fsdp"),
+        ("fsdp", "with_checkpointing", "fsdp+ckpt"),
+    ]
+    rows = [
+        ("weights (fp32)", "weights"),
+        ("gradients (fp32)", "gradients"),
+        ("AdamW m, v (fp32)", "optimizer"),
+        ("activations", "activations"),
+        ("logits / loss *", "loss"),
+        ("block backward *", "backward"),
+        ("FSDP un-sharded", "fsdp_unsharded"),
+        ("= allocated peak", "allocated"),
+        ("+ overhead", "overhead"),
+        ("= total", "total"),
+    ]
+    lines.append(f"  {'':<20}" + "".join(f"{title:>11}" for *_, title in cols))
+    for label, key in rows:
+        cells = "".join(f"{p['memory_gib'][st][ck][key]:>11.2f}" for st, ck, _ in cols)
+        lines.append(f"  {label:<20}{cells}")
+    a = p["assumptions"]
+    lines.append(
+        f"  overhead assumed: {a['cuda_context_gib']:g} GiB CUDA context"
+        + (f" + {a['nccl_gib']:g} GiB NCCL" if a["nccl_gib"] else "")
+        + f" + {a['fragmentation']:.0%} allocator slack"
+    )
+    lines.append(
+        "  * not at the same time: the peak counts the larger; activations are eager-mode "
+        "(torch.compile saves fewer)"
+    )
+    if world == 1:
+        lines.append("  (fsdp on one GPU shards nothing: the same as ddp)")
+    chosen = f"{p['strategy']}" + (
+        " + activation checkpointing" if p["activation_checkpointing"] else ""
+    )
+    total = p["chosen_gib"]["total"]
+    if p["fits"]:
+        lines.append(
+            f"fits: {chosen} needs {total:.1f} of {p['capacity_gib']:g} GiB "
+            f"({p['capacity_gib'] - total:.1f} GiB to spare)"
+        )
+    else:
+        lines.append(
+            f"DOES NOT FIT: {chosen} needs {total:.1f} GiB, {p['over_gib']:.1f} GiB more than "
+            f"the {p['capacity_gib']:g} GiB of one {gpu['name']}"
+        )
+        if not p["alternatives"]:
+            lines.append(
+                "  nothing fits, even at micro batch 1 with checkpointing and FSDP: use more or larger GPUs"
+            )
+        for o in p["alternatives"]:
+            lines.append(
+                f"  fits with {o['flags']}: micro batch {o['micro_batch']}, accumulation "
+                f"{o['grad_accum']}, {o['total_gib']:.1f} GiB"
+                + (
+                    " (recomputes the forward: about a third more compute)"
+                    if o["recompute"]
+                    else ""
+                )
+            )
+    lines += [
+        "",
+        f"speed: {sp['tokens_per_s']:,.0f} tokens/s ({sp['tokens_per_s'] / world:,.0f} per GPU), "
+        f"{sp['step_s'] * 1000:,.0f} ms/step, MFU {sp['mfu']:.1%} [{sp['source']}]",
+        f"time: {format_duration(p['wall_seconds'])} of training ({p['gpu_hours']:,.1f} GPU-hours; "
+        "evaluation and checkpoints not included)",
+    ]
+    if p["cost"] is not None:
+        lines.append(f"cost: ${p['cost']:,.2f} at ${p['price_per_gpu_hour']:g} per GPU-hour")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see python -m gpt2repro.plan --help)")
+
+
+EXAMPLES = """\
+examples:
+  python -m gpt2repro.plan --config configs/gpt2_124m.toml --gpus 8 --gpu H100
+  python -m gpt2repro.plan --config configs/gpt2_774m.toml --gpus 8 --gpu "A100 40GB" --strategy fsdp
+  python -m gpt2repro.plan --config configs/gpt2_124m.toml --gpus 8 --gpu H100 --tokens 10e9 \\
+      --step-ms 140 --price-per-gpu-hour 2.5
+  python -m gpt2repro.plan --config configs/gpt2_1558m.toml --gpus 8 --nodes 2 --gpu h200 --json
+
+Config keys can be overridden as in training (--train.seq_len=2048). Known GPUs: """
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m gpt2repro.plan",
+        description="Memory per GPU, fit, wall time and cost of a training run, before renting it.",
+        epilog=EXAMPLES + ", ".join(g.name for g in GPUS) + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help="the run's TOML (required)")
+    p.add_argument("--gpus", type=int, required=True, metavar="N", help="GPUs per node")
+    p.add_argument(
+        "--gpu",
+        required=True,
+        metavar="NAME",
+        help="GPU model, e.g. H100, 'H100 PCIe', 'A100 40GB', L40S",
+    )
+    p.add_argument("--nodes", type=int, default=1, metavar="K", help="nodes (default 1)")
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        metavar="B",
+        help="sequences per micro-step (train.micro_batch_size)",
+    )
+    p.add_argument(
+        "--strategy", choices=("ddp", "fsdp"), help="default: the config's dist.strategy"
+    )
+    p.add_argument(
+        "--tokens", type=float, metavar="N", help="training tokens (default: max_steps x batch)"
+    )
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument(
+        "--mfu", type=float, metavar="F", help="model FLOPs utilisation, a fraction (0.4 = 40%%)"
+    )
+    speed.add_argument(
+        "--tokens-per-s", type=float, metavar="R", help="tokens/s of the whole run (all GPUs)"
+    )
+    speed.add_argument(
+        "--step-ms", type=float, metavar="MS", help="milliseconds per optimizer step"
+    )
+    p.add_argument(
+        "--price-per-gpu-hour", type=float, metavar="P", help="price of one GPU for one hour"
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_debug_flag(p)
+    return p
+
+
+def parse(argv: list[str]) -> tuple[Config, Request, bool]:
+    """Config (with --micro-batch and --strategy applied) and the request; refuses bad input in
+    one line each."""
+    if not any(a == "--config" or a.startswith("--config=") for a in argv):
+        if "-h" in argv or "--help" in argv:
+            _parser().parse_args(["--help"])
+        raise UserError("--config is required, e.g. --config configs/gpt2_124m.toml")
+    cfg, rest = load_config(argv)
+    args = _parser().parse_args(rest)
+    for name in ("gpus", "nodes", "micro_batch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in ("mfu", "tokens_per_s", "step_ms", "price_per_gpu_hour", "tokens"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if args.mfu is not None and args.mfu > 1:
+        raise UserError(f"--mfu is a fraction of the peak (0.4 = 40%), got {args.mfu}")
+    train = cfg.train
+    if args.micro_batch is not None:
+        train = replace(train, micro_batch_size=args.micro_batch)
+    dist_cfg = cfg.dist if args.strategy is None else replace(cfg.dist, strategy=args.strategy)
+    cfg = replace(cfg, train=train, dist=dist_cfg)
+    req = Request(
+        gpu=find_gpu(args.gpu),
+        gpus_per_node=args.gpus,
+        nodes=args.nodes,
+        strategy=cfg.dist.strategy,
+        tokens=None if args.tokens is None else int(args.tokens),
+        mfu=args.mfu,
+        tokens_per_s=args.tokens_per_s,
+        step_ms=args.step_ms,
+        price_per_gpu_hour=args.price_per_gpu_hour,
+    )
+    grad_accum(cfg, cfg.train.micro_batch_size, req.world)  # what training refuses, refused now
+    return cfg, req, args.json
+
+
+def main(argv: list[str]) -> int:
+    cfg, req, as_json = parse(argv)
+    plan = make_plan(cfg, req)
+    print(json.dumps(plan, indent=2) if as_json else format_plan(plan))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,364 @@
+"""The planner (gpt2repro.plan): its memory model against memory measured on real CPU training
+steps, its time arithmetic against llm.c's published 124M run, the GPU table, and bad input.
+
+Memory is measured with the CPU allocator's own running total of bytes in use, as torch's
+profiler records it with every allocation and free (`profile_memory=True`; the same records
+`torch.profiler`'s memory timeline is built from): deterministic, exact to the byte, and free of
+Python's and glibc's own heap (which the process's resident set would mix in). Weights, gradients
+and AdamW state are summed from the real tensors after a step.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gpt2repro import plan, precision
+from gpt2repro.config import build_config
+from gpt2repro.dist import DistInfo
+from gpt2repro.errors import UserError, run_cli
+from gpt2repro.metrics import GPUS
+from gpt2repro.train import build_model, forward_backward
+
+REPO = Path(__file__).resolve().parents[1]
+TOLERANCE = 0.03  # activations, loss buffers and the whole step: within 3% of the measurement
+
+
+def allocator_trace(fn: Callable[[], Any]) -> tuple[Any, int, int]:
+    """Run fn; return (its result, bytes in use at the end and at the peak, both relative to
+    the start), from the CPU allocator's running total as the profiler records it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gc.collect()  # garbage from earlier tests must not be freed inside the trace
+    gc.disable()
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = fn()
+    finally:
+        gc.enable()
+    events = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        fields = node.extra_fields
+        if type(fields).__name__ == "_ExtraFields_Allocation":
+            events.append((node.start_time_ns, fields.alloc_size, fields.total_allocated))
+    assert events, "the profiler recorded no allocations"
+    events.sort()
+    base = events[0][2] - events[0][1]  # in use before the first allocation
+    return out, events[-1][2] - base, max(0, max(e[2] for e in events) - base)
+
+
+def _tensor_bytes(tensors: Any) -> int:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+# (name, model, train): small shapes, each a different regime of the memory model
+SHAPES = [
+    ("fp32-chunked", dict(n_layer=2, n_head=4, n_embd=64, vocab_size=1000, pad_vocab_multiple=128),
+     dict(seq_len=64, micro_batch_size=4, loss_chunk=64)),
+    ("fp32-full-logits", dict(n_layer=3, n_head=3, n_embd=96, vocab_size=1000),
+     dict(seq_len=32, micro_batch_size=8, loss_chunk=0)),
+    ("bf16-chunked", dict(n_layer=2, n_head=2, n_embd=64, vocab_size=2000, pad_vocab_multiple=64),
+     dict(seq_len=64, micro_batch_size=4, loss_chunk=32, dtype="bfloat16")),
+    ("bf16-full-logits", dict(n_layer=2, n_head=4, n_embd=128, vocab_size=1000),
+     dict(seq_len=32, micro_batch_size=8, loss_chunk=0, dtype="bfloat16")),
+    ("fp32-checkpointing", dict(n_layer=4, n_head=4, n_embd=64, vocab_size=1000, pad_vocab_multiple=128),
+     dict(seq_len=64, micro_batch_size=4, loss_chunk=64, activation_checkpointing=True)),
+]  # fmt: skip
+
+
+def _cfg(model: dict[str, Any], train: dict[str, Any]) -> Any:
+    train = {"total_batch_tokens": 2 * train["micro_batch_size"] * train["seq_len"], **train}
+    model = {"block_size": train["seq_len"], **model}
+    return build_config({"model": model, "train": {"device": "cpu", **train}})
+
+
+def _setup(cfg: Any) -> plan.Setup:
+    """The planner's Setup for this config on one CPU process (its own dtype rule for CPU)."""
+    cpu_dtype = precision.autocast_dtype(cfg.train.dtype, torch.device("cpu"))
+    return replace(plan.setup_for(cfg, world=1, strategy="ddp"), bf16=cpu_dtype is not None)
+
+
+def _close(planned: float, measured: float, what: str) -> None:
+    print(f"{what}: planned {planned:,.0f} B, measured {measured:,.0f} B")
+    assert abs(planned - measured) <= TOLERANCE * measured, (
+        f"{what}: planned {planned:,.0f} B, measured {measured:,.0f} B "
+        f"({planned / measured - 1:+.1%}, tolerance {TOLERANCE:.0%})"
+    )
+
+
+@pytest.mark.parametrize(("name", "model", "train"), SHAPES, ids=[s[0] for s in SHAPES])
+def test_memory_model_matches_measured_cpu_steps(name: str, model: dict, train: dict) -> None:
+    """Every component, and the whole step's peak, against a real training step (2 micro-steps
+    of accumulation, so the gradients exist at the second one's peak, as in any long run)."""
+    torch.manual_seed(0)
+    cfg = _cfg(model, train)
+    info = DistInfo(device=torch.device("cpu"))
+    trainable = build_model(cfg, info)
+    raw, opt = trainable.raw_model, trainable.optimizer
+    s, shape = _setup(cfg), plan.model_shape(cfg.model)
+    planned = plan.memory_per_gpu(s, shape)
+    B, T, V = cfg.train.micro_batch_size, cfg.train.seq_len, cfg.model.vocab_size
+    tokens = torch.randint(0, V, (B, T + 1))
+    batch = (tokens[:, :-1], tokens[:, 1:])
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        forward_backward(trainable, lambda: batch, grad_accum=2, grad_clip=1.0, info=info)
+        opt.step()
+
+    step()  # creates the AdamW state
+    assert shape.n_params == trainable.n_params
+    assert planned.weights == _tensor_bytes(raw.parameters())
+    assert planned.gradients == _tensor_bytes(p.grad for p in raw.parameters())
+    # exp_avg and exp_avg_sq; the per-tensor `step` counters (4 bytes each) are left out
+    moments = [v for st in opt.state.values() for k, v in st.items() if k != "step"]
+    assert planned.optimizer == _tensor_bytes(moments)
+
+    device = torch.device("cpu")
+    x, y = batch
+    with precision.autocast(device, trainable.autocast_dtype):
+        h, held, _ = allocator_trace(lambda: raw.hidden_states(x))
+    # The token ids (saved by the embedding) were allocated before the trace; h is the output,
+    # not saved; a checkpointed block also keeps the CPU RNG state (5,056 bytes of host memory,
+    # never on a GPU, so not in the plan).
+    rng_states = cfg.model.n_layer * torch.get_rng_state().nbytes if s.checkpointing else 0
+    saved = held + x.nbytes - h.nbytes - rng_states
+    _close(plan.saved_activation_bytes(s, shape), saved, "saved activations")
+
+    h_leaf = h.detach().requires_grad_()
+    del h
+
+    def head() -> None:
+        with precision.autocast(device, trainable.autocast_dtype):
+            loss = raw.head_loss(h_leaf, y)
+        loss.backward()
+
+    _, _, head_peak = allocator_trace(head)
+    _close(plan.loss_bytes(s), head_peak + h_leaf.nbytes, "logits / loss buffers")
+
+    # The whole step: what exists before it (weights, AdamW state) plus its peak.
+    opt.zero_grad(set_to_none=True)  # frees the gradients outside the trace
+    before = _tensor_bytes(raw.parameters()) + _tensor_bytes(moments)
+    _, _, step_peak = allocator_trace(step)
+    _close(planned.allocated, before + step_peak, "whole step")
+
+
+def test_checkpointing_and_fsdp_shrink_what_they_should() -> None:
+    """Switches move the memory the way they claim: checkpointing only activations, FSDP the
+    sharded states by the world size, a chunked loss only the loss buffers."""
+    cfg = build_config({"model": {"n_layer": 12}, "train": {"micro_batch_size": 8}})
+    shape = plan.model_shape(cfg.model)
+    s = plan.setup_for(cfg, world=8, strategy="ddp")
+    base = plan.memory_per_gpu(s, shape)
+    ckpt = plan.memory_per_gpu(replace(s, checkpointing=True), shape)
+    assert ckpt.activations < base.activations / 5 and ckpt.backward > base.backward
+    assert (ckpt.weights, ckpt.optimizer, ckpt.loss) == (base.weights, base.optimizer, base.loss)
+    fsdp = plan.memory_per_gpu(replace(s, strategy="fsdp"), shape)
+    assert fsdp.weights * 8 == base.weights and fsdp.optimizer * 8 == base.optimizer
+    one = plan.memory_per_gpu(replace(s, strategy="fsdp", world=1), shape)
+    assert one.weights == plan.memory_per_gpu(replace(s, world=1), shape).weights  # no sharding
+    full = plan.memory_per_gpu(replace(s, loss_chunk=0), shape)
+    assert full.loss > 4 * base.loss and full.activations == base.activations
+
+
+def run_plan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpt2repro.plan", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def plan_json(*args: str) -> dict[str, Any]:
+    """The --json plan of a command line, in this process."""
+    return plan.make_plan(*plan.parse(list(args))[:2])
+
+
+def test_llmc_124m_on_8xh100_at_140ms_per_step_takes_about_45_minutes() -> None:
+    """llm.c's measured 124M step on 8xH100 (140 ms, docs/reference.md) for 10B tokens:
+    10e9 / 524,288 = 19,073.5, so 19,074 steps (at least the tokens asked for) x 0.14 s = 44.5 min;
+    as printed by the command, and as data."""
+    args = [
+        "--config",
+        "configs/gpt2_124m.toml",
+        "--gpus",
+        "8",
+        "--gpu",
+        "H100",
+        "--tokens",
+        "10e9",
+    ]
+    r = run_plan(*args, "--step-ms", "140", "--price-per-gpu-hour", "2")
+    assert r.returncode == 0, r.stderr
+    assert "time: 44m30s of training (5.9 GPU-hours" in r.stdout, r.stdout
+    assert "cost: $11.87 at $2 per GPU-hour" in r.stdout, r.stdout
+    p = plan_json(*args, "--step-ms", "140", "--price-per-gpu-hour", "2")
+    assert p["batch"]["steps"] == 19074 and p["batch"]["grad_accum"] == 1
+    assert p["wall_seconds"] / 60 == pytest.approx(44.5, abs=0.1)
+    assert p["gpu_hours"] == pytest.approx(8 * 44.5 / 60, abs=0.02)
+    assert p["cost"] == pytest.approx(2 * p["gpu_hours"])
+    assert p["fits"] and p["gpu"]["name"] == "H100 SXM"
+    # the same rate as tokens/s gives the same time; the MFU it implies is llm.c's ~38%
+    same = plan_json(*args, "--tokens-per-s", str(524288 / 0.14))
+    assert same["wall_seconds"] == pytest.approx(p["wall_seconds"])
+    assert same["speed"]["mfu"] == pytest.approx(0.38, abs=0.01)
+    # and that MFU, given as such, gives it back
+    again = plan_json(*args, "--mfu", str(same["speed"]["mfu"]))
+    assert again["wall_seconds"] == pytest.approx(p["wall_seconds"])
+
+
+def test_default_mfu_is_the_best_measured_else_a_stated_assumption(tmp_path: Path) -> None:
+    cfg, req = plan.parse(["--config", "configs/gpt2_124m.toml", "--gpus", "8", "--gpu", "H100"])[
+        :2
+    ]
+    assumed = plan.make_plan(cfg, req, results=tmp_path)["speed"]
+    assert assumed["mfu"] == pytest.approx(plan.DEFAULT_MFU)
+    assert assumed["source"].startswith("ASSUMED")
+    model = {"n_layer": 12, "n_head": 12, "n_embd": 768}
+    for name, device, mfu in [("a", "NVIDIA H100 80GB HBM3", 0.45), ("b", "NVIDIA H100 80GB HBM3", 0.52),
+                              ("c", "NVIDIA H200", 0.60), ("d", "NVIDIA H100 PCIe", 0.70)]:  # fmt: skip
+        (tmp_path / f"{name}.json").write_text(
+            json.dumps({"bench": "train", "device": device, "model": model, "mfu": mfu})
+        )
+    (tmp_path / "e.json").write_text(json.dumps({"bench": "train", "device": "NVIDIA H100 80GB HBM3",
+                                                 "model": {**model, "n_layer": 24}, "mfu": 0.9}))  # fmt: skip
+    measured = plan.make_plan(cfg, req, results=tmp_path)["speed"]
+    assert measured["mfu"] == pytest.approx(0.52)  # same GPU (not H200, not PCIe) and same size
+    assert measured["source"].endswith("b.json")
+
+
+def test_an_oversized_run_says_by_how_much_and_what_fits() -> None:
+    """774M at micro batch 32 with DDP on 40 GB cards: over, and each suggestion fits when
+    applied (the planner run again with it says so), with training's accumulation."""
+    args = ["--config", "configs/gpt2_774m.toml", "--gpus", "8", "--gpu", "A100 40GB",
+            "--micro-batch", "32", "--strategy", "ddp"]  # fmt: skip
+    p = plan.make_plan(*plan.parse(args)[:2])
+    assert not p["fits"] and p["over_gib"] == pytest.approx(p["chosen_gib"]["total"] - 40)
+    assert p["alternatives"], "no suggestion"
+    for alt in p["alternatives"]:
+        again = plan.make_plan(*plan.parse(args + alt["flags"].split())[:2])
+        assert again["fits"], alt
+        assert again["batch"]["grad_accum"] == alt["grad_accum"]
+        assert 8 * alt["micro_batch"] * 1024 * alt["grad_accum"] == 524288
+    text = plan.format_plan(p)
+    assert "DOES NOT FIT: ddp needs" in text and "fits with --micro-batch" in text
+
+
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [("h100", "H100 SXM"), ("H100-PCIe", "H100 PCIe"), ("h100 nvl", "H100 NVL"),
+     ("H200", "H200 SXM"), ("h200_nvl", "H200 NVL"), ("a100 40gb", "A100 40GB"),
+     ("A100-80GB", "A100 80GB"), ("l40s", "L40S"), ("4090", "RTX 4090"),
+     ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("NVIDIA A100-SXM4-40GB", "A100 40GB"),
+     ("NVIDIA H100 80GB HBM3", "H100 SXM")],
+)  # fmt: skip
+def test_gpu_names_and_aliases(alias: str, name: str) -> None:
+    assert plan.find_gpu(alias).name == name
+
+
+def test_every_known_gpu_has_memory_and_a_peak_and_is_in_the_docs() -> None:
+    docs = (REPO / "docs" / "planning.md").read_text()
+    for gpu in GPUS:
+        assert gpu.memory_gib > 0 and gpu.peak_flops > 0
+        assert f"| {gpu.name} |" in docs, f"{gpu.name} has no row (and source) in docs/planning.md"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gpus", "8", "--gpu", "V100"], "--gpu 'V100' is not a GPU the planner knows; known: H100 PCIe"),
+        (["--gpus", "8", "--gpu", "A100"], "--gpu A100 is ambiguous"),
+        (["--gpus", "0", "--gpu", "H100"], "--gpus must be at least 1, got 0"),
+        (["--gpus", "8", "--nodes", "0", "--gpu", "H100"], "--nodes must be at least 1"),
+        (["--gpus", "8", "--gpu", "H100", "--micro-batch", "48"], "train.total_batch_tokens=524288 is not a multiple"),
+        (["--gpus", "3", "--gpu", "H100"], "train.total_batch_tokens=524288 is not a multiple"),
+        (["--gpus", "8", "--gpu", "H100", "--mfu", "40"], "--mfu is a fraction"),
+        (["--gpus", "8", "--gpu", "H100", "--mfu", "0"], "--mfu must be a positive number"),
+        (["--gpus", "8", "--gpu", "H100", "--price-per-gpu-hour", "-1"], "--price-per-gpu-hour must be a positive"),
+        (["--gpus", "8", "--gpu", "H100", "--mfu", "0.4", "--step-ms", "100"], "not allowed with argument"),
+        (["--gpus", "8", "--gpu", "H100", "--train.learning_rate=1"], "unknown key 'train.learning_rate'"),
+        (["--gpus", "8", "--gpu", "H100", "--strategy", "zero3"], "invalid choice: 'zero3'"),
+        (["--gpu", "H100"], "the following arguments are required: --gpus"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line(args: list[str], message: str) -> None:
+    with pytest.raises(UserError) as e:
+        plan.parse(["--config", "configs/gpt2_124m.toml", *args])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_errors_are_one_line_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    r = run_plan("--config", str(tmp_path / "missing.toml"), "--gpus", "1", "--gpu", "H100")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "missing.toml does not exist" in r.stderr
+    assert run_cli(plan.main, ["--gpus", "1", "--gpu", "H100"]) == 2
+    assert "--config is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        run_cli(plan.main, ["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "examples:" in out and "RTX 4090" in out
+    assert (
+        run_cli(
+            plan.main,
+            ["--config", "configs/gpt2_124m.toml", "--gpus", "8", "--gpu", "h200", "--json"],
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["gpu"]["name"] == "H200 SXM"
+
+
+def _gpu_measurements() -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for path in sorted((REPO / "bench" / "results").glob("**/*.json")):
+        res = plan.read_bench_result(path)
+        if res and res.get("peak_mem_gib") and plan.gpu_for_device_name(str(res.get("device"))):
+            out.append((path, res))
+    return out
+
+
+def test_planner_against_gpu_peak_memory_in_bench_results() -> None:
+    """Each `bench train` result with a peak CUDA memory: the planner's allocated peak for the same
+    model, micro batch, precision and loss path must be within 15% for an eager step; a compiled
+    step may save less (inductor recomputes cheap activations), so it must lie between 50% and
+    105% of the planner's eager estimate."""
+    found = _gpu_measurements()
+    if not found:
+        pytest.skip(
+            "no GPU measurement of peak memory in bench/results/ (run bench/gpu_check.sh on a GPU)"
+        )
+    for path, res in found:
+        model = {k: v for k, v in res["model"].items() if v is not None}
+        cfg = build_config({
+            "model": model,
+            "train": {"seq_len": res["seq_len"], "micro_batch_size": res["micro_batch"],
+                      "total_batch_tokens": res["tokens_per_step"] // res["world_size"],
+                      "dtype": "bfloat16" if "bfloat16" in res["dtype"] else "float32",
+                      "loss_chunk": res.get("loss_chunk", 1024),
+                      "activation_checkpointing": res.get("activation_checkpointing", False)},
+        })  # fmt: skip
+        s = plan.setup_for(cfg, world=res["world_size"], strategy=res["strategy"])
+        planned = plan.memory_per_gpu(s, plan.model_shape(cfg.model)).allocated / plan.GIB
+        ratio = res["peak_mem_gib"] / planned
+        low, high = (0.5, 1.05) if res.get("compile") else (0.85, 1.15)
+        assert low <= ratio <= high, (
+            f"{path}: measured {res['peak_mem_gib']} GiB, planned {planned:.2f}"
+        )
