@@ -650,3 +650,7 @@ def _save(
     if info.is_main:
         print(f"checkpoint: {path}", flush=True)
     return path
+
+
+if __name__ == "__main__":  # python -m gpt2repro.train (the same as train.py)
+    raise SystemExit(main())
