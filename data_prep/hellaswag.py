@@ -72,7 +72,6 @@ def prepare(
     """The validated `hellaswag_val.jsonl` in `out_dir` (downloaded, or copied from `file`)."""
     out = check_output_path(out_dir, "--out-dir", directory=True)  # before any download
     dest = check_output_path(out / FILENAME, "--out-dir", directory=False)
-    out.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and file is None:
         validate(dest)
         if not quiet:

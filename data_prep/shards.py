@@ -383,7 +383,6 @@ def write_shards(
     check_sizes(shard_size, val_items)
     check_prefix(prefix)
     out = check_out_dir(out_dir, prefix)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {
         **settings,
         "prefix": prefix,
@@ -400,6 +399,7 @@ def write_shards(
     state = _resume_state(out, settings, prefix=prefix)
     shards = ShardBuffer(out, state, prefix=prefix, shard_size=shard_size, val_items=val_items)
     stream = open_items(shards.start)
+    out.mkdir(parents=True, exist_ok=True)  # now: a source that fails to open leaves nothing
     console = Console(stream, start=shards.start, quiet=quiet)
     jobs = _chunks(stream.items, start=shards.start, text_field=text_field, val_items=val_items)
     for first, n_items, nbytes, (tokens, lens, bad) in ordered_map(encode_chunk, jobs, workers):

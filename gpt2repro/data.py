@@ -264,7 +264,15 @@ class TokenLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device = torch.device(device)
         self.shuffle = (split == "train") if shuffle is None else shuffle
-        self.paths, self.shards = _shards_with_a_window(data_dir, split, seq_len, rank)
+        self.paths, short = shards_with_a_window(data_dir, split, seq_len)
+        if short and rank == 0:
+            names = ", ".join(f"{p.name} ({n:,} tokens)" for p, n in short[:3])
+            more = f" and {len(short) - 3} more" if len(short) > 3 else ""
+            print(
+                f"note: skipping {len(short)} {split} shard(s) shorter than one window of "
+                f"seq_len+1 = {seq_len + 1} tokens: {names}{more}"
+            )
+        self.shards = [read_shard(p) for p in self.paths]
         self.n_windows = [(len(s) - 1) // seq_len for s in self.shards]
         self.total_windows = sum(self.n_windows)
         self.global_batch = batch_size * world_size
@@ -398,38 +406,28 @@ class TokenLoader:
         self.pos = int(d["position"])
 
 
-def _shards_with_a_window(
-    data_dir: str | os.PathLike, split: str, seq_len: int, rank: int = 0
-) -> tuple[list[Path], list[np.ndarray]]:
-    """The split's shards holding at least one window of seq_len + 1 tokens, memory-mapped.
-
-    Shorter ones (data prep's last shard, the remainder of the stream) are skipped with a note on
-    rank 0: their few tokens cannot form a window. A split where every shard is that short is a
-    one-line error.
+def shards_with_a_window(
+    data_dir: str | os.PathLike, split: str, seq_len: int
+) -> tuple[list[Path], list[tuple[Path, int]]]:
+    """(the split's shards holding at least one window of seq_len + 1 tokens, [(each shorter
+    shard, its tokens)]). Shorter ones (data prep's last shard, the remainder of the stream)
+    cannot form a window; a split where every shard is that short is a one-line error.
     """
-    paths, shards, short = [], [], []
+    usable, short = [], []
     for p in shard_paths(data_dir, split):
-        tokens = read_shard(p)
-        if len(tokens) >= seq_len + 1:
-            paths.append(p)
-            shards.append(tokens)
+        n = len(read_shard(p))
+        if n >= seq_len + 1:
+            usable.append(p)
         else:
-            short.append((p, len(tokens)))
-    if not paths:
+            short.append((p, n))
+    if not usable:
         longest, n = max(short, key=lambda pn: pn[1])
         raise UserError(
             f"every {split} shard in {data_dir} is shorter than one window of seq_len+1 = "
             f"{seq_len + 1} tokens (the longest, {longest.name}, has {n:,}); lower "
             "train.seq_len or prepare the data with a larger --shard-size"
         )
-    if short and rank == 0:
-        names = ", ".join(f"{p.name} ({n:,} tokens)" for p, n in short[:3])
-        more = f" and {len(short) - 3} more" if len(short) > 3 else ""
-        print(
-            f"note: skipping {len(short)} {split} shard(s) shorter than one window of "
-            f"seq_len+1 = {seq_len + 1} tokens: {names}{more}"
-        )
-    return paths, shards
+    return usable, short
 
 
 def _short(value: object) -> str:
