@@ -136,17 +136,17 @@ SHARD_NAME = re.compile(
 """A shard's file name: `{prefix}_{train|val}_{6-digit index}.{bin|npy}` (the prefix may hold `_`)."""
 
 
-def shard_paths(data_dir: str | os.PathLike, split: str) -> list[Path]:
+def shard_paths(data_dir: str | os.PathLike, split: str, option: str = "data.dir") -> list[Path]:
     """The split's shards (`{prefix}_{split}_{index:06d}.bin` or `.npy`), sorted by index.
 
     A directory must hold one prefix and, per split, one suffix: anything else is refused rather
-    than silently mixing two datasets.
+    than silently mixing two datasets. `option`: the key or flag the user set it with (messages).
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     d = Path(data_dir)
     if not d.is_dir():
-        raise UserError(f"data directory {d} does not exist (data.dir); {_PREP_HINT}")
+        raise UserError(f"data directory {d} does not exist ({option}); {_PREP_HINT}")
     found, others = [], []
     for p in d.iterdir():
         m = SHARD_NAME.match(p.name)

@@ -145,7 +145,8 @@ def load_val_tokens(data_dir: str | Path, val_tokens: int) -> np.ndarray:
     from gpt2repro import data
 
     # a missing or empty directory raises its own clear error; headers only, no token is read
-    have = sum(len(data.read_shard(p)) for p in data.shard_paths(data_dir, "val"))
+    paths = data.shard_paths(data_dir, "val", option="--val-data")
+    have = sum(len(data.read_shard(p)) for p in paths)
     if have < val_tokens + 1:
         fix = "prepare more data"
         if have > 1:

@@ -171,6 +171,7 @@ def cases() -> list[Case]:
         Case("evaluate-json-is-a-dir", [*EVALUATE, "--checkpoint", "{w}/run", "--val-data", "{w}/data", "--val-tokens", "256", "--device", "cpu", "--json", "{w}/data"], ["--json {w}/data", "is a directory"], ["val_loss"]),
         Case("evaluate-checkpoint-missing", [*EVALUATE, "--checkpoint", "{w}/norun", "--val-data", "{w}/data", "--val-tokens", "256"], ["{w}/norun"]),
         Case("evaluate-damaged-step-dir", [*EVALUATE, "--checkpoint", step, "--val-data", "{w}/data", "--val-tokens", "256", "--device", "cpu"], ["model.pt", "sha256"], ["val_loss"]),
+        Case("evaluate-val-data-missing", [*EVALUATE, "--checkpoint", "{w}/run", "--val-data", "{w}/nodata"], ["{w}/nodata", "(--val-data)"]),
         Case("evaluate-val-tokens-negative", [*EVALUATE, "--checkpoint", "{w}/run", "--val-data", "{w}/data", "--val-tokens", "-1"], ["--val-tokens"]),
         # ---- sample
         Case("sample-temperature-nan", [*SAMPLE, "--checkpoint", "{w}/run", "--temperature", "nan"], ["--temperature", "nan"]),
