@@ -106,13 +106,17 @@ def _load_tensors(path: Path, mmap: bool = False) -> Any:
     code) is one line naming it."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:  # torch's message offers weights_only=False: not to a user
-        raise UserError(
-            f"{path} holds objects other than tensors (loading them could run code), so it is "
-            "refused; use a checkpoint written by gpt2repro, or another checkpoint of the run"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        text = str(e)
+        # torch's weights-only text suggests weights_only=False: never pass that on to a user
+        if "Weights only load failed" in text and "GLOBAL" in text:
+            raise UserError(
+                f"{path} holds objects other than tensors (loading them could run code), so it "
+                "is refused; use a checkpoint written by gpt2repro, or another checkpoint of the run"
+            ) from None
+        first = (text.strip().splitlines() or [type(e).__name__])[0]
+        if "Weights only load failed" in text:
+            first = "not a torch tensor file"
         raise UserError(
             f"{path} cannot be read ({first[:200]}); use another checkpoint of the run"
         ) from None

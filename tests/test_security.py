@@ -193,5 +193,6 @@ def test_a_checkpoint_holding_a_malicious_pickle_is_refused_unrun(tmp_path: Path
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert p.returncode == 2 and "Traceback" not in p.stderr, (what, p.stderr[-2000:])
         assert len(lines) == 1 and "model.pt" in lines[0], (what, p.stderr[-2000:])
+        assert "objects other than tensors" in lines[0] and "weights_only" not in lines[0], what
         assert not marker.exists(), f"{what}: the payload ran"
     assert not (tmp_path / "hf").exists()
