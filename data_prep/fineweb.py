@@ -29,9 +29,12 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from data_prep.shards import (  # noqa: E402
     DEFAULT_SHARD_SIZE,
     MANIFEST,
+    MIN_SHARD_SIZE,
     PROGRESS,
     Item,
     Stream,
+    check_min_shard_size,
+    check_out_dir,
     check_sizes,
     check_workers,
     jsonl_items,
@@ -239,6 +242,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out-dir", help="default data/edu_fineweb10B (or data/fineweb10B, ...)")
     p.add_argument("--prefix", help="shard name prefix (default edufineweb / fineweb / data)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="tokens per shard")
+    p.add_argument(
+        "--allow-small-shards",
+        action="store_true",
+        help=f"allow --shard-size below {MIN_SHARD_SIZE:,} (tests, toy corpora)",
+    )
     p.add_argument("--val-docs", type=int, help="validation shard = exactly the first N documents")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
     p.add_argument("--strict", action="store_true", help="stop at the first bad document")
@@ -249,6 +257,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.input and args.revision:
         raise UserError("--revision applies to --dataset (HF) only; drop it with --input")
     check_sizes(args.shard_size, args.val_docs)
+    check_min_shard_size(args.shard_size, args.allow_small_shards)
     check_workers(args.workers)
     return args
 
@@ -264,9 +273,10 @@ def main(argv: list[str]) -> int:
         quiet=args.quiet,
     )
     if args.input:
-        files = expand_inputs(args.input)
         if not args.out_dir:
             raise UserError("--input needs --out-dir (where the shards go)")
+        check_out_dir(args.out_dir, args.prefix or "data")
+        files = expand_inputs(args.input)
         settings = {
             "source": {
                 "kind": "local",
@@ -285,13 +295,15 @@ def main(argv: list[str]) -> int:
     dataset = args.dataset or "fineweb-edu"
     short = "edu_fineweb" if dataset == "fineweb-edu" else "fineweb"
     out_dir = args.out_dir or f"data/{short}{args.sample[:-1]}"
+    prefix = args.prefix or ("edufineweb" if dataset == "fineweb-edu" else "fineweb")
+    check_out_dir(out_dir, prefix)  # before the revision lookup (network) and any download
     revision = hf_revision(Path(out_dir), HF_DATASETS[dataset], args.revision)
     source = hf_source(dataset, args.sample, args.text_field, revision)
     write_shards(
         lambda start: hf_stream(source, streaming=args.streaming, start=start),
         out_dir,
         {"source": source},
-        prefix=args.prefix or ("edufineweb" if dataset == "fineweb-edu" else "fineweb"),
+        prefix=prefix,
         **common,
     )
     return 0

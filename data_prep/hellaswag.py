@@ -20,7 +20,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt2repro.atomic import atomic_open  # noqa: E402
+from gpt2repro.atomic import atomic_open, check_output_path  # noqa: E402
 from gpt2repro.errors import UserError, add_debug_flag, run_cli  # noqa: E402
 from gpt2repro.evaluate import read_hellaswag_rows  # noqa: E402
 
@@ -70,9 +70,8 @@ def prepare(
     out_dir: str | Path = "data/hellaswag", file: str | Path | None = None, quiet: bool = False
 ) -> Path:
     """The validated `hellaswag_val.jsonl` in `out_dir` (downloaded, or copied from `file`)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dest = out / FILENAME
+    out = check_output_path(out_dir, "--out-dir", directory=True)  # before any download
+    dest = check_output_path(out / FILENAME, "--out-dir", directory=False)
     if dest.is_file() and file is None:
         validate(dest)
         if not quiet:

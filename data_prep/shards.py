@@ -32,13 +32,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gpt2repro.atomic import write_json
+from gpt2repro.atomic import check_output_path, write_json
 from gpt2repro.data import SHARD_NAME, shard_sha256, write_shard
 from gpt2repro.errors import UserError
 from gpt2repro.tokenizer import EOT, get_encoding
 
 DEFAULT_SHARD_SIZE = 100_000_000
 MAX_SHARD_SIZE = 2**31 - 1  # the header's n_tokens is an int32
+# The CLIs' lower bound (the library takes any size >= 1). Windows never cross shards, so a shard
+# loses up to seq_len tokens at its end: at most 0.1% at 1M tokens and T = 1024. And every shard is
+# one file, one manifest entry and one open memory map in the loader: 10B tokens are 10,000 files
+# at 1M, 10 million at 1,000. --allow-small-shards lifts it (tests, toy corpora).
+MIN_SHARD_SIZE = 1_000_000
 MAX_SHARDS = 10**6  # shard names carry a 6-digit index
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
@@ -377,8 +382,7 @@ def write_shards(
     """
     check_sizes(shard_size, val_items)
     check_prefix(prefix)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(out_dir, prefix)
     settings = {
         **settings,
         "prefix": prefix,
@@ -395,6 +399,7 @@ def write_shards(
     state = _resume_state(out, settings, prefix=prefix)
     shards = ShardBuffer(out, state, prefix=prefix, shard_size=shard_size, val_items=val_items)
     stream = open_items(shards.start)
+    out.mkdir(parents=True, exist_ok=True)  # now: a source that fails to open leaves nothing
     console = Console(stream, start=shards.start, quiet=quiet)
     jobs = _chunks(stream.items, start=shards.start, text_field=text_field, val_items=val_items)
     for first, n_items, nbytes, (tokens, lens, bad) in ordered_map(encode_chunk, jobs, workers):
@@ -447,6 +452,35 @@ def check_sizes(shard_size: int, val_items: int | None) -> None:
             f"--val-docs {val_items} must be at least 1 (or left out: the val shard is then "
             f"the first --shard-size tokens)"
         )
+
+
+def check_min_shard_size(shard_size: int, allow_small: bool) -> None:
+    """The CLIs' lower bound on --shard-size (MIN_SHARD_SIZE, see there for why)."""
+    if shard_size < MIN_SHARD_SIZE and not allow_small:
+        raise UserError(
+            f"--shard-size {shard_size:,} is below {MIN_SHARD_SIZE:,} tokens (tiny shards mean "
+            f"many files and tokens lost at each shard's end); pass {MIN_SHARD_SIZE:,} or more, "
+            "use --val-docs N to split a small corpus, or add --allow-small-shards"
+        )
+
+
+def check_out_dir(out_dir: str | os.PathLike, prefix: str) -> Path:
+    """`out_dir` can take this prefix's shards: a writable directory (or one that can be made)
+    holding no shards of another prefix or format. Refused up front in one line, before any
+    download or tokenizing; the loader would refuse such a mixed directory anyway."""
+    out = check_output_path(out_dir, "--out-dir", directory=True)
+    if not out.is_dir():
+        return out
+    for p in sorted(out.iterdir()):
+        m = SHARD_NAME.match(p.name)
+        if m is None or (m["prefix"] == prefix and m["suffix"] == "bin"):
+            continue
+        what = "a .npy shard" if m["suffix"] == "npy" else f"shards of prefix {m['prefix']!r}"
+        raise UserError(
+            f"--out-dir {out} holds {p.name} ({what}, not {prefix}_*.bin); refusing to mix "
+            "datasets in one directory: use an empty --out-dir or move those shards out"
+        )
+    return out
 
 
 def check_prefix(prefix: str) -> None:

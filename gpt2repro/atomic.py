@@ -5,7 +5,8 @@ file in the same directory, flush and fsync it, rename it over the final name, t
 directory so the rename survives a power cut. Used for shards, manifests, checkpoint metadata,
 evaluation results and exports. `publish_dir` does the same for a directory (checkpoints,
 exports). `sha256_file` is the one file hash (checkpoints, tokenizer files,
-downloaded archives).
+downloaded archives). `check_output_path` refuses, before any work, an output location that could
+not be written.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from gpt2repro.errors import UserError
 
 
 @functools.cache
@@ -39,6 +42,43 @@ def public_mode() -> int:
 def public_dir_mode() -> int:
     """0o777 less the umask: what mkdir() would give (mkdtemp's directories are 0o700)."""
     return 0o777 & ~_umask()
+
+
+def check_output_path(path: str | os.PathLike, flag: str, *, directory: bool) -> Path:
+    """Refuse (UserError naming `flag`) an output path that the work at the end could not write:
+    a file where a directory goes or the reverse, a path under a regular file, or a location
+    whose directory does not take new files. Creates nothing: writability is probed with a
+    temporary file in the nearest existing directory, removed at once. Returns the path.
+
+    Called before the work (tokenizing, evaluating, exporting), so a bad path costs nothing.
+    """
+    path = Path(path).expanduser()
+    kind = "directory" if directory else "file"
+    if path.exists():
+        if directory and not path.is_dir():
+            raise UserError(f"{flag} {path} is a file, not a directory; pass a directory path")
+        if not directory and path.is_dir():
+            raise UserError(
+                f"{flag} {path} is a directory; pass a file path (e.g. {path}/out.json)"
+            )
+    base = path if path.is_dir() else path.parent
+    while not base.exists() and base != base.parent:  # the nearest existing ancestor
+        base = base.parent
+    if not base.is_dir():
+        raise UserError(
+            f"{flag} {path} lies under {base}, which is a file, not a directory; pass a {kind} "
+            f"path outside it"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(
+            f"{flag} {path} is not writable ({base}: {e.strerror}); fix the permissions or pass "
+            f"another {kind} path"
+        ) from None
+    return path
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:

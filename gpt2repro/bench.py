@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpt2repro.atomic import check_output_path
 from gpt2repro.errors import add_debug_flag, run_cli
 
 if TYPE_CHECKING:  # torch is imported by the benchmarks that need it: `bench data` never does
@@ -742,6 +743,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    for flag in ("out", "md"):  # output files, checked before the benchmark runs
+        if getattr(args, flag, ""):
+            check_output_path(getattr(args, flag), f"--{flag}", directory=False)
     result = args.func(args)
     if result:
         print(json.dumps(result))

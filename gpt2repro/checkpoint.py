@@ -100,6 +100,28 @@ def _full_state_dicts(
     return msd, osd
 
 
+def _load_tensors(path: Path, mmap: bool = False) -> Any:
+    """torch.load with weights_only=True (tensors and plain containers, never arbitrary objects);
+    a file that is truncated, not a checkpoint, or holds other objects (a pickle that would run
+    code) is one line naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        text = str(e)
+        # torch's weights-only text suggests weights_only=False: never pass that on to a user
+        if "Weights only load failed" in text and "GLOBAL" in text:
+            raise UserError(
+                f"{path} holds objects other than tensors (loading them could run code), so it "
+                "is refused; use a checkpoint written by gpt2repro, or another checkpoint of the run"
+            ) from None
+        first = (text.strip().splitlines() or [type(e).__name__])[0]
+        if "Weights only load failed" in text:
+            first = "not a torch tensor file"
+        raise UserError(
+            f"{path} cannot be read ({first[:200]}); use another checkpoint of the run"
+        ) from None
+
+
 def load_into(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt: Path) -> None:
     """Load model.pt (and optim.pt) of `ckpt` into a possibly sharded model; every rank calls it."""
     from torch.distributed.checkpoint.state_dict import (
@@ -110,10 +132,10 @@ def load_into(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt: P
 
     opts = StateDictOptions(full_state_dict=True)
     # mmap: ranks on one node share the page cache instead of each holding a full copy in RAM.
-    msd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True, mmap=True)
+    msd = _load_tensors(ckpt / "model.pt", mmap=True)
     set_model_state_dict(model, msd, options=opts)
     if optimizer is not None:
-        osd = torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True, mmap=True)
+        osd = _load_tensors(ckpt / "optim.pt", mmap=True)
         set_optimizer_state_dict(model, optimizer, osd, options=opts)
 
 
@@ -332,13 +354,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     if ckpt == Path(path):  # a step directory named directly
         verify(ckpt, state, names=("model.pt",))
     model = GPT(ModelConfig(**state["config"]["model"]))
-    try:
-        sd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
-        raise UserError(
-            f"{ckpt / 'model.pt'} cannot be read ({str(e).splitlines()[0]}); use another "
-            "checkpoint of the run"
-        ) from None
+    sd = _load_tensors(ckpt / "model.pt")
     model.load_state_dict(sd)
     return model.to(device).eval()
 

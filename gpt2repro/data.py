@@ -136,17 +136,17 @@ SHARD_NAME = re.compile(
 """A shard's file name: `{prefix}_{train|val}_{6-digit index}.{bin|npy}` (the prefix may hold `_`)."""
 
 
-def shard_paths(data_dir: str | os.PathLike, split: str) -> list[Path]:
+def shard_paths(data_dir: str | os.PathLike, split: str, option: str = "data.dir") -> list[Path]:
     """The split's shards (`{prefix}_{split}_{index:06d}.bin` or `.npy`), sorted by index.
 
     A directory must hold one prefix and, per split, one suffix: anything else is refused rather
-    than silently mixing two datasets.
+    than silently mixing two datasets. `option`: the key or flag the user set it with (messages).
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     d = Path(data_dir)
     if not d.is_dir():
-        raise UserError(f"data directory {d} does not exist (data.dir); {_PREP_HINT}")
+        raise UserError(f"data directory {d} does not exist ({option}); {_PREP_HINT}")
     found, others = [], []
     for p in d.iterdir():
         m = SHARD_NAME.match(p.name)
@@ -264,15 +264,16 @@ class TokenLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device = torch.device(device)
         self.shuffle = (split == "train") if shuffle is None else shuffle
-        self.paths = shard_paths(data_dir, split)
+        self.paths, short = shards_with_a_window(data_dir, split, seq_len)
+        if short and rank == 0:
+            names = ", ".join(f"{p.name} ({n:,} tokens)" for p, n in short[:3])
+            more = f" and {len(short) - 3} more" if len(short) > 3 else ""
+            print(
+                f"note: skipping {len(short)} {split} shard(s) shorter than one window of "
+                f"seq_len+1 = {seq_len + 1} tokens: {names}{more}"
+            )
         self.shards = [read_shard(p) for p in self.paths]
-        self.n_windows = [(len(s) - 1) // seq_len if len(s) > 0 else 0 for s in self.shards]
-        for p, s, n in zip(self.paths, self.shards, self.n_windows, strict=True):
-            if n == 0:
-                raise UserError(
-                    f"shard {p} has {len(s)} tokens, shorter than one window of seq_len+1 = "
-                    f"{seq_len + 1}; lower train.seq_len or remove the shard"
-                )
+        self.n_windows = [(len(s) - 1) // seq_len for s in self.shards]
         self.total_windows = sum(self.n_windows)
         self.global_batch = batch_size * world_size
         self.steps_per_epoch = self.total_windows // self.global_batch
@@ -403,6 +404,30 @@ class TokenLoader:
         self.epoch = int(d["epoch"])
         self._set_epoch(self.epoch)
         self.pos = int(d["position"])
+
+
+def shards_with_a_window(
+    data_dir: str | os.PathLike, split: str, seq_len: int
+) -> tuple[list[Path], list[tuple[Path, int]]]:
+    """(the split's shards holding at least one window of seq_len + 1 tokens, [(each shorter
+    shard, its tokens)]). Shorter ones (data prep's last shard, the remainder of the stream)
+    cannot form a window; a split where every shard is that short is a one-line error.
+    """
+    usable, short = [], []
+    for p in shard_paths(data_dir, split):
+        n = len(read_shard(p))
+        if n >= seq_len + 1:
+            usable.append(p)
+        else:
+            short.append((p, n))
+    if not usable:
+        longest, n = max(short, key=lambda pn: pn[1])
+        raise UserError(
+            f"every {split} shard in {data_dir} is shorter than one window of seq_len+1 = "
+            f"{seq_len + 1} tokens (the longest, {longest.name}, has {n:,}); lower "
+            "train.seq_len or prepare the data with a larger --shard-size"
+        )
+    return usable, short
 
 
 def _short(value: object) -> str:

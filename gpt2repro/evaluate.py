@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt2repro import dist, precision
-from gpt2repro.atomic import write_json
+from gpt2repro.atomic import check_output_path, write_json
 from gpt2repro.checkpoint import load_model_or_hf
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
 
@@ -145,7 +145,8 @@ def load_val_tokens(data_dir: str | Path, val_tokens: int) -> np.ndarray:
     from gpt2repro import data
 
     # a missing or empty directory raises its own clear error; headers only, no token is read
-    have = sum(len(data.read_shard(p)) for p in data.shard_paths(data_dir, "val"))
+    paths = data.shard_paths(data_dir, "val", option="--val-data")
+    have = sum(len(data.read_shard(p)) for p in paths)
     if have < val_tokens + 1:
         fix = "prepare more data"
         if have > 1:
@@ -754,6 +755,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if not (args.checkpoint or args.hf):
         raise UserError("pass --checkpoint PATH or --hf NAME_OR_DIR")
+    if args.json:  # checked now, not after the whole evaluation
+        check_output_path(args.json, "--json", directory=False)
 
 
 def _val_seq_len(args: argparse.Namespace, block_size: int) -> int:

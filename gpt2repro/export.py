@@ -28,12 +28,14 @@ def main(argv: list[str]) -> int:
 
     from pathlib import Path
 
+    from gpt2repro.atomic import check_output_path
     from gpt2repro.checkpoint import load_model, resolve
     from gpt2repro.hf import check_export_target, save_hf
 
     ckpt = resolve(args.checkpoint)
     out_dir = Path(args.out).expanduser()
     check_export_target(out_dir, args.overwrite, protect=ckpt)  # before loading anything
+    check_output_path(out_dir, "--out", directory=True)  # not under a file, and writable
     model = load_model(ckpt, "cpu")
     out = save_hf(model, out_dir, overwrite=args.overwrite, protect=ckpt)  # type: ignore[arg-type]
     print(f"wrote {out} ({model.num_params():,} parameters)")  # type: ignore[operator]

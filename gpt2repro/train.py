@@ -353,6 +353,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     # ---- checks before anything expensive (batch arithmetic, data, run dir, resume point)
     grad_accum = grad_accum_steps(train_cfg, info.world_size)
     val_tokens, hellaswag = load_eval_inputs(cfg.data.dir, eval_cfg)
+    data.shards_with_a_window(cfg.data.dir, "train", train_cfg.seq_len)  # one window at least
     _check_token_ids(cfg, info)
     dist.on_main(functools.partial(_check_run_dir, run_dir))
     dist.barrier()
@@ -661,3 +662,7 @@ def _save(
     if info.is_main:
         print(f"checkpoint: {path}", flush=True)
     return path
+
+
+if __name__ == "__main__":  # python -m gpt2repro.train (the same as train.py)
+    raise SystemExit(main())

@@ -280,10 +280,35 @@ def test_state_dict_resume_gives_identical_batches(tmp_path: Path) -> None:
         assert torch.equal(got[0], torch.cat([ex0[0], ex1[0]]))
 
 
+def test_loader_skips_a_shard_shorter_than_one_window_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Data prep's remainder shard (5 tokens < seq_len + 1) is skipped: the batches are exactly
+    those of the directory without it, and a note names it."""
+    kept = tmp_path / "kept"
+    both = tmp_path / "both"
+    kept.mkdir()
+    both.mkdir()
+    _shards(kept, [100])
+    _shards(both, [100, 5])
+    capsys.readouterr()
+    ref = TokenLoader(str(kept), "train", 2, 8, seed=4)
+    assert capsys.readouterr().out == ""
+    got = TokenLoader(str(both), "train", 2, 8, seed=4)
+    note = capsys.readouterr().out.strip()
+    assert (
+        note.startswith("note: skipping 1 train shard") and "t_train_000001.bin (5 tokens)" in note
+    )
+    for _ in range(30):  # past an epoch boundary (12 windows per epoch, 2 per batch)
+        (x0, y0), (x1, y1) = ref.next_batch(), got.next_batch()
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+
 def test_loader_errors(tmp_path: Path) -> None:
-    _shards(tmp_path, [100, 5])
-    with pytest.raises(UserError, match="shorter than one window"):
+    _shards(tmp_path, [5, 8])
+    with pytest.raises(UserError, match="shorter than one window") as e:
         TokenLoader(str(tmp_path), "train", 1, 8)
+    assert "t_train_000001.bin, has 8" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UserError, match="no val shards"):
         TokenLoader(str(tmp_path), "val", 1, 8)
     d = tmp_path / "small"

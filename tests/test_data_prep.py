@@ -125,6 +125,7 @@ def test_workers_do_not_change_bytes(tmp_path: Path) -> None:
 def _cli(src: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     cmd = [sys.executable, str(REPO / "data_prep" / "fineweb.py"), "--input", str(src)]
     cmd += ["--out-dir", str(out), "--prefix", "t", "--shard-size", "5000", "--quiet", *extra]
+    cmd += ["--allow-small-shards"]
     return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=REPO)
 
 
@@ -275,7 +276,7 @@ def test_huggingface_source(
     log = _fake_hf(monkeypatch, rows)
     out = tmp_path / "edu"
     argv = ["--dataset", "fineweb-edu", "--sample", "100BT", "--out-dir", str(out)]
-    argv += ["--shard-size", "60", "--workers", "1", "--quiet"]
+    argv += ["--shard-size", "60", "--allow-small-shards", "--workers", "1", "--quiet"]
     assert fineweb.main(argv + (["--streaming"] if streaming else [])) == 0
     assert log[0] == ("info", "HuggingFaceFW/fineweb-edu")
     load = log[1]
@@ -297,6 +298,7 @@ def test_huggingface_resume_pins_the_revision(
     rows = [{"text": " ".join(["word"] * (5 + i % 17))} for i in range(200)]
     _fake_hf(monkeypatch, rows)
     argv = ["--dataset", "fineweb", "--shard-size", "300", "--workers", "1", "--quiet"]
+    argv += ["--allow-small-shards"]
     argv += ["--streaming"] if streaming else []
     assert fineweb.main([*argv, "--out-dir", str(tmp_path / "ref")]) == 0
     out = tmp_path / "out"
@@ -330,6 +332,7 @@ def test_huggingface_explicit_and_unresolvable_revision(
     rows = [{"text": f"doc {i}"} for i in range(10)]
     log = _fake_hf(monkeypatch, rows)
     argv = ["--dataset", "fineweb", "--shard-size", "20", "--workers", "1", "--quiet"]
+    argv += ["--allow-small-shards"]
     assert fineweb.main([*argv, "--out-dir", str(tmp_path / "a"), "--revision", "v1.2"]) == 0
     assert not [e for e in log if e[0] == "info"]
     assert [e[5]["revision"] for e in log if e[0] == "load"] == ["v1.2"]
