@@ -67,17 +67,29 @@ class Run:
     last_event: str | None  # the newest event line: start, resume, preempted or done
     done: bool  # RUN_DIR/DONE exists
     git_shas: list[str] = field(default_factory=list)  # every distinct SHA, oldest first
-    malformed: list[int] = field(default_factory=list)  # line numbers skipped
+    malformed: list[int] = field(default_factory=list)  # numbers of the lines that are not JSON
+    unusable: int = 0  # JSON lines without a valid step/tokens/header (skipped too)
+
+    @property
+    def n_malformed(self) -> int:
+        return len(self.malformed) + self.unusable
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section of the run's resolved config ({} when absent)."""
+        config = self.header.get("config")
+        part = config.get(name) if isinstance(config, dict) else None
+        return part if isinstance(part, dict) else {}
 
     @property
     def max_steps(self) -> int | None:
-        return self.header.get("config", {}).get("train", {}).get("max_steps")
+        return self.section("train").get("max_steps")
 
     @property
     def planned_tokens(self) -> int:
         """max_steps x total_batch_tokens from the config (0 when unknown)."""
-        train = self.header.get("config", {}).get("train", {})
-        return int(train.get("max_steps", 0) or 0) * int(train.get("total_batch_tokens", 0) or 0)
+        train = self.section("train")
+        steps, batch = train.get("max_steps"), train.get("total_batch_tokens")
+        return steps * batch if isinstance(steps, int) and isinstance(batch, int) else 0
 
     @property
     def last_step(self) -> int:
@@ -111,7 +123,9 @@ def load_run(run_dir: str | Path) -> Run:
         records = read_metrics(path, malformed)
     except OSError as e:
         raise UserError(f"cannot read {path} ({e.strerror}); check its permissions") from None
-    records = [r for r in records if isinstance(r.get("step"), int)]
+    usable = [r for r in records if _usable(r)]
+    unusable = len(records) - len(usable)
+    records = usable
     if not records:
         raise UserError(f"{path} holds no metrics records yet; run training first")
 
@@ -138,10 +152,12 @@ def load_run(run_dir: str | Path) -> Run:
             evals.setdefault(r["step"], {}).update(r)
     train_list = [train[s] for s in sorted(train)]
     wall_s, estimated, gpu_hours = _wall_time(records, train_list)
-    config_name = header.get("config", {}).get("run", {}).get("name")
+    config = header.get("config")
+    run_section = config.get("run") if isinstance(config, dict) else None
+    config_name = run_section.get("name") if isinstance(run_section, dict) else None
     return Run(
         dir=run_dir,
-        label=config_name or run_dir.resolve().name,
+        label=str(config_name or run_dir.resolve().name),
         header=header,
         train=train_list,
         evals=[evals[s] for s in sorted(evals)],
@@ -154,7 +170,27 @@ def load_run(run_dir: str | Path) -> Run:
         done=(run_dir / "DONE").exists(),
         git_shas=shas,
         malformed=malformed,
+        unusable=unusable,
     )
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _usable(r: dict[str, Any]) -> bool:
+    """A record the report can use: a step and token count, and a header of the right types
+    (values of a wrong type elsewhere are simply not plotted)."""
+    if not (isinstance(r.get("step"), int) and not isinstance(r["step"], bool) and r["step"] >= 0):
+        return False
+    if "tokens" in r and not _number(r["tokens"]):
+        return False
+    if "time" in r and not _number(r["time"]):
+        return False
+    if r.get("event") in ("start", "resume"):
+        kinds = {"config": dict, "versions": dict, "argv": list, "gpus": list, "world_size": int}
+        return all(isinstance(r[k], t) for k, t in kinds.items() if k in r)
+    return True
 
 
 def _wall_time(
@@ -299,10 +335,7 @@ def panels(runs: Sequence[Run]) -> list[Panel]:
         tps.append(Series(f"{name}tokens/s", color, *_column(run.train, "tok_per_s")))
         mfu.append(Series(f"{name}MFU", color, *_column(run.train, "mfu", 100.0)))
         mem.append(Series(f"{name}peak memory", color, *_column(run.train, "mem_gib")))
-    on_fineweb = any(
-        FINEWEB_HINT in str(r.header.get("config", {}).get("data", {}).get("dir", "")).lower()
-        for r in runs
-    )
+    on_fineweb = any(FINEWEB_HINT in str(r.section("data").get("dir", "")).lower() for r in runs)
     loss_refs = (
         [HLine(GPT2_124M_VAL_LOSS, f"OpenAI GPT-2 124M, FineWeb-Edu val ({GPT2_124M_VAL_LOSS})")]
         if on_fineweb
@@ -592,20 +625,22 @@ def _status(run: Run) -> tuple[str, str]:
 
 def summary_rows(run: Run) -> dict[str, str]:
     """The summary table's cells for one run, as shown."""
+    finite = lambda v: _number(v) and math.isfinite(v)
     best = min(
-        (r for r in run.evals if isinstance(r.get("val_loss"), int | float)),
+        (r for r in run.evals if finite(r.get("val_loss"))),
         key=lambda r: r["val_loss"],
         default=None,
     )
-    hsw = [r for r in run.evals if "hellaswag_acc_norm" in r]
+    hsw = [r for r in run.evals if finite(r.get("hellaswag_acc_norm"))]
     final_hs = "—"
     if hsw:
         last = hsw[-1]
         final_hs = f"{last['hellaswag_acc_norm']:.4f}"
-        if isinstance(last.get("hellaswag_acc_norm_char"), int | float):
+        if finite(last.get("hellaswag_acc_norm_char")):
             final_hs += f" / {last['hellaswag_acc_norm_char']:.4f}"
-    skipped = max((int(r.get("skipped") or 0) for r in run.train), default=0)
-    steps = f"{run.last_step:,}" + (f" / {run.max_steps:,}" if run.max_steps else "")
+    skipped = max((r["skipped"] for r in run.train if _number(r.get("skipped"))), default=0)
+    max_steps = run.max_steps if isinstance(run.max_steps, int) else None
+    steps = f"{run.last_step:,}" + (f" / {max_steps:,}" if max_steps else "")
     wall = _fmt_duration(run.wall_s)
     if run.wall_estimated:
         wall = f"≈{wall} (step times)"
@@ -614,12 +649,12 @@ def summary_rows(run: Run) -> dict[str, str]:
         "steps": steps,
         "tokens": f"{run.tokens:,}",
         "best val loss": f"{best['val_loss']:.4f} (step {best['step']:,})" if best else "—",
-        "final HellaSwag acc_norm token / char": final_hs,
+        "final HellaSwag (token / char)": final_hs,
         "wall time": wall,
         "GPU-hours": f"{run.gpu_hours:.2f}" if run.gpu_hours is not None else "— (no CUDA)",
-        "skipped updates": str(skipped),
+        "skipped updates": str(int(skipped)),
         "restarts": str(run.restarts),
-        "malformed lines": str(len(run.malformed)),
+        "malformed lines": str(run.n_malformed),
     }
 
 
@@ -629,7 +664,7 @@ def _run_details(run: Run, color: str) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in (h.get("versions") or {}).items())
     gpus = h.get("gpus") or []
     device = f"{h.get('world_size', '?')} x {h.get('device', '?')}" + (
-        f" ({e(gpus[0])})" if gpus else ""
+        f" ({gpus[0]})" if gpus else ""
     )
     sha = " → ".join(run.git_shas) or "unknown"
     config = h.get("config")
@@ -643,9 +678,10 @@ def _run_details(run: Run, color: str) -> str:
         ("gradient accumulation", str(h.get("grad_accum", "—"))),
         ("command", " ".join(str(a) for a in h.get("argv", [])) or "—"),
     ]
-    if run.malformed:
-        shown = ", ".join(str(n) for n in run.malformed[:10])
-        rows.append(("malformed lines skipped", f"{len(run.malformed)} (lines {shown})"))
+    if run.n_malformed:
+        where = [f"lines {', '.join(str(n) for n in run.malformed[:10])}"] if run.malformed else []
+        where += [f"{run.unusable} without a valid step, tokens or header"] if run.unusable else []
+        rows.append(("malformed lines skipped", f"{run.n_malformed} ({'; '.join(where)})"))
     table = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
     return (
         f'<h2><span class="swatch" style="background:{color}"></span>{e(run.label)}</h2>'
@@ -754,10 +790,11 @@ def write_report(
     with atomic_open(out / REPORT_HTML, "w") as fh:
         fh.write(page)
     for run in runs:
-        if run.malformed:
+        if run.n_malformed:
+            first = f" (first: line {run.malformed[0]})" if run.malformed else ""
             print(
-                f"note: {run.dir / 'metrics.jsonl'}: {len(run.malformed)} malformed line(s) "
-                f"skipped (first: line {run.malformed[0]})",
+                f"note: {run.dir / 'metrics.jsonl'}: {run.n_malformed} malformed line(s) "
+                f"skipped{first}",
                 file=sys.stderr,
             )
     return [out / REPORT_HTML, *written]

@@ -174,12 +174,13 @@ def test_report_bad_input_is_one_line_and_touches_nothing(runs: dict, tmp_path: 
     lines = (runs["a"] / "metrics.jsonl").read_text().splitlines()
     lines.insert(3, '{"step": 3, "loss": 2.')  # torn
     lines.insert(5, "[1, 2]")  # JSON, but not a record
+    lines.insert(7, '{"step": "x", "tokens": 3}')  # a record, but no step
     (copy / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     err = io.StringIO()
     with redirect_stderr(err), redirect_stdout(io.StringIO()):
         assert run_cli(report.main, [str(copy), "--out", str(tmp_path / "o2"), "--no-png"]) == 0
-    assert "2 malformed line(s) skipped (first: line 4)" in err.getvalue()
-    assert _summary((tmp_path / "o2" / "report.html").read_text(), ODD_NAME)[-1] == "2"
+    assert "3 malformed line(s) skipped (first: line 4)" in err.getvalue()
+    assert _summary((tmp_path / "o2" / "report.html").read_text(), ODD_NAME)[-1] == "3"
     assert not list((tmp_path / "o2").glob("*.png"))
 
 
@@ -247,3 +248,26 @@ def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
         for color in report.PALETTE[1 if name == "lr" else 0 : 2]:  # lr: b's line over a's
             near = np.abs(inside - _rgb(color)).sum(axis=2) < 60
             assert near.sum() > 40, (name, color, int(near.sum()))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_runlog_writes_the_page_only_when_log_report_is_on(tmp_path: Path, enabled: bool) -> None:
+    """The trainer's hook (RunLog.report after an evaluation, RunLog.close at the end) and its
+    switch; the page reloads until DONE appears."""
+    from gpt2repro.config import build_config
+    from gpt2repro.metrics import RunLog
+
+    cfg = build_config(overrides=[("log.report", str(enabled).lower()), ("run.dir", str(tmp_path))])
+    log = RunLog(tmp_path, cfg, is_main=True)
+    log.record({"event": "start", "step": 0, "tokens": 0, "config": {}}, wandb=False)
+    log.record({"step": 0, "tokens": 0, "val_loss": 10.9})
+    log.report()
+    page = tmp_path / "report.html"
+    assert page.exists() == enabled
+    if enabled:
+        assert 'http-equiv="refresh"' in page.read_text()
+    (tmp_path / "DONE").write_text("{}\n")
+    log.close()
+    assert page.exists() == enabled
+    if enabled:
+        assert 'http-equiv="refresh"' not in page.read_text()
