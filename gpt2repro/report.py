@@ -447,16 +447,18 @@ def panel_svg(panel: Panel, width: int = 560, height: int = 300) -> str:
         f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame" '
         'shape-rendering="crispEdges"/>'
     )
-    if not _has_data(panel):
-        out.append(frame)
-        out.append(
-            f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle" class="note">'
-            f"{e(panel.note)}</text></svg>"
-        )
-        return "".join(out)
+    note_w = 7 * len(panel.note) + 16  # about 7 px a character at 13 px: a backing box
+    note = (
+        f'<rect x="{left + (pw - note_w) / 2:.0f}" y="{top + ph / 2 - 15:.0f}" width="{note_w}" '
+        f'height="22" fill="#fff" opacity="0.92"/>'
+        f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle" class="note">'
+        f"{e(panel.note)}</text>"
+    )
+    if not _has_data(panel) and not panel.hlines:
+        return "".join([*out, frame, note, "</svg>"])
     xs_all = [x for s in panel.series for x in s.xs]
     ys_all = [y for s in panel.series for y in s.ys] + [h.y for h in panel.hlines]
-    x0, x1 = 0.0, max(*xs_all, panel.x_max)
+    x0, x1 = 0.0, max([*xs_all, panel.x_max])
     if x1 <= x0:  # only step-0 evaluations of a run of unknown length
         x1 = 1.0
     y0, y1 = _limits(ys_all + ([0.0] if panel.from_zero else []), 0.06)
@@ -509,6 +511,8 @@ def panel_svg(panel: Panel, width: int = 560, height: int = 300) -> str:
                 f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.6" fill="{s.color}"/>'
                 for x, y in zip(xs, ys, strict=True)
             )
+    if not _has_data(panel):  # only the published lines: the targets, and why no data
+        out.append(note)
     out.append("</svg>")
     return "".join(out)
 
@@ -525,8 +529,7 @@ def legend_html(panel: Panel) -> str:
     """The legend under a plot: a line sample per series with data, then the published lines."""
     e = html.escape
     items = [f"<span>{_swatch(s.color, s.dash)}{e(s.label)}</span>" for s in panel.series if s.xs]
-    if _has_data(panel):
-        items += [f"<span>{_swatch(h.color, h.dash)}{e(h.label)}</span>" for h in panel.hlines]
+    items += [f"<span>{_swatch(h.color, h.dash)}{e(h.label)}</span>" for h in panel.hlines]
     return f'<div class="legend">{"".join(items)}</div>'
 
 
@@ -550,7 +553,7 @@ def write_pngs(plots: list[Panel], out_dir: Path) -> list[Path]:
         ax.set_xlabel("training tokens")
         ax.set_ylabel(panel.ylabel)
         ax.grid(True, color="#e5e5e5", linewidth=0.8)
-        if _has_data(panel):
+        if _has_data(panel) or panel.hlines:
             for s in panel.series:
                 if s.xs:
                     ax.plot(
@@ -565,12 +568,18 @@ def write_pngs(plots: list[Panel], out_dir: Path) -> list[Path]:
                     )
             for h in panel.hlines:
                 ax.axhline(h.y, color=h.color, linestyle=h.dash, linewidth=1.1, label=h.label)
-            x_hi = max(max(x for s in panel.series for x in s.xs), panel.x_max)
+            x_hi = max([x for s in panel.series for x in s.xs] + [panel.x_max])
             ax.set_xlim(0, x_hi if x_hi > 0 else 1.0)
             if panel.from_zero:
                 ax.set_ylim(bottom=0)
             ax.xaxis.set_major_formatter(lambda v, _pos: format_number(v))
             ax.legend(fontsize=7, loc="best", framealpha=0.85)
+            if not _has_data(panel):
+                ax.set_ylim(*_limits([h.y for h in panel.hlines], 0.06))
+                ax.text(
+                    0.5, 0.5, panel.note, ha="center", va="center", transform=ax.transAxes,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.9},
+                )  # fmt: skip
         else:
             ax.text(0.5, 0.5, panel.note, ha="center", va="center", transform=ax.transAxes)
             ax.set_xticks([])
