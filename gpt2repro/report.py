@@ -45,6 +45,7 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 REFERENCE_COLOR = "#555555"
 # OpenAI GPT-2 124M's loss on the FineWeb-Edu val shard is only comparable on that data.
 FINEWEB_HINT = "fineweb"
+_NUMBER = (int, float)  # a tuple: `int | float` would build a new union object on every check
 
 
 # --------------------------------------------------------------------------- reading a run
@@ -157,7 +158,7 @@ def load_run(run_dir: str | Path) -> Run:
     config_name = run_section.get("name") if isinstance(run_section, dict) else None
     return Run(
         dir=run_dir,
-        label=str(config_name or run_dir.resolve().name),
+        label=str(config_name or run_dir.name or run_dir.resolve().name),
         header=header,
         train=train_list,
         evals=[evals[s] for s in sorted(evals)],
@@ -175,7 +176,7 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    return isinstance(v, _NUMBER) and not isinstance(v, bool)
 
 
 def _usable(r: dict[str, Any]) -> bool:
@@ -205,7 +206,7 @@ def _wall_time(
             on_cuda = str(r.get("device", "")).startswith("cuda")
             sessions.append([None, None, int(r.get("world_size", 1)) if on_cuda else 0])
         t = r.get("time")
-        if isinstance(t, int | float):
+        if isinstance(t, _NUMBER):
             sessions[-1][0] = t if sessions[-1][0] is None else sessions[-1][0]
             sessions[-1][1] = t
     if any(s[0] is not None for s in sessions):
@@ -289,7 +290,7 @@ def _column(
     xs, ys = [], []
     for r in records:
         v = r.get(key)
-        if isinstance(v, int | float) and math.isfinite(v):
+        if isinstance(v, _NUMBER) and math.isfinite(v):
             xs.append(float(r.get("tokens", 0)))
             ys.append(float(v) * scale)
     return xs, ys
@@ -350,7 +351,9 @@ def panels(runs: Sequence[Run]) -> list[Panel]:
             "accuracy",
             hs,
             hellaswag_references(),
-            "no HellaSwag evaluations (eval.hellaswag_every = 0)",
+            "no HellaSwag evaluations yet"
+            if any(r.section("eval").get("hellaswag_every") for r in runs)
+            else "no HellaSwag evaluations (eval.hellaswag_every = 0)",
         ),
         Panel("lr", "Learning rate", "lr", lr, note="no train steps logged yet", from_zero=True),
         Panel(

@@ -65,6 +65,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"a": a, "b": b, "live_page_while_running": live_page, "tmp": tmp}
 
 
+@pytest.mark.slow  # the `runs` fixture: three short trainings (~15-35 s)
 def test_live_page_reloads_until_done(runs: dict) -> None:
     refresh = f'<meta http-equiv="refresh" content="{report.REFRESH_S}">'
     assert refresh in runs["live_page_while_running"]
@@ -92,6 +93,7 @@ def _summary(page: str, label: str) -> list[str]:
     return [html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))]
 
 
+@pytest.mark.slow  # the `runs` fixture: three short trainings (~15-35 s)
 def test_report_cli_overlays_runs_with_the_numbers_of_metrics_jsonl(
     runs: dict, tmp_path: Path
 ) -> None:
@@ -154,6 +156,7 @@ def _error(argv: list[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # the `runs` fixture: three short trainings (~15-35 s)
 def test_report_bad_input_is_one_line_and_touches_nothing(runs: dict, tmp_path: Path) -> None:
     assert "has no metrics.jsonl" in _error([str(tmp_path), "--out", str(tmp_path / "o")])
     assert "does not exist" in _error([str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
@@ -207,6 +210,7 @@ def test_live_report_failure_warns_once_and_training_goes_on(tmp_path: Path) -> 
     assert (rd / "report.html").read_text() == "<p>my notes</p>"
 
 
+@pytest.mark.slow  # the `runs` fixture: three short trainings (~15-35 s)
 def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
     """The page as a person sees it: every plot frame is on screen, the four plots with data
     carry both runs' colours, the two without (MFU, memory on CPU) say why."""
