@@ -125,6 +125,9 @@ class LogConfig:
     sample_every: int = _f(0, "print a text sample every N steps; 0 = never")
     sample_tokens: int = _f(64, "tokens per sample")
     sample_prompt: str = _f("Hello, I'm a language model,", "prompt for samples")
+    report: bool = _f(
+        True, "rewrite RUN_DIR/report.html after each evaluation: a live dashboard (docs/report.md)"
+    )
 
 
 @dataclass(frozen=True)

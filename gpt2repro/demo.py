@@ -100,6 +100,11 @@ def main(argv: list[str]) -> int:
     print(f"data:        {data_dir}/ (manifest.json, *_train_*.bin, *_val_*.bin)")
     print(f"checkpoint:  {ckpt}")
     print(f"metrics:     {Path(cfg.run.dir) / 'metrics.jsonl'}")
+    if cfg.log.report:
+        print(
+            f"report:      {Path(cfg.run.dir) / 'report.html'} (open it, or "
+            f"python -m http.server -d {cfg.run.dir} and browse to /report.html)"
+        )
     print(f"sample more: python -m gpt2repro.sample --checkpoint {cfg.run.dir} --prompt 'JULIET:'")
     print(
         f"export HF:   python -m gpt2repro.export --checkpoint {cfg.run.dir} --out {cfg.run.dir}/hf"

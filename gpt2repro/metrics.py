@@ -16,6 +16,8 @@ tokens seen so far). Four kinds of line:
   `hellaswag_acc_norm_char` (character-normalized, lm-evaluation-harness style);
 - text samples: `sample`, the prompt and its continuation.
 
+Every line the trainer writes also carries `time` (Unix seconds, when it was written): the report
+(`gpt2repro.report`) measures wall time and GPU-hours from it.
 After a resume, steps after the checkpoint may appear twice; the later line is the one that counts.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,18 +163,23 @@ class MetricsLog:
             self._fh = None
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl (a torn last line from a crash is ignored)."""
+def read_metrics(path: str | Path, malformed: list[int] | None = None) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl (a torn last line from a crash is ignored). Lines that are
+    not a JSON object are skipped; their 1-based numbers go to `malformed` when given."""
     out = []
-    with open(path) as fh:
-        for line in fh:
+    with open(path, errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
             line = line.strip()
             if not line:
                 continue
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                record = None
+            if isinstance(record, dict):
+                out.append(record)
+            elif malformed is not None:
+                malformed.append(number)
     return out
 
 
@@ -326,9 +334,11 @@ class RunLog:
 
     def __init__(self, run_dir: Path, cfg: Any, is_main: bool) -> None:
         from gpt2repro.config import to_dict
+        from gpt2repro.report import LiveReport
 
         self.is_main = is_main
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
+        self.live = LiveReport(run_dir, enabled=is_main and cfg.log.report)
         self.wandb = WandbLogger(
             mode=cfg.log.wandb_mode,
             project=cfg.log.wandb_project,
@@ -348,7 +358,7 @@ class RunLog:
             return
         if text is not None:
             print(text, flush=True)
-        self.metrics.write(record)
+        self.metrics.write({**record, "time": round(time.time(), 3)})
         if wandb:
             self.wandb.log(record)
 
@@ -356,9 +366,18 @@ class RunLog:
         if not self.is_main:
             return
         print(f"sample step {step}: {text!r}", flush=True)
-        self.metrics.write({"step": step, "tokens": tokens, "sample": text})
+        self.metrics.write(
+            {"step": step, "tokens": tokens, "sample": text, "time": round(time.time(), 3)}
+        )
         self.wandb.log_sample(step, text)
 
+    def report(self) -> None:
+        """Rewrite RUN_DIR/report.html from metrics.jsonl (rank 0, `log.report`); never raises."""
+        self.live.update()
+
     def close(self) -> None:
+        """Flush metrics.jsonl, write the final report.html (no reloading once DONE exists), and
+        finish wandb."""
         self.metrics.close()
+        self.live.update()
         self.wandb.finish()

@@ -617,6 +617,7 @@ def _log_eval(log: RunLog, state: TrainState, results: dict[str, float]) -> None
     shown = " | ".join(f"{k} {v:.4f}" for k, v in results.items())
     record = {"step": state.step, "tokens": state.tokens, **results}
     log.record(record, text=f"eval step {state.step:>6} | {shown}")
+    log.report()  # RUN_DIR/report.html, the live dashboard (rank 0; never raises)
 
 
 def _sample_text(trainable: Trainable, cfg: Config, step: int) -> str:

@@ -1,0 +1,277 @@
+"""The run report: the trainer's live page (reloads until DONE, never stops training), the CLI's
+report of several real tiny runs (summary numbers equal to metrics.jsonl, PNGs not blank, no
+network references, escaped text), bad input, and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+import shutil
+import subprocess
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_train import TINY, run
+
+from gpt2repro import report
+from gpt2repro.data import write_shard
+from gpt2repro.errors import run_cli
+from gpt2repro.metrics import read_metrics
+
+ODD_NAME = 'tiny <b>&"run"'  # must reach the page escaped
+
+
+def _rgb(color: str) -> np.ndarray:
+    return np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two real runs of a GPT-2-vocab model with val loss and HellaSwag in the loop: `a` straight
+    through, `b` killed by SIGKILL after step 6 and resumed (its live page seen in between)."""
+    from fixtures.hellaswag import write_hellaswag
+
+    from gpt2repro.tokenizer import get_encoding
+
+    tmp = tmp_path_factory.mktemp("report_runs")
+    enc = get_encoding()
+    docs = ["To be, or not to be, that is the question. " * 40, "All the world's a stage. " * 60]
+    toks = np.concatenate([[enc.eot_token, *enc.encode_ordinary(d)] for d in docs * 5])
+    write_shard(tmp / "data" / "x_val_000000.bin", toks[:2000].astype(np.uint16))
+    write_shard(tmp / "data" / "x_train_000001.bin", toks[2000:].astype(np.uint16))
+    hs = write_hellaswag(tmp / "hellaswag_val.jsonl", n=8)
+    common = [
+        *TINY,
+        "--model.vocab_size=50257",
+        "--model.block_size=128",
+        f"--data.dir={tmp / 'data'}",
+        "--train.max_steps=8",
+        "--eval.every=4",
+        "--eval.val_tokens=512",
+        "--eval.hellaswag_every=4",
+        f"--eval.hellaswag_file={hs}",
+        "--checkpoint.every=4",
+    ]
+    a, b = tmp / "a", tmp / "b"
+    run([*common, f"--run.dir={a}", f"--run.name={ODD_NAME}"])
+    common += [f"--run.dir={b}", "--train.seed=7"]  # another curve to overlay
+    killed = run(common, env={"GPT2REPRO_FAULT": "sigkill:6"}, check=False)
+    assert killed.returncode != 0
+    live_page = (b / "report.html").read_text()  # as a browser would have seen it then
+    run(common)
+    return {"a": a, "b": b, "live_page_while_running": live_page, "tmp": tmp}
+
+
+@pytest.mark.slow  # the `runs` fixture: three short trainings (~15-35 s)
+def test_live_page_reloads_until_done(runs: dict) -> None:
+    refresh = f'<meta http-equiv="refresh" content="{report.REFRESH_S}">'
+    assert refresh in runs["live_page_while_running"]
+    assert "in progress" in runs["live_page_while_running"]
+    for name in ("a", "b"):
+        page = (runs[name] / "report.html").read_text()
+        assert (runs[name] / "DONE").exists()
+        assert 'http-equiv="refresh"' not in page  # the final page stays still
+        assert f'<meta name="generator" content="{report.GENERATOR}">' in page
+        assert page.count('<svg class="plot"') == 6
+    # the page written while running was the one of the last evaluation before the kill
+    assert _summary(runs["live_page_while_running"], "b")[:3] == [
+        "in progress (or stopped)",
+        "4 / 8",
+        f"{4 * 256:,}",
+    ]
+
+
+def _summary(page: str, label: str) -> list[str]:
+    """The cells of `label`'s summary row, unescaped."""
+    row = re.search(
+        r"<tr><td><span[^>]*></span>" + re.escape(html.escape(label)) + r"</td>(.*?)</tr>", page
+    )
+    assert row, label
+    return [html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))]
+
+
+@pytest.mark.slow  # the `runs` fixture: three short trainings (~15-35 s)
+def test_report_cli_overlays_runs_with_the_numbers_of_metrics_jsonl(
+    runs: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        status = run_cli(report.main, [str(runs["a"]), str(runs["b"]), "--out", str(out)])
+    assert status == 0, buf.getvalue()
+    page = (out / "report.html").read_text()
+    assert 'http-equiv="refresh"' not in page
+    # self-contained: no scripts, stylesheets, fonts or images fetched from anywhere
+    assert not re.search(r"<script|<link|<img|@import|url\(", page)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+    # text from the run reaches the page escaped, never as markup
+    assert ODD_NAME not in page and html.escape(ODD_NAME) in page
+
+    for name, label, restarts in ((ODD_NAME, "a", 0), ("b", "b", 1)):
+        recs = read_metrics(runs[label] / "metrics.jsonl")
+        vals = [r for r in recs if "val_loss" in r]
+        best = min(vals, key=lambda r: r["val_loss"])
+        hsw = [r for r in recs if "hellaswag_acc_norm" in r]
+        cells = _summary(page, name)
+        status, steps, tokens, best_val, final_hs, wall, gpu_h, skipped, n_restarts, bad = cells
+        assert status == "done" and steps == "8 / 8" and tokens == f"{8 * 256:,}"
+        assert best_val == f"{best['val_loss']:.4f} (step {best['step']})"
+        assert final_hs == (
+            f"{hsw[-1]['hellaswag_acc_norm']:.4f} / {hsw[-1]['hellaswag_acc_norm_char']:.4f}"
+        )
+        assert n_restarts == str(restarts) and skipped == "0" and bad == "0"
+        assert gpu_h == "— (no CUDA)" and not wall.startswith("≈")  # timed from `time` fields
+    # the start header: git SHA, versions and config of each run
+    start = read_metrics(runs["b"] / "metrics.jsonl")[0]
+    assert start["git_sha"] in page and f"torch {start['versions']['torch']}" in page
+    assert "&quot;total_batch_tokens&quot;: 256" in page
+
+    # every PNG decodes, is not blank, and shows both runs' colours where there is data
+    from PIL import Image
+
+    for panel in report.panels([report.load_run(runs["a"]), report.load_run(runs["b"])]):
+        img = np.asarray(Image.open(out / f"{panel.key}.png").convert("RGB")).astype(int)
+        assert img.shape[0] > 200 and img.shape[1] > 400
+        assert (img.min(axis=2) < 200).mean() > 0.01, panel.key  # axes, text, lines
+        if panel.key in ("loss", "hellaswag", "lr", "tokens_per_s"):
+            # both runs, except lr: one schedule, b's line drawn over a's
+            for color in report.PALETTE[1 if panel.key == "lr" else 0 : 2]:
+                near = np.abs(img - _rgb(color)).sum(axis=2) < 60
+                assert near.sum() > 100, (panel.key, color)
+    # a second run of the same command replaces its own files
+    with redirect_stdout(io.StringIO()):
+        assert run_cli(report.main, [str(runs["a"]), "--out", str(out)]) == 0
+    assert "restarts" in (out / "report.html").read_text()
+
+
+def _error(argv: list[str]) -> str:
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        assert run_cli(report.main, argv) == 2
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.slow  # the `runs` fixture: three short trainings (~15-35 s)
+def test_report_bad_input_is_one_line_and_touches_nothing(runs: dict, tmp_path: Path) -> None:
+    assert "has no metrics.jsonl" in _error([str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "does not exist" in _error([str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    a = str(runs["a"])
+    assert "given twice" in _error([a, a, "--out", str(tmp_path / "o")])
+    assert "is a file" in _error([a, "--out", str(runs["a"] / "metrics.jsonl")])
+    # a report.html or plot that someone else wrote is never replaced
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "loss.png").write_bytes(b"my own picture")
+    msg = _error([a, "--out", str(foreign)])
+    assert "loss.png exists and was not written by gpt2repro.report" in msg
+    assert (foreign / "loss.png").read_bytes() == b"my own picture"
+    assert not (foreign / "report.html").exists()
+    # a malformed metrics line is skipped and counted, not fatal
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    lines = (runs["a"] / "metrics.jsonl").read_text().splitlines()
+    lines.insert(3, '{"step": 3, "loss": 2.')  # torn
+    lines.insert(5, "[1, 2]")  # JSON, but not a record
+    lines.insert(7, '{"step": "x", "tokens": 3}')  # a record, but no step
+    (copy / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        assert run_cli(report.main, [str(copy), "--out", str(tmp_path / "o2"), "--no-png"]) == 0
+    assert "3 malformed line(s) skipped (first: line 4)" in err.getvalue()
+    assert _summary((tmp_path / "o2" / "report.html").read_text(), ODD_NAME)[-1] == "3"
+    assert not list((tmp_path / "o2").glob("*.png"))
+
+
+def test_live_report_failure_warns_once_and_training_goes_on(tmp_path: Path) -> None:
+    """A report.html the trainer did not write blocks every update: one warning, rc 0."""
+    from test_train import args_for
+
+    corpus = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    write_shard(corpus / "t_val_000000.bin", rng.integers(0, 500, 5000).astype(np.uint16))
+    write_shard(corpus / "t_train_000001.bin", rng.integers(0, 500, 20000).astype(np.uint16))
+    rd = tmp_path / "run"
+    rd.mkdir()
+    (rd / "report.html").write_text("<p>my notes</p>")
+    p = run(
+        args_for(
+            corpus, rd, "--train.max_steps=4", "--eval.every=1", "--eval.val_tokens=256",
+            "--checkpoint.every=0",
+        )
+    )  # fmt: skip
+    assert p.stderr.count("warning: live report") == 1, p.stderr
+    assert "training goes on" in p.stderr
+    assert (rd / "DONE").exists()
+    assert (rd / "report.html").read_text() == "<p>my notes</p>"
+
+
+@pytest.mark.slow  # the `runs` fixture: three short trainings (~15-35 s)
+def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
+    """The page as a person sees it: every plot frame is on screen, the four plots with data
+    carry both runs' colours, the two without (MFU, memory on CPU) say why."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from PIL import Image
+
+    out = tmp_path / "out"
+    with redirect_stdout(io.StringIO()):
+        assert run_cli(report.main, [str(runs["a"]), str(runs["b"]), "--out", str(out)]) == 0
+    shot = tmp_path / "screenshot.png"
+    p = subprocess.run(
+        [
+            browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}", "--window-size=1240,1600",
+            (out / "report.html").as_uri(),
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shot.exists(), p.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # Plot frames: one-pixel lines of exactly the frame colour (crispEdges).
+    frame = np.abs(img - _rgb("#bbbbbb")).sum(axis=2) <= 6
+    rows = np.flatnonzero(frame.sum(axis=1) >= 400)  # top and bottom edges, two plots a row
+    cols = np.flatnonzero(frame.sum(axis=0) >= 150)  # left and right edges, three plots a column
+    assert len(rows) == 6 and len(cols) == 4, (rows, cols)
+    names = ["loss", "hellaswag", "lr", "tokens_per_s", "mfu", "memory"]
+    for i, name in enumerate(names):
+        (top, bottom), (left, right) = (
+            rows[2 * (i // 2) : 2 * (i // 2) + 2],
+            cols[2 * (i % 2) : 2 * (i % 2) + 2],
+        )
+        inside = img[top + 2 : bottom - 1, left + 2 : right - 1]
+        if name in ("mfu", "memory"):  # nothing measured on CPU: a note, not a blank box
+            assert (inside.min(axis=2) < 180).sum() > 200, name
+            continue
+        for color in report.PALETTE[1 if name == "lr" else 0 : 2]:  # lr: b's line over a's
+            near = np.abs(inside - _rgb(color)).sum(axis=2) < 60
+            assert near.sum() > 40, (name, color, int(near.sum()))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_runlog_writes_the_page_only_when_log_report_is_on(tmp_path: Path, enabled: bool) -> None:
+    """The trainer's hook (RunLog.report after an evaluation, RunLog.close at the end) and its
+    switch; the page reloads until DONE appears."""
+    from gpt2repro.config import build_config
+    from gpt2repro.metrics import RunLog
+
+    cfg = build_config(overrides=[("log.report", str(enabled).lower()), ("run.dir", str(tmp_path))])
+    log = RunLog(tmp_path, cfg, is_main=True)
+    log.record({"event": "start", "step": 0, "tokens": 0, "config": {}}, wandb=False)
+    log.record({"step": 0, "tokens": 0, "val_loss": 10.9})
+    log.report()
+    page = tmp_path / "report.html"
+    assert page.exists() == enabled
+    if enabled:
+        assert 'http-equiv="refresh"' in page.read_text()
+    (tmp_path / "DONE").write_text("{}\n")
+    log.close()
+    assert page.exists() == enabled
+    if enabled:
+        assert 'http-equiv="refresh"' not in page.read_text()
