@@ -176,7 +176,8 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, _NUMBER) and not isinstance(v, bool)
+    """A finite int or float (json reads Infinity and NaN as floats; bools are ints)."""
+    return isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _usable(r: dict[str, Any]) -> bool:
@@ -206,7 +207,7 @@ def _wall_time(
             on_cuda = str(r.get("device", "")).startswith("cuda")
             sessions.append([None, None, int(r.get("world_size", 1)) if on_cuda else 0])
         t = r.get("time")
-        if isinstance(t, _NUMBER):
+        if _number(t):
             sessions[-1][0] = t if sessions[-1][0] is None else sessions[-1][0]
             sessions[-1][1] = t
     if any(s[0] is not None for s in sessions):
@@ -637,18 +638,17 @@ def _status(run: Run) -> tuple[str, str]:
 
 def summary_rows(run: Run) -> dict[str, str]:
     """The summary table's cells for one run, as shown."""
-    finite = lambda v: _number(v) and math.isfinite(v)
     best = min(
-        (r for r in run.evals if finite(r.get("val_loss"))),
+        (r for r in run.evals if _number(r.get("val_loss"))),
         key=lambda r: r["val_loss"],
         default=None,
     )
-    hsw = [r for r in run.evals if finite(r.get("hellaswag_acc_norm"))]
+    hsw = [r for r in run.evals if _number(r.get("hellaswag_acc_norm"))]
     final_hs = "—"
     if hsw:
         last = hsw[-1]
         final_hs = f"{last['hellaswag_acc_norm']:.4f}"
-        if finite(last.get("hellaswag_acc_norm_char")):
+        if _number(last.get("hellaswag_acc_norm_char")):
             final_hs += f" / {last['hellaswag_acc_norm_char']:.4f}"
     skipped = max((r["skipped"] for r in run.train if _number(r.get("skipped"))), default=0)
     max_steps = run.max_steps if isinstance(run.max_steps, int) else None

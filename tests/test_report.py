@@ -275,3 +275,29 @@ def test_runlog_writes_the_page_only_when_log_report_is_on(tmp_path: Path, enabl
     assert page.exists() == enabled
     if enabled:
         assert 'http-equiv="refresh"' not in page.read_text()
+
+
+@pytest.mark.parametrize("field", ["tokens", "time"])
+@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN"])
+def test_non_finite_tokens_or_time_is_a_malformed_line_not_a_crash(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    # Python's json reads Infinity/NaN as floats: such a line must be skipped and counted like
+    # any other malformed line, not crash the axis ticks or make the wall time infinite.
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    odd = {"step": "1", "tokens": "100", "time": "1.5", "loss": "3.0", field: value}
+    odd_line = "{" + ", ".join(f'"{k}": {v}' for k, v in odd.items()) + "}"
+    (run_dir / "metrics.jsonl").write_text(
+        '{"event": "start", "step": 0, "tokens": 0, "time": 1.0}\n'
+        f"{odd_line}\n"
+        '{"step": 2, "tokens": 200, "loss": 2.0, "time": 2.0}\n'
+    )
+    out = tmp_path / "o"
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        assert run_cli(report.main, [str(run_dir), "--out", str(out), "--no-png"]) == 0
+    assert "1 malformed line(s) skipped" in err.getvalue()
+    run = report.load_run(run_dir)
+    assert [r["step"] for r in run.train] == [2]
+    assert run.wall_s == 1.0
