@@ -186,6 +186,7 @@ def test_slurm_head_node_address(
         "SLURM_JOB_NUM_NODES": "2",
         "SLURM_JOB_ID": "4242",
         "SLURM_GPUS_ON_NODE": "4",
+        "SLURM_CPUS_PER_TASK": "32",  # what sbatch sets from #SBATCH --cpus-per-task
         "FAKE_GETENT": getent,
         "FAKE_HOSTNAME_I": hostname_i,
     }
@@ -202,6 +203,9 @@ def test_slurm_head_node_address(
         [
             "srun",
             "--kill-on-bad-exit=1",
+            # Since Slurm 22.05 srun no longer inherits sbatch's --cpus-per-task: without it the
+            # torchrun task and all its workers would share one CPU.
+            "--cpus-per-task=32",
             py,
             *TORCHRUN,
             "--nnodes=2",
