@@ -14,7 +14,8 @@
 #   TORCH_SPEC   pip arguments for torch, as in the Makefile (default: the Makefile's TORCH_SPEC, whose
 #                PyPI wheel for Linux x86_64 is a CUDA build); e.g. "torch==2.13.0 --index-url
 #                https://download.pytorch.org/whl/cu128" for another CUDA; "none" keeps the venv's torch
-#   CONFIG       (configs/gpt2_124m.toml)   SAMPLE  FineWeb-Edu sample (10BT; 100BT for the larger configs)
+#   CONFIG       (configs/gpt2_124m.toml)   SAMPLE  FineWeb-Edu sample (default: the one data.dir is named
+#                after, data/edu_fineweb100B -> 100BT, as data_prep/fineweb.py names its default --out-dir; else 10BT)
 #   VENV (.venv) BASE_PYTHON (python3 when it is 3.11+, else python3.11)   SESSION  tmux session (gpt2repro)
 #   SKIP_APT=1   packages are installed already (no sudo needed)   NPROC  processes (default: every GPU)
 # DRY_RUN=1 prints every command instead of running it.
@@ -25,7 +26,6 @@ cd "$(dirname "$0")/.."
 source launch/dry_run.sh
 
 CONFIG=${CONFIG:-configs/gpt2_124m.toml}
-SAMPLE=${SAMPLE:-10BT}
 SESSION=${SESSION:-gpt2repro}
 VENV=${VENV:-.venv}
 PY=$VENV/bin/python
@@ -89,6 +89,11 @@ config_get() {
 data_dir=$(config_get data.dir "$@")
 hellaswag_file=$(config_get eval.hellaswag_file "$@")
 run_dir=$(config_get run.dir "$@")
+if [ -z "${SAMPLE:-}" ]; then
+  # The sample data.dir is named after (fineweb.py's default --out-dir is data/edu_fineweb<N>B):
+  # the larger configs read edu_fineweb100B, and 10BT written there would be a tenth of their data.
+  if [[ $(basename "$data_dir") =~ ^edu_fineweb([0-9]+)B$ ]]; then SAMPLE=${BASH_REMATCH[1]}BT; else SAMPLE=10BT; fi
+fi
 train_env=(env "PYTHON=$PY")
 if [ -n "${NPROC:-}" ]; then train_env+=("NPROC=$NPROC"); fi
 job="set -o pipefail; { $(print_cmd "$PY" data_prep/fineweb.py --dataset fineweb-edu --sample "$SAMPLE" --out-dir "$data_dir")"

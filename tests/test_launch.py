@@ -319,3 +319,20 @@ def test_shellcheck() -> None:
         ["shellcheck", *scripts], cwd=LAUNCH, capture_output=True, text=True, timeout=120
     )
     assert p.returncode == 0, p.stdout
+
+
+@pytest.mark.parametrize(
+    ("config", "sample"), [("configs/gpt2_350m.toml", "100BT"), ("configs/gpt2_124m.toml", "10BT")]
+)
+def test_cloud_setup_prepares_the_sample_the_config_trains_on(
+    standins: Path, tmp_path: Path, config: str, sample: str
+) -> None:
+    # The larger configs read data/edu_fineweb100B: preparing the default 10BT sample there would
+    # train them on a tenth of their data, repeated, without a word.
+    env = {"VENV": str(tmp_path / "venv"), "CONFIG": config}
+    cmds, _, _ = dry(standins, "cloud_setup.sh", env=env)
+    job = cmds[-1][7]
+    prep = shlex.split(job.split("{ ", 1)[1].split(" && ", 1)[0])
+    data_dir = load_config(["--config", str(REPO / config)])[0].data.dir
+    assert prep[1:] == ["data_prep/fineweb.py", "--dataset", "fineweb-edu", "--sample", sample,
+                        "--out-dir", data_dir]  # fmt: skip
