@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from data_prep import fineweb, shards  # pytest's pythonpath: the repository root
-from gpt2repro import checkpoint
+from gpt2repro import checkpoint, fault
 from gpt2repro.atomic import atomic_open
 from gpt2repro.data import write_shard
-from gpt2repro.errors import run_cli
+from gpt2repro.errors import UserError, run_cli
 from gpt2repro.metrics import read_metrics, train_losses
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,6 +170,23 @@ def fill(directory: Path, leave_bytes: int) -> Path:
 
 
 # --------------------------------------------------------------------------- kills
+
+
+def test_the_fault_hook_fires_on_its_rank_in_the_first_attempt_and_names_bad_specs() -> None:
+    assert fault.parse(None, rank=0) == fault.Fault()
+    assert fault.parse("sigkill-in-save:8", rank=0) == fault.Fault("sigkill-in-save", 8)
+    assert fault.parse("sigkill:6:rank=1", rank=1) == fault.Fault("sigkill", 6)
+    assert fault.parse("sigkill:6:rank=1", rank=0) == fault.Fault()  # another rank's
+    assert fault.parse("sigkill:6", rank=0, restart_count=1) == fault.Fault()  # torchrun restart
+    with pytest.raises(OSError) as e:
+        fault.Fault("enospc-in-save", 8).inside("save", 8)
+    assert e.value.errno == errno.ENOSPC
+    fault.Fault("enospc-in-save", 8).inside("eval", 8)  # other places and steps: nothing
+    fault.Fault("enospc-in-save", 8).inside("save", 4)
+    for bad in ("sigkil:3", "sigkill", "sigkill:x", "sigkill:3:rank=a", "sigkill:3:rank=1:x"):
+        with pytest.raises(UserError) as e:
+            fault.parse(bad, rank=0)
+        assert str(e.value).startswith(f"GPT2REPRO_FAULT={bad!r}: expected KIND:STEP")
 
 
 @pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.dist)])
