@@ -189,6 +189,7 @@ def test_the_fault_hook_fires_on_its_rank_in_the_first_attempt_and_names_bad_spe
         assert str(e.value).startswith(f"GPT2REPRO_FAULT={bad!r}: expected KIND:STEP")
 
 
+@pytest.mark.slow  # ~20 s (1 process), ~35 s (2) on 2 busy CPU cores: 3 runs and the reference
 @pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.dist)])
 def test_sigkill_inside_a_checkpoint_write_and_an_evaluation_resumes_bit_identical(
     corpus: Path, tmp_path: Path, reference: Callable[[int], Path], nproc: int
@@ -216,6 +217,7 @@ def test_sigkill_inside_a_checkpoint_write_and_an_evaluation_resumes_bit_identic
 
 
 @pytest.mark.dist
+@pytest.mark.slow  # ~18 s on 2 busy CPU cores
 def test_a_rank_killed_under_torchrun_max_restarts_restarts_and_resumes(
     corpus: Path, tmp_path: Path, reference: Callable[[int], Path]
 ) -> None:
@@ -242,7 +244,7 @@ GPT2REPRO_FAULT=$fault exec "$REPO/launch/single_node.sh" "$@"
 
 
 @pytest.mark.dist  # launch/single_node.sh runs torchrun (one process here)
-@pytest.mark.slow
+@pytest.mark.slow  # ~24 s on 2 busy CPU cores: 4 attempts
 def test_chaos_random_kills_through_restart_until_done(
     corpus: Path, tmp_path: Path, reference: Callable[[int], Path]
 ) -> None:
