@@ -21,6 +21,7 @@ known, for the progress bar. It is called once per run, and not at all when the 
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import json
 import os
@@ -349,14 +350,30 @@ class ShardBuffer:
             "documents": int(np.count_nonzero(tokens == EOT)),  # documents that start here
             "sha256": shard_sha256(tokens),
         }
-        write_shard(self.out / name, tokens)
+        with _writing(self.out, name):
+            write_shard(self.out / name, tokens)
         self.written += 1
         if self.fault_after and self.written >= self.fault_after:
             os._exit(3)  # test hook: die between the shard's rename and the progress update
         self.state["shards"].append(entry)
         self.state.update(next_item=next_item, skip_tokens=next_skip, skipped=skipped)
-        write_json(self.out / PROGRESS, self.state, indent=1)
+        with _writing(self.out, PROGRESS):
+            write_json(self.out / PROGRESS, self.state, indent=1)
         self.fill = 0
+
+
+@contextlib.contextmanager
+def _writing(out: Path, name: str) -> Iterator[None]:
+    """A full disk or a permission error while writing `name` into `out` is one line saying what
+    is kept (files are written atomically: a failed one leaves nothing) and how to go on."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(
+            f"cannot write {out / name} ({e.strerror or e}); the shards written before it are "
+            f"complete and kept: free space or fix the permissions of {out}, then rerun the same "
+            "command to continue from them"
+        ) from None
 
 
 def write_shards(
@@ -424,7 +441,8 @@ def write_shards(
         "tokens": sum(s["tokens"] for s in state["shards"]),
         "skipped": shards.skipped,
     }
-    write_json(out / MANIFEST, manifest, indent=1)
+    with _writing(out, MANIFEST):
+        write_json(out / MANIFEST, manifest, indent=1)
     (out / PROGRESS).unlink(missing_ok=True)
     if not quiet:
         console.summary(out, manifest)

@@ -33,6 +33,7 @@ import torch.nn as nn
 from gpt2repro import dist
 from gpt2repro.atomic import publish_dir, sha256_file, write_text
 from gpt2repro.errors import UserError
+from gpt2repro.fault import injected as injected_fault
 
 FORMAT_VERSION = 1
 _PREFIX = "step_"
@@ -148,10 +149,15 @@ class _HashingWriter:
     def __init__(self, fh: Any) -> None:
         self.fh = fh
         self.sha = hashlib.sha256()
+        self.error: OSError | None = None  # the first failed write (a full disk, say)
 
     def write(self, data: bytes) -> int:
         self.sha.update(data)
-        return self.fh.write(data)
+        try:
+            return self.fh.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
 
     def flush(self) -> None:
         self.fh.flush()
@@ -161,7 +167,14 @@ def _save_hashed(obj: Any, path: Path) -> str:
     """torch.save + fsync; returns the sha256 of the bytes written, without reading them back."""
     with open(path, "wb") as fh:
         writer = _HashingWriter(fh)
-        torch.save(obj, writer)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            # torch.save's zip writer replaces a failed write's OSError (ENOSPC) by a RuntimeError
+            # of its own ("unexpected pos") when it closes the archive: raise the real cause.
+            if writer.error is not None:
+                raise writer.error from None
+            raise
         fh.flush()
         os.fsync(fh.fileno())
     return writer.sha.hexdigest()
@@ -200,10 +213,9 @@ def _write(
         if tmp.exists():
             shutil.rmtree(tmp)  # leftover of a crash during an earlier write of this step
         tmp.mkdir()
-        record["sha256"] = {
-            "model.pt": _save_hashed(msd, tmp / "model.pt"),
-            "optim.pt": _save_hashed(osd, tmp / "optim.pt"),
-        }
+        record["sha256"] = {"model.pt": _save_hashed(msd, tmp / "model.pt")}
+        injected_fault(0).inside("save", step)  # the fault tests' kill or full disk: half written
+        record["sha256"]["optim.pt"] = _save_hashed(osd, tmp / "optim.pt")
         write_text(tmp / "state.json", json.dumps(record))
         # A checkpoint of this step may exist (a resumed run reached it again): replaced whole.
         publish_dir(tmp, final)
@@ -496,10 +508,15 @@ def _problem(ckpt: Path) -> str:
 
 
 def _clean_stale_writes(run_dir: Path) -> None:
-    """Remove `ckpt/.tmp-step_*` left by a crash or a full disk while saving (never complete
-    checkpoints: those are renamed into place only when whole)."""
-    for tmp in sorted((run_dir / "ckpt").glob(".tmp-step_*")):
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Remove `ckpt/.tmp-step_*` (and the `.latest.*.tmp` of an atomic write of `latest`) left by
+    a crash or a full disk while saving (never complete checkpoints: those are renamed into place
+    only when whole)."""
+    root = run_dir / "ckpt"
+    for tmp in sorted([*root.glob(".tmp-step_*"), *root.glob(".latest.*.tmp")]):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         print(
             f"note: removed {tmp}, an unfinished checkpoint write (a crash or a full disk while "
             "saving); the complete checkpoints are untouched"

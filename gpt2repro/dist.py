@@ -79,6 +79,12 @@ def env_world() -> tuple[int, int, int, int]:
     return rank, local_rank, world, local_world
 
 
+def restart_count() -> int:
+    """How often torchrun's elastic agent has restarted this job (`--max-restarts`); 0 in its
+    first attempt and outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def setup(
     device: str = "auto",
     backend: str = "auto",

@@ -34,7 +34,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,13 +97,15 @@ def validation_loss(
     autocast_dtype: torch.dtype | None = None,
     rank: int = 0,
     world_size: int = 1,
+    on_batch: Callable[[], None] | None = None,
 ) -> float:
     """Mean next-token cross-entropy (nats/token) over consecutive windows of `tokens`.
 
     Window i (0 <= i < (len(tokens)-1)//seq_len) has inputs tokens[i*T:(i+1)*T] and targets shifted
     by one; it is scored on rank i % world_size. Every rank runs the same number of [batch_size, T]
     forward passes (the last ones padded with ignored targets); the loss sum and token count are
-    all-reduced, so all ranks return the same value, identical on every call.
+    all-reduced, so all ranks return the same value, identical on every call. `on_batch` is
+    called after each batch (the training loop's fault-injection point, gpt2repro.fault).
     """
     T = seq_len
     n_windows = (len(tokens) - 1) // T
@@ -133,6 +135,8 @@ def validation_loss(
                 n = len(idx) * T
                 total[0] += loss.detach().to(acc_dtype) * n
                 total[1] += n
+            if on_batch is not None:
+                on_batch()
     dist.all_reduce_sum(total)
     return float(total[0] / total[1])
 
@@ -649,10 +653,12 @@ def evaluate_in_loop(
     autocast_dtype: torch.dtype | None,
     rank: int,
     world_size: int,
+    on_batch: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """The training loop's evaluation: validation loss if `val_tokens` is given, HellaSwag if
     `hellaswag` is. Collective (every rank calls it with the same arguments); returns the metrics
     record fields, `val_loss` and `hellaswag_acc`, `hellaswag_acc_norm`, `hellaswag_acc_norm_char`.
+    `on_batch`: see validation_loss.
     """
     out: dict[str, float] = {}
     if val_tokens is not None:
@@ -665,6 +671,7 @@ def evaluate_in_loop(
             autocast_dtype=autocast_dtype,
             rank=rank,
             world_size=world_size,
+            on_batch=on_batch,
         )
     if hellaswag is not None:
         scores = score_hellaswag(

@@ -37,6 +37,7 @@ from gpt2repro.config import (
     to_dict,
 )
 from gpt2repro.errors import UserError, run_cli
+from gpt2repro.fault import injected as injected_fault
 from gpt2repro.guard import Guard
 from gpt2repro.metrics import RunLog, console_line, flops_per_token, mfu, peak_flops, run_header
 from gpt2repro.model import GPT
@@ -114,46 +115,6 @@ class _Preemption:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C aborts at once
         self.signal = signum
-
-
-class _Fault:
-    """Test hook for the fault-injection tests, from GPT2REPRO_FAULT="KIND:STEP[:rank=R]".
-
-    sigkill / sigterm: signal this process after step STEP completed (after any checkpoint);
-    nan: make the loss of step STEP non-finite; spike: multiply it by 50 (exercise the guards).
-    Unset: does nothing. `once` (GPT2REPRO_FAULT_ONCE=PATH): the fault creates PATH when it fires
-    and does nothing while PATH exists, so a restarted attempt with the same environment (as under
-    launch/restart_until_done.sh) runs clean.
-    """
-
-    def __init__(self, spec: str | None, rank: int, once: str | None = None) -> None:
-        self.kind, self.step = "", -1
-        self.once = Path(once) if once else None
-        if not spec or (self.once is not None and self.once.exists()):
-            return
-        parts = spec.split(":")
-        if parts[0] not in ("sigkill", "sigterm", "nan", "spike") or len(parts) < 2:
-            raise UserError(
-                f"GPT2REPRO_FAULT={spec!r}: expected sigkill:N, sigterm:N, nan:N or spike:N[:rank=R]"
-            )
-        only_rank = int(parts[2].split("=")[1]) if len(parts) > 2 else None
-        if only_rank is None or only_rank == rank:
-            self.kind, self.step = parts[0], int(parts[1])
-
-    def _fired(self) -> None:
-        if self.once is not None:
-            self.once.touch()
-
-    def poison(self, step: int) -> float | None:
-        if step != self.step or self.kind not in ("nan", "spike"):
-            return None
-        self._fired()
-        return {"nan": float("nan"), "spike": 50.0}[self.kind]
-
-    def after_step(self, step: int) -> None:
-        if step == self.step and self.kind in ("sigkill", "sigterm"):
-            self._fired()
-            os.kill(os.getpid(), signal.SIGKILL if self.kind == "sigkill" else signal.SIGTERM)
 
 
 def _tune_cpu_allocator() -> None:
@@ -398,13 +359,13 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     can_sample = _can_sample(cfg, log)
     preemption = _Preemption()
     preemption.install()
-    fault = _Fault(
-        os.environ.get("GPT2REPRO_FAULT"), info.rank, os.environ.get("GPT2REPRO_FAULT_ONCE")
-    )
+    fault = injected_fault(info.rank)  # GPT2REPRO_FAULT: the reliability tests' hook
 
     # ---- the loop: one step; log; every N steps: save, evaluate, sample
     if state.step == 0 and (val_tokens is not None or hellaswag is not None):
-        results = _evaluate(trainable, cfg, info, val_tokens=val_tokens, hellaswag=hellaswag)
+        results = _evaluate(
+            trainable, cfg, info, step=0, val_tokens=val_tokens, hellaswag=hellaswag
+        )
         _log_eval(log, state, results)
     timer = StepTimer(device, state.step)
     first_step, last_saved = state.step, state.step if resume is not None else -1
@@ -459,6 +420,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
                 trainable,
                 cfg,
                 info,
+                step=state.step,
                 val_tokens=val_tokens if do_val else None,
                 hellaswag=hellaswag if do_hs else None,
             )
@@ -594,9 +556,11 @@ def _evaluate(
     cfg: Config,
     info: dist.DistInfo,
     *,
+    step: int,
     val_tokens: np.ndarray | None,
     hellaswag: list[Any] | None,
 ) -> dict[str, float]:
+    """The in-loop evaluation after step `step` (collective)."""
     from gpt2repro import evaluate
 
     return evaluate.evaluate_in_loop(
@@ -610,6 +574,7 @@ def _evaluate(
         autocast_dtype=trainable.autocast_dtype,
         rank=info.rank,
         world_size=info.world_size,
+        on_batch=functools.partial(injected_fault(info.rank).inside, "eval", step),
     )
 
 

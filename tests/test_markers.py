@@ -153,7 +153,7 @@ def unmarked_torchrun_tests(source: str) -> tuple[list[str], list[str]]:
 
 def test_every_torchrun_test_is_marked_dist() -> None:
     launching, unmarked = [], []
-    for path in sorted(TESTS.glob("test_*.py")):
+    for path in sorted(TESTS.rglob("test_*.py")):
         if path.name == Path(__file__).name:
             continue  # its strings are samples for the detector, not commands
         found, missing = unmarked_torchrun_tests(path.read_text())
@@ -164,6 +164,7 @@ def test_every_torchrun_test_is_marked_dist() -> None:
         "test_train.py::test_fsdp_matches_ddp",
         "test_train.py::test_sigkill_resume_is_bit_identical[1]",
         "test_evaluate.py::test_torchrun_two_ranks_equal_one",
+        "test_faults.py::test_a_rank_killed_under_torchrun_max_restarts_restarts_and_resumes",
     ):
         assert known in launching, (known, launching)
     assert "test_train.py::test_sigkill_resume_is_bit_identical[0]" not in launching  # nproc=1
