@@ -345,7 +345,8 @@ def grad_accum(cfg: Config, micro_batch: int, world: int) -> int:
 def fitting_alternatives(
     cfg: Config, s: Setup, shape: ModelShape, capacity: float
 ) -> list[dict[str, Any]]:
-    """Settings that make the run fit, each a dict of flags, accumulation and memory: the largest
+    """Settings that make the run fit, each a dict of training overrides (`flags`, as train.py
+    takes them), accumulation and memory: the largest
     micro batch that fits with the switches as they are, with activation checkpointing, with FSDP
     (several GPUs), and with both; the fastest first (larger micro batch, no recomputation)."""
     options = []
@@ -363,16 +364,24 @@ def fitting_alternatives(
                 trial = replace(s, micro_batch=b, **sw)
                 mem = memory_per_gpu(trial, shape)
                 if mem.total <= capacity:
+                    # The training form (train.py's own overrides, pasted as is); the planner
+                    # accepts it too, since config overrides are parsed before its flags.
                     flags = []
                     if b != s.micro_batch:
-                        flags.append(f"--micro-batch {b}")
+                        flags.append(f"--train.micro_batch_size={b}")
+                    if sw["strategy"] != s.strategy:
+                        flags.append(f"--dist.strategy={sw['strategy']}")
                     if sw["checkpointing"] != s.checkpointing:
                         flags.append("--train.activation_checkpointing=true")
-                    if sw["strategy"] != s.strategy:
-                        flags.append(f"--strategy {sw['strategy']}")
+                    # The planner's own form, to plan it again: its --micro-batch and
+                    # --strategy are applied after config overrides, so they must change too.
+                    plan_flags = [f"--micro-batch {b}", f"--strategy {sw['strategy']}"]
+                    if sw["checkpointing"] != s.checkpointing:
+                        plan_flags.append("--train.activation_checkpointing=true")
                     options.append(
                         {
                             "flags": " ".join(flags),
+                            "plan_flags": " ".join(plan_flags),
                             "micro_batch": b,
                             "grad_accum": grad_accum(cfg, b, s.world),
                             "total_gib": mem.total / GIB,
@@ -574,7 +583,7 @@ def format_plan(p: dict[str, Any]) -> str:
             )
         for o in p["alternatives"]:
             lines.append(
-                f"  fits with {o['flags']}: micro batch {o['micro_batch']}, accumulation "
+                f"  fits with train.py {o['flags']}: micro batch {o['micro_batch']}, accumulation "
                 f"{o['grad_accum']}, {o['total_gib']:.1f} GiB"
                 + (
                     " (recomputes the forward: about a third more compute)"

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from gpt2repro import plan, precision
-from gpt2repro.config import build_config
+from gpt2repro.config import build_config, load_config
 from gpt2repro.dist import DistInfo
 from gpt2repro.errors import UserError, run_cli
 from gpt2repro.metrics import GPUS
@@ -245,20 +245,33 @@ def test_default_mfu_is_the_best_measured_else_a_stated_assumption(tmp_path: Pat
 
 
 def test_an_oversized_run_says_by_how_much_and_what_fits() -> None:
-    """774M at micro batch 32 with DDP on 40 GB cards: over, and each suggestion fits when
-    applied (the planner run again with it says so), with training's accumulation."""
+    """774M at micro batch 32 with DDP on 40 GB cards: over, and each suggestion is a set of
+    train.py overrides that fits when applied: parsed by training's own `load_config` (nothing
+    left over that train.py would refuse) and planned again; and the planner's own form too."""
     args = ["--config", "configs/gpt2_774m.toml", "--gpus", "8", "--gpu", "A100 40GB",
             "--micro-batch", "32", "--strategy", "ddp"]  # fmt: skip
-    p = plan.make_plan(*plan.parse(args)[:2])
-    assert not p["fits"] and p["over_gib"] == pytest.approx(p["chosen_gib"]["total"] - 40)
+    cfg, req, _ = plan.parse(args)
+    p = plan.make_plan(cfg, req)
+    capacity = p["capacity_gib"]
+    assert not p["fits"] and p["over_gib"] == pytest.approx(p["chosen_gib"]["total"] - capacity)
     assert p["alternatives"], "no suggestion"
+    # what the user trains today, as train.py overrides
+    trained = ["--config", "configs/gpt2_774m.toml", "--train.micro_batch_size=32",
+               "--dist.strategy=ddp"]  # fmt: skip
     for alt in p["alternatives"]:
-        again = plan.make_plan(*plan.parse(args + alt["flags"].split())[:2])
+        fixed, rest = load_config(trained + alt["flags"].split())
+        assert rest == [], f"train.py would refuse {rest} in {alt['flags']!r}"
+        again = plan.make_plan(fixed, replace(req, strategy=fixed.dist.strategy))
         assert again["fits"], alt
+        assert again["batch"]["micro_batch"] == alt["micro_batch"]
         assert again["batch"]["grad_accum"] == alt["grad_accum"]
         assert 8 * alt["micro_batch"] * 1024 * alt["grad_accum"] == 524288
+        replanned = plan.make_plan(*plan.parse(args + alt["plan_flags"].split())[:2])
+        assert replanned["fits"] and replanned["chosen_gib"] == again["chosen_gib"], alt
     text = plan.format_plan(p)
-    assert "DOES NOT FIT: ddp needs" in text and "fits with --micro-batch" in text
+    assert (
+        "DOES NOT FIT: ddp needs" in text and "fits with train.py --train.micro_batch_size=" in text
+    )
 
 
 @pytest.mark.parametrize(
