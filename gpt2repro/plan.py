@@ -521,7 +521,7 @@ def format_plan(p: dict[str, Any]) -> str:
         f"model: {p['n_params']:,} parameters ({c['n_layer']} layers, {c['n_head']} heads, width "
         f"{c['n_embd']}, vocab {c['vocab']}), {p['flops_per_token'] / 1e6:,.1f} MFLOP/token; "
         f"{c['dtype']}",
-        f"GPUs: {world} x {gpu['name']} ({gpu['memory_gib']:g} GiB, {gpu['peak_tflops']:g} TFLOP/s "
+        f"GPUs: {world} x {gpu['name']} ({gpu['memory_gib']:g} GiB usable, {gpu['peak_tflops']:g} TFLOP/s "
         f"dense bf16) on {p['nodes']} node(s)",
         f"batch: {b['tokens_per_step']:,} tokens/step = {b['micro_batch']} x {c['seq_len']} x "
         f"{world} GPUs x {b['grad_accum']} accumulation; {b['steps']:,} steps = "
@@ -575,7 +575,7 @@ def format_plan(p: dict[str, Any]) -> str:
     else:
         lines.append(
             f"DOES NOT FIT: {chosen} needs {total:.1f} GiB, {p['over_gib']:.1f} GiB more than "
-            f"the {p['capacity_gib']:g} GiB of one {gpu['name']}"
+            f"the {p['capacity_gib']:g} GiB usable on one {gpu['name']}"
         )
         if not p["alternatives"]:
             lines.append(
