@@ -176,6 +176,40 @@ def test_checkpointing_and_fsdp_shrink_what_they_should() -> None:
     assert full.loss > 4 * base.loss and full.activations == base.activations
 
 
+def test_foreach_adamw_step_transient_matches_a_measured_step_and_can_be_the_peak() -> None:
+    """torch's foreach AdamW (optim.fused=false on CUDA) on the trainer's own parameter groups:
+    the peak of a real optimizer.step() above what exists before it is the planner's
+    adamw_step; with a tiny micro batch it exceeds the forward/backward's extra memory and
+    becomes the step's peak, while the fused kernel adds nothing."""
+    from gpt2repro.optim import param_groups
+
+    cfg = _cfg(dict(n_layer=2, n_head=4, n_embd=128, vocab_size=1000),
+               dict(seq_len=8, micro_batch_size=1, loss_chunk=8))  # fmt: skip
+    cfg = replace(cfg, optim=replace(cfg.optim, fused=False))
+    torch.manual_seed(0)
+    info = DistInfo(device=torch.device("cpu"))
+    raw = build_model(cfg, info).raw_model
+    opt = torch.optim.AdamW(param_groups(raw, 0.1), lr=1e-3, foreach=True)
+    for p in raw.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()  # creates the AdamW state
+    _, held, peak = allocator_trace(opt.step)
+    assert held == 0
+    s, shape = _setup(cfg), plan.model_shape(cfg.model)
+    assert not s.fused_adamw
+    _close(plan.adamw_step_bytes(s, shape), peak, "foreach AdamW step")
+
+    foreach = plan.memory_per_gpu(s, shape)
+    fused = plan.memory_per_gpu(replace(s, fused_adamw=True), shape)
+    assert fused.adamw_step == 0
+    assert foreach.adamw_step > foreach.activations + max(foreach.loss, foreach.backward)
+    states = foreach.weights + foreach.gradients + foreach.optimizer
+    assert foreach.allocated == states + foreach.adamw_step > fused.allocated
+    shown = ["--config", "configs/gpt2_124m.toml", "--gpus", "8", "--gpu", "H100"]
+    assert "foreach AdamW step +" not in plan.format_plan(plan_json(*shown))
+    assert "foreach AdamW step +" in plan.format_plan(plan_json(*shown, "--optim.fused=false"))
+
+
 def run_plan(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gpt2repro.plan", *args],
