@@ -711,6 +711,11 @@ def parse(argv: list[str]) -> tuple[Config, Request, bool]:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if args.tokens is not None and args.tokens < 1:
+        # fewer than one token would plan a 1-step run nobody asked for
+        raise UserError(
+            f"--tokens is a count of tokens (10e9 = 10B), at least 1, got {args.tokens}"
+        )
     if args.mfu is not None and args.mfu > 1:
         raise UserError(f"--mfu is a fraction of the peak (0.4 = 40%), got {args.mfu}")
     train = cfg.train
@@ -723,7 +728,7 @@ def parse(argv: list[str]) -> tuple[Config, Request, bool]:
         gpus_per_node=args.gpus,
         nodes=args.nodes,
         strategy=cfg.dist.strategy,
-        tokens=None if args.tokens is None else int(args.tokens),
+        tokens=None if args.tokens is None else math.ceil(args.tokens),
         mfu=args.mfu,
         tokens_per_s=args.tokens_per_s,
         step_ms=args.step_ms,

@@ -344,6 +344,7 @@ def test_every_known_gpu_has_memory_and_a_peak_and_is_in_the_docs() -> None:
         (["--gpus", "8", "--nodes", "0", "--gpu", "H100"], "--nodes must be at least 1"),
         (["--gpus", "8", "--gpu", "H100", "--micro-batch", "48"], "train.total_batch_tokens=524288 is not a multiple"),
         (["--gpus", "3", "--gpu", "H100"], "train.total_batch_tokens=524288 is not a multiple"),
+        (["--gpus", "8", "--gpu", "H100", "--tokens", "0.5"], "--tokens is a count of tokens (10e9 = 10B), at least 1, got 0.5"),
         (["--gpus", "8", "--gpu", "H100", "--mfu", "40"], "--mfu is a fraction"),
         (["--gpus", "8", "--gpu", "H100", "--mfu", "0"], "--mfu must be a positive number"),
         (["--gpus", "8", "--gpu", "H100", "--price-per-gpu-hour", "-1"], "--price-per-gpu-hour must be a positive"),
