@@ -55,6 +55,7 @@ class ModelShape:
     block_params: int  # one transformer block (an FSDP unit)
     block_matmul_weights: int  # one block's nn.Linear weights (what autocast copies to bf16)
     root_params: int  # wte (= lm_head), wpe, ln_f: the root FSDP unit
+    largest_group: int  # the larger AdamW parameter group (decayed >= 2-D or not: optim.py)
 
 
 def model_shape(model_cfg: ModelConfig) -> ModelShape:
@@ -69,11 +70,13 @@ def model_shape(model_cfg: ModelConfig) -> ModelShape:
     n_params = model.num_params(exclude_padding=False)
     block_params = sum(p.numel() for p in block.parameters())
     matmul = sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
+    decay = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
     return ModelShape(
         n_params=n_params,
         block_params=block_params,
         block_matmul_weights=matmul,
         root_params=n_params - model_cfg.n_layer * block_params,
+        largest_group=max(decay, n_params - decay),
     )
 
 
@@ -93,7 +96,7 @@ class Setup:
     fsdp_bf16_params: bool  # FSDP2 all-gathers bf16 parameters (dist.fsdp_mixed_precision)
     checkpointing: bool  # train.activation_checkpointing
     loss_chunk: int  # train.loss_chunk (0 = full logits)
-    fused_adamw: bool  # fused kernel (else foreach: a transient fp32 copy at the step)
+    fused_adamw: bool  # fused kernel; else foreach, with a transient at the step (adamw_step)
 
     @property
     def sharded(self) -> bool:
@@ -117,15 +120,18 @@ class Memory:
     backward: float  # in a block's backward: gradients in flight (+ its recompute, with ckpt)
     loss: float  # the head's input, its saved gradients and its live logits at their peak
     fsdp_unsharded: float  # FSDP2: all-gathered parameters and un-sharded gradients in flight
+    adamw_step: float  # foreach AdamW's transient at optimizer.step (0 for the fused kernel)
     overhead: float  # CUDA context, NCCL, allocator slack (not in max_memory_allocated)
 
     @property
     def allocated(self) -> float:
         """What `torch.cuda.max_memory_allocated` should report for the eager step. The head's
         peak (end of the forward) and a block's backward (later) never coincide: the larger of
-        the two counts."""
+        the two counts. The optimizer step comes after the backward has freed the activations:
+        its transient is a peak of its own, on top of the states only."""
         states = self.weights + self.gradients + self.optimizer + self.fsdp_unsharded
-        return states + self.activations + max(self.loss, self.backward)
+        step = self.activations + max(self.loss, self.backward)
+        return states + max(step, self.adamw_step)
 
     @property
     def total(self) -> float:
@@ -208,6 +214,16 @@ def loss_bytes(s: Setup) -> float:
     return h + saved + chunk
 
 
+def adamw_step_bytes(s: Setup, shape: ModelShape) -> float:
+    """The optimizer step's transient. torch's foreach AdamW (`optim.fused=false` on CUDA) takes
+    the square root of exp_avg_sq into a new fp32 tensor list for a whole parameter group
+    (torch._foreach_sqrt in torch/optim/adam.py), freed before the next group: 4 bytes per
+    element of the larger group, of this GPU's shard. The fused kernel works in place: 0."""
+    if s.fused_adamw:
+        return 0.0
+    return 4 * shape.largest_group / (s.world if s.sharded else 1)
+
+
 def memory_per_gpu(s: Setup, shape: ModelShape) -> Memory:
     """The peak bytes of one GPU in a training step, by component (see the module docstring)."""
     P = shape.n_params
@@ -228,6 +244,7 @@ def memory_per_gpu(s: Setup, shape: ModelShape) -> Memory:
         backward=backward_bytes(s, shape),
         loss=loss_bytes(s),
         fsdp_unsharded=fsdp,
+        adamw_step=adamw_step_bytes(s, shape),
         overhead=0.0,
     )
     context = CUDA_CONTEXT_GIB * GIB + (NCCL_GIB * GIB if s.world > 1 else 0)
@@ -345,7 +362,8 @@ def grad_accum(cfg: Config, micro_batch: int, world: int) -> int:
 def fitting_alternatives(
     cfg: Config, s: Setup, shape: ModelShape, capacity: float
 ) -> list[dict[str, Any]]:
-    """Settings that make the run fit, each a dict of flags, accumulation and memory: the largest
+    """Settings that make the run fit, each a dict of training overrides (`flags`, as train.py
+    takes them), accumulation and memory: the largest
     micro batch that fits with the switches as they are, with activation checkpointing, with FSDP
     (several GPUs), and with both; the fastest first (larger micro batch, no recomputation)."""
     options = []
@@ -363,16 +381,24 @@ def fitting_alternatives(
                 trial = replace(s, micro_batch=b, **sw)
                 mem = memory_per_gpu(trial, shape)
                 if mem.total <= capacity:
+                    # The training form (train.py's own overrides, pasted as is); the planner
+                    # accepts it too, since config overrides are parsed before its flags.
                     flags = []
                     if b != s.micro_batch:
-                        flags.append(f"--micro-batch {b}")
+                        flags.append(f"--train.micro_batch_size={b}")
+                    if sw["strategy"] != s.strategy:
+                        flags.append(f"--dist.strategy={sw['strategy']}")
                     if sw["checkpointing"] != s.checkpointing:
                         flags.append("--train.activation_checkpointing=true")
-                    if sw["strategy"] != s.strategy:
-                        flags.append(f"--strategy {sw['strategy']}")
+                    # The planner's own form, to plan it again: its --micro-batch and
+                    # --strategy are applied after config overrides, so they must change too.
+                    plan_flags = [f"--micro-batch {b}", f"--strategy {sw['strategy']}"]
+                    if sw["checkpointing"] != s.checkpointing:
+                        plan_flags.append("--train.activation_checkpointing=true")
                     options.append(
                         {
                             "flags": " ".join(flags),
+                            "plan_flags": " ".join(plan_flags),
                             "micro_batch": b,
                             "grad_accum": grad_accum(cfg, b, s.world),
                             "total_gib": mem.total / GIB,
@@ -512,7 +538,7 @@ def format_plan(p: dict[str, Any]) -> str:
         f"model: {p['n_params']:,} parameters ({c['n_layer']} layers, {c['n_head']} heads, width "
         f"{c['n_embd']}, vocab {c['vocab']}), {p['flops_per_token'] / 1e6:,.1f} MFLOP/token; "
         f"{c['dtype']}",
-        f"GPUs: {world} x {gpu['name']} ({gpu['memory_gib']:g} GiB, {gpu['peak_tflops']:g} TFLOP/s "
+        f"GPUs: {world} x {gpu['name']} ({gpu['memory_gib']:g} GiB usable, {gpu['peak_tflops']:g} TFLOP/s "
         f"dense bf16) on {p['nodes']} node(s)",
         f"batch: {b['tokens_per_step']:,} tokens/step = {b['micro_batch']} x {c['seq_len']} x "
         f"{world} GPUs x {b['grad_accum']} accumulation; {b['steps']:,} steps = "
@@ -534,12 +560,16 @@ def format_plan(p: dict[str, Any]) -> str:
         ("logits / loss *", "loss"),
         ("block backward *", "backward"),
         ("FSDP un-sharded", "fsdp_unsharded"),
+        ("foreach AdamW step +", "adamw_step"),
         ("= allocated peak", "allocated"),
         ("+ overhead", "overhead"),
         ("= total", "total"),
     ]
     lines.append(f"  {'':<20}" + "".join(f"{title:>11}" for *_, title in cols))
+    foreach = any(p["memory_gib"][st][ck]["adamw_step"] for st, ck, _ in cols)
     for label, key in rows:
+        if key == "adamw_step" and not foreach:
+            continue  # fused AdamW: no transient, no row
         cells = "".join(f"{p['memory_gib'][st][ck][key]:>11.2f}" for st, ck, _ in cols)
         lines.append(f"  {label:<20}{cells}")
     a = p["assumptions"]
@@ -552,6 +582,11 @@ def format_plan(p: dict[str, Any]) -> str:
         "  * not at the same time: the peak counts the larger; activations are eager-mode "
         "(torch.compile saves fewer)"
     )
+    if foreach:
+        lines.append(
+            "  + after the backward: the peak counts it instead of activations + * when larger "
+            "(optim.fused=false; the fused kernel has none)"
+        )
     if world == 1:
         lines.append("  (fsdp on one GPU shards nothing: the same as ddp)")
     chosen = f"{p['strategy']}" + (
@@ -566,7 +601,7 @@ def format_plan(p: dict[str, Any]) -> str:
     else:
         lines.append(
             f"DOES NOT FIT: {chosen} needs {total:.1f} GiB, {p['over_gib']:.1f} GiB more than "
-            f"the {p['capacity_gib']:g} GiB of one {gpu['name']}"
+            f"the {p['capacity_gib']:g} GiB usable on one {gpu['name']}"
         )
         if not p["alternatives"]:
             lines.append(
@@ -574,7 +609,7 @@ def format_plan(p: dict[str, Any]) -> str:
             )
         for o in p["alternatives"]:
             lines.append(
-                f"  fits with {o['flags']}: micro batch {o['micro_batch']}, accumulation "
+                f"  fits with train.py {o['flags']}: micro batch {o['micro_batch']}, accumulation "
                 f"{o['grad_accum']}, {o['total_gib']:.1f} GiB"
                 + (
                     " (recomputes the forward: about a third more compute)"
@@ -676,6 +711,11 @@ def parse(argv: list[str]) -> tuple[Config, Request, bool]:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if args.tokens is not None and args.tokens < 1:
+        # fewer than one token would plan a 1-step run nobody asked for
+        raise UserError(
+            f"--tokens is a count of tokens (10e9 = 10B), at least 1, got {args.tokens}"
+        )
     if args.mfu is not None and args.mfu > 1:
         raise UserError(f"--mfu is a fraction of the peak (0.4 = 40%), got {args.mfu}")
     train = cfg.train
@@ -688,7 +728,7 @@ def parse(argv: list[str]) -> tuple[Config, Request, bool]:
         gpus_per_node=args.gpus,
         nodes=args.nodes,
         strategy=cfg.dist.strategy,
-        tokens=None if args.tokens is None else int(args.tokens),
+        tokens=None if args.tokens is None else math.ceil(args.tokens),
         mfu=args.mfu,
         tokens_per_s=args.tokens_per_s,
         step_ms=args.step_ms,

@@ -15,8 +15,9 @@ switched by `log.report`). Until RUN_DIR/DONE exists the page reloads itself eve
 `REFRESH_S` seconds, so `python -m http.server -d RUN_DIR` or the opened file is a dashboard.
 A failing live report warns once and never stops training.
 
-Existing files are overwritten only if this module wrote them (report.html carries a generator
-tag, the PNGs a `Software` text chunk); every file is written atomically.
+Existing files are overwritten only if this module wrote them (report.html carries its generator
+meta tag, the PNGs a `Software` text chunk; only those exact marks count, not a mention of the
+module's name); every file is written atomically.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ from gpt2repro.errors import UserError, add_debug_flag, run_cli
 
 REPORT_HTML = "report.html"
 GENERATOR = "gpt2repro.report"
+# The marks is_ours looks for, exactly as this module writes them: the page's generator tag, and
+# the PNG tEXt chunk matplotlib writes for metadata={"Software": GENERATOR} (length, type, value).
+_HTML_MARK = f'<meta name="generator" content="{GENERATOR}">'.encode()
+_PNG_TEXT = f"Software\0{GENERATOR}".encode("latin-1")
+_PNG_MARK = len(_PNG_TEXT).to_bytes(4, "big") + b"tEXt" + _PNG_TEXT
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REFRESH_S = 30  # seconds between reloads of a live page
 MAX_POINTS = 2000  # per plotted series; longer ones are thinned evenly (the page stays small)
 # Distinct, colour-blind-friendly run colours (matplotlib's tab10, which the PNGs use too).
@@ -736,7 +743,7 @@ def render_html(
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
-        f'<meta name="generator" content="{GENERATOR}">{meta_refresh}'
+        f"{_HTML_MARK.decode()}{meta_refresh}"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>"
         f'<h1>{e(title)}</h1><p class="sub">{e(sub)}</p>'
@@ -756,7 +763,11 @@ def render_html(
 
 
 def is_ours(path: Path) -> bool:
-    """Was `path` written by this module (so it may be replaced)? Missing counts as ours."""
+    """Was `path` written by this module (so it may be replaced)? Missing counts as ours.
+
+    Only the exact marks this module writes count, where it writes them: the generator meta tag
+    in an HTML head, the `Software` tEXt chunk in a PNG. A user's page or notes that merely
+    mention gpt2repro.report in their text are not ours."""
     if not path.exists():
         return True
     if not path.is_file():
@@ -766,7 +777,9 @@ def is_ours(path: Path) -> bool:
             head = fh.read(4096)
     except OSError:
         return False
-    return GENERATOR.encode() in head
+    if head.startswith(_PNG_SIGNATURE):
+        return _PNG_MARK in head
+    return _HTML_MARK in head.split(b"<body", 1)[0]  # in the page's head, not its text
 
 
 def _refuse_foreign(paths: list[Path], flag: str) -> None:

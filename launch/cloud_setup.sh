@@ -96,13 +96,14 @@ if [ -z "${SAMPLE:-}" ]; then
 fi
 train_env=(env "PYTHON=$PY")
 if [ -n "${NPROC:-}" ]; then train_env+=("NPROC=$NPROC"); fi
-job="set -o pipefail; { $(print_cmd "$PY" data_prep/fineweb.py --dataset fineweb-edu --sample "$SAMPLE" --out-dir "$data_dir")"
+# The job's paths are relative to the repository: it starts there, wherever tmux or nohup would.
+job="cd $(print_cmd "$PWD") || exit 1; set -o pipefail; { $(print_cmd "$PY" data_prep/fineweb.py --dataset fineweb-edu --sample "$SAMPLE" --out-dir "$data_dir")"
 job+=" && $(print_cmd "$PY" data_prep/hellaswag.py --out-dir "$(dirname "$hellaswag_file")")"
 job+=" && $(print_cmd "${train_env[@]}" launch/restart_until_done.sh launch/single_node.sh --config "$CONFIG" "$@")"
 job+="; } 2>&1 | tee -a $(print_cmd "$LOG")"
 run mkdir -p "$(dirname "$LOG")"
 if command -v tmux >/dev/null 2>&1; then
-  run tmux new-session -d -s "$SESSION" bash -c "$job"
+  run tmux new-session -d -s "$SESSION" -c "$PWD" bash -c "$job"
   where="tmux session $SESSION (look: tmux attach -t $SESSION; leave it running: Ctrl-b d)"
 elif dry_run; then
   echo "$(print_cmd nohup bash -c "$job") >/dev/null 2>&1 &"

@@ -3,6 +3,11 @@
 # given, one line each, quoted so it can be pasted into a shell, instead of running it; notes are
 # printed as `# ...` lines, so the whole output reads as a shell script. Read-only look-ups (the GPU
 # count, run.dir, the SLURM head node's address) still run: the printed commands depend on them.
+# Every script sources it from the repository root (after cd), which the relative paths assume.
+
+# PY: the Python that runs the project: $PYTHON, else the repository's .venv, else python3.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 
 # dry_run: true when DRY_RUN is set to anything but "" or 0.
 dry_run() { [ -n "${DRY_RUN:-}" ] && [ "${DRY_RUN}" != 0 ]; }

@@ -17,7 +17,6 @@ source launch/dry_run.sh
 : "${NNODES:?set NNODES (the number of nodes)}"
 : "${MASTER_ADDR:?set MASTER_ADDR (an address of one node that every node can reach)}"
 MASTER_PORT=${MASTER_PORT:-29500}
-PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 NPROC=${NPROC:-$("$PY" -c "import torch; print(max(1, torch.cuda.device_count()))")}
 run_exec "$PY" -m torch.distributed.run \
   --nnodes="$NNODES" --nproc_per_node="$NPROC" \

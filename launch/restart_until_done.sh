@@ -15,7 +15,6 @@ cd "$(dirname "$0")/.." || exit 1
 source launch/dry_run.sh
 MAX_ATTEMPTS=${MAX_ATTEMPTS:-100}
 DELAY=${DELAY:-10}
-PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 if [ $# -lt 1 ]; then
   echo "usage: launch/restart_until_done.sh LAUNCHER [trainer arguments]" >&2; exit 2
 fi

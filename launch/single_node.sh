@@ -7,7 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=dry_run.sh
 source launch/dry_run.sh
-PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 if [ -z "${NPROC:-}" ]; then
   NPROC=$("$PY" -c "import torch; print(max(1, torch.cuda.device_count()))")
 fi

@@ -269,8 +269,12 @@ def test_cloud_setup(standins: Path, tmp_path: Path, torch_spec: str | None) -> 
     ]
     *_, mkdir, tmux = cmds
     assert mkdir == ["mkdir", "-p", "logs"]
-    assert tmux[:7] == ["tmux", "new-session", "-d", "-s", "gpt2repro", "bash", "-c"]
-    job = tmux[7]
+    # the job's relative paths need the repository as working directory: tmux's -c, and the job
+    # itself (the nohup path, or a pasted command) starts with a cd there
+    assert tmux[:9] == ["tmux", "new-session", "-d", "-s", "gpt2repro", "-c", str(REPO), "bash",
+                        "-c"]  # fmt: skip
+    job = tmux[9]
+    assert shlex.split(job.split(" || exit 1; ", 1)[0]) == ["cd", str(REPO)]
     cfg, _ = load_config(["--config", str(REPO / CONFIG)])
     hellaswag_dir = str(Path(cfg.eval.hellaswag_file).parent)
     inner = job.split("{ ", 1)[1].split("; }", 1)[0]  # set -o pipefail; { A && B && C; } 2>&1 | tee
@@ -282,7 +286,7 @@ def test_cloud_setup(standins: Path, tmp_path: Path, torch_spec: str | None) -> 
         ["env", f"PYTHON={py}", "launch/restart_until_done.sh", "launch/single_node.sh",
          "--config", CONFIG, "--log.wandb_mode=offline"],
     ]  # fmt: skip
-    assert job.startswith("set -o pipefail;") and job.endswith("2>&1 | tee -a logs/gpt2_124m.log")
+    assert "; set -o pipefail; {" in job and job.endswith("2>&1 | tee -a logs/gpt2_124m.log")
     # how to watch it
     assert "tail -f logs/gpt2_124m.log" in out
     assert f"-m http.server 8000 --bind 127.0.0.1 --directory {cfg.run.dir}" in out
@@ -331,7 +335,7 @@ def test_cloud_setup_prepares_the_sample_the_config_trains_on(
     # train them on a tenth of their data, repeated, without a word.
     env = {"VENV": str(tmp_path / "venv"), "CONFIG": config}
     cmds, _, _ = dry(standins, "cloud_setup.sh", env=env)
-    job = cmds[-1][7]
+    job = cmds[-1][-1]  # tmux ... bash -c JOB
     prep = shlex.split(job.split("{ ", 1)[1].split(" && ", 1)[0])
     data_dir = load_config(["--config", str(REPO / config)])[0].data.dir
     assert prep[1:] == ["data_prep/fineweb.py", "--dataset", "fineweb-edu", "--sample", sample,

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from gpt2repro import plan, precision
-from gpt2repro.config import build_config
+from gpt2repro.config import build_config, load_config
 from gpt2repro.dist import DistInfo
 from gpt2repro.errors import UserError, run_cli
 from gpt2repro.metrics import GPUS
@@ -176,6 +176,40 @@ def test_checkpointing_and_fsdp_shrink_what_they_should() -> None:
     assert full.loss > 4 * base.loss and full.activations == base.activations
 
 
+def test_foreach_adamw_step_transient_matches_a_measured_step_and_can_be_the_peak() -> None:
+    """torch's foreach AdamW (optim.fused=false on CUDA) on the trainer's own parameter groups:
+    the peak of a real optimizer.step() above what exists before it is the planner's
+    adamw_step; with a tiny micro batch it exceeds the forward/backward's extra memory and
+    becomes the step's peak, while the fused kernel adds nothing."""
+    from gpt2repro.optim import param_groups
+
+    cfg = _cfg(dict(n_layer=2, n_head=4, n_embd=128, vocab_size=1000),
+               dict(seq_len=8, micro_batch_size=1, loss_chunk=8))  # fmt: skip
+    cfg = replace(cfg, optim=replace(cfg.optim, fused=False))
+    torch.manual_seed(0)
+    info = DistInfo(device=torch.device("cpu"))
+    raw = build_model(cfg, info).raw_model
+    opt = torch.optim.AdamW(param_groups(raw, 0.1), lr=1e-3, foreach=True)
+    for p in raw.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()  # creates the AdamW state
+    _, held, peak = allocator_trace(opt.step)
+    assert held == 0
+    s, shape = _setup(cfg), plan.model_shape(cfg.model)
+    assert not s.fused_adamw
+    _close(plan.adamw_step_bytes(s, shape), peak, "foreach AdamW step")
+
+    foreach = plan.memory_per_gpu(s, shape)
+    fused = plan.memory_per_gpu(replace(s, fused_adamw=True), shape)
+    assert fused.adamw_step == 0
+    assert foreach.adamw_step > foreach.activations + max(foreach.loss, foreach.backward)
+    states = foreach.weights + foreach.gradients + foreach.optimizer
+    assert foreach.allocated == states + foreach.adamw_step > fused.allocated
+    shown = ["--config", "configs/gpt2_124m.toml", "--gpus", "8", "--gpu", "H100"]
+    assert "foreach AdamW step +" not in plan.format_plan(plan_json(*shown))
+    assert "foreach AdamW step +" in plan.format_plan(plan_json(*shown, "--optim.fused=false"))
+
+
 def run_plan(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gpt2repro.plan", *args],
@@ -245,20 +279,33 @@ def test_default_mfu_is_the_best_measured_else_a_stated_assumption(tmp_path: Pat
 
 
 def test_an_oversized_run_says_by_how_much_and_what_fits() -> None:
-    """774M at micro batch 32 with DDP on 40 GB cards: over, and each suggestion fits when
-    applied (the planner run again with it says so), with training's accumulation."""
+    """774M at micro batch 32 with DDP on 40 GB cards: over, and each suggestion is a set of
+    train.py overrides that fits when applied: parsed by training's own `load_config` (nothing
+    left over that train.py would refuse) and planned again; and the planner's own form too."""
     args = ["--config", "configs/gpt2_774m.toml", "--gpus", "8", "--gpu", "A100 40GB",
             "--micro-batch", "32", "--strategy", "ddp"]  # fmt: skip
-    p = plan.make_plan(*plan.parse(args)[:2])
-    assert not p["fits"] and p["over_gib"] == pytest.approx(p["chosen_gib"]["total"] - 40)
+    cfg, req, _ = plan.parse(args)
+    p = plan.make_plan(cfg, req)
+    capacity = p["capacity_gib"]
+    assert not p["fits"] and p["over_gib"] == pytest.approx(p["chosen_gib"]["total"] - capacity)
     assert p["alternatives"], "no suggestion"
+    # what the user trains today, as train.py overrides
+    trained = ["--config", "configs/gpt2_774m.toml", "--train.micro_batch_size=32",
+               "--dist.strategy=ddp"]  # fmt: skip
     for alt in p["alternatives"]:
-        again = plan.make_plan(*plan.parse(args + alt["flags"].split())[:2])
+        fixed, rest = load_config(trained + alt["flags"].split())
+        assert rest == [], f"train.py would refuse {rest} in {alt['flags']!r}"
+        again = plan.make_plan(fixed, replace(req, strategy=fixed.dist.strategy))
         assert again["fits"], alt
+        assert again["batch"]["micro_batch"] == alt["micro_batch"]
         assert again["batch"]["grad_accum"] == alt["grad_accum"]
         assert 8 * alt["micro_batch"] * 1024 * alt["grad_accum"] == 524288
+        replanned = plan.make_plan(*plan.parse(args + alt["plan_flags"].split())[:2])
+        assert replanned["fits"] and replanned["chosen_gib"] == again["chosen_gib"], alt
     text = plan.format_plan(p)
-    assert "DOES NOT FIT: ddp needs" in text and "fits with --micro-batch" in text
+    assert (
+        "DOES NOT FIT: ddp needs" in text and "fits with train.py --train.micro_batch_size=" in text
+    )
 
 
 @pytest.mark.parametrize(
@@ -274,10 +321,18 @@ def test_gpu_names_and_aliases(alias: str, name: str) -> None:
 
 
 def test_every_known_gpu_has_memory_and_a_peak_and_is_in_the_docs() -> None:
+    """Each GPU's row in docs/planning.md gives the same usable memory as the code, and it is
+    below the datasheet's "NN GB" read as GiB: the planner compares with what torch can use."""
     docs = (REPO / "docs" / "planning.md").read_text()
     for gpu in GPUS:
         assert gpu.memory_gib > 0 and gpu.peak_flops > 0
-        assert f"| {gpu.name} |" in docs, f"{gpu.name} has no row (and source) in docs/planning.md"
+        row = next((ln for ln in docs.splitlines() if ln.startswith(f"| {gpu.name} |")), None)
+        assert row, f"{gpu.name} has no row (and source) in docs/planning.md"
+        datasheet, usable = row.split("|")[2:4]
+        assert float(usable.split()[0]) == gpu.memory_gib, row
+        assert gpu.memory_gib < float(datasheet.split()[0]), row
+    # torch's total_memory on a real H200 is 143,156 MiB (docs/planning.md, "Known GPUs")
+    assert plan.find_gpu("H200").memory_gib == pytest.approx(143156 / 1024, abs=0.1)
 
 
 @pytest.mark.parametrize(
@@ -289,6 +344,7 @@ def test_every_known_gpu_has_memory_and_a_peak_and_is_in_the_docs() -> None:
         (["--gpus", "8", "--nodes", "0", "--gpu", "H100"], "--nodes must be at least 1"),
         (["--gpus", "8", "--gpu", "H100", "--micro-batch", "48"], "train.total_batch_tokens=524288 is not a multiple"),
         (["--gpus", "3", "--gpu", "H100"], "train.total_batch_tokens=524288 is not a multiple"),
+        (["--gpus", "8", "--gpu", "H100", "--tokens", "0.5"], "--tokens is a count of tokens (10e9 = 10B), at least 1, got 0.5"),
         (["--gpus", "8", "--gpu", "H100", "--mfu", "40"], "--mfu is a fraction"),
         (["--gpus", "8", "--gpu", "H100", "--mfu", "0"], "--mfu must be a positive number"),
         (["--gpus", "8", "--gpu", "H100", "--price-per-gpu-hour", "-1"], "--price-per-gpu-hour must be a positive"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -185,6 +186,41 @@ def test_report_bad_input_is_one_line_and_touches_nothing(runs: dict, tmp_path: 
     assert "3 malformed line(s) skipped (first: line 4)" in err.getvalue()
     assert _summary((tmp_path / "o2" / "report.html").read_text(), ODD_NAME)[-1] == "3"
     assert not list((tmp_path / "o2").glob("*.png"))
+
+
+def test_only_the_reports_own_files_count_as_ours(tmp_path: Path) -> None:
+    """A page or picture of the user's that merely mentions gpt2repro.report is never replaced;
+    the report's own marks (its generator tag, its PNG Software chunk) are recognised."""
+    records = [{"step": s, "tokens": 1000 * s, "time": 100.0 + s, "loss": 5.0 - s / 10}
+               for s in range(1, 5)]  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    out.mkdir()
+    notes = (
+        "<!DOCTYPE html><html><head><title>notes</title></head><body>\n"
+        "<p>made with gpt2repro.report; its tag is "
+        "&lt;meta name=&quot;generator&quot; content=&quot;gpt2repro.report&quot;&gt;</p>\n"
+        '<pre><meta name="generator" content="gpt2repro.report"></pre></body></html>\n'
+    )
+    (out / "report.html").write_text(notes)
+    (out / "notes.html").write_text(notes)
+    picture = b"\x89PNG\r\n\x1a\n" + b"my plot, not from gpt2repro.report"
+    (out / "loss.png").write_bytes(picture)
+    assert not any(report.is_ours(out / n) for n in ("report.html", "notes.html", "loss.png"))
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        assert run_cli(report.main, [str(run_dir), "--out", str(out), "--no-png"]) == 2
+    assert "report.html exists and was not written by gpt2repro.report" in err.getvalue()
+    assert (out / "report.html").read_text() == notes and (out / "notes.html").read_text() == notes
+    (out / "report.html").unlink()
+    (out / "loss.png").unlink()
+    written = report.write_report([run_dir], out)
+    assert (out / "report.html") in written and (out / "loss.png") in written
+    assert all(report.is_ours(p) for p in written)
+    report.write_report([run_dir], out)  # its own files are replaced
+    assert (out / "notes.html").read_text() == notes
 
 
 def test_live_report_failure_warns_once_and_training_goes_on(tmp_path: Path) -> None:
