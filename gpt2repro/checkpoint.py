@@ -454,7 +454,8 @@ def select_resume(
         keys = ",".join(c.split("=")[0] for c in refused)
         raise UserError(
             f"{run_dir} holds a run with other settings: {'; '.join(refused)}; resume with the "
-            f"saved values, accept the change with --checkpoint.allow_changes={keys}, or use a "
+            f"saved values, accept the change with --checkpoint.allow_changes={keys}, start over "
+            "with --checkpoint.resume=restart (the old run is moved aside, not deleted), or use a "
             "new --run.dir"
         )
     if changes and is_main:

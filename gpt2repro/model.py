@@ -81,10 +81,10 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, hd).transpose(1, 2)
         v = v.view(B, T, self.n_head, hd).transpose(1, 2)
         if attn_mask is not None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            y = attend(q, k, v, attn_mask=attn_mask)
         elif cache is None:
             # Flash / memory-efficient kernels on GPU when the inputs allow it.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = attend(q, k, v, is_causal=True)
         else:
             p = cache.pos
             cache.k[layer, :, :, p : p + T] = k
@@ -97,9 +97,30 @@ class CausalSelfAttention(nn.Module):
                 qpos = torch.arange(p, p + T, device=x.device)[:, None]
                 kpos = torch.arange(p + T, device=x.device)[None, :]
                 mask = kpos <= qpos  # [T, p+T], True = attend
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+            y = attend(q, k_all, v_all, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: [B, T, C]
         return self.c_proj(y)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd)) v over [B, nh, T, hd] inputs, by torch's SDPA kernels.
+
+    On a CPU, bfloat16 inputs attend in float32: torch's CPU flash-attention backward is about 4x
+    slower in bfloat16 than in float32 at the demo's shapes (docs/benchmarks.md), and autocast
+    would cast float32 inputs back down, hence the disabled region. Elsewhere the inputs' dtype."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=attn_mask, is_causal=is_causal
+            )
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
 
 
 class MLP(nn.Module):

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Run a launcher again and again until the run directory holds DONE:
+# Run a launcher again and again until it succeeds and the run directory holds DONE:
 #   launch/restart_until_done.sh launch/single_node.sh --config configs/gpt2_124m.toml
-# Each attempt resumes from the newest valid checkpoint (checkpoint.resume=auto). An input error
+# The first attempt always runs, so a finished run given a larger train.max_steps (with
+# --checkpoint.allow_changes=train.max_steps) continues; the trainer itself says when a run is
+# already complete. Each attempt resumes from the newest valid checkpoint (checkpoint.resume=auto). An input error
 # (a config key, a missing data directory: a gpt2repro UserError) stops at once, as restarting
 # cannot fix it: the launcher's exit status 2, or, because torchrun reports any failed worker as
 # status 1, a line in the file GPT2REPRO_INPUT_ERROR_FILE names (this script sets it to a fresh
@@ -31,7 +33,6 @@ error_dir=$(mktemp -d) || exit 1
 trap 'rm -rf "$error_dir"' EXIT
 export GPT2REPRO_INPUT_ERROR_FILE=$error_dir/input_error
 for attempt in $(seq 1 "$MAX_ATTEMPTS"); do
-  if [ -f "$run_dir/DONE" ]; then echo "restart_until_done: $run_dir/DONE exists"; exit 0; fi
   echo "restart_until_done: attempt $attempt/$MAX_ATTEMPTS"
   "$launcher" "$@" --checkpoint.resume=auto
   status=$?
@@ -40,7 +41,7 @@ for attempt in $(seq 1 "$MAX_ATTEMPTS"); do
     echo "restart_until_done: input error (exit status $status); not retrying"; exit 2
   fi
   if [ "$status" -eq 2 ]; then echo "restart_until_done: input error (exit 2); not retrying"; exit 2; fi
-  if [ -f "$run_dir/DONE" ]; then exit 0; fi
+  if [ "$status" -eq 0 ] && [ -f "$run_dir/DONE" ]; then echo "restart_until_done: $run_dir/DONE"; exit 0; fi
   echo "restart_until_done: exit status $status; restarting in ${DELAY}s"
   sleep "$DELAY"
 done

@@ -210,6 +210,7 @@ def test_auto_refuses_changed_run_settings_unless_allowed(tmp_path: Path) -> Non
         "train.max_steps=" in msg and "(now: 99)" in msg and "optim.lr=0.0006 (now: 0.0003)" in msg
     )
     assert "--checkpoint.allow_changes=train.max_steps,optim.lr" in msg
+    assert "--checkpoint.resume=restart" in msg  # the way to start over, named
     with pytest.raises(UserError, match="optim.lr"):  # allowing one is not allowing both
         checkpoint.select_resume(
             mode="auto", run_dir=tmp_path, config=changed, allow_changes="train.max_steps"

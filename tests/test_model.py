@@ -148,3 +148,25 @@ def test_generate_restores_training_mode_when_it_raises() -> None:
     model.eval()
     model.generate(torch.zeros(1, 2, dtype=torch.long), 2)
     assert not model.training
+
+
+def test_attend_on_cpu_in_bf16_computes_in_float32_even_under_autocast():
+    """bf16 q, k, v on a CPU attend in float32 (torch's CPU flash kernel is ~4x slower in bf16),
+    also inside bf16 autocast, which would otherwise cast the float32 inputs back down; float32
+    inputs are untouched."""
+    from gpt2repro.model import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=g).bfloat16() for _ in range(3))
+    expect = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attend(q, k, v, is_causal=True)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, expect.bfloat16())
+    in_bf16 = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert not torch.equal(in_bf16, y)  # the old path rounds inside the kernel: it differs
+    torch.testing.assert_close(in_bf16, y, atol=2e-2, rtol=2e-2)  # by bf16 rounding only
+    mask = torch.ones(16, 16, dtype=torch.bool).tril()
+    q32, k32, v32 = q.float(), k.float(), v.float()
+    same = F.scaled_dot_product_attention(q32, k32, v32, attn_mask=mask)
+    assert torch.equal(attend(q32, k32, v32, attn_mask=mask), same)

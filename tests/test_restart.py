@@ -166,3 +166,18 @@ def test_a_crash_forwarded_by_on_main_is_not_an_input_error(tmp_path: Path) -> N
     assert not (tmp_path / "crash.0").exists() and not (tmp_path / "crash.1").exists()
     for r in (0, 1):
         assert (tmp_path / f"input.{r}").read_text() == "error: data.dir: nope\n"
+
+
+def test_a_finished_run_still_gets_its_first_attempt(tmp_path: Path) -> None:
+    """DONE from an earlier run does not stop the first attempt (a larger train.max_steps continues
+    a finished run; the trainer says when there is nothing to do), and a crash of an attempt is
+    retried even when DONE exists."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "DONE").write_text("{}\n")
+    calls = tmp_path / "calls"
+    p = restart(tmp_path, fake_launcher(tmp_path, f"echo x >> '{calls}'; exit 0"))
+    assert p.returncode == 0 and attempts(p) == 1, p.stdout + p.stderr
+    assert calls.read_text() == "x\n"
+    p = restart(tmp_path, fake_launcher(tmp_path, f"echo y >> '{calls}'; exit 1"))
+    assert p.returncode == 1 and attempts(p) == 3, p.stdout + p.stderr
