@@ -56,7 +56,9 @@ def main() -> int:
         p_uni = (uni + 0.1) / (uni.sum() + 0.1 * VOCAB)
         uni_loss = float(-np.log(p_uni[val[1:]]).mean())
         best = min((bigram_loss(t, val, lam), lam) for lam in (0.5, 0.6, 0.7, 0.8))
-        print(f"first {len(t):>9,} tokens: unigram {uni_loss:.3f}, bigram {best[0]:.3f} (lam {best[1]})")
+        print(
+            f"first {len(t):>9,} tokens: unigram {uni_loss:.3f}, bigram {best[0]:.3f} (lam {best[1]})"
+        )
     return 0
 
 
