@@ -445,7 +445,8 @@ def select_resume(
     if shape:
         raise UserError(
             f"checkpoint {path} is for another model shape: {', '.join(shape)}; use the same "
-            "[model] config, or a new --run.dir for a new model"
+            "[model] config, a new --run.dir for a new model, or --checkpoint.resume=restart to "
+            "start over here (the old run is moved aside, not deleted)"
         )
     allowed = {k.strip() for k in allow_changes.split(",") if k.strip()}
     changes = changed_settings(state["config"], config)

@@ -102,9 +102,23 @@ def _close(planned: float, measured: float, what: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "model", "train"), SHAPES, ids=[s[0] for s in SHAPES])
-def test_memory_model_matches_measured_cpu_steps(name: str, model: dict, train: dict) -> None:
+def test_memory_model_matches_measured_cpu_steps(
+    name: str, model: dict, train: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every component, and the whole step's peak, against a real training step (2 micro-steps
-    of accumulation, so the gradients exist at the second one's peak, as in any long run)."""
+    of accumulation, so the gradients exist at the second one's peak, as in any long run).
+
+    The planner plans GPU runs, where attention runs in the inputs' dtype; on a CPU, bf16 inputs
+    attend in float32 (model.attend, a CPU speed detour that saves float32 copies), so the step
+    measured here attends as on a GPU."""
+    import torch.nn.functional as F
+
+    from gpt2repro import model as model_module
+
+    def gpu_attend(q, k, v, attn_mask=None, is_causal=False):  # type: ignore[no-untyped-def]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+
+    monkeypatch.setattr(model_module, "attend", gpu_attend)
     torch.manual_seed(0)
     cfg = _cfg(model, train)
     info = DistInfo(device=torch.device("cpu"))

@@ -374,6 +374,7 @@ def test_bad_input_one_clear_line(corpus: Path, tmp_path: Path) -> None:
         run(args_for(corpus, rd, "--train.max_steps=4", "--model.n_embd=64"), check=False)
     )
     assert "another model shape" in line and "n_embd=32 (config: 64)" in line
+    assert "--checkpoint.resume=restart" in line  # the way to start over, named
     assert checkpoint.find_latest(rd).name == "step_00000002"  # nothing overwritten
     # resume=never on a directory with checkpoints refuses instead of overwriting them
     line = _error_line(

@@ -327,7 +327,7 @@ def _docs(path: Path, n_docs: int = 400) -> None:
 def _prep(src: Path, out: Path) -> int:
     """data_prep/fineweb.py on local files, in process (as `python data_prep/fineweb.py ...`)."""
     argv = ["--input", str(src), "--out-dir", str(out), "--prefix", "t",
-            "--shard-size", "5000", "--workers", "1", "--quiet"]  # fmt: skip
+            "--shard-size", "5000", "--allow-small-shards", "--workers", "1", "--quiet"]  # fmt: skip
     return run_cli(fineweb.main, argv)
 
 
