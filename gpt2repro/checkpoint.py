@@ -512,8 +512,21 @@ def _problem(ckpt: Path) -> str:
 def _clean_stale_writes(run_dir: Path) -> None:
     """Remove `ckpt/.tmp-step_*` (and the `.latest.*.tmp` of an atomic write of `latest`) left by
     a crash or a full disk while saving (never complete checkpoints: those are renamed into place
-    only when whole)."""
+    only when whole).
+
+    A checkpoint that replaced one of the same step (atomic.publish_dir) moves the old one into
+    `ckpt/.step_N.old-*/` first; a kill between that move and the rename of the new one leaves
+    `step_N` only there: it is moved back (it was complete when published). A leftover whose
+    `step_N` is in place is the old copy publish_dir was about to delete."""
     root = run_dir / "ckpt"
+    for old in sorted(root.glob(f".{_PREFIX}*.old-*")):
+        name = old.name[1:].split(".old-")[0]  # step_NNNNNNNN
+        if (old / name).is_dir() and not (root / name).exists():
+            os.replace(old / name, root / name)
+            print(
+                f"note: restored {root / name} from {old} (a save of the same step was interrupted)"
+            )
+        shutil.rmtree(old, ignore_errors=True)
     for tmp in sorted([*root.glob(".tmp-step_*"), *root.glob(".latest.*.tmp")]):
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -152,6 +152,8 @@ class MetricsLog:
         self.path = path
         self.enabled = enabled
         self._fh = open(path, "a", buffering=1) if enabled else None  # noqa: SIM115 (line-buffered, lives with the run)
+        if self._fh is not None and _ends_mid_line(path):
+            self._fh.write("\n")  # a kill tore the last line: the next record starts on its own
 
     def write(self, record: dict[str, Any]) -> None:
         if self._fh is not None:
@@ -167,6 +169,16 @@ class MetricsLog:
             self.flush()
             self._fh.close()
             self._fh = None
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether the file's last byte is not a newline (empty files end cleanly)."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"
 
 
 def read_metrics(path: str | Path, malformed: list[int] | None = None) -> list[dict[str, Any]]:

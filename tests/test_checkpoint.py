@@ -263,3 +263,28 @@ def test_a_failed_checkpoint_write_is_one_line_and_leaves_the_previous_intact(
     assert "step_00000002 is intact and the run resumes from it" in msg
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest", "step_00000002"]
     assert checkpoint.find_latest(tmp_path) == tmp_path / "ckpt" / "step_00000002"
+
+
+def test_a_kill_between_the_two_renames_of_a_same_step_save_loses_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """publish_dir moves an existing step_N aside before renaming the new one in; killed between
+    the two, step_N exists only in ckpt/.step_N.old-*/: the next start moves it back."""
+    save(tmp_path, 2)
+    save(tmp_path, 4)
+    root = tmp_path / "ckpt"
+    aside = root / ".step_00000004.old-x1y2"
+    aside.mkdir()
+    (root / "step_00000004").rename(aside / "step_00000004")
+    unfinished = root / ".tmp-step_00000004"
+    unfinished.mkdir()
+    resume = checkpoint.select_resume(mode="auto", run_dir=tmp_path, config=full_config(MODEL))
+    assert resume is not None and resume.path.name == "step_00000004"  # restored, and valid
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
+    assert "restored" in capsys.readouterr().out
+    # killed after the second rename: the old copy is left over while step_N is in place
+    stale = root / ".step_00000004.old-z9"
+    stale.mkdir()
+    (stale / "step_00000004").mkdir()
+    resume = checkpoint.select_resume(mode="auto", run_dir=tmp_path, config=full_config(MODEL))
+    assert resume is not None and resume.path.name == "step_00000004" and not stale.exists()

@@ -244,3 +244,18 @@ def test_run_header_reproduces_the_run() -> None:
     )
     assert "model: 12,345 parameters, 2 layers, 2 heads, width 32" in text
     assert "n_embd = 32" in text  # the resolved config, as TOML
+
+
+def test_a_resume_after_a_torn_last_line_keeps_its_first_record(tmp_path: Path) -> None:
+    """A kill mid-append leaves half a line; the resumed run's first record (the `resume` event)
+    must start on a line of its own, not be glued to the torn one and skipped with it."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps(_rec(step=1)) + "\n" + '{"step": 2, "tok')
+    log = MetricsLog(path)
+    log.write({"event": "resume", "step": 1, "tokens": 10})
+    log.close()
+    malformed: list[int] = []
+    recs = read_metrics(path, malformed)
+    assert [r.get("event") for r in recs] == [None, "resume"] and malformed == [2]
+    MetricsLog(path).close()  # a clean end gets no extra newline
+    assert path.read_text().count("\n") == 3
