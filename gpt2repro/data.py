@@ -79,6 +79,29 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
         f.write(memoryview(tokens).cast("B"))
 
 
+def allow_open_files(n_shards: int, option: str = "data.dir", spare: int = 256) -> None:
+    """Make room for `n_shards` memory-mapped shards (each holds an open file) plus `spare` for
+    everything else: raise this process's soft open-file limit up to its hard limit if needed
+    (10B tokens in 1M-token shards are 10,000 files; many systems start at a soft limit of 1,024),
+    or say in one line what to change when even the hard limit is too low."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = n_shards + spare
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise UserError(
+            f"{option} holds {n_shards:,} shards, each kept open, but this process may open at "
+            f"most {hard:,} files (`ulimit -Hn`); raise the limit (ulimit -n {need}, or "
+            "LimitNOFILE / limits.conf) or write fewer, larger shards (--shard-size)"
+        )
+    target = max(need, 65536)  # generous, so a later, larger directory needs no second change
+    if hard != resource.RLIM_INFINITY:
+        target = min(target, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def read_shard(path: str | os.PathLike) -> np.ndarray:
     """A validated, read-only uint16 memmap of a shard's tokens (`.bin` llm.c or `.npy`)."""
     path = Path(path)
@@ -272,7 +295,8 @@ class TokenLoader:
                 f"note: skipping {len(short)} {split} shard(s) shorter than one window of "
                 f"seq_len+1 = {seq_len + 1} tokens: {names}{more}"
             )
-        self.shards = [read_shard(p) for p in self.paths]
+        allow_open_files(len(self.paths), option="data.dir")
+        self.shards = [read_shard(p) for p in self.paths]  # one open file each (the memmap's)
         self.n_windows = [(len(s) - 1) // seq_len for s in self.shards]
         self.total_windows = sum(self.n_windows)
         self.global_batch = batch_size * world_size

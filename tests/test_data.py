@@ -363,3 +363,27 @@ def test_token_scan_reports_a_bad_shard_instead_of_raising(tmp_path: Path) -> No
     assert token_id_problem(tmp_path, 512, splits=("train",)) is None
     with pytest.raises(UserError, match="no val shards"):
         token_id_problem(tmp_path, 512)
+
+
+def test_the_open_file_limit_is_raised_for_many_shards_or_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each memory-mapped shard holds an open file: a directory of more shards than the soft
+    limit allows raises the soft limit (up to the hard one), or fails in one line naming ulimit
+    and --shard-size when the hard limit is too low."""
+    import resource
+
+    from gpt2repro.data import allow_open_files
+
+    limits = {"now": (64, 100_000)}
+    monkeypatch.setattr(resource, "getrlimit", lambda which: limits["now"])
+    monkeypatch.setattr(resource, "setrlimit", lambda which, lim: limits.update(now=lim))
+    _shards(tmp_path, [40] * 3)
+    TokenLoader(tmp_path, "train", batch_size=1, seq_len=8)  # 3 + 256 spare > 64: raised
+    assert limits["now"] == (65536, 100_000)
+    allow_open_files(90_000)  # more than 65,536: raised to what is needed
+    assert limits["now"] == (90_256, 100_000)
+    limits["now"] = (64, 100_000)
+    with pytest.raises(UserError, match=r"ulimit -n .*--shard-size"):
+        allow_open_files(200_000)
+    assert limits["now"] == (64, 100_000)  # unchanged when it cannot help
