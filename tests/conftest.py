@@ -22,6 +22,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+# The tiny GPT-2 (2 layers, width 32, 512-token vocabulary) and batch (8 x 32 tokens) that the
+# training tests run in a second or two: `[*TINY_SHAPE, "--train.max_steps=...", ...]`.
+TINY_SHAPE = [
+    "--model.n_layer=2",
+    "--model.n_head=2",
+    "--model.n_embd=32",
+    "--model.block_size=64",
+    "--model.vocab_size=512",
+    "--train.seq_len=32",
+    "--train.micro_batch_size=4",
+    "--train.total_batch_tokens=256",
+]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

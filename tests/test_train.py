@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SHAPE
 
 from gpt2repro import checkpoint
 from gpt2repro.data import write_shard
@@ -19,14 +20,7 @@ from gpt2repro.metrics import read_metrics, train_losses
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "--model.n_layer=2",
-    "--model.n_head=2",
-    "--model.n_embd=32",
-    "--model.block_size=64",
-    "--model.vocab_size=512",
-    "--train.seq_len=32",
-    "--train.micro_batch_size=4",
-    "--train.total_batch_tokens=256",
+    *TINY_SHAPE,
     "--optim.warmup_steps=3",
     "--optim.lr=1e-2",
     "--eval.every=0",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_SHAPE
 
 from gpt2repro import checkpoint
 from gpt2repro.config import Config, ModelConfig, OptimConfig, to_dict
@@ -30,14 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 MODEL = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=512)
 TINY = [
-    "--model.n_layer=2",
-    "--model.n_head=2",
-    "--model.n_embd=32",
-    "--model.block_size=64",
-    "--model.vocab_size=512",
-    "--train.seq_len=32",
-    "--train.micro_batch_size=4",
-    "--train.total_batch_tokens=256",
+    *TINY_SHAPE,
     "--train.max_steps=2",
     "--eval.every=0",
 ]

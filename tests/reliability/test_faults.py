@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SHAPE
 
 from data_prep import fineweb, shards  # pytest's pythonpath: the repository root
 from gpt2repro import checkpoint, fault
@@ -31,14 +32,7 @@ MAX_STEPS = 10
 # Checkpoints at 4, 8 and 10, evaluations at 0, 3, 6, 9 and 10: a kill between two of them loses
 # work, and a kill in one of them must not leave anything that changes the resumed run.
 RUN = [
-    "--model.n_layer=2",
-    "--model.n_head=2",
-    "--model.n_embd=32",
-    "--model.block_size=64",
-    "--model.vocab_size=512",
-    "--train.seq_len=32",
-    "--train.micro_batch_size=4",
-    "--train.total_batch_tokens=256",
+    *TINY_SHAPE,
     f"--train.max_steps={MAX_STEPS}",
     "--optim.warmup_steps=3",
     "--optim.lr=1e-2",
