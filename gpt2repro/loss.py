@@ -45,6 +45,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             if want_grad
             else None
         )
+        cols = torch.arange(V, device=h.device)
+        # The dtype the two gradient matmuls take dlogits in: autocast's (cast once, here, not
+        # once per matmul), else that of h and W.
+        grad_dtype = torch.promote_types(h.dtype, weight.dtype)
+        if torch.is_autocast_enabled(h.device.type):
+            grad_dtype = torch.get_autocast_dtype(h.device.type)
         for start in range(0, N, chunk):
             h_c, t_c = h[start : start + chunk], targets[start : start + chunk]
             logits = F.linear(h_c, weight).float()  # [n, V]; bf16 matmul under autocast
@@ -56,11 +62,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)
             loss_sum = loss_sum + torch.where(valid, lse - target_logit, 0.0).sum()
             if want_grad:
-                # d(sum of row losses)/d logits = softmax - one_hot(target), 0 for ignored rows
-                dlogits = torch.exp(logits - lse[:, None])
-                dlogits.scatter_add_(1, safe_t[:, None], -torch.ones_like(lse)[:, None])
-                dlogits = dlogits * valid[:, None]
-                dlogits = dlogits.to(torch.promote_types(h.dtype, weight.dtype))
+                # d(sum of row losses)/d logits = softmax - one_hot(target), 0 for ignored rows;
+                # written as one elementwise expression (no in-place scatter), so a compiler
+                # makes it a single pass over the [n, V] chunk that also does the cast below.
+                probs = torch.exp(logits - lse[:, None])
+                is_target = cols[None, :] == safe_t[:, None]  # [n, V]
+                dlogits = torch.where(is_target, probs - 1.0, probs) * valid[:, None]
+                dlogits = dlogits.to(grad_dtype)
                 # The same two matmuls as autograd's backward of F.linear (autocast applies).
                 grad_h[start : start + chunk] = dlogits @ weight  # type: ignore[index]
                 grad_w += (dlogits.t() @ h_c).float()  # type: ignore[operator]
