@@ -3,8 +3,9 @@ model, counted on the first N training tokens, score on the demo's validation to
 
     python bench/ngram_baseline.py [--data-dir data/shakespeare] [--val-tokens 32768]
 
-It tells how far a budget of N training tokens can take the demo: a small transformer that has
-seen N tokens scores about what the bigram counts of those N tokens score (docs/benchmarks.md).
+A floor to compare the demo with: a model that has seen N tokens and scores no better than the
+bigram counts of N tokens has learned no more than which token follows which
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
