@@ -530,6 +530,27 @@ def _speed(
 # --------------------------------------------------------------------------- output
 
 
+_MEMORY_COLUMNS = [
+    ("ddp", "without_checkpointing", "ddp"),
+    ("ddp", "with_checkpointing", "ddp+ckpt"),
+    ("fsdp", "without_checkpointing", "fsdp"),
+    ("fsdp", "with_checkpointing", "fsdp+ckpt"),
+]
+_MEMORY_ROWS = [
+    ("weights (fp32)", "weights"),
+    ("gradients (fp32)", "gradients"),
+    ("AdamW m, v (fp32)", "optimizer"),
+    ("activations", "activations"),
+    ("logits / loss *", "loss"),
+    ("block backward *", "backward"),
+    ("FSDP un-sharded", "fsdp_unsharded"),
+    ("foreach AdamW step +", "adamw_step"),
+    ("= allocated peak", "allocated"),
+    ("+ overhead", "overhead"),
+    ("= total", "total"),
+]
+
+
 def format_plan(p: dict[str, Any]) -> str:
     """The plan as a human-readable page."""
     c, b, sp = p["config"], p["batch"], p["speed"]
@@ -544,33 +565,30 @@ def format_plan(p: dict[str, Any]) -> str:
         f"{world} GPUs x {b['grad_accum']} accumulation; {b['steps']:,} steps = "
         f"{b['tokens']:,} tokens",
         "",
-        f"memory per GPU (GiB), micro batch {b['micro_batch']}:",
+        *_memory_table(p),
+        *_fit_verdict(p),
+        "",
+        f"speed: {sp['tokens_per_s']:,.0f} tokens/s ({sp['tokens_per_s'] / world:,.0f} per GPU), "
+        f"{sp['step_s'] * 1000:,.0f} ms/step, MFU {sp['mfu']:.1%} [{sp['source']}]",
+        f"time: {format_duration(p['wall_seconds'])} of training ({p['gpu_hours']:,.1f} GPU-hours; "
+        "evaluation and checkpoints not included)",
     ]
-    cols = [
-        ("ddp", "without_checkpointing", "ddp"),
-        ("ddp", "with_checkpointing", "ddp+ckpt"),
-        ("fsdp", "without_checkpointing", "fsdp"),
-        ("fsdp", "with_checkpointing", "fsdp+ckpt"),
-    ]
-    rows = [
-        ("weights (fp32)", "weights"),
-        ("gradients (fp32)", "gradients"),
-        ("AdamW m, v (fp32)", "optimizer"),
-        ("activations", "activations"),
-        ("logits / loss *", "loss"),
-        ("block backward *", "backward"),
-        ("FSDP un-sharded", "fsdp_unsharded"),
-        ("foreach AdamW step +", "adamw_step"),
-        ("= allocated peak", "allocated"),
-        ("+ overhead", "overhead"),
-        ("= total", "total"),
-    ]
+    if p["cost"] is not None:
+        lines.append(f"cost: ${p['cost']:,.2f} at ${p['price_per_gpu_hour']:g} per GPU-hour")
+    return "\n".join(lines)
+
+
+def _memory_table(p: dict[str, Any]) -> list[str]:
+    """Memory per GPU by component (rows) for ddp/fsdp with and without checkpointing, and the
+    notes on what the rows assume."""
+    mem, cols = p["memory_gib"], _MEMORY_COLUMNS
+    lines = [f"memory per GPU (GiB), micro batch {p['batch']['micro_batch']}:"]
     lines.append(f"  {'':<20}" + "".join(f"{title:>11}" for *_, title in cols))
-    foreach = any(p["memory_gib"][st][ck]["adamw_step"] for st, ck, _ in cols)
-    for label, key in rows:
+    foreach = any(mem[st][ck]["adamw_step"] for st, ck, _ in cols)
+    for label, key in _MEMORY_ROWS:
         if key == "adamw_step" and not foreach:
             continue  # fused AdamW: no transient, no row
-        cells = "".join(f"{p['memory_gib'][st][ck][key]:>11.2f}" for st, ck, _ in cols)
+        cells = "".join(f"{mem[st][ck][key]:>11.2f}" for st, ck, _ in cols)
         lines.append(f"  {label:<20}{cells}")
     a = p["assumptions"]
     lines.append(
@@ -587,46 +605,39 @@ def format_plan(p: dict[str, Any]) -> str:
             "  + after the backward: the peak counts it instead of activations + * when larger "
             "(optim.fused=false; the fused kernel has none)"
         )
-    if world == 1:
+    if p["gpus"] == 1:
         lines.append("  (fsdp on one GPU shards nothing: the same as ddp)")
+    return lines
+
+
+def _fit_verdict(p: dict[str, Any]) -> list[str]:
+    """Whether the chosen setting fits, and when it does not, by how much and what would."""
     chosen = f"{p['strategy']}" + (
         " + activation checkpointing" if p["activation_checkpointing"] else ""
     )
     total = p["chosen_gib"]["total"]
     if p["fits"]:
-        lines.append(
+        return [
             f"fits: {chosen} needs {total:.1f} of {p['capacity_gib']:g} GiB "
             f"({p['capacity_gib'] - total:.1f} GiB to spare)"
-        )
-    else:
-        lines.append(
-            f"DOES NOT FIT: {chosen} needs {total:.1f} GiB, {p['over_gib']:.1f} GiB more than "
-            f"the {p['capacity_gib']:g} GiB usable on one {gpu['name']}"
-        )
-        if not p["alternatives"]:
-            lines.append(
-                "  nothing fits, even at micro batch 1 with checkpointing and FSDP: use more or larger GPUs"
-            )
-        for o in p["alternatives"]:
-            lines.append(
-                f"  fits with train.py {o['flags']}: micro batch {o['micro_batch']}, accumulation "
-                f"{o['grad_accum']}, {o['total_gib']:.1f} GiB"
-                + (
-                    " (recomputes the forward: about a third more compute)"
-                    if o["recompute"]
-                    else ""
-                )
-            )
-    lines += [
-        "",
-        f"speed: {sp['tokens_per_s']:,.0f} tokens/s ({sp['tokens_per_s'] / world:,.0f} per GPU), "
-        f"{sp['step_s'] * 1000:,.0f} ms/step, MFU {sp['mfu']:.1%} [{sp['source']}]",
-        f"time: {format_duration(p['wall_seconds'])} of training ({p['gpu_hours']:,.1f} GPU-hours; "
-        "evaluation and checkpoints not included)",
+        ]
+    lines = [
+        f"DOES NOT FIT: {chosen} needs {total:.1f} GiB, {p['over_gib']:.1f} GiB more than "
+        f"the {p['capacity_gib']:g} GiB usable on one {p['gpu']['name']}"
     ]
-    if p["cost"] is not None:
-        lines.append(f"cost: ${p['cost']:,.2f} at ${p['price_per_gpu_hour']:g} per GPU-hour")
-    return "\n".join(lines)
+    if not p["alternatives"]:
+        lines.append(
+            "  nothing fits, even at micro batch 1 with checkpointing and FSDP: use more or larger GPUs"
+        )
+    for o in p["alternatives"]:
+        recompute = (
+            " (recomputes the forward: about a third more compute)" if o["recompute"] else ""
+        )
+        lines.append(
+            f"  fits with train.py {o['flags']}: micro batch {o['micro_batch']}, accumulation "
+            f"{o['grad_accum']}, {o['total_gib']:.1f} GiB{recompute}"
+        )
+    return lines
 
 
 # --------------------------------------------------------------------------- command line
