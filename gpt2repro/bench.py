@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpt2repro import atomic
 from gpt2repro.atomic import check_output_path
 from gpt2repro.errors import add_debug_flag, run_cli
 
@@ -664,7 +665,7 @@ def bench_table(args: argparse.Namespace) -> dict:
     text = results_table(results)
     print(text)
     if args.md:
-        Path(args.md).write_text(text + "\n")
+        atomic.write_text(args.md, text + "\n")
     return {}
 
 
@@ -752,7 +753,7 @@ def main(argv: list[str]) -> int:
         out = getattr(args, "out", "")
         if out:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(json.dumps(result, indent=2) + "\n")
+            atomic.write_text(out, json.dumps(result, indent=2) + "\n")
     return 0
 
 
