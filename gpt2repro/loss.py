@@ -62,13 +62,21 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)
             loss_sum = loss_sum + torch.where(valid, lse - target_logit, 0.0).sum()
             if want_grad:
-                # d(sum of row losses)/d logits = softmax - one_hot(target), 0 for ignored rows;
-                # written as one elementwise expression (no in-place scatter), so a compiler
-                # makes it a single pass over the [n, V] chunk that also does the cast below.
-                probs = torch.exp(logits - lse[:, None])
-                is_target = cols[None, :] == safe_t[:, None]  # [n, V]
-                dlogits = torch.where(is_target, probs - 1.0, probs) * valid[:, None]
-                dlogits = dlogits.to(grad_dtype)
+                # d(sum of row losses)/d logits = softmax - one_hot(target), 0 for ignored rows.
+                # Compiled: one elementwise expression, which the compiler makes a single pass
+                # over the [n, V] chunk that also casts to the matmuls' dtype (an in-place
+                # scatter costs two more passes, and autocast would cast once per matmul).
+                # Eager: in place, the fewest [n, V] temporaries. The same numbers either way.
+                if torch.compiler.is_compiling():
+                    probs = torch.exp(logits - lse[:, None])
+                    is_target = cols[None, :] == safe_t[:, None]  # [n, V]
+                    dlogits = torch.where(is_target, probs - 1.0, probs) * valid[:, None]
+                    dlogits = dlogits.to(grad_dtype)
+                else:
+                    dlogits = torch.exp(logits - lse[:, None])
+                    dlogits.scatter_add_(1, safe_t[:, None], -torch.ones_like(lse)[:, None])
+                    dlogits = dlogits * valid[:, None]
+                    dlogits = dlogits.to(torch.promote_types(h.dtype, weight.dtype))
                 # The same two matmuls as autograd's backward of F.linear (autocast applies).
                 grad_h[start : start + chunk] = dlogits @ weight  # type: ignore[index]
                 grad_w += (dlogits.t() @ h_c).float()  # type: ignore[operator]
