@@ -303,6 +303,24 @@ def _due(step: int, every: int, last: bool) -> bool:
 # --------------------------------------------------------------------------- the run
 
 
+def _check_inputs_and_pick_resume(cfg: Config, info: dist.DistInfo) -> checkpoint.Resume | None:
+    """The training data (a window at least, token ids in range), a writable run directory,
+    then the checkpoint to resume from (None: start fresh); collective, every rank calls it."""
+    from gpt2repro import data
+
+    data.shards_with_a_window(cfg.data.dir, "train", cfg.train.seq_len)
+    _check_token_ids(cfg, info)
+    dist.on_main(functools.partial(_check_run_dir, Path(cfg.run.dir)))
+    dist.barrier()
+    return checkpoint.select_resume(
+        mode=cfg.checkpoint.resume,
+        run_dir=Path(cfg.run.dir),
+        config=to_dict(cfg),
+        allow_changes=cfg.checkpoint.allow_changes,
+        is_main=info.is_main,
+    )
+
+
 def train(cfg: Config, info: dist.DistInfo) -> int:
     """Train per `cfg` on this process's share of the work; returns the exit status."""
     from gpt2repro import data
@@ -314,17 +332,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     # ---- checks before anything expensive (batch arithmetic, data, run dir, resume point)
     grad_accum = grad_accum_steps(train_cfg, info.world_size)
     val_tokens, hellaswag = load_eval_inputs(cfg.data.dir, eval_cfg)
-    data.shards_with_a_window(cfg.data.dir, "train", train_cfg.seq_len)  # one window at least
-    _check_token_ids(cfg, info)
-    dist.on_main(functools.partial(_check_run_dir, run_dir))
-    dist.barrier()
-    resume = checkpoint.select_resume(
-        mode=cfg.checkpoint.resume,
-        run_dir=run_dir,
-        config=to_dict(cfg),
-        allow_changes=cfg.checkpoint.allow_changes,
-        is_main=info.is_main,
-    )
+    resume = _check_inputs_and_pick_resume(cfg, info)
     if resume is not None and resume.state["step"] >= train_cfg.max_steps and done_marker.exists():
         if info.is_main:
             print(
