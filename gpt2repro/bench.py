@@ -159,8 +159,8 @@ def bench_train(args: argparse.Namespace) -> dict:
     import torch
 
     from gpt2repro import dist
-    from gpt2repro.config import load_config, reject_unknown_args
-    from gpt2repro.train import build_model, grad_accum_steps
+    from gpt2repro.config import grad_accum_steps, load_config, reject_unknown_args
+    from gpt2repro.train import build_model
 
     cfg, rest = load_config(args.overrides)
     reject_unknown_args(rest)

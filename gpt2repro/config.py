@@ -186,6 +186,20 @@ class Config:
 # --------------------------------------------------------------------------- introspection
 
 
+def grad_accum_steps(train_cfg: TrainConfig, world_size: int) -> int:
+    """Micro-steps per optimizer step: total_batch_tokens / (B x T x world_size), which must be
+    a whole number (the optimization is then the same on 1 GPU and on 16)."""
+    tokens_per_micro = train_cfg.micro_batch_size * train_cfg.seq_len * world_size
+    if train_cfg.total_batch_tokens % tokens_per_micro != 0:
+        raise UserError(
+            f"train.total_batch_tokens={train_cfg.total_batch_tokens} is not a multiple of "
+            f"micro_batch_size x seq_len x world_size = {train_cfg.micro_batch_size} x "
+            f"{train_cfg.seq_len} x {world_size} = {tokens_per_micro}; change "
+            "train.total_batch_tokens or train.micro_batch_size"
+        )
+    return train_cfg.total_batch_tokens // tokens_per_micro
+
+
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)}

@@ -6,7 +6,7 @@
 
 Everything is arithmetic on the config, with the trainer's own rules: the parameter count of the
 real `GPT` (built on the meta device, so no memory), `metrics.flops_per_token` and the GPU table
-`metrics.GPUS`, `train.grad_accum_steps` (a batch that training refuses is refused here too) and
+`metrics.GPUS`, `config.grad_accum_steps` (a batch that training refuses is refused here too) and
 `precision.autocast_dtype` (bf16 autocast on CUDA unless train.dtype says otherwise).
 
 The memory model counts the bytes the training step holds at its peak, component by component
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gpt2repro.config import Config, ModelConfig, load_config
+from gpt2repro.config import Config, ModelConfig, grad_accum_steps, load_config
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.metrics import GPU, GPUS, flops_per_token, format_duration, gpu_for_device_name
 
@@ -353,9 +353,7 @@ def setup_for(cfg: Config, world: int, strategy: str) -> Setup:
 
 
 def grad_accum(cfg: Config, micro_batch: int, world: int) -> int:
-    """Training's rule (train.grad_accum_steps): refuses what training would refuse."""
-    from gpt2repro.train import grad_accum_steps
-
+    """Training's rule (config.grad_accum_steps): refuses what training would refuse."""
     return grad_accum_steps(replace(cfg.train, micro_batch_size=micro_batch), world)
 
 

@@ -30,7 +30,7 @@ from gpt2repro import checkpoint, dist, precision
 from gpt2repro.config import (
     Config,
     EvalConfig,
-    TrainConfig,
+    grad_accum_steps,
     help_text,
     load_config,
     reject_unknown_args,
@@ -156,20 +156,6 @@ def _check_run_dir(run_dir: Path) -> None:
                 f"{directory} is not writable ({e.strerror}); fix its permissions or set "
                 "--run.dir to a writable path"
             ) from None
-
-
-def grad_accum_steps(train_cfg: TrainConfig, world_size: int) -> int:
-    """Micro-steps per optimizer step: total_batch_tokens / (B x T x world_size), which must be
-    a whole number (the optimization is then the same on 1 GPU and on 16)."""
-    tokens_per_micro = train_cfg.micro_batch_size * train_cfg.seq_len * world_size
-    if train_cfg.total_batch_tokens % tokens_per_micro != 0:
-        raise UserError(
-            f"train.total_batch_tokens={train_cfg.total_batch_tokens} is not a multiple of "
-            f"micro_batch_size x seq_len x world_size = {train_cfg.micro_batch_size} x "
-            f"{train_cfg.seq_len} x {world_size} = {tokens_per_micro}; change "
-            "train.total_batch_tokens or train.micro_batch_size"
-        )
-    return train_cfg.total_batch_tokens // tokens_per_micro
 
 
 def load_eval_inputs(

@@ -15,7 +15,8 @@ from gpt2repro.errors import UserError
 from gpt2repro.model import GPT
 from gpt2repro.sample import complete, decode_continuation, sample
 from gpt2repro.tokenizer import get_encoding
-from gpt2repro.train import build_model, grad_accum_steps
+from gpt2repro.config import grad_accum_steps
+from gpt2repro.train import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
