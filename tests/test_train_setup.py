@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from gpt2repro import dist
-from gpt2repro.config import Config, ModelConfig, TrainConfig, load_config
+from gpt2repro.config import Config, ModelConfig, TrainConfig, grad_accum_steps, load_config
 from gpt2repro.errors import UserError
 from gpt2repro.model import GPT
 from gpt2repro.sample import complete, decode_continuation, sample
 from gpt2repro.tokenizer import get_encoding
-from gpt2repro.config import grad_accum_steps
 from gpt2repro.train import build_model
 
 REPO = Path(__file__).resolve().parents[1]
