@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # torch is imported by the benchmarks that need it: `bench da
     import torch.nn as nn
 
     from gpt2repro.evaluate import HellaSwagExample
+    from gpt2repro.train import TrainContext
 
 _WORDS = (
     "the of and to in a is that for it as was with be by on not he I this are or his from at "
@@ -154,13 +155,14 @@ def bench_loader(args: argparse.Namespace) -> dict:
 
 
 def bench_train(args: argparse.Namespace) -> dict:
-    """The training step of `gpt2repro.train` (same wrapping, precision, accumulation) on fixed
-    synthetic tokens: no data loading, so it measures the model, optimizer and communication."""
-    import torch
+    """The training step of `gpt2repro.train` (`train_step`: the same wrapping, precision,
+    accumulation, guard and stop poll) on one fixed synthetic micro-batch: no data loading, so it
+    measures the model, optimizer and communication."""
+    import torch  # here, not at the top: `bench data` and `--help` load no torch
 
-    from gpt2repro import dist
+    from gpt2repro import dist, train
     from gpt2repro.config import grad_accum_steps, load_config, reject_unknown_args
-    from gpt2repro.train import build_model
+    from gpt2repro.metrics import RunLog
 
     cfg, rest = load_config(args.overrides)
     reject_unknown_args(rest)
@@ -169,16 +171,24 @@ def bench_train(args: argparse.Namespace) -> dict:
     try:
         # The training rule (refuses a batch that B x T x world does not divide), unless --accum.
         grad_accum = args.accum or grad_accum_steps(cfg.train, info.world_size)
-        trainable = build_model(cfg, info)  # one model on every rank, as in training
-        runner = _TrainSteps(cfg, info, trainable, grad_accum=grad_accum)
-        warmup_s, _ = runner.timed(first=0, count=args.warmup)  # includes compilation
+        B, T = cfg.train.micro_batch_size, cfg.train.seq_len
+        tokens = torch.randint(0, cfg.model.vocab_size, (B, T + 1), device=info.device)
+        run = train.TrainContext(
+            cfg=cfg,
+            info=info,
+            trainable=train.build_model(cfg, info),  # one model on every rank, as in training
+            loader=_FixedBatch(tokens[:, :-1], tokens[:, 1:]),  # [B, T] inputs and targets
+            grad_accum=grad_accum,
+            log=RunLog(Path(cfg.run.dir), cfg, is_main=False),  # as a non-main rank: silent
+        )
+        warmup_s, _ = _timed_steps(run, args.warmup)  # includes compilation
         if info.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(info.device)
-        seconds, loss = runner.timed(first=args.warmup, count=args.steps)
+        seconds, loss = _timed_steps(run, args.steps)
         result = _train_result(
             cfg,
             info,
-            trainable,
+            run.trainable,
             grad_accum=grad_accum,
             warmup_s=warmup_s,
             step_s=seconds / args.steps,
@@ -191,59 +201,35 @@ def bench_train(args: argparse.Namespace) -> dict:
 
 
 def _peak_rss_bytes() -> int:
-    import resource
+    import resource  # POSIX only
 
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return kib * 1024
 
 
-class _TrainSteps:
-    """Optimizer steps exactly as the training loop takes them (learning rate, forward/backward,
-    the update guard, the preemption poll), on one fixed synthetic micro-batch."""
+class _FixedBatch:
+    """One fixed synthetic [B, T] micro-batch, returned at every micro-step."""
 
-    def __init__(self, cfg: Any, info: Any, trainable: Any, *, grad_accum: int) -> None:
-        import torch
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.batch = (x, y)
 
-        from gpt2repro.guard import Guard
-        from gpt2repro.train import TrainState
-
-        self.cfg, self.info, self.trainable, self.grad_accum = cfg, info, trainable, grad_accum
-        self.guard = Guard(cfg.guard, trainable.optimizer, info=info)
-        self.state = TrainState.fresh(loss_window=cfg.guard.spike_window)
-        B, T = cfg.train.micro_batch_size, cfg.train.seq_len
-        tokens = torch.randint(0, cfg.model.vocab_size, (B, T + 1), device=info.device)
-        self.batch = (tokens[:, :-1], tokens[:, 1:])  # [B, T] inputs and targets
-
-    def next_batch(self) -> tuple[Any, Any]:
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.batch
 
-    def timed(self, *, first: int, count: int) -> tuple[float, float | None]:
-        """Run steps first..first+count-1; (wall seconds, last loss or None)."""
-        import torch
 
-        from gpt2repro import dist
-        from gpt2repro.optim import lr_at
-        from gpt2repro.train import forward_backward
+def _timed_steps(run: TrainContext, count: int) -> tuple[float, float | None]:
+    """`count` optimizer steps through `train.train_step`; (wall seconds, last loss or None)."""
+    import torch  # see bench_train
 
-        optimizer = self.trainable.optimizer
-        loss = None
-        start = time.perf_counter()
-        for i in range(first, first + count):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(i, self.cfg.train.max_steps, self.cfg.optim)
-            optimizer.zero_grad(set_to_none=True)
-            loss, norm = forward_backward(
-                self.trainable,
-                self.next_batch,
-                grad_accum=self.grad_accum,
-                grad_clip=self.cfg.optim.grad_clip,
-                info=self.info,
-            )
-            self.guard.step(loss=loss, grad_norm=norm, step=i + 1, state=self.state)
-            dist.any_rank(False)
-        if self.info.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start, None if loss is None else float(loss.item())
+    from gpt2repro.train import train_step
+
+    loss = None
+    start = time.perf_counter()
+    for _ in range(count):
+        loss = train_step(run).loss
+    if run.info.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, None if loss is None else float(loss.item())
 
 
 def _train_result(

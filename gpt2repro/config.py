@@ -50,6 +50,10 @@ class DataConfig:
     dir: str = _f("data/edu_fineweb10B", "directory of *_train_*.bin / *_val_*.bin token shards")
 
 
+# Rows of the loss per chunk (gpt2repro/loss.py): the default of train.loss_chunk and of the model.
+LOSS_CHUNK_ROWS = 1024
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seq_len: int = _f(1024, "tokens per training sequence T")
@@ -66,7 +70,7 @@ class TrainConfig:
     device: str = _f("auto", "cuda, mps, cpu or auto")
     activation_checkpointing: bool = _f(False, "recompute each block in backward to save memory")
     loss_chunk: int = _f(
-        1024,
+        LOSS_CHUNK_ROWS,
         "rows per chunk of the fused linear + cross-entropy (the [B*T, vocab] logits are never "
         "held at once); 0 = full logits then cross-entropy",
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -369,6 +370,67 @@ class RunLog:
     def print(self, text: str) -> None:
         if self.is_main:
             print(text, flush=True)
+
+    def start(
+        self, header: dict[str, Any], *, step: int, tokens: int, resumed_from: Path | None
+    ) -> None:
+        """The start-up header on the console and the start/resume event in metrics.jsonl."""
+        self.print(header["text"])
+        event = "start" if resumed_from is None else "resume"
+        self.record(
+            {"event": event, "step": step, "tokens": tokens, **header["record"]}, wandb=False
+        )
+        if resumed_from is not None:
+            self.print(f"resumed from {resumed_from} at step {step} ({tokens:,} tokens)")
+
+    def can_sample(self, sample_every: int, vocab_size: int) -> bool:
+        """Text samples are on (`log.sample_every`) and the model's vocabulary covers GPT-2's
+        tokenizer (else a note)."""
+        if sample_every <= 0:
+            return False
+        if vocab_size < 50257:
+            self.print(
+                f"note: no text samples: model.vocab_size={vocab_size} is smaller than "
+                "GPT-2's tokenizer"
+            )
+            return False
+        return True
+
+    def train(self, record: dict[str, Any], max_steps: int) -> None:
+        """A log step's train line (with the ETA at this step time) and its record."""
+        eta_s = record["step_ms"] / 1000 * (max_steps - record["step"])
+        line = console_line(
+            record, max_steps=max_steps, eta_s=eta_s, peak_mem_gib=record["mem_gib"]
+        )
+        self.record(record, text=line)
+
+    def evaluation(self, step: int, tokens: int, results: dict[str, float]) -> None:
+        """An evaluation's line and record, then the live report page."""
+        shown = " | ".join(f"{k} {v:.4f}" for k, v in results.items())
+        self.record(
+            {"step": step, "tokens": tokens, **results}, text=f"eval step {step:>6} | {shown}"
+        )
+        self.report()
+
+    def preempted(
+        self, *, step: int, tokens: int, signum: int | None, saved_to: Path, resume_mode: str
+    ) -> None:
+        """The preemption line (what was saved and how to continue) and its event."""
+        signame = signal.Signals(signum).name if signum else "signal"
+        how = "rerun the same command"
+        if resume_mode != "auto":  # restart or a path would not continue from here
+            how = "rerun with --checkpoint.resume=auto"
+        self.print(
+            f"preempted by {signame} at step {step}: checkpoint saved to {saved_to}; "
+            f"{how} to resume"
+        )
+        self.record({"event": "preempted", "step": step, "tokens": tokens}, wandb=False)
+
+    def done(self, *, step: int, tokens: int, run_dir: Path) -> None:
+        """The end of a finished run: its event, the last line, and closing (see close)."""
+        self.record({"event": "done", "step": step, "tokens": tokens}, wandb=False)
+        self.print(f"done: {step} steps, {tokens:,} tokens; run directory {run_dir}")
+        self.close()
 
     def record(self, record: dict[str, Any], text: str | None = None, wandb: bool = True) -> None:
         """Print `text` (if any), append `record` to metrics.jsonl and, unless told not, to wandb."""

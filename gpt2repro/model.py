@@ -1,6 +1,6 @@
 """GPT-2, exactly: pre-LN blocks, tanh-GELU, learned positions, biases, lm_head tied to wte.
 
-Pure nn.Module (STYLE.md principle 4): no ranks, files or optimizers. Compile, DDP/FSDP and
+A pure nn.Module: no ranks, files or optimizers. Compile, DDP/FSDP and
 precision are applied from outside. Names follow Hugging Face's GPT-2 so state dicts map 1:1
 (apart from the Conv1D transposes, handled in hf.py).
 """
@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from gpt2repro.config import ModelConfig
+from gpt2repro.config import LOSS_CHUNK_ROWS, ModelConfig
 from gpt2repro.loss import linear_cross_entropy
 
 # GPT-2 sizes: (n_layer, n_head, n_embd). Context 1024, vocab 50257.
@@ -156,7 +156,17 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """GPT-2. `activation_checkpointing` recomputes each block in the backward pass (less memory,
+    one more forward); `loss_chunk` is how many rows of the loss the chunked linear +
+    cross-entropy (loss.py) computes at once when only the loss is wanted (0 = the full logits,
+    then F.cross_entropy)."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        activation_checkpointing: bool = False,
+        loss_chunk: int = LOSS_CHUNK_ROWS,
+    ) -> None:
         super().__init__()
         if cfg.n_embd % cfg.n_head != 0:
             raise ValueError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
@@ -171,11 +181,8 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying
-        # Set by train.py when activation checkpointing is on; recomputes each block in backward.
-        self.activation_checkpointing = False
-        # Rows of the loss computed at once by the chunked linear + cross-entropy (loss.py) when
-        # only the loss is wanted; 0 = full logits then F.cross_entropy. Set from train.loss_chunk.
-        self.loss_chunk = 1024
+        self.activation_checkpointing = activation_checkpointing
+        self.loss_chunk = loss_chunk
         self.apply(self._init_weights)
         with torch.no_grad():
             # Padded rows are never looked up or predicted; keep them exactly zero.

@@ -34,7 +34,7 @@ def one_update(model: torch.nn.Linear, guard: Guard, state: TrainState, bad: boo
     loss = model(torch.ones(2, 4)).square().mean()
     loss.backward()
     norm = torch.tensor(math.nan if bad else 1.0)
-    guard.step(loss=loss.detach(), grad_norm=norm, step=state.step + 1, state=state)
+    guard.step(loss=loss.detach(), grad_norm=norm, step=state.step + 1)
     state.step += 1
 
 
@@ -52,12 +52,12 @@ def test_a_nonfinite_update_is_skipped_and_counted(fused: bool) -> None:
     one_update(model, guard, state, bad=True)
     after = params(model)
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
-    guard.sync(state)
-    assert state.skipped == 1
+    guard.sync()
+    assert guard.skipped == 1
     one_update(model, guard, state, bad=False)
     assert not all(torch.equal(a, b) for a, b in zip(after, params(model), strict=True))
-    guard.sync(state)
-    assert state.skipped == 1  # a sync does not count twice
+    guard.sync()
+    assert guard.skipped == 1  # a sync does not count twice
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -69,8 +69,8 @@ def test_device_and_host_paths_give_the_same_parameters(fused: bool) -> None:
         state = TrainState()
         for bad in (False, True, False, False, True, False):
             one_update(model, guard, state, bad)
-        guard.sync(state)
-        assert state.skipped == 2
+        guard.sync()
+        assert guard.skipped == 2
         results.append(params(model))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
@@ -98,40 +98,39 @@ def test_max_skipped_names_the_step_that_reached_the_limit(fused: bool) -> None:
     with pytest.raises(UserError, match=r"^step 4: 2 updates skipped \(guard.max_skipped=2\)"):
         for bad in pattern:
             one_update(model, guard, state, bad)
-        guard.sync(state)
-    assert state.skipped == 2
+        guard.sync()
+    assert guard.skipped == 2
     assert state.step == (6 if fused else 3)  # the host path raises within update 4
 
 
 def test_a_resumed_skip_count_counts_toward_the_limit() -> None:
     model, guard = make(GuardConfig(max_skipped=3), fused=True)
-    state = TrainState(step=10, skipped=2)
+    state = TrainState(step=10)
+    guard.load_state_dict({"skipped": 2})
     one_update(model, guard, state, bad=False)
     one_update(model, guard, state, bad=True)  # update 12: the 3rd skip of the run
     with pytest.raises(UserError, match=r"^step 12: 3 updates skipped"):
-        guard.sync(state)
+        guard.sync()
 
 
 def test_spike_guard_skips_a_spike_and_learns_a_lasting_shift() -> None:
     model, guard = make(GuardConfig(spike_zscore=3.0, spike_window=20), fused=True)
     assert not guard.on_device  # the spike guard needs the loss on the host
-    state = TrainState.fresh(loss_window=20)
+    state = TrainState()
     losses = [5.0 + 0.01 * (i % 3) for i in range(15)]
     for value in losses:
         before = params(model)
         guard.optimizer.zero_grad(set_to_none=True)
         model(torch.ones(1, 4)).sum().backward()
-        guard.step(
-            loss=torch.tensor(value), grad_norm=torch.tensor(1.0), step=state.step + 1, state=state
-        )
+        guard.step(loss=torch.tensor(value), grad_norm=torch.tensor(1.0), step=state.step + 1)
         state.step += 1
         assert not all(torch.equal(a, b) for a, b in zip(before, params(model), strict=True))
     before = params(model)
-    guard.step(loss=torch.tensor(50.0), grad_norm=torch.tensor(1.0), step=16, state=state)
-    assert state.skipped == 1
+    guard.step(loss=torch.tensor(50.0), grad_norm=torch.tensor(1.0), step=16)
+    assert guard.skipped == 1
     assert all(torch.equal(a, b) for a, b in zip(before, params(model), strict=True))
-    assert list(state.loss_history)[-1] == 50.0  # kept, so a lasting shift is learned
-    assert len(state.loss_history) == 16
+    assert list(guard.loss_history)[-1] == 50.0  # kept, so a lasting shift is learned
+    assert len(guard.loss_history) == 16
 
 
 def test_is_spike_needs_ten_values_and_flags_nonfinite() -> None:
@@ -149,27 +148,36 @@ def test_device_path_is_chosen_only_where_the_kernel_can_skip() -> None:
     assert not can_skip_on_device(plain)
 
 
-def test_train_state_round_trips_and_reads_old_checkpoints() -> None:
-    state = TrainState.fresh(loss_window=3)
-    state.step, state.tokens, state.skipped = 7, 7 * 4096, 2
-    state.loss_history.extend([4.0, 3.5, 3.25, 3.0])  # the window keeps the newest 3
-    saved = state.state_dict()
+def test_counters_round_trip_and_read_old_checkpoints() -> None:
+    """The loop's counters (TrainState) and the guard's (skips, loss window) each round-trip
+    through their own state_dict; together they are a checkpoint's state.json counters."""
+    state = TrainState()
+    state.step, state.tokens = 7, 7 * 4096
+    _, guard = make(GuardConfig(spike_window=3), fused=False)
+    guard.skipped = 2
+    guard.loss_history.extend([4.0, 3.5, 3.25, 3.0])  # the window keeps the newest 3
+    saved = {**state.state_dict(), **guard.state_dict()}
     assert saved == {"step": 7, "tokens": 28672, "skipped": 2, "loss_history": [3.5, 3.25, 3.0]}
-    again = TrainState.fresh(loss_window=2)
+    again = TrainState()
     again.load_state_dict(saved)
-    assert (again.step, again.tokens, again.skipped) == (7, 28672, 2)
-    assert list(again.loss_history) == [3.25, 3.0]  # a smaller window keeps the newest
+    _, again_guard = make(GuardConfig(spike_window=2), fused=False)
+    again_guard.load_state_dict(saved)
+    assert (again.step, again.tokens, again_guard.skipped) == (7, 28672, 2)
+    assert list(again_guard.loss_history) == [3.25, 3.0]  # a smaller window keeps the newest
     old = TrainState()
     old.load_state_dict({"step": 3, "tokens": 12})  # written before skip counts existed
-    assert (old.step, old.tokens, old.skipped, list(old.loss_history)) == (3, 12, 0, [])
+    _, old_guard = make(GuardConfig(), fused=False)
+    old_guard.load_state_dict({"step": 3, "tokens": 12})
+    assert (old.step, old.tokens, old_guard.skipped, list(old_guard.loss_history)) == (3, 12, 0, [])
 
 
 def test_a_lowered_limit_after_resume_names_the_skip_that_reached_it() -> None:
     """Resumed with skipped >= max_skipped (the limit lowered): the error names the next skip,
     not the first step after the resume."""
     model, guard = make(GuardConfig(max_skipped=2), fused=True)
-    state = TrainState(step=20, skipped=3)
+    state = TrainState(step=20)
+    guard.load_state_dict({"skipped": 3})
     one_update(model, guard, state, bad=False)  # update 21: fine
     one_update(model, guard, state, bad=True)  # update 22: a skip, over the limit
     with pytest.raises(UserError, match=r"^step 22: 4 updates skipped"):
-        guard.sync(state)
+        guard.sync()
