@@ -42,6 +42,7 @@ from gpt2repro.guard import Guard
 from gpt2repro.metrics import RunLog, console_line, flops_per_token, mfu, peak_flops, run_header
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer, lr_at
+from gpt2repro.resume import Resume, restore_rank, select_resume
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run stopped early on a signal; rerun to resume
 
@@ -289,7 +290,7 @@ def _due(step: int, every: int, last: bool) -> bool:
 # --------------------------------------------------------------------------- the run
 
 
-def _check_inputs_and_pick_resume(cfg: Config, info: dist.DistInfo) -> checkpoint.Resume | None:
+def _check_inputs_and_pick_resume(cfg: Config, info: dist.DistInfo) -> Resume | None:
     """The training data (a window at least, token ids in range), a writable run directory,
     then the checkpoint to resume from (None: start fresh); collective, every rank calls it."""
     from gpt2repro import data
@@ -298,7 +299,7 @@ def _check_inputs_and_pick_resume(cfg: Config, info: dist.DistInfo) -> checkpoin
     _check_token_ids(cfg, info)
     dist.on_main(functools.partial(_check_run_dir, Path(cfg.run.dir)))
     dist.barrier()
-    return checkpoint.select_resume(
+    return select_resume(
         mode=cfg.checkpoint.resume,
         run_dir=Path(cfg.run.dir),
         config=to_dict(cfg),
@@ -341,7 +342,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     state = TrainState.fresh(loss_window=cfg.guard.spike_window)
     if resume is not None:
         state.load_state_dict(resume.state)
-        checkpoint.restore_rank(resume.state, train_loader, info)
+        restore_rank(resume.state, train_loader, info)
     guard = Guard(cfg.guard, trainable.optimizer, info=info)
     log = RunLog(run_dir, cfg, info.is_main)
     header = run_header(
@@ -486,7 +487,7 @@ def _can_sample(cfg: Config, log: RunLog) -> bool:
 
 
 def _report_start(
-    log: RunLog, *, header: dict[str, Any], state: TrainState, resume: checkpoint.Resume | None
+    log: RunLog, *, header: dict[str, Any], state: TrainState, resume: Resume | None
 ) -> None:
     """The start-up header on the console and the start/resume event in metrics.jsonl."""
     log.print(header["text"])
