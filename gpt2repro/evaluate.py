@@ -46,8 +46,8 @@ import torch.nn.functional as F
 
 from gpt2repro import dist, precision
 from gpt2repro.atomic import check_output_path, write_json
-from gpt2repro.checkpoint import load_model_or_hf
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
+from gpt2repro.hf import load_model_or_hf
 
 DEFAULT_HELLASWAG = "data/hellaswag/hellaswag_val.jsonl"
 N_ENDINGS = 4

@@ -12,6 +12,9 @@ The two layouts differ in three ways only:
 - our embedding may be padded to a multiple of 64/128 rows; HF's is exactly `vocab_size` rows.
 lm_head is tied to wte on both sides and is stored once, as `transformer.wte.weight`.
 
+`load_model_or_hf` is the one model argument of the evaluate and sample CLIs: a gpt2repro
+checkpoint (`--checkpoint`) or HF weights (`--hf`).
+
 Only safetensors/huggingface_hub are needed here (transformers is not imported); huggingface_hub is
 imported lazily, and only for hub names.
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 import torch
 
 from gpt2repro.atomic import public_dir_mode, public_mode, publish_dir
+from gpt2repro.checkpoint import load_model
 from gpt2repro.config import ModelConfig
 from gpt2repro.errors import UserError
 from gpt2repro.model import GPT
@@ -57,6 +61,18 @@ def load_hf(name_or_dir: str, device: str | torch.device = "cpu") -> GPT:
     weights = _read_weights(directory)
     model = _build(cfg, weights, str(directory))
     return model.to(device).eval()
+
+
+def load_model_or_hf(
+    *, checkpoint: str | Path | None, hf: str | None, device: str | torch.device = "cpu"
+) -> GPT:
+    """The model the evaluate/sample CLIs work on: a gpt2repro checkpoint (run dir, ckpt dir or
+    step dir) or, when `hf` is given, an HF GPT-2 directory or hub name; in eval mode."""
+    if hf is not None:
+        return load_hf(hf, device).eval()
+    if checkpoint is None:
+        raise UserError("give a model: --checkpoint RUN_DIR or --hf NAME_OR_DIR")
+    return load_model(checkpoint, device)
 
 
 def _looks_like_path(s: str) -> bool:

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from gpt2repro import precision
-from gpt2repro.checkpoint import load_model_or_hf
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
+from gpt2repro.hf import load_model_or_hf
 from gpt2repro.model import GPT
 from gpt2repro.tokenizer import EOT, get_encoding
 

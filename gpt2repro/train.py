@@ -46,6 +46,7 @@ from gpt2repro.guard import Guard
 from gpt2repro.metrics import RunLog, flops_per_token, mfu, peak_flops, run_header
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer, lr_at
+from gpt2repro.resume import Resume, restore_rank, select_resume
 from gpt2repro.sample import complete
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run stopped early on a signal; rerun to resume
@@ -110,7 +111,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     if resume is not None:
         run.state.load_state_dict(resume.state)
         run.guard.load_state_dict(resume.state)
-        checkpoint.restore_rank(resume.state, run.loader, info)
+        restore_rank(resume.state, run.loader, info)
     header = run_header(cfg, info, argv=sys.argv, grad_accum=grad_accum, n_params=run.n_params)
     run.log.start(
         header,
@@ -370,7 +371,7 @@ def _tune_cpu_allocator() -> None:
         pass
 
 
-def _check_inputs_and_pick_resume(cfg: Config, info: dist.DistInfo) -> checkpoint.Resume | None:
+def _check_inputs_and_pick_resume(cfg: Config, info: dist.DistInfo) -> Resume | None:
     """The training data (a window at least, token ids in range), a writable run directory,
     then the checkpoint to resume from (None: start fresh); collective, every rank calls it."""
     data.shards_with_a_window(cfg.data.dir, "train", cfg.train.seq_len)
@@ -382,7 +383,7 @@ def _check_inputs_and_pick_resume(cfg: Config, info: dist.DistInfo) -> checkpoin
     if info.is_main:
         _check_run_dir(Path(cfg.run.dir))
     dist.barrier()
-    return checkpoint.select_resume(
+    return select_resume(
         mode=cfg.checkpoint.resume,
         run_dir=Path(cfg.run.dir),
         config=to_dict(cfg),

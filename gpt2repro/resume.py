@@ -1,0 +1,238 @@
+"""Which checkpoint a run continues from, and what may change when it does.
+
+`checkpoint.resume` picks it: `auto` (the newest valid one), `restart` (move the run aside and
+start over), `never`, or a path (a deliberate branch: newer checkpoints are moved aside). The
+model shape must match; the run-defining settings (RUN_DEFINING) may change only by name
+(`checkpoint.allow_changes`). Nothing is deleted: what a run leaves behind is moved aside.
+The on-disk format itself is checkpoint.py's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpt2repro import dist
+from gpt2repro.atomic import write_text
+from gpt2repro.checkpoint import (
+    STEP_PREFIX,
+    find_latest,
+    read_state,
+    resolve,
+    set_rng_state,
+    step_dir_name,
+    step_of,
+    verify,
+)
+from gpt2repro.errors import UserError
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The checkpoint a run continues from: its directory and its validated state.json."""
+
+    path: Path
+    state: dict[str, Any]
+
+
+# Settings that define the optimization or the data: `resume=auto` refuses a change to them
+# unless `checkpoint.allow_changes` names it (model.* is compared apart: it cannot change at all).
+RUN_DEFINING = (
+    "data.dir", "train.seq_len", "train.total_batch_tokens", "train.max_steps", "train.seed",
+    "optim.lr", "optim.min_lr", "optim.warmup_steps", "optim.schedule", "optim.decay_frac",
+    "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps", "optim.grad_clip",
+)  # fmt: skip
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """'key=saved (now: new)' for each RUN_DEFINING setting that differs (configs as dicts)."""
+    out = []
+    for key in RUN_DEFINING:
+        section, name = key.split(".")
+        old, new = saved.get(section, {}).get(name), now[section][name]
+        if key == "data.dir" and old is not None:
+            old, new = os.path.normpath(old), os.path.normpath(new)
+        if old != new:
+            out.append(f"{key}={old} (now: {new})")
+    return out
+
+
+def select_resume(
+    *,
+    mode: str,
+    run_dir: Path,
+    config: dict[str, Any],
+    allow_changes: str = "",
+    is_main: bool = True,
+) -> Resume | None:
+    """The checkpoint to continue from per `checkpoint.resume` (`mode`), or None for a fresh start.
+
+    Collective: rank 0 picks and verifies it (sha256 once, not per rank) and tells the others, so
+    every rank resumes from the same one even if their views of the filesystem lag. Refuses a
+    checkpoint of another model shape, and (with `auto`) one whose run-defining settings differ
+    from `config` unless `allow_changes` names them. Never over existing checkpoints: resuming
+    from an older checkpoint of this run moves the newer ones aside (`ckpt/.abandoned-...`).
+    """
+    path = dist.on_main(lambda: _pick_resume(mode, run_dir))
+    if path is None:
+        return None
+    state = read_state(path)
+    saved = state["config"]["model"]
+    shape = [
+        f"{k}={saved.get(k)} (config: {v})" for k, v in config["model"].items() if saved.get(k) != v
+    ]
+    if shape:
+        raise UserError(
+            f"checkpoint {path} is for another model shape: {', '.join(shape)}; use the same "
+            "[model] config, a new --run.dir for a new model, or --checkpoint.resume=restart to "
+            "start over here (the old run is moved aside, not deleted)"
+        )
+    allowed = {k.strip() for k in allow_changes.split(",") if k.strip()}
+    changes = changed_settings(state["config"], config)
+    refused = [c for c in changes if c.split("=")[0] not in allowed]
+    if refused and mode == "auto":
+        keys = ",".join(c.split("=")[0] for c in refused)
+        raise UserError(
+            f"{run_dir} holds a run with other settings: {'; '.join(refused)}; resume with the "
+            f"saved values, accept the change with --checkpoint.allow_changes={keys}, start over "
+            "with --checkpoint.resume=restart (the old run is moved aside, not deleted), or use a "
+            "new --run.dir"
+        )
+    if changes and is_main:
+        print(f"note: continuing from {path.name} with changed settings: {'; '.join(changes)}")
+    return Resume(path=path, state=state)
+
+
+def _pick_resume(mode: str, run_dir: Path) -> Path | None:
+    _clean_stale_writes(run_dir)
+    existing = sorted((run_dir / "ckpt").glob(f"{STEP_PREFIX}*"))
+    if mode == "auto":
+        found = find_latest(run_dir)  # verified
+        if found is None and existing:
+            raise UserError(
+                f"{run_dir} holds checkpoints but none is valid (newest: "
+                f"{_problem(existing[-1])}); to start over there pass "
+                "--checkpoint.resume=restart (the old files are moved aside, not deleted), or "
+                "use a new --run.dir"
+            )
+        return found
+    if mode == "restart":
+        _move_run_aside(run_dir)
+        return None
+    if mode == "never":
+        if existing:
+            raise UserError(
+                f"checkpoint.resume=never but {run_dir} already holds checkpoints "
+                f"({existing[-1].name}); use a new --run.dir (nothing is overwritten) or resume=auto"
+            )
+        return None
+    ckpt = resolve(mode)
+    if existing and run_dir.resolve() not in ckpt.resolve().parents:
+        raise UserError(
+            f"checkpoint.resume={mode} starts from another run but {run_dir} already holds "
+            "checkpoints; use a new --run.dir so they are not overwritten"
+        )
+    state = read_state(ckpt)
+    verify(ckpt, state)
+    for src, dest in abandon_after(run_dir, state["step"]):
+        print(f"note: moved {src.name} aside to {dest.name}: this run continues from {ckpt.name}")
+    return ckpt
+
+
+def _problem(ckpt: Path) -> str:
+    """What is wrong with a checkpoint directory, in a few words (for messages)."""
+    try:
+        verify(ckpt, read_state(ckpt))
+    except UserError as e:
+        return str(e).split(";")[0]
+    return f"{ckpt} looks valid"
+
+
+def _clean_stale_writes(run_dir: Path) -> None:
+    """Remove `ckpt/.tmp-step_*` (and the `.latest.*.tmp` of an atomic write of `latest`) left by
+    a crash or a full disk while saving (never complete checkpoints: those are renamed into place
+    only when whole).
+
+    A checkpoint that replaced one of the same step (atomic.publish_dir) moves the old one into
+    `ckpt/.step_N.old-*/` first; a kill between that move and the rename of the new one leaves
+    `step_N` only there: it is moved back (it was complete when published). A leftover whose
+    `step_N` is in place is the old copy publish_dir was about to delete."""
+    root = run_dir / "ckpt"
+    for old in sorted(root.glob(f".{STEP_PREFIX}*.old-*")):
+        name = old.name[1:].split(".old-")[0]  # step_NNNNNNNN
+        if (old / name).is_dir() and not (root / name).exists():
+            os.replace(old / name, root / name)
+            print(
+                f"note: restored {root / name} from {old} (a save of the same step was interrupted)"
+            )
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in sorted([*root.glob(".tmp-step_*"), *root.glob(".latest.*.tmp")]):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        print(
+            f"note: removed {tmp}, an unfinished checkpoint write (a crash or a full disk while "
+            "saving); the complete checkpoints are untouched"
+        )
+
+
+def abandon_after(run_dir: Path, step: int) -> list[tuple[Path, Path]]:
+    """Move checkpoints of steps after `step` to `ckpt/.abandoned-step_N-<time>` (kept, hidden).
+
+    Used when a run deliberately continues from an older checkpoint: the newer ones belong to a
+    branch that is being dropped, and must not be found by `resume=auto` or kept by pruning.
+    """
+    root = run_dir / "ckpt"
+    moved = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for p in sorted(root.glob(f"{STEP_PREFIX}*")):
+        s = step_of(p)
+        if p.is_dir() and s is not None and s > step:
+            dest = root / f".abandoned-{p.name}-{stamp}"
+            os.replace(p, dest)
+            moved.append((p, dest))
+    if moved:
+        write_text(root / "latest", step_dir_name(step) + "\n")
+    return moved
+
+
+def _move_run_aside(run_dir: Path) -> None:
+    """checkpoint.resume=restart: move checkpoints, metrics, DONE and the wandb id of this run
+    directory into `run_dir/.restarted-<time>/` (kept, not deleted)."""
+    names = ("ckpt", "metrics.jsonl", "DONE", "wandb_id.txt")
+    present = [run_dir / n for n in names if (run_dir / n).exists()]
+    if not present:
+        return
+    dest = run_dir / f".restarted-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir()
+    for p in present:
+        os.replace(p, dest / p.name)
+    print(f"note: checkpoint.resume=restart: moved {', '.join(p.name for p in present)} to {dest}")
+
+
+def restore_rank(state: dict[str, Any], loader: Any, info: dist.DistInfo) -> None:
+    """Put this rank's data position (`loader.load_state_dict`) and RNG states back.
+
+    Model and optimizer state are full (unsharded) and the loader position counts windows, so a
+    run continues on the same data with another number of processes; only per-rank RNG streams
+    cannot map, and they restart.
+    """
+    rank, world_size = info.rank, info.world_size
+    ranks = state["ranks"]
+    if len(ranks) == world_size:
+        loader.load_state_dict(ranks[rank]["loader"])
+        set_rng_state(ranks[rank]["rng"])
+        return
+    loader.load_state_dict(ranks[0]["loader"])
+    if info.is_main:
+        print(
+            f"note: checkpoint written by {len(ranks)} processes, resuming with "
+            f"{world_size}: same data order and optimizer state, but per-rank RNG "
+            "streams restart, so the losses match only to rounding",
+            flush=True,
+        )
