@@ -773,7 +773,8 @@ class ShowDefaults(argparse.RawDescriptionHelpFormatter):
         if isinstance(action, _SettingHelp) or not action.option_strings:
             return text  # a setting's line carries its default already
         notes = [check.describe()] if (check := getattr(action, "check", None)) else []
-        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+        unset = action.default is None or action.default is False  # a flag that is off
+        if not unset and action.default != argparse.SUPPRESS and "%(default)" not in text:
             notes.append("default: %(default)r")
         return f"{text} ({'; '.join(notes)})" if notes else text
 
@@ -843,10 +844,11 @@ def _key_help(key: str, default: Any) -> str:
     doc = f.metadata.get("doc", "")
     if f.metadata.get("choices"):
         doc += f" ({' | '.join(f.metadata['choices'])})"
-    if f.metadata.get("check"):
-        doc += f" ({f.metadata['check'].describe()})"
     shown = "unset" if default is None else repr(default)
-    return f"{doc} ({_type_name(_key_type(key))}, default {shown})"
+    notes = [_type_name(_key_type(key)), f"default {shown}"]
+    if f.metadata.get("check"):
+        notes.insert(1, f.metadata["check"].describe())
+    return f"{doc} ({', '.join(notes)})"
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
