@@ -49,10 +49,11 @@ class Range:
         return bool(above and below)
 
     def describe(self, finite: bool = False) -> str:
-        """'positive', '>= 1', 'in [0, 1)'; with `finite`, 'a finite number >= 0' and so on."""
+        """'positive', '>= 1', 'in [0, 1)'; with `finite` (a float option), 'a positive number',
+        'a finite number >= 0' and so on."""
         lo, hi = (f"{b:g}" if b is not None else "" for b in (self.lo, self.hi))
         if self.hi is None and self.lo == 0 and self.lo_open:
-            return "a finite positive number" if finite else "positive"
+            return "a positive number" if finite else "positive"
         if self.hi is None:
             text = f"{'>' if self.lo_open else '>='} {lo}"
         elif self.lo is None:
@@ -565,13 +566,23 @@ def _build(
             put(section, key, raw, source, from_cli=False)
     for dotted, raw, shown in given:
         section, _, key = dotted.partition(".")
-        put(section, key, raw, shown.split(" ")[0].split("=")[0], from_cli=True)
+        put(section, key, raw, _option(shown), from_cli=True)
 
     built: dict[str, Any] = {}
     for section, cls in sections.items():
         built[section] = cls(**values[section])
     cfg = Config(**built)
-    return cfg, problems + _validate(cfg)
+    # A rule broken by a value given under a short flag names the flag too: "--strategy: ...".
+    flags = {k: flag for k, _, shown in given if (flag := _option(shown)) != f"--{k}"}
+    for problem in _validate(cfg):
+        key = problem[1:].partition("'")[0] if problem.startswith("'") else ""
+        problems.append(f"{flags[key]}: {problem}" if key in flags else problem)
+    return cfg, problems
+
+
+def _option(shown: str) -> str:
+    """The option of a setting as typed: "--device cpu" -> "--device"."""
+    return shown.split(" ")[0].split("=")[0]
 
 
 def _join(problems: list[str]) -> str:
@@ -702,7 +713,7 @@ def parse_verb_args(
             merged = {**toml.get(section, {}), **table} if isinstance(table, dict) else table
             toml[section] = merged
         source = config_path
-    problems = _conflicts(given, aliases) + _option_problems(parser, args)
+    problems = _conflicts(given) + _option_problems(parser, args)
     cfg, config_problems = _build(toml, given, source, allowed, parser.prog)
     problems += config_problems
     if problems:
@@ -710,21 +721,18 @@ def parse_verb_args(
     reverse = {key: flag for flag, key in aliases.items()}
     args.config_flags = {key: reverse.get(key, f"--{key}") for key in allowed}
     for key, _, shown in given:
-        args.config_flags[key] = shown.split(" ")[0].split("=")[0]
+        args.config_flags[key] = _option(shown)
     return cfg, args
 
 
-def _conflicts(given: list[_Given], aliases: dict[str, str]) -> list[str]:
+def _conflicts(given: list[_Given]) -> list[str]:
     """One line per setting given both as an alias and as its key, with different values."""
     problems = []
     for key in dict.fromkeys(k for k, _, _ in given):
-        last: dict[bool, tuple[str, str]] = {}  # by "spelled with the dotted key" -> (raw, shown)
+        last: dict[bool, tuple[str, str]] = {}  # spelled as the dotted key? -> (raw, shown)
         for k, raw, shown in given:
             if k == key:
-                last[f".{key.partition('.')[2]}" in shown.split(" ")[0].split("=")[0]] = (
-                    raw,
-                    shown,
-                )
+                last[_option(shown) in (f"--{key}", f"--no-{key}")] = (raw, shown)
         if len(last) < 2:
             continue
         try:

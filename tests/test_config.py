@@ -485,3 +485,12 @@ def test_verb_help_shows_defaults(module: str) -> None:
         assert "--device DEVICE, --train.device DEVICE" in out
     else:
         assert "--overwrite" in out and "settings shared" not in out  # takes none
+
+
+def test_a_rule_broken_under_a_short_flag_names_the_flag() -> None:
+    with pytest.raises(UserError, match=r"^'eval.every' must be >= 0, got -1$"):  # as train.py
+        _verb(["--eval.every=-1"], **VERB)
+    settings = {"keys": ("dist.strategy",), "aliases": {"--strategy": "dist.strategy"}}
+    with pytest.raises(UserError) as e:
+        _verb(["--strategy", "zero3"], **settings)
+    assert str(e.value) == "--strategy: 'dist.strategy' must be one of ddp, fsdp, got 'zero3'"
