@@ -1,14 +1,20 @@
 """Typed run configuration: frozen dataclasses per section, TOML files, dotted CLI overrides.
 
 Precedence: dataclass defaults < TOML file (`--config FILE`) < CLI (`--optim.lr=3e-4` or
-`--optim.lr 3e-4`). Every problem (unknown key, wrong type, bad value) is collected and reported
-at once, one line each, naming the key and the closest valid one. `--help` lists every field.
+`--optim.lr 3e-4`; a boolean alone, `--train.compile`, is true and `--no-train.compile` false).
+Every problem (unknown key, wrong type, bad value) is collected and reported at once, one line
+each, naming the key and the closest valid one. `--help` lists every field with its default.
 
-Each component receives only its own section (STYLE.md principle 3).
+A field's allowed values (`choices`, a `Range`) are declared beside it in `_f`; `_validate` reads
+them and adds the cross-field rules. Every verb (evaluate, sample, plan, ...) reads the settings it
+shares with training through the same parser (`parse_verb_args`), spelled the same way.
+
+Each component receives only its own section, never the whole run config.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
@@ -22,21 +28,67 @@ from typing import Any
 
 from gpt2repro.errors import DEBUG_HELP, UserError
 
+# The compute precisions (precision.autocast_dtype reads them; train.dtype, evaluate's and the
+# benchmarks' options offer them).
+DTYPES = ("auto", "bfloat16", "float32")
 
-def _f(default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field with a one-line doc (shown by --help) and optional allowed values."""
-    return field(default=default, metadata={"doc": doc, "choices": choices})
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a setting allows: `lo` <= v (`lo` < v when `lo_open`), v <= `hi` (< when
+    `hi_open`); None = unbounded on that side. NaN is in no range."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        above = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return bool(above and below)
+
+    def describe(self, finite: bool = False) -> str:
+        """'positive', '>= 1', 'in [0, 1)'; with `finite` (a float option), 'a positive number',
+        'a finite number >= 0' and so on."""
+        lo, hi = (f"{b:g}" if b is not None else "" for b in (self.lo, self.hi))
+        if self.hi is None and self.lo == 0 and self.lo_open:
+            return "a positive number" if finite else "positive"
+        if self.hi is None:
+            text = f"{'>' if self.lo_open else '>='} {lo}"
+        elif self.lo is None:
+            text = f"{'<' if self.hi_open else '<='} {hi}"
+        else:
+            text = f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+        return f"a finite number {text}" if finite else text
+
+
+POSITIVE = Range(lo=0, lo_open=True)
+NON_NEGATIVE = Range(lo=0)
+AT_LEAST_1 = Range(lo=1)
+BELOW_1 = Range(lo=0, hi=1, hi_open=True)  # [0, 1): Adam's betas
+FRACTION = Range(lo=0, hi=1)  # [0, 1]
+
+
+def _f(
+    default: Any, doc: str, choices: tuple[str, ...] | None = None, check: Range | None = None
+) -> Any:
+    """A dataclass field with a one-line doc (shown by --help) and its allowed values: `choices`
+    for a string, `check` for a number. `_validate` enforces both, naming the key."""
+    return field(default=default, metadata={"doc": doc, "choices": choices, "check": check})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    n_layer: int = _f(12, "number of transformer blocks")
-    n_head: int = _f(12, "attention heads per block")
-    n_embd: int = _f(768, "embedding / residual width C")
-    block_size: int = _f(1024, "maximum context length (learned positions)")
-    vocab_size: int = _f(50257, "tokenizer vocabulary size (GPT-2: 50257)")
+    n_layer: int = _f(12, "number of transformer blocks", check=POSITIVE)
+    n_head: int = _f(12, "attention heads per block", check=POSITIVE)
+    n_embd: int = _f(768, "embedding / residual width C", check=POSITIVE)
+    block_size: int = _f(1024, "maximum context length (learned positions)", check=POSITIVE)
+    vocab_size: int = _f(50257, "tokenizer vocabulary size (GPT-2: 50257)", check=POSITIVE)
     pad_vocab_multiple: int = _f(
-        1, "pad the embedding/lm_head rows to a multiple of this (128 -> 50304); 1 = no padding"
+        1,
+        "pad the embedding/lm_head rows to a multiple of this (128 -> 50304); 1 = no padding",
+        check=POSITIVE,
     )
 
     @property
@@ -56,16 +108,18 @@ LOSS_CHUNK_ROWS = 1024
 
 @dataclass(frozen=True)
 class TrainConfig:
-    seq_len: int = _f(1024, "tokens per training sequence T")
-    micro_batch_size: int = _f(64, "sequences per micro-step per process B")
-    total_batch_tokens: int = _f(524288, "tokens per optimizer step, all processes together")
-    max_steps: int = _f(18865, "optimizer steps in the run")
+    seq_len: int = _f(1024, "tokens per training sequence T", check=POSITIVE)
+    micro_batch_size: int = _f(64, "sequences per micro-step per process B", check=POSITIVE)
+    total_batch_tokens: int = _f(
+        524288, "tokens per optimizer step, all processes together", check=POSITIVE
+    )
+    max_steps: int = _f(18865, "optimizer steps in the run", check=POSITIVE)
     seed: int = _f(1337, "seed for init, data order and sampling")
     compile: bool | None = _f(None, "torch.compile the model (unset = on for CUDA, off otherwise)")
     dtype: str = _f(
         "auto",
         "compute precision (auto = bfloat16 autocast on CUDA, float32 elsewhere)",
-        ("auto", "bfloat16", "float32"),
+        DTYPES,
     )
     device: str = _f("auto", "cuda, mps, cpu or auto")
     activation_checkpointing: bool = _f(False, "recompute each block in backward to save memory")
@@ -73,39 +127,60 @@ class TrainConfig:
         LOSS_CHUNK_ROWS,
         "rows per chunk of the fused linear + cross-entropy (the [B*T, vocab] logits are never "
         "held at once); 0 = full logits then cross-entropy",
+        check=NON_NEGATIVE,
     )
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = _f(6e-4, "peak learning rate")
-    min_lr: float = _f(0.0, "learning rate at the end of the decay")
-    warmup_steps: int = _f(700, "linear warmup steps from 0 to lr")
+    lr: float = _f(6e-4, "peak learning rate", check=POSITIVE)
+    min_lr: float = _f(0.0, "learning rate at the end of the decay", check=NON_NEGATIVE)
+    warmup_steps: int = _f(700, "linear warmup steps from 0 to lr", check=NON_NEGATIVE)
     schedule: str = _f("cosine", "decay after warmup", ("cosine", "linear", "wsd", "constant"))
-    decay_frac: float = _f(0.2, "wsd only: fraction of steps spent in the final linear decay")
-    weight_decay: float = _f(0.1, "AdamW weight decay on >= 2-D parameters only")
-    beta1: float = _f(0.9, "AdamW beta1")
-    beta2: float = _f(0.95, "AdamW beta2")
-    eps: float = _f(1e-8, "AdamW epsilon")
-    grad_clip: float = _f(1.0, "clip the global grad norm to this; 0 = off")
+    decay_frac: float = _f(
+        0.2, "wsd only: fraction of steps spent in the final linear decay", check=FRACTION
+    )
+    weight_decay: float = _f(
+        0.1, "AdamW weight decay on >= 2-D parameters only", check=NON_NEGATIVE
+    )
+    beta1: float = _f(0.9, "AdamW beta1", check=BELOW_1)
+    beta2: float = _f(0.95, "AdamW beta2", check=BELOW_1)
+    eps: float = _f(1e-8, "AdamW epsilon", check=POSITIVE)
+    grad_clip: float = _f(1.0, "clip the global grad norm to this; 0 = off", check=NON_NEGATIVE)
     fused: bool | None = _f(None, "fused AdamW kernel (unset = on for CUDA)")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = _f(250, "validation loss every N steps (and at the last step); 0 = never")
-    val_tokens: int = _f(10485760, "validation token budget: the first N tokens of the val shards")
-    hellaswag_every: int = _f(0, "HellaSwag every N steps (and at the last step); 0 = never")
+    every: int = _f(
+        250, "validation loss every N steps (and at the last step); 0 = never", check=NON_NEGATIVE
+    )
+    val_tokens: int = _f(
+        10485760,
+        "validation token budget: the first N tokens of the val shards",
+        check=NON_NEGATIVE,
+    )
+    hellaswag_every: int = _f(
+        0, "HellaSwag every N steps (and at the last step); 0 = never", check=NON_NEGATIVE
+    )
     hellaswag_file: str = _f("", "path to hellaswag_val.jsonl (data_prep/hellaswag.py)")
-    hellaswag_limit: int = _f(0, "score only the first N examples; 0 = all")
-    batch_examples: int = _f(16, "HellaSwag examples per forward pass (4 rows each)")
-    batch_size: int = _f(0, "validation sequences per forward pass; 0 = train.micro_batch_size")
+    hellaswag_limit: int = _f(0, "score only the first N examples; 0 = all", check=NON_NEGATIVE)
+    batch_examples: int = _f(
+        16, "HellaSwag examples per forward pass (4 rows each)", check=POSITIVE
+    )
+    batch_size: int = _f(
+        0, "validation sequences per forward pass; 0 = train.micro_batch_size", check=NON_NEGATIVE
+    )
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = _f(1000, "write a checkpoint every N steps (and at the end); 0 = only at the end")
-    keep_last: int = _f(3, "keep the newest N checkpoints; 0 = keep all")
+    every: int = _f(
+        1000,
+        "write a checkpoint every N steps (and at the end); 0 = only at the end",
+        check=NON_NEGATIVE,
+    )
+    keep_last: int = _f(3, "keep the newest N checkpoints; 0 = keep all", check=NON_NEGATIVE)
     resume: str = _f(
         "auto",
         "auto = continue from the newest valid checkpoint; never = refuse a run dir that has "
@@ -122,12 +197,12 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    every: int = _f(10, "console/metrics line every N steps")
+    every: int = _f(10, "console/metrics line every N steps", check=POSITIVE)
     wandb_mode: str = _f("disabled", "wandb mode", ("online", "offline", "disabled"))
     wandb_project: str = _f("gpt2repro", "wandb project")
     wandb_run_name: str = _f("", "wandb run name (default: the run directory's name)")
     sample_every: int = _f(0, "print a text sample every N steps; 0 = never")
-    sample_tokens: int = _f(64, "tokens per sample")
+    sample_tokens: int = _f(64, "tokens per sample", check=POSITIVE)
     sample_prompt: str = _f("Hello, I'm a language model,", "prompt for samples")
     report: bool = _f(
         True, "rewrite RUN_DIR/report.html after each evaluation: a live dashboard (docs/report.md)"
@@ -139,11 +214,15 @@ class GuardConfig:
     nonfinite: str = _f(
         "skip", "a NaN/Inf loss or grad norm: skip the update or stop the run", ("skip", "stop")
     )
-    max_skipped: int = _f(100, "stop the run after this many skipped updates")
+    max_skipped: int = _f(100, "stop the run after this many skipped updates", check=POSITIVE)
     spike_zscore: float = _f(
-        0.0, "skip an update whose loss is this many std devs above the running mean; 0 = off"
+        0.0,
+        "skip an update whose loss is this many std devs above the running mean; 0 = off",
+        check=NON_NEGATIVE,
     )
-    spike_window: int = _f(100, "steps in the running loss statistics for the spike guard")
+    spike_window: int = _f(
+        100, "steps in the running loss statistics for the spike guard", check=POSITIVE
+    )
 
 
 @dataclass(frozen=True)
@@ -163,7 +242,7 @@ class DistConfig:
         "all-gather",
     )
     bucket_cap_mb: float = _f(
-        25.0, "ddp: gradient all-reduce bucket size in MiB (torch's default 25)"
+        25.0, "ddp: gradient all-reduce bucket size in MiB (torch's default 25)", check=POSITIVE
     )
     grad_compression: str = _f(
         "none",
@@ -338,40 +417,98 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
 
 
-def _split_cli(argv: list[str]) -> tuple[str | None, list[tuple[str, str]], list[str]]:
-    """Pull `--config FILE` and `--section.key[=]value` pairs out of argv; return the rest."""
+def _key_type(key: str) -> Any | None:
+    """The declared type of dotted `key`, or None when there is no such key."""
+    section, _, name = key.partition(".")
+    cls = _sections().get(section)
+    return _field_types(cls).get(name) if cls is not None else None
+
+
+def _is_bool_key(key: str) -> bool:
+    tp = _key_type(key)
+    return tp is not None and _base_type(tp) is bool
+
+
+# (dotted key, raw value, the option as the user typed it, e.g. "--device cpu")
+_Given = tuple[str, str, str]
+
+
+def _split_cli(
+    argv: list[str], aliases: dict[str, str] | None = None
+) -> tuple[str | None, list[_Given], list[str]]:
+    """Pull `--config FILE` and the settings out of argv; return (file, settings, the rest).
+
+    A setting is `--section.key=VALUE` or `--section.key VALUE`, or a short flag of `aliases`
+    (e.g. {"--device": "train.device"}) spelled the same ways. A boolean alone means true
+    (`--train.compile`), `--no-train.compile` false; `--train.compile false` still reads the word.
+    """
+    aliases = aliases or {}
     config_path: str | None = None
-    overrides: list[tuple[str, str]] = []
+    given: list[_Given] = []
     rest: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--config" or arg.startswith("--config="):
-            if "=" in arg:
-                config_path = arg.split("=", 1)[1]
-            else:
-                if i + 1 >= len(argv):
-                    raise UserError(
-                        "--config needs a file path, e.g. --config configs/gpt2_124m.toml"
-                    )
-                config_path = argv[i + 1]
-                i += 1
-        elif arg.startswith("--") and "." in arg.split("=", 1)[0]:
-            key = arg[2:]
-            if "=" in key:
-                key, value = key.split("=", 1)
-            else:
-                # The next argument is the value, unless it is another option: then this one
-                # has none (negative numbers like -1 are values).
-                if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                    raise UserError(f"{arg} needs a value, e.g. {arg}=VALUE")
-                value = argv[i + 1]
-                i += 1
-            overrides.append((key, value))
-        else:
+        name, eq, inline = arg.partition("=")
+        if name == "--config":
+            if not eq and i + 1 >= len(argv):
+                raise UserError("--config needs a file path, e.g. --config configs/gpt2_124m.toml")
+            config_path = inline if eq else argv[i + 1]
+            i += 1 if eq else 2
+            continue
+        key, negated = _setting_named(name, aliases)
+        if key is None:
             rest.append(arg)
+            i += 1
+            continue
+        shown = arg
+        if negated:
+            if eq:
+                raise UserError(f"{name} takes no value; write --{key}={inline} instead")
+            value = "false"
+        elif eq:
+            value = inline
+        elif _is_bool_key(key):
+            # A bare boolean is true; a word after it is its value only if it reads as one, so
+            # `--train.compile data/dir` leaves the positional argument alone.
+            words = _TRUE | _FALSE | (_UNSET if _is_optional(_key_type(key)) else set())
+            value = "true"
+            if i + 1 < len(argv) and argv[i + 1].strip().lower() in words:
+                value, shown = argv[i + 1], f"{arg} {argv[i + 1]}"
+                i += 1
+        else:
+            # The next argument is the value, unless it is another option: then this one
+            # has none (negative numbers like -1 are values).
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise UserError(f"{arg} needs a value, e.g. {arg}=VALUE")
+            value, shown = argv[i + 1], f"{arg} {argv[i + 1]}"
+            i += 1
+        given.append((key, value, shown))
         i += 1
-    return config_path, overrides, rest
+    return config_path, given, rest
+
+
+def _setting_named(option: str, aliases: dict[str, str]) -> tuple[str | None, bool]:
+    """(dotted key, negated) for an option spelling a setting, e.g. `--no-device` -> ("train.
+    device", True) when --device is an alias of a boolean; (None, False) for anything else."""
+    if not option.startswith("--"):
+        return None, False
+    body = option[2:]
+    if option in aliases:
+        return aliases[option], False
+    if "." in body and not body.startswith("no-"):
+        return body, False
+    if body.startswith("no-"):
+        key = aliases.get(f"--{body[3:]}") or (body[3:] if "." in body else None)
+        if key is None:
+            return None, False
+        if _key_type(key) is not None and not _is_bool_key(key):
+            raise UserError(
+                f"{option}: '{key}' is {_type_name(_key_type(key))}, not a boolean; "
+                f"write --{key}=VALUE"
+            )
+        return key, True
+    return None, False
 
 
 def build_config(
@@ -380,6 +517,22 @@ def build_config(
     source: str = "config",
 ) -> Config:
     """Defaults < `toml` (nested dict) < `overrides` ([("optim.lr", "3e-4")]); validated."""
+    given = [(key, raw, f"--{key}") for key, raw in overrides or []]
+    cfg, problems = _build(toml or {}, given, source)
+    if problems:
+        raise UserError(_join(problems))
+    return cfg
+
+
+def _build(
+    toml: dict[str, Any],
+    given: list[_Given],
+    source: str,
+    allowed: tuple[str, ...] | None = None,
+    prog: str = "",
+) -> tuple[Config, list[str]]:
+    """The config and its problems, one line each. `allowed`: the only keys the command line may
+    set (a verb's settings; None = all, as in train.py), `prog` names the verb."""
     sections = _sections()
     values: dict[str, dict[str, Any]] = {name: {} for name in sections}
     problems: list[str] = []
@@ -395,6 +548,10 @@ def build_config(
             guess = _suggest_key(section, key, sections)
             problems.append(f"{where}: unknown key '{section}.{key}' (did you mean '{guess}'?)")
             return
+        if from_cli and allowed is not None and f"{section}.{key}" not in allowed:
+            takes = f"its settings: {', '.join(allowed)}" if allowed else "it takes none"
+            problems.append(f"{where}: {prog} does not use '{section}.{key}' ({takes})")
+            return
         try:
             values[section][key] = _coerce(raw, ftypes[key], from_cli)
         except (ValueError, TypeError):
@@ -402,7 +559,7 @@ def build_config(
                 f"{where}: '{section}.{key}' must be {_type_name(ftypes[key])}, got {raw!r}"
             )
 
-    for section, table in (toml or {}).items():
+    for section, table in toml.items():
         if not isinstance(table, dict):
             problems.append(
                 f"{source}: top-level key '{section}' must be a [section] table "
@@ -411,63 +568,55 @@ def build_config(
             continue
         for key, raw in table.items():
             put(section, key, raw, source, from_cli=False)
-    for dotted, raw in overrides or []:
+    for dotted, raw, shown in given:
         section, _, key = dotted.partition(".")
-        put(section, key, raw, f"--{dotted}", from_cli=True)
+        put(section, key, raw, _option(shown), from_cli=True)
 
     built: dict[str, Any] = {}
     for section, cls in sections.items():
         built[section] = cls(**values[section])
     cfg = Config(**built)
-    problems.extend(_validate(cfg))
-    if problems:
-        raise UserError("\n".join(problems) if len(problems) == 1 else _join(problems))
-    return cfg
+    # A rule broken by a value given under a short flag names the flag too: "--strategy: ...".
+    flags = {k: flag for k, _, shown in given if (flag := _option(shown)) != f"--{k}"}
+    for problem in _validate(cfg):
+        key = problem[1:].partition("'")[0] if problem.startswith("'") else ""
+        problems.append(f"{flags[key]}: {problem}" if key in flags else problem)
+    return cfg, problems
+
+
+def _option(shown: str) -> str:
+    """The option of a setting as typed: "--device cpu" -> "--device"."""
+    return shown.split(" ")[0].split("=")[0]
 
 
 def _join(problems: list[str]) -> str:
+    """One problem as its line; several as a count and an indented line each."""
+    if len(problems) == 1:
+        return problems[0]
     return f"{len(problems)} config problems:\n  " + "\n  ".join(problems)
 
 
-# Range rules, by dotted key (cross-field rules are in _validate).
-_POSITIVE = (
-    "model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.vocab_size",
-    "model.pad_vocab_multiple", "train.seq_len", "train.micro_batch_size",
-    "train.total_batch_tokens", "train.max_steps", "optim.lr", "optim.eps",
-    "eval.batch_examples", "guard.max_skipped", "guard.spike_window", "log.every",
-    "log.sample_tokens", "dist.bucket_cap_mb",
-)  # fmt: skip
-_NON_NEGATIVE = (
-    "optim.warmup_steps", "eval.every", "eval.val_tokens", "eval.hellaswag_every",
-    "checkpoint.every", "checkpoint.keep_last", "eval.hellaswag_limit", "optim.min_lr",
-    "train.loss_chunk", "eval.batch_size",
-    "optim.weight_decay", "optim.grad_clip", "guard.spike_zscore",
-)  # fmt: skip
-_BETWEEN_0_AND_1 = ("optim.beta1", "optim.beta2")  # 0 <= x < 1
-
-
-def _value(cfg: Config, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
+def _field_problem(f: dataclasses.Field, v: Any) -> str | None:
+    """What is wrong with value `v` of field `f` by the rules declared beside it, or None."""
+    choices, check = f.metadata.get("choices"), f.metadata.get("check")
+    if choices and v not in choices:
+        return f"must be one of {', '.join(choices)}, got {v!r}"
+    if isinstance(v, float) and not math.isfinite(v):  # TOML can spell nan and inf; the CLI not
+        return f"must be a finite number, got {v}"
+    if check is not None and v is not None and v not in check:
+        return f"must be {check.describe()}, got {v}"
+    return None
 
 
 def _validate(cfg: Config) -> list[str]:
-    """Check allowed values and cross-field rules; return one line per problem."""
+    """Check each field's declared rules, then the cross-field ones; one line per problem."""
     problems: list[str] = []
     for sname, cls in _sections().items():
         section = getattr(cfg, sname)
         for f in dataclasses.fields(cls):
-            choices = f.metadata.get("choices")
-            v = getattr(section, f.name)
-            if choices and v not in choices:
-                problems.append(
-                    f"'{sname}.{f.name}' must be one of {', '.join(choices)}, got {v!r}"
-                )
-    problems += [
-        f"'{key}' must be positive, got {_value(cfg, key)}"
-        for key in _POSITIVE
-        if _value(cfg, key) <= 0
-    ]
+            problem = _field_problem(f, getattr(section, f.name))
+            if problem:
+                problems.append(f"'{sname}.{f.name}' {problem}")
     model_cfg, train_cfg, optim_cfg = cfg.model, cfg.train, cfg.optim
     if model_cfg.n_head > 0 and model_cfg.n_embd % model_cfg.n_head != 0:
         n_head, n_embd = model_cfg.n_head, model_cfg.n_embd
@@ -487,34 +636,21 @@ def _validate(cfg: Config) -> list[str]:
             f"'dist.grad_compression' ({cfg.dist.grad_compression}) applies to dist.strategy=ddp "
             f"only, not {cfg.dist.strategy}; remove it or set --dist.strategy=ddp"
         )
-    if not 0.0 <= optim_cfg.decay_frac <= 1.0:
-        problems.append(f"'optim.decay_frac' must be in [0, 1], got {optim_cfg.decay_frac}")
-    problems += [
-        f"'{key}' must be >= 0, got {_value(cfg, key)}"
-        for key in _NON_NEGATIVE
-        if _value(cfg, key) < 0
-    ]
-    problems += [
-        f"'{key}' must be in [0, 1), got {_value(cfg, key)}"
-        for key in _BETWEEN_0_AND_1
-        if not 0.0 <= _value(cfg, key) < 1.0
-    ]
-    for sname, section in to_dict(cfg).items():  # TOML can spell nan and inf; the CLI cannot
-        for key, v in section.items():
-            if isinstance(v, float) and not math.isfinite(v):
-                problems.append(f"'{sname}.{key}' must be a finite number, got {v}")
     return problems
 
 
 def load_config(argv: list[str]) -> tuple[Config, list[str]]:
     """Parse `--config FILE` and dotted overrides from argv; return (config, unparsed args)."""
-    config_path, overrides, rest = _split_cli(argv)
+    config_path, given, rest = _split_cli(argv)
     toml: dict[str, Any] = {}
     source = "config"
     if config_path is not None:
         toml = _read_toml(Path(config_path))
         source = config_path
-    return build_config(toml, overrides, source), rest
+    cfg, problems = _build(toml, given, source)
+    if problems:
+        raise UserError(_join(problems))
+    return cfg, rest
 
 
 def reject_unknown_args(rest: list[str]) -> None:
@@ -527,6 +663,204 @@ def reject_unknown_args(rest: list[str]) -> None:
         raise UserError(
             f"unknown argument {rest[0]!r}: options look like --section.key=value (see --help)"
         )
+
+
+# --------------------------------------------------------------------------- verbs' command lines
+
+
+def parse_verb_args(
+    argv: list[str],
+    parser: argparse.ArgumentParser,
+    *,
+    keys: tuple[str, ...] = (),
+    sections: tuple[str, ...] = (),
+    aliases: dict[str, str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    config_file: bool = False,
+) -> tuple[Config, argparse.Namespace]:
+    """A verb's command line: the config settings it shares with training, read by train.py's
+    parser and spelled as there (`--train.device=cpu`), and its own flags, read by `parser`.
+
+    keys / sections: the settings the verb reads (a dotted key, or every key of a section); any
+    other key on the command line is refused, an unknown one naming the closest. aliases: short
+    flags that are the same setting, e.g. {"--device": "train.device"}: listed beside the key in
+    --help, and giving both with different values is an error. defaults: the verb's own defaults
+    for its settings (below --config's TOML and the command line). config_file: whether
+    `--config FILE.toml` is taken. Flags added with `add_option(..., check=...)` are checked too.
+    Returns (config, namespace); `namespace.config_flags` maps each setting to the option that
+    spelled it (for messages such as dist.pick_device's).
+    """
+    aliases = aliases or {}
+    allowed = tuple(
+        dict.fromkeys(
+            list(keys) + [f"{s}.{k}" for s in sections for k in _field_types(_sections()[s])]
+        )
+    )
+    assert set(aliases.values()) <= set(allowed), (aliases, allowed)
+    _add_settings_help(parser, allowed, aliases, defaults or {}, config_file)
+    if "-h" in argv or "--help" in argv:
+        parser.parse_args(["--help"])  # prints and exits, whatever else is on the line
+    config_path, given, rest = _split_cli(argv, aliases)
+    if config_path is not None and not config_file:
+        raise UserError(
+            f"--config: {parser.prog} takes no config file; give its settings on the command "
+            "line (see --help)"
+        )
+    args = parser.parse_args(rest)
+    toml: dict[str, Any] = {}
+    for key, value in (defaults or {}).items():
+        section, _, name = key.partition(".")
+        toml.setdefault(section, {})[name] = value
+    source = "config"
+    if config_path is not None:
+        for section, table in _read_toml(Path(config_path)).items():
+            merged = {**toml.get(section, {}), **table} if isinstance(table, dict) else table
+            toml[section] = merged
+        source = config_path
+    problems = _conflicts(given) + _option_problems(parser, args)
+    cfg, config_problems = _build(toml, given, source, allowed, parser.prog)
+    problems += config_problems
+    if problems:
+        raise UserError(_join(problems))
+    reverse = {key: flag for flag, key in aliases.items()}
+    args.config_flags = {key: reverse.get(key, f"--{key}") for key in allowed}
+    for key, _, shown in given:
+        args.config_flags[key] = _option(shown)
+    return cfg, args
+
+
+def _conflicts(given: list[_Given]) -> list[str]:
+    """One line per setting given both as an alias and as its key, with different values."""
+    problems = []
+    for key in dict.fromkeys(k for k, _, _ in given):
+        last: dict[bool, tuple[str, str]] = {}  # spelled as the dotted key? -> (raw, shown)
+        for k, raw, shown in given:
+            if k == key:
+                last[_option(shown) in (f"--{key}", f"--no-{key}")] = (raw, shown)
+        if len(last) < 2:
+            continue
+        try:
+            values = {_coerce(raw, _key_type(key), from_cli=True) for raw, _ in last.values()}
+        except (ValueError, TypeError):
+            continue  # the type error is reported on its own
+        if len(values) > 1:
+            short, dotted = last[False][1], last[True][1]
+            problems.append(
+                f"{short} and {dotted} set the same setting ({key}) to different values; give it once"
+            )
+    return problems
+
+
+def add_option(
+    parser: argparse.ArgumentParser | argparse._ActionsContainer,
+    *flags: str,
+    check: Range | None = None,
+    **kwargs: Any,
+) -> argparse.Action:
+    """`parser.add_argument(*flags, **kwargs)` plus the values it allows, declared beside it:
+    `parse_verb_args` refuses any other in one line naming the flag (unset = not checked)."""
+    action = parser.add_argument(*flags, **kwargs)
+    action.check = check  # type: ignore[attr-defined]  # read by _option_problems
+    return action
+
+
+def _option_problems(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    problems = []
+    for action in parser._actions:  # argparse keeps no public list of a parser's options
+        check = getattr(action, "check", None)
+        v = getattr(args, action.dest, None)
+        if check is None or v is None:
+            continue
+        finite = isinstance(v, float)
+        if v not in check or (finite and not math.isfinite(v)):
+            problems.append(f"{action.option_strings[0]} must be {check.describe(finite)}, got {v}")
+    return problems
+
+
+class ShowDefaults(argparse.RawDescriptionHelpFormatter):
+    """--help with each option's default (descriptions and epilogs kept as written)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if isinstance(action, _SettingHelp) or not action.option_strings:
+            return text  # a setting's line carries its default already
+        notes = [check.describe()] if (check := getattr(action, "check", None)) else []
+        unset = action.default is None or action.default is False  # a flag that is off
+        if not unset and action.default != argparse.SUPPRESS and "%(default)" not in text:
+            notes.append("default: %(default)r")
+        return f"{text} ({'; '.join(notes)})" if notes else text
+
+
+class _SettingHelp(argparse.Action):
+    """The --help entry of a config setting. Its value is read before argparse runs (by
+    `_split_cli`, as in train.py), so argparse reaches this only for an abbreviated option."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        raise UserError(
+            f"{option_string}: write the option in full ({', '.join(self.option_strings)})"
+        )
+
+
+def _add_settings_help(
+    parser: argparse.ArgumentParser,
+    allowed: tuple[str, ...],
+    aliases: dict[str, str],
+    defaults: dict[str, Any],
+    config_file: bool,
+) -> None:
+    """List the verb's config settings in its --help, each with type, default and aliases."""
+    if not allowed and not config_file:
+        return
+    group = parser.add_argument_group(
+        "settings shared with training (spelled as in train.py; a boolean alone is true, "
+        "--no-KEY false)"
+    )
+    if config_file and "--config" not in parser._option_string_actions:
+        group.add_argument(
+            "--config",
+            metavar="FILE",
+            action=_SettingHelp,
+            default=argparse.SUPPRESS,
+            help="a run's TOML (below the command line)",
+        )
+    for key in allowed:
+        short = [flag for flag, k in aliases.items() if k == key]
+        flags = [*short, f"--{key}"]
+        if _is_bool_key(key):
+            flags += [f"--no-{flag[2:]}" for flag in flags]
+        group.add_argument(
+            *flags,
+            action=_SettingHelp,
+            nargs=0 if _is_bool_key(key) else None,
+            metavar=None if _is_bool_key(key) else key.partition(".")[2].upper(),
+            default=argparse.SUPPRESS,
+            dest=f"setting:{key}",
+            help=_key_help(key, defaults.get(key, _field(key).default)).replace("%", "%%"),
+        )
+
+
+def _field(key: str) -> dataclasses.Field:
+    section, _, name = key.partition(".")
+    return next(f for f in dataclasses.fields(_sections()[section]) if f.name == name)
+
+
+def _key_help(key: str, default: Any) -> str:
+    """'doc (a | b) (type, default x)': one setting's line in every --help."""
+    f = _field(key)
+    doc = f.metadata.get("doc", "")
+    if f.metadata.get("choices"):
+        doc += f" ({' | '.join(f.metadata['choices'])})"
+    shown = "unset" if default is None else repr(default)
+    notes = [_type_name(_key_type(key)), f"default {shown}"]
+    if f.metadata.get("check"):
+        notes.insert(1, f.metadata["check"].describe())
+    return f"{doc} ({', '.join(notes)})"
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
@@ -564,22 +898,15 @@ def help_text(prog: str = "train.py") -> str:
     out = [
         f"usage: {prog} [--config FILE.toml] [--section.key=VALUE ...]",
         "",
-        "Precedence: defaults < --config TOML < command-line overrides.",
+        "Precedence: defaults < --config TOML < command-line overrides. A boolean alone is",
+        "true (--train.compile), --no-KEY false (--no-train.compile).",
     ]
     for sname, cls in _sections().items():
         out.append("")
         out.append(f"[{sname}]")
-        ftypes = _field_types(cls)
         for f in dataclasses.fields(cls):
-            default = f.default
-            shown = "unset" if default is None else repr(default)
-            doc = f.metadata.get("doc", "")
-            choices = f.metadata.get("choices")
-            if choices:
-                doc += f" ({' | '.join(choices)})"
-            out.append(
-                f"  --{sname}.{f.name}  ({_type_name(ftypes[f.name])}, default {shown})  {doc}"
-            )
+            key = f"{sname}.{f.name}"
+            out.append(f"  --{key}  {_key_help(key, f.default)}")
     out.append(f"\n  --debug  {DEBUG_HELP}")
     return "\n".join(out)
 

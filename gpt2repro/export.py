@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 
+from gpt2repro.config import ShowDefaults, parse_verb_args
 from gpt2repro.errors import add_debug_flag, run_cli
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m gpt2repro.export", description=__doc__.split("\n")[0]
+        prog="python -m gpt2repro.export",
+        description=__doc__.split("\n")[0],
+        formatter_class=ShowDefaults,
     )
     add_debug_flag(p)
     p.add_argument("--checkpoint", required=True, help="run dir, checkpoint dir or step dir")
@@ -24,7 +27,7 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--overwrite", action="store_true", help="replace a previous export at --out (only that)"
     )
-    args = p.parse_args(argv)
+    _, args = parse_verb_args(argv, p)  # no settings shared with training: it loads on the CPU
 
     from pathlib import Path
 

@@ -10,7 +10,9 @@ import contextlib
 
 import torch
 
-CHOICES = ("auto", "bfloat16", "float32")
+from gpt2repro.config import DTYPES
+
+CHOICES = DTYPES  # declared once, beside train.dtype
 
 
 def autocast_dtype(choice: str, device: torch.device) -> torch.dtype | None:

@@ -4,8 +4,9 @@
     python -m gpt2repro.sample --hf gpt2 --temperature 0 --max-new-tokens 32 --json
 
 `--checkpoint` takes a run directory (newest checkpoint), its checkpoint directory or one step
-directory. `--temperature 0` is greedy decoding; otherwise top-k sampling at that temperature
-(`--top-k 0` = full distribution). `--seed` makes sampling reproducible on the same device.
+directory. `--device` is training's `--train.device` (either spelling). `--temperature 0` is
+greedy decoding; otherwise top-k sampling at that temperature (`--top-k 0` = full distribution).
+`--seed` makes sampling reproducible on the same device.
 
 `--json` prints one object: `prompt` (str), `prompt_tokens` (list of ids), `tokens` (the generated
 ids only, without the prompt) and `text` (the decoded generated text). With `--num-samples 1`
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from typing import Any
 
 import torch
 
 from gpt2repro import precision
+from gpt2repro.config import AT_LEAST_1, NON_NEGATIVE, ShowDefaults, add_option, parse_verb_args
+from gpt2repro.dist import pick_device
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.hf import load_model_or_hf
 from gpt2repro.model import GPT
@@ -36,18 +38,41 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m gpt2repro.sample",
         description="Generate text with GPT.generate (KV cache) from a checkpoint or an HF GPT-2.",
+        formatter_class=ShowDefaults,
     )
     add_debug_flag(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="run dir, checkpoint dir or step dir of gpt2repro")
     src.add_argument("--hf", help="HF GPT-2: hub name (gpt2 ... gpt2-xl) or save_pretrained dir")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue ('' = <|endoftext|>)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per sample")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (argmax)")
-    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest; 0 = all")
+    add_option(
+        p,
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        check=NON_NEGATIVE,
+        help="tokens to generate per sample",
+    )
+    add_option(
+        p, "--temperature", type=float, default=0.8, check=NON_NEGATIVE, help="0 = greedy (argmax)"
+    )
+    add_option(
+        p,
+        "--top-k",
+        type=int,
+        default=50,
+        check=NON_NEGATIVE,
+        help="sample among the k likeliest; 0 = all",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples (one batch)")
-    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    add_option(
+        p,
+        "--num-samples",
+        type=int,
+        default=1,
+        check=AT_LEAST_1,
+        help="independent samples (one batch)",
+    )
     p.add_argument("--no-kv-cache", action="store_true", help="re-run the full context each step")
     p.add_argument("--json", action="store_true", help="print one JSON object (see module doc)")
     return p
@@ -124,24 +149,11 @@ def complete(
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    problems = []
-    if args.max_new_tokens < 0:
-        problems.append(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if not (args.temperature >= 0 and math.isfinite(args.temperature)):  # NaN fails >= too
-        problems.append(
-            f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}"
-        )
-    if args.top_k < 0:
-        problems.append(f"--top-k must be >= 0 (0 = no top-k), got {args.top_k}")
-    if args.num_samples < 1:
-        problems.append(f"--num-samples must be >= 1, got {args.num_samples}")
-    if problems:
-        raise UserError("; ".join(problems))
-
-    from gpt2repro.dist import pick_device
-
-    device = pick_device(args.device, option="--device")
+    # The one setting sample shares with training: the device, also spelled --device.
+    cfg, args = parse_verb_args(
+        argv, _parser(), keys=("train.device",), aliases={"--device": "train.device"}
+    )
+    device = pick_device(cfg.train.device, option=args.config_flags["train.device"])
     enc = get_encoding()
     prompt_tokens = enc.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [EOT]
     model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=device)

@@ -237,16 +237,67 @@ def test_config_cli_rejects_leftover_arguments(stray: str, capsys: pytest.Captur
     assert captured.err.strip().splitlines() == [f"error: {from_config.value}"]
 
 
-@pytest.mark.parametrize(
-    "key,value,message",
-    [(k, "0", "must be positive") for k in config_module._POSITIVE]
-    + [(k, "-1", "must be >= 0") for k in config_module._NON_NEGATIVE]
-    + [(k, "1", "must be in [0, 1)") for k in config_module._BETWEEN_0_AND_1],
-)
+def _declared_ranges() -> list[tuple[str, str, str]]:
+    """(key, a value just outside its declared range, the message) for every checked field."""
+    cases = []
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
+            check = f.metadata.get("check")
+            if check is None:
+                continue
+            if check.lo is not None:
+                bad = check.lo if check.lo_open else check.lo - 1
+            else:
+                bad = check.hi if check.hi_open else check.hi + 1
+            cases.append((f"{section.name}.{f.name}", f"{bad:g}", f"must be {check.describe()}"))
+    return cases
+
+
+def test_the_declared_ranges_are_the_published_rules() -> None:
+    """The rules as they stood before they moved beside their fields: none lost in the move."""
+    by_message: dict[str, set[str]] = {}
+    for key, _, message in _declared_ranges():
+        by_message.setdefault(message, set()).add(key)
+    assert by_message["must be positive"] == {
+        "model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.vocab_size",
+        "model.pad_vocab_multiple", "train.seq_len", "train.micro_batch_size",
+        "train.total_batch_tokens", "train.max_steps", "optim.lr", "optim.eps",
+        "eval.batch_examples", "guard.max_skipped", "guard.spike_window", "log.every",
+        "log.sample_tokens", "dist.bucket_cap_mb",
+    }  # fmt: skip
+    assert by_message["must be >= 0"] == {
+        "optim.warmup_steps", "eval.every", "eval.val_tokens", "eval.hellaswag_every",
+        "checkpoint.every", "checkpoint.keep_last", "eval.hellaswag_limit", "optim.min_lr",
+        "train.loss_chunk", "eval.batch_size",
+        "optim.weight_decay", "optim.grad_clip", "guard.spike_zscore",
+    }  # fmt: skip
+    assert by_message["must be in [0, 1)"] == {"optim.beta1", "optim.beta2"}
+    assert by_message["must be in [0, 1]"] == {"optim.decay_frac"}
+
+
+@pytest.mark.parametrize("key,value,message", _declared_ranges())
 def test_every_range_rule_names_its_key(key: str, value: str, message: str) -> None:
     with pytest.raises(UserError) as e:
         load_config([f"--{key}={value}"])
-    assert f"'{key}' {message}" in str(e.value)
+    assert f"'{key}' {message}, got " in str(e.value)
+
+
+def test_a_constraint_declared_on_a_field_is_enforced() -> None:
+    """Adding a rule is one `check=` beside the field: the validator and --help both read it."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Toy:
+        width: int = config_module._f(4, "a width", check=config_module.AT_LEAST_1)
+        share: float = config_module._f(0.5, "a share", check=config_module.FRACTION)
+
+    width, share = dataclasses.fields(Toy)
+    assert config_module._field_problem(width, 1) is None
+    assert config_module._field_problem(width, 0) == "must be >= 1, got 0"
+    assert config_module._field_problem(share, 1.5) == "must be in [0, 1], got 1.5"
+    assert config_module._field_problem(share, float("nan")) == "must be a finite number, got nan"
+    assert "(float, in [0, 1), default 0.95)" in next(
+        ln for ln in help_text().splitlines() if ln.strip().startswith("--optim.beta2 ")
+    )
 
 
 def test_train_help_lists_debug_and_does_not_import_torch() -> None:
@@ -301,3 +352,145 @@ def test_unknown_keys_suggest_what_was_meant(arg: str, suggestion: str) -> None:
     with pytest.raises(UserError) as e:
         load_config([arg])
     assert f"did you mean {suggestion}?" in str(e.value)
+
+
+# --------------------------------------------------------------------------- booleans and verbs
+
+
+@pytest.mark.parametrize(
+    "argv,compile_,rest",
+    [
+        (["--train.compile"], True, []),
+        (["--no-train.compile"], False, []),
+        (["--train.compile", "--optim.lr=1e-3"], True, []),  # followed by another option
+        (["--train.compile", "positional"], True, ["positional"]),  # the positional stays
+        (["--train.compile", "false"], False, []),  # the space form still reads a word
+        (["--train.compile", "auto"], None, []),
+        (["--train.compile=off", "--train.compile"], True, []),  # the last one wins
+    ],
+)
+def test_bare_booleans(argv: list[str], compile_: bool | None, rest: list[str]) -> None:
+    cfg, left = load_config(argv)
+    assert cfg.train.compile is compile_ and left == rest
+    assert load_config(["--log.report", "x"])[0].log.report is True
+    assert load_config(["--no-log.report"])[0].log.report is False
+
+
+def test_no_form_of_a_non_boolean_or_unknown_key_is_one_line() -> None:
+    with pytest.raises(UserError, match=r"^--no-train.seed: 'train.seed' is int, not a boolean"):
+        load_config(["--no-train.seed"])
+    with pytest.raises(UserError, match=r"--no-optim.fusd: unknown key .*'optim.fused'"):
+        load_config(["--no-optim.fusd"])
+    with pytest.raises(UserError, match=r"--no-train.compile takes no value"):
+        load_config(["--no-train.compile=true"])
+
+
+def _verb(argv: list[str], **settings):  # type: ignore[no-untyped-def]
+    import argparse
+
+    from gpt2repro.config import NON_NEGATIVE, ShowDefaults, add_option, parse_verb_args
+
+    p = argparse.ArgumentParser(prog="verb", formatter_class=ShowDefaults)
+    p.add_argument("path", nargs="?")
+    add_option(p, "--limit", type=int, default=0, check=NON_NEGATIVE, help="first N")
+    add_option(p, "--scale", type=float, default=1.0, check=NON_NEGATIVE, help="a scale")
+    return parse_verb_args(argv, p, **settings)
+
+
+VERB = {
+    "keys": ("train.device", "train.compile"),
+    "sections": ("eval",),
+    "aliases": {"--device": "train.device", "--compile": "train.compile"},
+}
+
+
+def test_a_verb_reads_its_settings_as_train_py_does() -> None:
+    cfg, args = _verb(
+        ["--device", "cpu", "--compile", "data", "--eval.batch_examples=4", "--limit", "3"], **VERB
+    )
+    assert (cfg.train.device, cfg.train.compile, cfg.eval.batch_examples) == ("cpu", True, 4)
+    assert (args.path, args.limit) == ("data", 3)
+    assert args.config_flags["train.device"] == "--device"
+    cfg, args = _verb(["--train.device=cpu", "--no-compile"], **VERB)
+    assert (cfg.train.device, cfg.train.compile) == ("cpu", False)
+    assert args.config_flags["train.device"] == "--train.device"
+    assert args.config_flags["eval.every"] == "--eval.every"
+
+
+def test_a_verb_refuses_keys_it_does_not_use_and_unknown_ones() -> None:
+    with pytest.raises(UserError, match=r"^--train.seed: verb does not use 'train.seed' \(its"):
+        _verb(["--train.seed=3"], **VERB)
+    with pytest.raises(
+        UserError, match=r"unknown key 'eval.batch_exemples'.*'eval.batch_examples'"
+    ):
+        _verb(["--eval.batch_exemples=3"], **VERB)
+    with pytest.raises(UserError, match=r"verb does not use 'train.device' \(it takes none\)"):
+        _verb(["--train.device", "cpu"])
+    with pytest.raises(UserError, match=r"^--config: verb takes no config file"):
+        _verb(["--config", "x.toml"], **VERB)
+
+
+def test_an_alias_and_its_key_must_agree() -> None:
+    with pytest.raises(UserError) as e:
+        _verb(["--device", "cpu", "--train.device=cuda"], **VERB)
+    assert str(e.value) == (
+        "--device cpu and --train.device=cuda set the same setting (train.device) to different "
+        "values; give it once"
+    )
+    with pytest.raises(UserError, match=r"^--no-compile and --train.compile=true set the same"):
+        _verb(["--no-compile", "--train.compile=true"], **VERB)
+    cfg, _ = _verb(["--compile", "--train.compile=yes"], **VERB)  # the same value: fine
+    assert cfg.train.compile is True
+
+
+def test_a_verb_checks_its_own_flags_in_one_line_each() -> None:
+    with pytest.raises(UserError, match=r"^--limit must be >= 0, got -1$"):
+        _verb(["--limit", "-1"])
+    with pytest.raises(UserError, match=r"^--scale must be a finite number >= 0, got nan$"):
+        _verb(["--scale", "nan"])
+
+
+def test_a_verb_takes_its_defaults_and_config_file(tmp_path: Path) -> None:
+    settings = {**VERB, "defaults": {"train.compile": False}, "config_file": True}
+    cfg, _ = _verb([], **settings)
+    assert cfg.train.compile is False and cfg.eval.batch_examples == 16
+    path = write(tmp_path, "[train]\ncompile = true\nseed = 7\n[eval]\nbatch_examples = 2\n")
+    cfg, _ = _verb(["--config", path, "--eval.batch_examples", "3"], **settings)
+    assert (cfg.train.compile, cfg.train.seed, cfg.eval.batch_examples) == (True, 7, 3)
+
+
+def test_every_help_shows_defaults(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        _verb(["--help"], **{**VERB, "defaults": {"train.compile": False}})
+    out = " ".join(capsys.readouterr().out.split())
+    assert "first N (>= 0; default: 0)" in out
+    assert (
+        "--device DEVICE, --train.device DEVICE cuda, mps, cpu or auto (str, default 'auto')" in out
+    )
+    assert "--compile, --train.compile, --no-compile, --no-train.compile" in out
+    assert "(bool (or unset), default False)" in out  # the verb's own default
+    assert "--eval.batch_examples BATCH_EXAMPLES" in out and "default 16" in out
+
+
+@pytest.mark.parametrize("module", ["gpt2repro.sample", "gpt2repro.export"])
+def test_verb_help_shows_defaults(module: str) -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    out = " ".join(p.stdout.split())
+    assert p.returncode == 0, p.stderr
+    if module == "gpt2repro.sample":
+        assert "(>= 0; default: 64)" in out and "(str, default 'auto')" in out
+        assert "--device DEVICE, --train.device DEVICE" in out
+    else:
+        assert "--overwrite" in out and "settings shared" not in out  # takes none
+
+
+def test_a_rule_broken_under_a_short_flag_names_the_flag() -> None:
+    with pytest.raises(UserError, match=r"^'eval.every' must be >= 0, got -1$"):  # as train.py
+        _verb(["--eval.every=-1"], **VERB)
+    settings = {"keys": ("dist.strategy",), "aliases": {"--strategy": "dist.strategy"}}
+    with pytest.raises(UserError) as e:
+        _verb(["--strategy", "zero3"], **settings)
+    assert str(e.value) == "--strategy: 'dist.strategy' must be one of ddp, fsdp, got 'zero3'"
