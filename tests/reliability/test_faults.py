@@ -20,12 +20,12 @@ import pytest
 import torch
 from conftest import TINY_SHAPE
 
-from data_prep import fineweb, shards  # pytest's pythonpath: the repository root
 from gpt2repro import checkpoint, fault
 from gpt2repro.atomic import atomic_open
 from gpt2repro.data import write_shard
 from gpt2repro.errors import UserError, run_cli
 from gpt2repro.metrics import read_metrics, train_losses
+from gpt2repro.prep import fineweb, shards
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 10
@@ -319,7 +319,7 @@ def _docs(path: Path, n_docs: int = 400) -> None:
 
 
 def _prep(src: Path, out: Path) -> int:
-    """data_prep/fineweb.py on local files, in process (as `python data_prep/fineweb.py ...`)."""
+    """gpt2repro.prep.fineweb on local files, in process (as `python data_prep/fineweb.py ...`)."""
     argv = ["--input", str(src), "--out-dir", str(out), "--prefix", "t",
             "--shard-size", "5000", "--allow-small-shards", "--workers", "1", "--quiet"]  # fmt: skip
     return run_cli(fineweb.main, argv)
