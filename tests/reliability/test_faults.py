@@ -177,6 +177,10 @@ def test_the_fault_hook_fires_on_its_rank_in_the_first_attempt_and_names_bad_spe
     assert e.value.errno == errno.ENOSPC
     fault.Fault("enospc-in-save", 8).inside("eval", 8)  # other places and steps: nothing
     fault.Fault("enospc-in-save", 8).inside("save", 4)
+    # data prep's kind (tests/test_data_prep.py runs it): os._exit(3) after its N-th shard only
+    assert fault.parse("exit-in-prep:2", rank=0) == fault.Fault("exit-in-prep", 2)
+    fault.Fault("exit-in-prep", 2).inside("prep", 1)
+    fault.Fault("exit-in-prep", 2).inside("save", 2)
     for bad in ("sigkil:3", "sigkill", "sigkill:x", "sigkill:3:rank=a", "sigkill:3:rank=1:x"):
         with pytest.raises(UserError) as e:
             fault.parse(bad, rank=0)
