@@ -136,8 +136,9 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path: Path) -> None:
     ref = _bytes(tmp_path / "ref")
     assert len(ref) > 6
     out = tmp_path / "out"
-    # die right after the 2nd shard's rename, before progress.json records it; then after 3 more
-    for n in ("2", "3"):
+    # die right after the 1st shard's rename, before progress.json records it (a fresh run: only
+    # the start is recorded); then after 2 more, and after 3 more
+    for n in ("1", "2", "3"):
         p = _cli(tmp_path / "in", out, "--workers", "2", env={fault.ENV: f"exit-in-prep:{n}"})
         assert p.wait() == 3
         assert 0 < len(_bytes(out)) < len(ref)

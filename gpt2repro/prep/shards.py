@@ -340,6 +340,11 @@ class ShardBuffer:
             raise UserError(
                 f"more than {MAX_SHARDS:,} shards of {self.shard_size:,} tokens; raise --shard-size"
             )
+        if not (self.out / PROGRESS).exists():
+            # A fresh run records its start first: killed after the first shard's rename, it would
+            # otherwise leave a shard and no progress.json, which the rerun refuses as strays.
+            with _writing(self.out, PROGRESS):
+                write_json(self.out / PROGRESS, self.state, indent=1)
         split = "val" if self.index == 0 else "train"
         name = f"{self.prefix}_{split}_{self.index:06d}.bin"
         tokens = self.buf[: self.fill]
