@@ -1,125 +1,24 @@
-"""Fetch HellaSwag's validation split (10,042 examples) for gpt2repro.evaluate.
+"""Fetch HellaSwag's validation split (10,042 examples) for the evaluation.
 
-    python data_prep/hellaswag.py                         # -> data/hellaswag/hellaswag_val.jsonl
-    python data_prep/hellaswag.py --file /mnt/hellaswag_val.jsonl   # air-gapped: validate + copy
+    python data_prep/hellaswag.py --help
 
-The file is downloaded from the rowanz/hellaswag repository, written atomically (temp file, fsync,
-rename) and checked: 10,042 JSON lines, each with `ctx`, four `endings` and a `label` 0..3, the
-schema `gpt2repro.evaluate` reads (`check_hellaswag_row`).
+A thin command line over gpt2repro.prep.hellaswag, the same as `gpt2repro prep hellaswag ...` and
+`python -m gpt2repro.prep.hellaswag ...`. It imports the installed package (`pip install -e .`, which
+`make venv` runs), not the checkout: a script's directory, not the repository, is on sys.path.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-import urllib.error
-import urllib.request
-from pathlib import Path
-from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gpt2repro.atomic import atomic_open, check_output_path  # noqa: E402
-from gpt2repro.errors import UserError, add_debug_flag, run_cli  # noqa: E402
-from gpt2repro.evaluate import read_hellaswag_rows  # noqa: E402
-
-URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-FILENAME = "hellaswag_val.jsonl"
-N_EXAMPLES = 10042
-
-
-def validate(path: Path, shown: Path | None = None) -> int:
-    """Check the file is HellaSwag's val split; return the number of examples.
-
-    Each row is checked against the schema the evaluation reads (`check_hellaswag_row`), so a
-    file accepted here is never refused by `python -m gpt2repro.evaluate`.
-    """
-    shown = shown or path
-    try:
-        n = sum(1 for _ in read_hellaswag_rows(path, shown))
-    except UserError as e:
-        raise UserError(f"{e}; not hellaswag_val.jsonl? download {URL} again") from None
-    if n != N_EXAMPLES:
-        raise UserError(
-            f"{shown} holds {n} examples, expected {N_EXAMPLES} (truncated download?); "
-            f"download {URL} again"
-        )
-    return n
-
-
-def _copy_validated(src: Any, dest: Path, total: int | None, quiet: bool) -> None:
-    """Stream the file object `src` into `dest` atomically: written beside it, validated, renamed."""
-    bar = None
-    if not quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name)
-    try:
-        with atomic_open(dest, "wb", check=lambda tmp: validate(tmp, shown=dest)) as f:
-            for block in iter(lambda: src.read(1 << 20), b""):
-                f.write(block)
-                if bar is not None:
-                    bar.update(len(block))
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def prepare(
-    out_dir: str | Path = "data/hellaswag", file: str | Path | None = None, quiet: bool = False
-) -> Path:
-    """The validated `hellaswag_val.jsonl` in `out_dir` (downloaded, or copied from `file`)."""
-    out = check_output_path(out_dir, "--out-dir", directory=True)  # before any download
-    dest = check_output_path(out / FILENAME, "--out-dir", directory=False)
-    if dest.is_file() and file is None:
-        validate(dest)
-        if not quiet:
-            print(f"{dest}: present and valid ({N_EXAMPLES} examples)")
-        return dest
-    if file is not None:
-        src_path = Path(file)
-        if not src_path.is_file():
-            raise UserError(f"--file {src_path} does not exist; download {URL} to it first")
-        validate(src_path)
-        if src_path.resolve() == dest.resolve():
-            return dest
-        with src_path.open("rb") as src:
-            _copy_validated(src, dest, total=src_path.stat().st_size, quiet=quiet)
-    else:
-        try:
-            response = urllib.request.urlopen(URL, timeout=60)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            raise UserError(
-                f"cannot download {URL} ({reason}); offline, download that URL elsewhere and run "
-                f"python data_prep/hellaswag.py --file PATH/{FILENAME}"
-            ) from None
-        with response:
-            length = response.headers.get("Content-Length")
-            try:
-                total = int(length) if length else None
-                _copy_validated(response, dest, total=total, quiet=quiet)
-            except (urllib.error.URLError, OSError) as e:
-                raise UserError(
-                    f"download of {URL} broke off ({e}); run again, or download it elsewhere and "
-                    f"pass --file"
-                ) from None
-    if not quiet:
-        print(f"{dest}: {N_EXAMPLES} examples")
-    return dest
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="data_prep/hellaswag.py", description=__doc__.split("\n")[0])
-    add_debug_flag(p)
-    p.add_argument("--out-dir", default="data/hellaswag", help="where hellaswag_val.jsonl goes")
-    p.add_argument("--file", help="a local hellaswag_val.jsonl to validate and copy (no network)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    prepare(args.out_dir, args.file, quiet=args.quiet)
-    return 0
-
+try:
+    from gpt2repro.prep import hellaswag
+except ModuleNotFoundError as e:
+    if e.name != "gpt2repro":
+        raise
+    print(
+        "error: gpt2repro is not installed; run `pip install -e .` (or `make venv`) first",
+        file=sys.stderr,
+    )
+    raise SystemExit(2) from None
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(hellaswag.cli())

@@ -69,7 +69,7 @@ def synthetic_corpus(n_bytes: int, seed: int = 0) -> list[str]:
 
 def bench_data(args: argparse.Namespace) -> dict:
     """Pipeline (read JSONL -> tokenize in `workers` processes -> write shards) vs raw tiktoken."""
-    from data_prep.shards import Stream, jsonl_items, write_shards
+    from gpt2repro.prep.shards import Stream, jsonl_items, write_shards
     from gpt2repro.tokenizer import get_encoding
 
     docs = synthetic_corpus(int(args.mb * 1e6))

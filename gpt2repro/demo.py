@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     reject_unknown_args(rest)
     data_dir = Path(cfg.data.dir)
     print(f"== 1/3 data: Shakespeare's works -> {data_dir}", flush=True)
-    prep = [sys.executable, str(REPO / "data_prep" / "shakespeare.py"), "--out-dir", str(data_dir)]
+    prep = [sys.executable, "-m", "gpt2repro.prep.shakespeare", "--out-dir", str(data_dir)]
     if subprocess.run(prep, cwd=REPO).returncode != 0:
         raise UserError("data preparation failed (see above); rerun `make demo` when fixed")
 

@@ -10,6 +10,11 @@ Unset (every real run), nothing happens; the variable is read once per process.
     enospc-in-save     at the same place raise OSError(ENOSPC), as a full disk would
     sigkill-in-eval    SIGKILL inside the evaluation after step STEP, after its first validation
                        batch
+    exit-in-prep       data prep (gpt2repro.prep.shards): os._exit(3) right after the STEP-th shard
+                       this process writes is renamed into place, before progress.json records it
+
+`injected(rank)` is the armed Fault; the training loop calls its `poison` and `after_step`, the
+checkpoint write, the evaluation and data prep its `inside(where, step)`.
 
 `rank=R` limits the fault to rank R. A fault fires in a job's first attempt only: torchrun's
 elastic restarts (`--max-restarts`) start the workers again with the same environment, and the
@@ -27,13 +32,12 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt2repro import dist
 from gpt2repro.errors import UserError
 
 ENV = "GPT2REPRO_FAULT"
 ONCE_ENV = "GPT2REPRO_FAULT_ONCE"
 KINDS = ("sigkill", "sigterm", "nan", "spike", "sigkill-in-save", "enospc-in-save",
-         "sigkill-in-eval")  # fmt: skip
+         "sigkill-in-eval", "exit-in-prep")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,12 +67,14 @@ class Fault:
 
     def inside(self, where: str, step: int) -> None:
         """A point inside the checkpoint write (`where`="save") or the evaluation ("eval") of
-        step `step`."""
+        step `step`, or in data prep ("prep") after its `step`-th shard."""
         if step != self.step or not self.kind.endswith(f"-in-{where}"):
             return
         self._fire()
         if self.kind == "enospc-in-save":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if self.kind == "exit-in-prep":
+            os._exit(3)  # no cleanup, as a kill; status 3 tells the test it was this hook
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -97,4 +103,11 @@ def parse(spec: str | None, rank: int, restart_count: int = 0, once: str | None 
 @functools.cache
 def injected(rank: int) -> Fault:
     """The fault GPT2REPRO_FAULT arms on `rank` of this process (read once)."""
-    return parse(os.environ.get(ENV), rank, dist.restart_count(), os.environ.get(ONCE_ENV))
+    spec = os.environ.get(ENV)
+    if not spec:
+        return Fault()  # every real run
+    # Imported here: dist imports torch, and data prep (which arms faults too) must not load
+    # torch in a real run, in its process or its tokenizer workers.
+    from gpt2repro import dist
+
+    return parse(spec, rank, dist.restart_count(), os.environ.get(ONCE_ENV))

@@ -21,6 +21,11 @@ os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="gpt2repro-hf-"))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 REPO = Path(__file__).resolve().parents[1]
+# Subprocesses import this checkout's gpt2repro, not an installed copy of another one: the
+# scripts run by path (data_prep/*.py) have their own directory on sys.path, not the repository.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 PYTHON = sys.executable
 # The tiny GPT-2 (2 layers, width 32, 512-token vocabulary) and batch (8 x 32 tokens) that the
 # training tests run in a second or two: `[*TINY_SHAPE, "--train.max_steps=...", ...]`.

@@ -43,7 +43,7 @@ def test_bench_imports_the_shard_writer_library_not_a_script() -> None:
     tree = ast.parse((REPO / "gpt2repro" / "bench.py").read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert {m for m in imported if m and m.startswith("data_prep")} == {"data_prep.shards"}
+    assert {m for m in imported if m and "prep" in m} == {"gpt2repro.prep.shards"}
     sys_path = [
         n.lineno
         for n in ast.walk(tree)
@@ -66,7 +66,7 @@ def test_bench_data_runs_from_an_installed_package(tmp_path: Path) -> None:
             pytest.skip(f"{tool} is not installed")
     src, site, cwd = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
     skip = shutil.ignore_patterns("__pycache__")
-    for name in ("gpt2repro", "data_prep"):
+    for name in ("gpt2repro", "data_prep"):  # data_prep: to show the wheel leaves the scripts out
         shutil.copytree(REPO / name, src / name, ignore=skip)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
@@ -77,9 +77,8 @@ def test_bench_data_runs_from_an_installed_package(tmp_path: Path) -> None:
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(site)  # the install only (ahead of any editable install's finder)
-    where = (
-        "import gpt2repro.bench, data_prep.shards as s; print(gpt2repro.bench.__file__, s.__file__)"
-    )
+    assert not (site / "data_prep").exists()  # the scripts stay in the checkout
+    where = "import gpt2repro.bench as b, gpt2repro.prep.shards as s; print(b.__file__, s.__file__)"
     p = subprocess.run(
         [sys.executable, "-c", where], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
     )

@@ -1,4 +1,4 @@
-"""data_prep: token stream, determinism across workers, kill-and-resume, bad documents, sources."""
+"""gpt2repro.prep and data_prep/*.py: token stream, determinism across workers, kill-and-resume, bad documents, sources."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import fineweb, hellaswag, shakespeare, shards  # pytest's pythonpath: repo root
+from gpt2repro import fault
 from gpt2repro.data import TokenLoader, read_shard, shard_paths
+from gpt2repro.prep import fineweb, hellaswag, shakespeare, shards
 
 REPO = Path(__file__).resolve().parents[1]
 from gpt2repro.errors import UserError  # noqa: E402
@@ -135,9 +136,10 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path: Path) -> None:
     ref = _bytes(tmp_path / "ref")
     assert len(ref) > 6
     out = tmp_path / "out"
-    # die right after the 2nd shard's rename, before progress.json records it; then after 3 more
-    for n in ("2", "3"):
-        p = _cli(tmp_path / "in", out, "--workers", "2", env={shards.FAULT_ENV: n})
+    # die right after the 1st shard's rename, before progress.json records it (a fresh run: only
+    # the start is recorded); then after 2 more, and after 3 more
+    for n in ("1", "2", "3"):
+        p = _cli(tmp_path / "in", out, "--workers", "2", env={fault.ENV: f"exit-in-prep:{n}"})
         assert p.wait() == 3
         assert 0 < len(_bytes(out)) < len(ref)
         assert not (out / shards.MANIFEST).exists()
@@ -302,11 +304,13 @@ def test_huggingface_resume_pins_the_revision(
     argv += ["--streaming"] if streaming else []
     assert fineweb.main([*argv, "--out-dir", str(tmp_path / "ref")]) == 0
     out = tmp_path / "out"
-    monkeypatch.setenv(shards.FAULT_ENV, "3")
-    monkeypatch.setattr(shards.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    monkeypatch.setenv(fault.ENV, "exit-in-prep:3")
+    fault.injected.cache_clear()  # read once per process: this test arms it in this one
+    monkeypatch.setattr(fault.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
     with pytest.raises(SystemExit):
         fineweb.main([*argv, "--out-dir", str(out)])
-    monkeypatch.delenv(shards.FAULT_ENV)
+    monkeypatch.delenv(fault.ENV)
+    fault.injected.cache_clear()
     progress = json.loads((out / shards.PROGRESS).read_text())
     assert progress["settings"]["source"]["revision"] == SHA
     start = progress["next_item"]

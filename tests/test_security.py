@@ -29,7 +29,7 @@ from gpt2repro.optim import build_optimizer
 REPO = Path(__file__).resolve().parents[1]
 corpus = test_train.corpus  # the module-scoped shard fixture
 SOURCES = sorted(
-    [REPO / "train.py", *REPO.glob("gpt2repro/*.py"), *REPO.glob("data_prep/*.py")]
+    [REPO / "train.py", *REPO.glob("gpt2repro/**/*.py"), *REPO.glob("data_prep/*.py")]
     + [*REPO.glob("bench/**/*.py"), *REPO.glob("launch/**/*.py")]
 )
 

@@ -20,12 +20,12 @@ import pytest
 import torch
 from conftest import TINY_SHAPE
 
-from data_prep import fineweb, shards  # pytest's pythonpath: the repository root
 from gpt2repro import checkpoint, fault
 from gpt2repro.atomic import atomic_open
 from gpt2repro.data import write_shard
 from gpt2repro.errors import UserError, run_cli
 from gpt2repro.metrics import read_metrics, train_losses
+from gpt2repro.prep import fineweb, shards
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 10
@@ -177,6 +177,10 @@ def test_the_fault_hook_fires_on_its_rank_in_the_first_attempt_and_names_bad_spe
     assert e.value.errno == errno.ENOSPC
     fault.Fault("enospc-in-save", 8).inside("eval", 8)  # other places and steps: nothing
     fault.Fault("enospc-in-save", 8).inside("save", 4)
+    # data prep's kind (tests/test_data_prep.py runs it): os._exit(3) after its N-th shard only
+    assert fault.parse("exit-in-prep:2", rank=0) == fault.Fault("exit-in-prep", 2)
+    fault.Fault("exit-in-prep", 2).inside("prep", 1)
+    fault.Fault("exit-in-prep", 2).inside("save", 2)
     for bad in ("sigkil:3", "sigkill", "sigkill:x", "sigkill:3:rank=a", "sigkill:3:rank=1:x"):
         with pytest.raises(UserError) as e:
             fault.parse(bad, rank=0)
@@ -319,7 +323,7 @@ def _docs(path: Path, n_docs: int = 400) -> None:
 
 
 def _prep(src: Path, out: Path) -> int:
-    """data_prep/fineweb.py on local files, in process (as `python data_prep/fineweb.py ...`)."""
+    """gpt2repro.prep.fineweb on local files, in process (as `python data_prep/fineweb.py ...`)."""
     argv = ["--input", str(src), "--out-dir", str(out), "--prefix", "t",
             "--shard-size", "5000", "--allow-small-shards", "--workers", "1", "--quiet"]  # fmt: skip
     return run_cli(fineweb.main, argv)

@@ -1,6 +1,6 @@
 """The resumable shard writer: a document stream -> llm.c `.bin` token shards (see docs/data.md).
 
-A library module (the scripts data_prep/fineweb.py and data_prep/shakespeare.py and
+A library module (the sources gpt2repro.prep.fineweb and gpt2repro.prep.shakespeare and
 `python -m gpt2repro.bench data` call it); the shard format itself is gpt2repro.data's.
 
 Every document becomes [50256] + encode_ordinary(text), in stream order. Shards hold `shard_size`
@@ -24,8 +24,10 @@ import collections
 import contextlib
 import copy
 import json
+import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
@@ -33,6 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from gpt2repro import fault
 from gpt2repro.atomic import check_output_path, write_json
 from gpt2repro.data import SHARD_NAME, shard_sha256, write_shard
 from gpt2repro.errors import UserError
@@ -48,7 +51,8 @@ MIN_SHARD_SIZE = 1_000_000
 MAX_SHARDS = 10**6  # shard names carry a 6-digit index
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
-FAULT_ENV = "GPT2REPRO_FAULT_AFTER_SHARDS"  # test hook: os._exit after writing N shards
+# Ctrl-C's hint: a rerun with the same arguments resumes from progress.json
+ON_INTERRUPT = "rerun the same command to resume from the last complete shard"
 CHUNK_DOCS = 256  # documents per worker task
 CHUNK_BYTES = 1 << 20  # ... or this much text, whichever comes first
 MAX_EXAMPLES = 100  # skipped documents listed by name in the manifest
@@ -183,9 +187,6 @@ def ordered_map(
         for start, job, nbytes in jobs:
             yield start, len(job[1]), nbytes, fn(job)
         return
-    import multiprocessing as mp
-    import threading
-
     # fork is near-free and inherits the loaded tokenizer, but forking a process that runs
     # threads (tqdm's monitor, datasets' downloads) can deadlock a child: then spawn.
     get_encoding()
@@ -291,8 +292,7 @@ class ShardBuffer:
         self.skip = int(state["skip_tokens"])  # tokens of item `start` already in the last shard
         self.end = self.start  # stream index after the last item added
         self.skipped = copy.deepcopy(state["skipped"])  # bad documents before `end`
-        self.fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
-        self.written = 0  # shards written by this process (for the test hook)
+        self.written = 0  # shards written by this process (the fault hook counts them)
 
     @property
     def index(self) -> int:
@@ -340,6 +340,11 @@ class ShardBuffer:
             raise UserError(
                 f"more than {MAX_SHARDS:,} shards of {self.shard_size:,} tokens; raise --shard-size"
             )
+        if not (self.out / PROGRESS).exists():
+            # A fresh run records its start first: killed after the first shard's rename, it would
+            # otherwise leave a shard and no progress.json, which the rerun refuses as strays.
+            with _writing(self.out, PROGRESS):
+                write_json(self.out / PROGRESS, self.state, indent=1)
         split = "val" if self.index == 0 else "train"
         name = f"{self.prefix}_{split}_{self.index:06d}.bin"
         tokens = self.buf[: self.fill]
@@ -353,8 +358,9 @@ class ShardBuffer:
         with _writing(self.out, name):
             write_shard(self.out / name, tokens)
         self.written += 1
-        if self.fault_after and self.written >= self.fault_after:
-            os._exit(3)  # test hook: die between the shard's rename and the progress update
+        # GPT2REPRO_FAULT=exit-in-prep:N, the fault tests' hook: die between the N-th shard's
+        # rename and the progress update
+        fault.injected(0).inside("prep", self.written)
         self.state["shards"].append(entry)
         self.state.update(next_item=next_item, skip_tokens=next_skip, skipped=skipped)
         with _writing(self.out, PROGRESS):
@@ -529,7 +535,7 @@ class Console:
         monitor thread exists)."""
         if self.bar is not None or self.quiet:
             return
-        from tqdm import tqdm
+        from tqdm import tqdm  # an optional package (the `data` extra), needed for the bar only
 
         if self.documents is not None:  # ETA from documents
             self.bar = tqdm(
