@@ -151,7 +151,10 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+def write_json(
+    path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = False
+) -> None:
+    """`obj` as JSON and a newline, written atomically (the one JSON writer)."""
     with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=indent)
+        json.dump(obj, f, indent=indent, sort_keys=sort_keys)
         f.write("\n")

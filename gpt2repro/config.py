@@ -102,6 +102,9 @@ class DataConfig:
     dir: str = _f("data/edu_fineweb10B", "directory of *_train_*.bin / *_val_*.bin token shards")
 
 
+# The prompt of training's samples and of `python -m gpt2repro.sample` (nanoGPT's and llm.c's).
+SAMPLE_PROMPT = "Hello, I'm a language model,"
+
 # Rows of the loss per chunk (gpt2repro/loss.py): the default of train.loss_chunk and of the model.
 LOSS_CHUNK_ROWS = 1024
 
@@ -203,7 +206,7 @@ class LogConfig:
     wandb_run_name: str = _f("", "wandb run name (default: the run directory's name)")
     sample_every: int = _f(0, "print a text sample every N steps; 0 = never")
     sample_tokens: int = _f(64, "tokens per sample", check=POSITIVE)
-    sample_prompt: str = _f("Hello, I'm a language model,", "prompt for samples")
+    sample_prompt: str = _f(SAMPLE_PROMPT, "prompt for samples")
     report: bool = _f(
         True, "rewrite RUN_DIR/report.html after each evaluation: a live dashboard (docs/report.md)"
     )

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from gpt2repro.atomic import public_dir_mode, public_mode, publish_dir
+from gpt2repro.atomic import public_dir_mode, public_mode, publish_dir, write_json
 from gpt2repro.checkpoint import load_model
 from gpt2repro.config import ModelConfig
 from gpt2repro.errors import UserError
 from gpt2repro.model import GPT
-from gpt2repro.tokenizer import EOT, N_VOCAB, packaged_gpt2_files
+from gpt2repro.tokenizer import EOT, EOT_TEXT, N_VOCAB, packaged_gpt2_files
 
 # Weights HF keeps as Conv1D ([in, out]); every other tensor has the same shape on both sides.
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -316,7 +316,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def _tokenizer_config(block_size: int) -> dict:
-    eot = "<|endoftext|>"
+    eot = EOT_TEXT
     return {
         "tokenizer_class": "GPT2Tokenizer",
         "bos_token": eot,
@@ -412,11 +412,17 @@ def save_hf(
         cfg = model.config
         dtype = model.transformer.wte.weight.dtype
         save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _write_json(tmp / "config.json", hf_config(cfg, dtype))
+        write_json(tmp / "config.json", hf_config(cfg, dtype), sort_keys=True)
         eot = EOT if cfg.vocab_size > EOT else None
-        _write_json(tmp / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
+        write_json(
+            tmp / "generation_config.json",
+            {"bos_token_id": eot, "eos_token_id": eot},
+            sort_keys=True,
+        )
         _write_tokenizer(tmp, cfg)
-        _write_json(tmp / EXPORT_MARKER, {"format": "gpt2repro-hf-export", "version": 1})
+        write_json(
+            tmp / EXPORT_MARKER, {"format": "gpt2repro-hf-export", "version": 1}, sort_keys=True
+        )
         for path in tmp.iterdir():  # the usual modes, not mkdtemp's/safetensors' private ones
             path.chmod(public_mode())
         tmp.chmod(public_dir_mode())
@@ -425,10 +431,6 @@ def save_hf(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _write_tokenizer(directory: Path, cfg: ModelConfig) -> None:
@@ -445,9 +447,12 @@ def _write_tokenizer(directory: Path, cfg: ModelConfig) -> None:
     vocab_bpe, encoder_json = files
     shutil.copyfile(encoder_json, directory / "vocab.json")  # identical content, HF's name
     shutil.copyfile(vocab_bpe, directory / "merges.txt")
-    _write_json(directory / "tokenizer_config.json", _tokenizer_config(cfg.block_size))
-    eot = "<|endoftext|>"
-    _write_json(
+    write_json(
+        directory / "tokenizer_config.json", _tokenizer_config(cfg.block_size), sort_keys=True
+    )
+    eot = EOT_TEXT
+    write_json(
         directory / "special_tokens_map.json",
         {"bos_token": eot, "eos_token": eot, "unk_token": eot},
+        sort_keys=True,
     )

@@ -24,14 +24,19 @@ from typing import Any
 import torch
 
 from gpt2repro import precision
-from gpt2repro.config import AT_LEAST_1, NON_NEGATIVE, ShowDefaults, add_option, parse_verb_args
+from gpt2repro.config import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    SAMPLE_PROMPT,
+    ShowDefaults,
+    add_option,
+    parse_verb_args,
+)
 from gpt2repro.dist import pick_device
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.hf import load_model_or_hf
 from gpt2repro.model import GPT
-from gpt2repro.tokenizer import EOT, get_encoding
-
-DEFAULT_PROMPT = "Hello, I'm a language model,"
+from gpt2repro.tokenizer import EOT, EOT_TEXT, get_encoding
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="run dir, checkpoint dir or step dir of gpt2repro")
     src.add_argument("--hf", help="HF GPT-2: hub name (gpt2 ... gpt2-xl) or save_pretrained dir")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue ('' = <|endoftext|>)")
+    p.add_argument("--prompt", default=SAMPLE_PROMPT, help="text to continue ('' = <|endoftext|>)")
     add_option(
         p,
         "--max-new-tokens",
@@ -155,7 +160,7 @@ def main(argv: list[str]) -> int:
     )
     device = pick_device(cfg.train.device, option=args.config_flags["train.device"])
     enc = get_encoding()
-    prompt_tokens = enc.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [EOT]
+    prompt_tokens = enc.encode(args.prompt, allowed_special={EOT_TEXT}) or [EOT]
     model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=device)
     cfg = model.config
     if max(prompt_tokens) >= cfg.vocab_size:

@@ -23,6 +23,7 @@ from gpt2repro.atomic import sha256_file
 from gpt2repro.errors import UserError
 
 EOT = 50256
+EOT_TEXT = "<|endoftext|>"  # the one special token, as text
 N_VOCAB = 50257
 _BASE = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
 VOCAB_BPE_URL = _BASE + "vocab.bpe"
@@ -77,7 +78,7 @@ def _from_files(vocab: Path, encoder: Path) -> tiktoken.Encoding:
         explicit_n_vocab=N_VOCAB,
         pat_str=_PAT_STR,
         mergeable_ranks=ranks,
-        special_tokens={"<|endoftext|>": EOT},
+        special_tokens={EOT_TEXT: EOT},
     )
 
 
