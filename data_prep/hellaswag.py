@@ -5,7 +5,7 @@
 
 The file is downloaded from the rowanz/hellaswag repository, written atomically (temp file, fsync,
 rename) and checked: 10,042 JSON lines, each with `ctx`, four `endings` and a `label` 0..3, the
-schema `gpt2repro.evaluate` reads (`check_hellaswag_row`).
+schema `gpt2repro.hellaswag` reads (`check_hellaswag_row`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from gpt2repro.atomic import atomic_open, check_output_path  # noqa: E402
 from gpt2repro.errors import UserError, add_debug_flag, run_cli  # noqa: E402
-from gpt2repro.evaluate import read_hellaswag_rows  # noqa: E402
+from gpt2repro.hellaswag import read_hellaswag_rows  # noqa: E402
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 FILENAME = "hellaswag_val.jsonl"

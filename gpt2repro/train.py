@@ -37,8 +37,10 @@ from gpt2repro.config import (
     to_dict,
 )
 from gpt2repro.errors import UserError, run_cli
+from gpt2repro.evaluate import EvalSettings, evaluate_in_loop
 from gpt2repro.fault import injected as injected_fault
 from gpt2repro.guard import Guard
+from gpt2repro.hellaswag import load_hellaswag
 from gpt2repro.metrics import RunLog, console_line, flops_per_token, mfu, peak_flops, run_header
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer, lr_at
@@ -163,7 +165,7 @@ def load_eval_inputs(
 ) -> tuple[np.ndarray | None, list[Any] | None]:
     """(validation tokens, HellaSwag examples) for in-loop evaluation, each None when switched
     off; checks the files before anything expensive starts."""
-    from gpt2repro import data, evaluate
+    from gpt2repro import data
 
     data.shard_paths(data_dir, "train")  # the train shards exist and are readable
     val_tokens = None
@@ -176,7 +178,7 @@ def load_eval_inputs(
                 f"eval.hellaswag_file={eval_cfg.hellaswag_file!r} does not exist; run "
                 "`python data_prep/hellaswag.py` or set --eval.hellaswag_every=0"
             )
-        hellaswag = evaluate.load_hellaswag(eval_cfg.hellaswag_file, limit=eval_cfg.hellaswag_limit)
+        hellaswag = load_hellaswag(eval_cfg.hellaswag_file, limit=eval_cfg.hellaswag_limit)
     return val_tokens, hellaswag
 
 
@@ -555,20 +557,19 @@ def _evaluate(
     hellaswag: list[Any] | None,
 ) -> dict[str, float]:
     """The in-loop evaluation after step `step` (collective)."""
-    from gpt2repro import evaluate
-
-    return evaluate.evaluate_in_loop(
-        trainable.raw_model,
-        val_tokens=val_tokens,
-        hellaswag=hellaswag,
+    settings = EvalSettings(
         seq_len=cfg.train.seq_len,
         batch_size=cfg.eval.batch_size or cfg.train.micro_batch_size,
         batch_examples=cfg.eval.batch_examples,
-        device=info.device,
         autocast_dtype=trainable.autocast_dtype,
-        rank=info.rank,
-        world_size=info.world_size,
-        on_batch=functools.partial(injected_fault(info.rank).inside, "eval", step),
+    )
+    return evaluate_in_loop(
+        trainable.raw_model,
+        val_tokens=val_tokens,
+        hellaswag=hellaswag,
+        settings=settings,
+        info=info,
+        step=step,
     )
 
 

@@ -14,7 +14,7 @@ from fixtures.hellaswag import rows
 
 from data_prep import hellaswag  # pytest's pythonpath has the repo root
 from gpt2repro.errors import UserError, run_cli
-from gpt2repro.evaluate import check_hellaswag_row, load_hellaswag
+from gpt2repro.hellaswag import check_hellaswag_row, load_hellaswag
 
 GOOD = {"ctx": "A man is", "endings": ["a", "b", "c", "d"], "label": 0}
 BAD_LINE = 5000  # deep inside a file of the right length, so only the row itself is wrong
