@@ -103,7 +103,7 @@ show() { # the lines of a step's output worth seeing live; a JSON result as its 
   while IFS= read -r line || [[ -n $line ]]; do
     if [[ $line == '{'*'}' ]]; then
       local parts=()
-      for k in step_ms ms_per_batch tok_per_s mfu peak_mem_gib n_params; do
+      for k in step_ms ms_per_batch tok_per_s mfu peak_mem_gib n_params packed_ex_per_s speedup; do
         [[ $line =~ \"$k\":\ ([^,}]*) ]] && parts+=("$k ${BASH_REMATCH[1]}")
       done
       echo "   result: ${parts[*]}"
@@ -237,14 +237,15 @@ train_step train_350m_b64 gpt2_350m 64 --warmup=2 --steps=8
 # state + ~45-65 GB of bf16 activations (48 layers x 16K tokens x ~36-50 bytes x 1600) < 141 GB.
 train_step train_1558m_b16 gpt2_1558m 16 --warmup=2 --steps=4
 
+[[ $DRY == 1 ]] || rm -f "$out/hellaswag.json"
 if [[ $MODE == cpu ]]; then
   run_step hellaswag "kind=hellaswag" "$PY" -m gpt2repro.bench hellaswag --bench-model tiny \
-    --device cpu --limit 4 --batch-examples 4
+    --device cpu --limit 4 --batch-examples 4 --out "$out/hellaswag.json"
   run_step loader "kind=loader" "$PY" -m gpt2repro.bench loader --device cpu --steps 20 \
     --warmup 2 --shards 2 --shard-tokens 100000 --batch-size 8 --seq-len 32
 else
   run_step hellaswag "kind=hellaswag" "$PY" -m gpt2repro.bench hellaswag --bench-model gpt2 \
-    --device cuda --limit 2000
+    --device cuda --limit 2000 --out "$out/hellaswag.json"
   run_step loader "kind=loader" "$PY" -m gpt2repro.bench loader --steps 300 --device cuda
 fi
 

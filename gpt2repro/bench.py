@@ -5,9 +5,10 @@
     python -m gpt2repro.bench train --config configs/gpt2_124m.toml [--section.key=value ...]
                                        # training step on synthetic tokens: tokens/s, MFU, memory
     torchrun --standalone --nproc_per_node=8 -m gpt2repro.bench train --config ...
-    python -m gpt2repro.bench hellaswag [--bench-model gpt2 --device cuda --limit 10042]
+    python -m gpt2repro.bench hellaswag [--bench-model gpt2 --device cuda --limit 10042 --out F]
                                        # HellaSwag scoring: packed vs one example per pass
     python -m gpt2repro.bench table OUT_DIR   # one table of what bench/gpu_check.sh wrote there
+                                              # (read by gpt2repro.gpu_results)
 
 Numbers are recorded in docs/benchmarks.md with the date, machine and command.
 """
@@ -19,7 +20,6 @@ import functools
 import json
 import os
 import random
-import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any
 from gpt2repro import atomic
 from gpt2repro.atomic import check_output_path
 from gpt2repro.errors import add_debug_flag, run_cli
+from gpt2repro.gpu_results import results_table
 
 if TYPE_CHECKING:  # torch is imported by the benchmarks that need it: `bench data` never does
     import torch
     import torch.nn as nn
 
-    from gpt2repro.evaluate import HellaSwagExample
+    from gpt2repro.scoring import Example
     from gpt2repro.train import TrainContext
 
 _WORDS = (
@@ -304,13 +305,14 @@ _HELLASWAG_WORDS = (
 )
 
 
-def synthetic_examples(n: int, seed: int = 0) -> list[HellaSwagExample]:
+def synthetic_examples(n: int, seed: int = 0) -> list[Example]:
     """n HellaSwag-shaped examples of random words (context 40-120 tokens, endings 8-30).
 
     Built directly as token ids, one GPT-2-range id per word (the model is random, so which ids
     does not matter), so no tokenizer files are needed: the benchmark runs on a bare, offline box.
     """
-    from gpt2repro.evaluate import N_ENDINGS, HellaSwagExample
+    from gpt2repro.hellaswag import N_ENDINGS
+    from gpt2repro.scoring import Example
     from gpt2repro.tokenizer import N_VOCAB
 
     rng = random.Random(seed)
@@ -326,12 +328,12 @@ def synthetic_examples(n: int, seed: int = 0) -> list[HellaSwagExample]:
         ctx, ctx_tokens = text(40, 120)
         endings = [text(8, 30) for _ in range(N_ENDINGS)]
         out.append(
-            HellaSwagExample(
-                ctx=ctx,
-                endings=tuple(e for e, _ in endings),
+            Example(
+                context=ctx,
+                continuations=tuple(e for e, _ in endings),
                 label=rng.randrange(N_ENDINGS),
-                ctx_tokens=ctx_tokens,
-                ending_tokens=tuple(t for _, t in endings),
+                context_tokens=ctx_tokens,
+                continuation_tokens=tuple(t for _, t in endings),
             )
         )
     return out
@@ -340,7 +342,7 @@ def synthetic_examples(n: int, seed: int = 0) -> list[HellaSwagExample]:
 def _timed_scoring(
     model: nn.Module,
     scorer: Any,
-    examples: Sequence[HellaSwagExample],
+    examples: Sequence[Example],
     per_pass: int,
     bucket: int,
     *,
@@ -350,33 +352,28 @@ def _timed_scoring(
     """(examples/s, summed losses, counts) of one scorer over `examples`."""
     import torch
 
+    from gpt2repro.scoring import Batching
+
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    sums, counts = scorer(
-        model,
-        examples,
-        device=device,
-        autocast_dtype=autocast_dtype,
-        batch_examples=per_pass,
-        bucket=bucket,
-    )
+    sums, counts = scorer(model, examples, device, autocast_dtype, Batching(per_pass, bucket))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return len(examples) / (time.perf_counter() - t0), sums, counts
 
 
-def _positions_per_example(
-    examples: Sequence[HellaSwagExample], block_size: int
-) -> dict[str, float]:
+def _positions_per_example(examples: Sequence[Example], block_size: int) -> dict[str, float]:
     """Mean positions fed per example: packed (and where logits are taken) vs one example per
     pass (4 rows padded to the longest, logits at every position)."""
     import numpy as np
 
-    from gpt2repro.evaluate import example_rows, pack_example
+    from gpt2repro.scoring import example_rows, pack_example
 
     packs = [pack_example(ex, block_size) for ex in examples]
-    ref = [4 * max(len(t) - 1 for t, _ in example_rows(ex, block_size)) for ex in examples]
+    ref = [
+        ex.n_choices * max(len(t) - 1 for t, _ in example_rows(ex, block_size)) for ex in examples
+    ]
     return {
         "packed_positions": float(np.mean([len(p.tokens) for p in packs])),
         "packed_logit_positions": float(np.mean([len(p.sel) for p in packs])),
@@ -386,7 +383,7 @@ def _positions_per_example(
 
 def time_hellaswag_scoring(
     model: nn.Module | None = None,
-    examples: Sequence[HellaSwagExample] | None = None,
+    examples: Sequence[Example] | None = None,
     device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
     batch_examples: int = 16,
@@ -398,7 +395,7 @@ def time_hellaswag_scoring(
     """Examples/s of three scorers on the same model and examples, best of `repeats`
     alternating runs (a shared machine is noisy):
 
-    - packed: `hellaswag_losses` (the evaluation's scorer: each context encoded once for its
+    - packed: `continuation_losses` (the evaluation's scorer: each context encoded once for its
       four endings, logits only at the scored positions), `batch_examples` examples per pass;
     - full rows: `full_row_losses` batched the same way (each ending a context + ending row,
       logits at every position: the scorer before the packed one);
@@ -412,13 +409,13 @@ def time_hellaswag_scoring(
     import torch
 
     from gpt2repro.config import ModelConfig
-    from gpt2repro.evaluate import (
+    from gpt2repro.model import GPT
+    from gpt2repro.scoring import (
+        continuation_losses,
         full_row_losses,
-        hellaswag_losses,
         model_block_size,
         predictions,
     )
-    from gpt2repro.model import GPT
 
     device = device or torch.device("cpu")
     if model is None:
@@ -429,12 +426,12 @@ def time_hellaswag_scoring(
 
     run = functools.partial(_timed_scoring, model, device=device, autocast_dtype=autocast_dtype)
     # warm-up (and compile, if any)
-    run(hellaswag_losses, examples[:batch_examples], batch_examples, bucket)
+    run(continuation_losses, examples[:batch_examples], batch_examples, bucket)
     run(full_row_losses, examples[:batch_examples], batch_examples, bucket)
     run(full_row_losses, examples[:2], 1, 1)
     packed = full = single = 0.0
     for _ in range(repeats):
-        rate, s_packed, c_packed = run(hellaswag_losses, examples, batch_examples, bucket)
+        rate, s_packed, c_packed = run(continuation_losses, examples, batch_examples, bucket)
         packed = max(packed, rate)
         rate, _, _ = run(full_row_losses, examples, batch_examples, bucket)
         full = max(full, rate)
@@ -465,13 +462,13 @@ def time_hellaswag_scoring(
 def bench_hellaswag(args: argparse.Namespace) -> dict:
     """Batched vs one-example-at-a-time HellaSwag scoring on a random model (weights do not change
     the speed); real examples with --hellaswag FILE, else --limit (64) synthetic ones. Prints a
-    few lines (returns no JSON)."""
+    few lines (`hellaswag_summary`) and returns the result (printed as JSON, written to --out)."""
     import torch
 
     from gpt2repro import dist, precision
     from gpt2repro.config import ModelConfig
     from gpt2repro.errors import UserError
-    from gpt2repro.evaluate import DEFAULT_HELLASWAG, load_hellaswag
+    from gpt2repro.hellaswag import DEFAULT_HELLASWAG, load_hellaswag
     from gpt2repro.model import GPT, gpt2_config
 
     if args.limit < 0:
@@ -505,10 +502,24 @@ def bench_hellaswag(args: argparse.Namespace) -> dict:
         bucket=args.bucket,
         n_single=min(len(examples), 64),
     )
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    result = {
+        "bench": "hellaswag",
+        "bench_model": args.bench_model,
+        "device": str(device),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        **r,
+    }
+    print(hellaswag_summary(result))
+    return result
+
+
+def hellaswag_summary(r: dict[str, Any]) -> str:
+    """The lines `bench hellaswag` prints for its result `r` (the JSON it prints and writes to
+    --out; bench/gpu_check.sh's table reads that JSON, gpu_results.hellaswag_note)."""
+    threads = f", {r['threads']} threads" if r.get("threads") else ""
     per_pass = f"{r['batch_examples']} examples/pass, bucket {r['bucket']}"
-    print(
-        f"hellaswag scoring, random {args.bench_model} GPT on {device}{threads}:\n"
+    return (
+        f"hellaswag scoring, random {r['bench_model']} GPT on {r['device']}{threads}:\n"
         f"  packed, batched ({per_pass}): {r['packed_ex_per_s']:.1f} ex/s over {r['n']} "
         f"(context once: {r['packed_positions']:.0f} positions per example, logits at "
         f"{r['packed_logit_positions']:.0f})\n"
@@ -522,123 +533,6 @@ def bench_hellaswag(args: argparse.Namespace) -> dict:
         f"same acc/acc_norm/acc_norm_char predictions: {'yes' if r['same_predictions'] else 'NO'}; "
         f"full 10,042-example set at the packed rate: {10042 / r['packed_ex_per_s']:.0f} s"
     )
-    return {}
-
-
-# `bench/gpu_check.sh` writes, per step NAME: NAME.json (the result, when the step has one),
-# logs/NAME.log (its output) and a line of steps.tsv:
-# name, status (ok/failed/timeout/skipped), exit code, seconds, time limit, allowance, plan
-# ("kind=train config=gpt2_124m B=64 compile=true loss=chunked vocab=padded").
-_STEP_FIELDS = ("name", "status", "rc", "elapsed_s", "timeout_s", "allowance_s", "plan")
-_TABLE_COLUMNS = (
-    "step", "config", "params", "B", "compile", "loss", "vocab", "step ms", "tok/s", "MFU",
-    "peak GiB", "wall s", "status", "note",
-)  # fmt: skip
-
-
-_NOTE_LINE = {  # the line of a step's log that sums it up, by kind
-    "tests": r"\d+ (passed|failed|skipped|error)",
-    "hellaswag": r"^batched .* ex/s",
-}
-
-
-def read_steps(results: Path) -> list[dict[str, Any]]:
-    """The steps of a gpu_check.sh folder (steps.tsv), then any NAME.json it does not list."""
-    steps: list[dict[str, Any]] = []
-    tsv = results / "steps.tsv"
-    if tsv.exists():
-        for line in tsv.read_text().splitlines():
-            if not line.strip():
-                continue
-            row = dict(zip(_STEP_FIELDS, line.split("\t"), strict=False))
-            row["plan"] = dict(kv.split("=", 1) for kv in row.get("plan", "").split() if "=" in kv)
-            steps.append(row)
-    listed = {s["name"] for s in steps}
-    for path in sorted(results.glob("*.json")):
-        if path.stem not in listed:  # a result without a step record (e.g. `bench train --out`)
-            steps.append({"name": path.stem, "status": "ok", "plan": {}})
-    return steps
-
-
-def _last_line(log: Path, pattern: str = "") -> str:
-    """The last non-empty line of a log (matching `pattern`, when given), or ""."""
-    if not log.exists():
-        return ""
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    if pattern:
-        lines = [ln for ln in lines if re.search(pattern, ln)]
-    return lines[-1] if lines else ""
-
-
-def table_row(results: Path, step: dict[str, Any]) -> dict[str, str]:
-    """One row of the results table: measured numbers from NAME.json where there is one, what the
-    step meant to run (its plan) where there is not, and why a step is not ok."""
-    name, plan, status = step["name"], step["plan"], step["status"]
-    res: dict[str, Any] | None = None
-    path = results / f"{name}.json"
-    if path.exists():
-        try:
-            res = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            res = None
-    res = res or {}
-    kind = plan.get("kind") or res.get("bench", "")
-    log = results / "logs" / f"{name}.log"
-    if status == "ok" and kind == "train" and not res:
-        status = "failed"  # exited 0 but left no result
-    note = ""
-    if status in ("failed", "timeout"):
-        note = _last_line(log)
-    elif status == "skipped":
-        note = plan.get("why", "").replace("_", " ")
-    elif not res:  # steps that print rather than write JSON: their summary line
-        note = _last_line(log, _NOTE_LINE.get(kind, "")) or _last_line(log)
-
-    def num(key: str, fmt: str) -> str:
-        value = res.get(key)
-        return "" if value is None else format(value, fmt)
-
-    row = {
-        "step": name,
-        "config": plan.get("config", ""),
-        "params": "",
-        "B": str(res.get("micro_batch", res.get("B", plan.get("B", "")))),
-        "compile": plan.get("compile", ""),
-        "loss": plan.get("loss", ""),
-        "vocab": plan.get("vocab", ""),
-        "step ms": num("step_ms", ".1f") or num("ms_per_batch", ".3f"),
-        "tok/s": num("tok_per_s", ",.0f"),
-        "MFU": "",
-        "peak GiB": num("peak_mem_gib", ".1f"),
-        "wall s": str(step.get("elapsed_s", "")),
-        "status": status if status != "timeout" else f"timeout ({step.get('timeout_s', '?')} s)",
-        "note": note[:120],
-    }
-    if status == "failed" and step.get("rc"):
-        row["status"] = f"failed (rc {step['rc']})"
-    if res.get("bench") == "train":
-        n = res.get("n_params", 0)
-        row["params"] = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
-        row["compile"] = "true" if res.get("compile") else "false"
-        model = res.get("model", {})
-        if "vocab_size" in model:
-            m = max(1, model.get("pad_vocab_multiple", 1))
-            row["vocab"] = str(-(-model["vocab_size"] // m) * m)
-        row["MFU"] = "n/a" if res.get("mfu") is None else f"{100 * res['mfu']:.1f}%"
-        row["peak GiB"] = row["peak GiB"] or "n/a"
-    return row
-
-
-def results_table(results: Path) -> str:
-    """The markdown table of a gpu_check.sh folder: one row per step."""
-    rows = [table_row(results, s) for s in read_steps(results)]
-
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    lines = ["| " + " | ".join(_TABLE_COLUMNS) + " |", "|" + "---|" * len(_TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in _TABLE_COLUMNS) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def bench_table(args: argparse.Namespace) -> dict:
@@ -715,6 +609,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     hs.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     hs.add_argument("--dtype", default="auto", help="auto, bfloat16 or float32")
     hs.add_argument("--compile", action="store_true", help="torch.compile the model")
+    hs.add_argument("--out", default="", help="also write the JSON result to this file")
     hs.set_defaults(func=bench_hellaswag)
 
     tb = sub.add_parser("table", help="one table of a bench/gpu_check.sh results folder")

@@ -36,6 +36,7 @@ from typing import Any
 
 from gpt2repro.atomic import atomic_open
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
+from gpt2repro.reference import GPT2_124M_VAL_LOSS, PUBLISHED, gpt2_val_loss_comparable
 
 REPORT_HTML = "report.html"
 GENERATOR = "gpt2repro.report"
@@ -50,8 +51,6 @@ MAX_POINTS = 2000  # per plotted series; longer ones are thinned evenly (the pag
 # Distinct, colour-blind-friendly run colours (matplotlib's tab10, which the PNGs use too).
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 REFERENCE_COLOR = "#555555"
-# OpenAI GPT-2 124M's loss on the FineWeb-Edu val shard is only comparable on that data.
-FINEWEB_HINT = "fineweb"
 _NUMBER = (int, float)  # a tuple: `int | float` would build a new union object on every check
 
 
@@ -268,9 +267,7 @@ class Panel:
 
 
 def _published(name: str) -> tuple[float | None, float | None, float | None]:
-    """(acc, acc_norm, acc_norm_char) of a row of evaluate.PUBLISHED (docs/reference.md)."""
-    from gpt2repro.evaluate import PUBLISHED
-
+    """(acc, acc_norm, acc_norm_char) of a row of reference.PUBLISHED (docs/reference.md)."""
     for row_name, acc, norm, char in PUBLISHED:
         if row_name == name:
             return acc, norm, char
@@ -306,8 +303,6 @@ def _column(
 
 def panels(runs: Sequence[Run]) -> list[Panel]:
     """The six plots of the report, every run overlaid in its colour."""
-    from gpt2repro.evaluate import GPT2_124M_VAL_LOSS
-
     multi = len(runs) > 1
     loss: list[Series] = []
     hs: list[Series] = []
@@ -344,7 +339,13 @@ def panels(runs: Sequence[Run]) -> list[Panel]:
         tps.append(Series(f"{name}tokens/s", color, *_column(run.train, "tok_per_s")))
         mfu.append(Series(f"{name}MFU", color, *_column(run.train, "mfu", 100.0)))
         mem.append(Series(f"{name}peak memory", color, *_column(run.train, "mem_gib")))
-    on_fineweb = any(FINEWEB_HINT in str(r.section("data").get("dir", "")).lower() for r in runs)
+    # OpenAI GPT-2 124M's val loss: only beside runs measured as it was (FineWeb-Edu, T = 1024)
+    on_fineweb = any(
+        gpt2_val_loss_comparable(
+            r.section("data").get("dir", ""), r.section("train").get("seq_len")
+        )
+        for r in runs
+    )
     loss_refs = (
         [HLine(GPT2_124M_VAL_LOSS, f"OpenAI GPT-2 124M, FineWeb-Edu val ({GPT2_124M_VAL_LOSS})")]
         if on_fineweb

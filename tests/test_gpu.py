@@ -20,6 +20,7 @@ from test_train import args_for, run
 
 from gpt2repro.config import ModelConfig, OptimConfig
 from gpt2repro.data import TokenLoader
+from gpt2repro.dist import DistInfo
 from gpt2repro.evaluate import validation_loss
 from gpt2repro.metrics import peak_flops_for_name, read_metrics, train_losses
 from gpt2repro.model import GPT
@@ -120,14 +121,15 @@ def test_bf16_validation_loss_on_cuda_matches_fp32_cpu(corpus: Path, fp32_matmul
 
     tokens = load_tokens(str(corpus), "val", 64 * 64 + 1)
     model = _val_model()
-    ref = validation_loss(model, tokens, 64, 8, torch.device("cpu"))
+    ref = validation_loss(model, tokens, 64, 8, DistInfo())  # one process on the CPU
     assert abs(ref - math.log(512)) > 1.0  # not a uniform prediction that any precision gets
     model.to(CUDA)
-    fp32 = validation_loss(model, tokens, 64, 8, CUDA)
-    bf16 = validation_loss(model, tokens, 64, 8, CUDA, torch.bfloat16)
+    on_cuda = DistInfo(device=CUDA)
+    fp32 = validation_loss(model, tokens, 64, 8, on_cuda)
+    bf16 = validation_loss(model, tokens, 64, 8, on_cuda, torch.bfloat16)
     assert abs(fp32 - ref) <= 1e-4 * abs(ref), (fp32, ref)
     assert abs(bf16 - ref) <= 1e-2, (bf16, ref)
-    assert validation_loss(model, tokens, 64, 8, CUDA, torch.bfloat16) == bf16  # deterministic
+    assert validation_loss(model, tokens, 64, 8, on_cuda, torch.bfloat16) == bf16  # deterministic
 
 
 def test_kv_cache_generation_on_cuda(fp32_matmuls: None) -> None:

@@ -127,9 +127,19 @@ elif command == "-m gpt2repro.bench train":
         json.dump(res, fh)
     print(json.dumps(res))
 elif command == "-m gpt2repro.bench hellaswag":
-    print("hellaswag scoring, random gpt2 GPT on cuda:")
-    print("  batched (16 examples/pass, bucket 32): 812.5 ex/s over 2000 (12% padding)")
-    print("  one example per pass: 90.1 ex/s over 64 (7% padding)")
+    # what `bench hellaswag` prints (its real formatter) and writes to --out, for made-up numbers
+    from gpt2repro.bench import hellaswag_summary
+    res = {{
+        "bench": "hellaswag", "bench_model": "gpt2", "device": "cuda:0", "threads": None,
+        "n": 2000, "n_single": 64, "batch_examples": 16, "bucket": 32, "packed_ex_per_s": 812.5,
+        "full_ex_per_s": 301.0, "single_ex_per_s": 90.1, "speedup": 9.02, "speedup_vs_full": 2.7,
+        "packed_positions": 180.0, "packed_logit_positions": 60.0, "single_positions": 400.0,
+        "max_abs_diff": 2e-5, "max_rel_diff": 1e-7, "same_predictions": True,
+    }}
+    print(hellaswag_summary(res))
+    print(json.dumps(res))
+    with open(args[args.index("--out") + 1], "w") as fh:
+        json.dump(res, fh)
 elif command == "-m gpt2repro.bench loader":
     print(json.dumps({{"bench": "loader", "B": 64, "T": 1024, "ms_per_batch": 0.5, "tok_per_s": 131072000}}))
 else:
@@ -211,7 +221,7 @@ def test_gpu_mode_runs_every_step_and_records_a_failure(tmp_path: Path, fake_pyt
     assert any(re.search(r"loader .*--device cuda", c) for c in cmds)
 
     # results: --out JSONs, the loader's printed JSON, a log per step, nothing for the failed one
-    for name in TRAIN_STEPS + ["loader"]:
+    for name in TRAIN_STEPS + ["hellaswag", "loader"]:
         assert (out / f"{name}.json").exists() == (name != "train_124m_b64_full_logits"), name
     assert json.loads((out / "loader.json").read_text())["tok_per_s"] == 131072000
     assert {f.stem for f in (out / "logs").iterdir()} == set(steps) - {"table"}
@@ -221,7 +231,9 @@ def test_gpu_mode_runs_every_step_and_records_a_failure(tmp_path: Path, fake_pyt
     # the console: tokens/s of each step as it runs, then the one table, last
     table = (out / "table.md").read_text()
     assert p.stdout.rstrip().endswith(table.rstrip())
-    assert p.stdout.count("   result: ") == len(TRAIN_STEPS) - 1 + 1  # - the failed + the loader
+    # - the failed + hellaswag + the loader
+    assert p.stdout.count("   result: ") == len(TRAIN_STEPS) - 1 + 2
+    assert "   result: packed_ex_per_s 812.5 speedup 9.02" in p.stdout
     assert "712,345 tok/s" in p.stdout  # printed by a gpu test (pytest -s)
     rows = table_rows(table)
     assert list(rows) == list(steps)[:-1]
@@ -238,7 +250,10 @@ def test_gpu_mode_runs_every_step_and_records_a_failure(tmp_path: Path, fake_pyt
     assert failed["status"] == "failed (rc 1)" and failed["loss"] == "full"
     assert "CUDA out of memory" in failed["note"] and failed["tok/s"] == ""
     assert rows["gpu_tests"]["note"] == "6 passed in 81.20s"
-    assert rows["hellaswag"]["note"].startswith("batched (16 examples/pass")
+    assert rows["hellaswag"]["note"] == (
+        "packed 812.5 ex/s (16 examples/pass, bucket 32), 9.02x one example per pass; "
+        "same predictions: yes"
+    )
     assert rows["loader"]["tok/s"] == "131,072,000"
 
 
@@ -282,7 +297,7 @@ def test_cpu_mode_runs_the_real_benchmarks(tmp_path: Path) -> None:
     assert repo_state() == before  # nothing written into the checkout
     steps = allowances()
     names = {f.name for f in out.iterdir()}
-    expected = {f"{n}.json" for n in [*TRAIN_STEPS, "loader"]}
+    expected = {f"{n}.json" for n in [*TRAIN_STEPS, "hellaswag", "loader"]}
     assert names == expected | {"logs", "steps.tsv", "table.md", "gpu_check.log"}
     assert {f.stem for f in (out / "logs").iterdir()} == set(steps) - {"gpu_tests", "table"}
     status = {r[0]: r[1] for r in read_tsv(out)}
@@ -297,6 +312,9 @@ def test_cpu_mode_runs_the_real_benchmarks(tmp_path: Path) -> None:
     rows = table_rows(table)
     assert rows["train_124m_b64_full_logits"]["loss"] == "full"
     assert rows["train_124m_b64"]["MFU"] == "n/a"  # no guessed peak on a CPU
+    hellaswag = json.loads((out / "hellaswag.json").read_text())  # the real `bench hellaswag`
+    assert hellaswag["n"] == 4 and hellaswag["same_predictions"] is True
+    assert rows["hellaswag"]["note"].startswith("packed ") and "(4 examples/pass" in table
     assert p.stdout.count("tok_per_s") == len(TRAIN_STEPS) + 1  # each result, as it comes
     print(f"gpu_check.sh in CPU mode: {seconds:.1f} s")
     assert seconds < 120

@@ -13,7 +13,7 @@ import pytest
 from fixtures.hellaswag import rows
 
 from gpt2repro.errors import UserError, run_cli
-from gpt2repro.evaluate import check_hellaswag_row, load_hellaswag
+from gpt2repro.hellaswag import check_hellaswag_row, load_hellaswag
 from gpt2repro.prep import hellaswag
 
 GOOD = {"ctx": "A man is", "endings": ["a", "b", "c", "d"], "label": 0}

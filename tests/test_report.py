@@ -337,3 +337,35 @@ def test_non_finite_tokens_or_time_is_a_malformed_line_not_a_crash(
     run = report.load_run(run_dir)
     assert [r["step"] for r in run.train] == [2]
     assert run.wall_s == 1.0
+
+
+@pytest.mark.parametrize(
+    "source, seq_len, drawn",
+    [
+        pytest.param("HuggingFaceFW/fineweb-edu", 1024, True, id="fineweb-edu-1024"),
+        pytest.param("HuggingFaceFW/fineweb-edu", 512, False, id="fineweb-edu-512"),
+        pytest.param("HuggingFaceFW/fineweb", 1024, False, id="fineweb-not-edu"),
+        pytest.param(None, 1024, False, id="named-fineweb-no-manifest"),
+    ],
+)
+def test_gpt2_val_loss_line_only_where_comparable(
+    tmp_path: Path, source: str | None, seq_len: int, drawn: bool
+) -> None:
+    """OpenAI GPT-2 124M's 3.2924 is drawn on the loss plot only for a run on FineWeb-Edu shards
+    (by the data directory's manifest.json, not its name) with 1024-token windows."""
+    data = tmp_path / "edu_fineweb10B"  # the name alone says nothing
+    data.mkdir()
+    if source is not None:
+        settings = {"source": {"kind": "huggingface", "path": source, "name": "sample-10BT"}}
+        (data / "manifest.json").write_text(json.dumps({"complete": True, "settings": settings}))
+    config = {"data": {"dir": str(data)}, "train": {"seq_len": seq_len}}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text(
+        json.dumps({"event": "start", "step": 0, "tokens": 0, "time": 1.0, "config": config})
+        + "\n"
+        + json.dumps({"step": 1, "tokens": 100, "loss": 3.0, "time": 2.0})
+        + "\n"
+    )
+    loss = next(p for p in report.panels([report.load_run(run_dir)]) if p.key == "loss")
+    assert any("3.2924" in h.label for h in loss.hlines) == drawn

@@ -6,7 +6,7 @@
 (or `gpt2repro prep hellaswag ...`, or `python -m gpt2repro.prep.hellaswag ...`).
 The file is downloaded from the rowanz/hellaswag repository, written atomically (temp file, fsync,
 rename) and checked: 10,042 JSON lines, each with `ctx`, four `endings` and a `label` 0..3, the
-schema `gpt2repro.evaluate` reads (`check_hellaswag_row`).
+schema `gpt2repro.hellaswag` reads (`check_hellaswag_row`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from gpt2repro.atomic import atomic_open, check_output_path
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
-from gpt2repro.evaluate import read_hellaswag_rows
+from gpt2repro.hellaswag import read_hellaswag_rows
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 FILENAME = "hellaswag_val.jsonl"

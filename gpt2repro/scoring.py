@@ -1,0 +1,453 @@
+"""The packed continuation scorer every multiple-choice task shares.
+
+An `Example` is a context and its candidate continuations (text and GPT-2 tokens) and the index of
+the right one. A continuation is scored by the cross-entropy of its tokens given the context and
+its own earlier tokens (the reference method of llm.c / build-nanogpt `hellaswag.py`); `acc` picks
+the lowest summed loss, `acc_norm` the lowest per-token mean, `acc_norm_char` the lowest sum per
+character of the continuation (lm-evaluation-harness's normalization). A task (hellaswag.py,
+CORE's tasks) only turns its rows into Examples.
+
+Packing: each example is one row, its context once and then each continuation (each sees the
+context and itself: positions and an attention mask through GPT.hidden_states), and the vocabulary
+logits are computed only at the scored positions. Many examples per pass; rows and scored
+positions are padded to bucketed lengths and the batch to a fixed size, so a compiled model sees
+only a handful of distinct shapes. `full_row_losses` (one full context + continuation row per
+choice, logits everywhere) is the unpacked method, kept for FSDP-sharded models and the benchmark.
+
+Collective-safe: `rank_losses` splits the examples across ranks and every rank runs the same
+number of forward passes (padding with empty ones, so FSDP's per-forward all-gathers never
+deadlock); `accuracy` all-reduces the correct counts, so every rank returns the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt2repro import dist, precision
+from gpt2repro.errors import UserError
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """model.eval() and no_grad inside; the caller's training mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- examples
+
+
+@dataclass(frozen=True)
+class Example:
+    """One multiple-choice item: a context, its candidate continuations and the right one's index,
+    as text and as token ids (each continuation's tokens carry its leading space, if any)."""
+
+    context: str
+    continuations: tuple[str, ...]
+    label: int
+    context_tokens: tuple[int, ...]
+    continuation_tokens: tuple[tuple[int, ...], ...]
+
+    @property
+    def n_choices(self) -> int:
+        return len(self.continuation_tokens)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How examples are grouped into forward passes: it changes the speed, never the numbers."""
+
+    batch_examples: int = 16  # examples per forward pass
+    bucket: int = 32  # rows (and scored positions) padded to a multiple of this many tokens
+
+
+DEFAULT_BATCHING = Batching()
+
+
+def choices_per_example(examples: Sequence[Example]) -> int:
+    """The number of continuations every example has (the scorers' [N, K] arrays need one K)."""
+    counts = {ex.n_choices for ex in examples}
+    if len(counts) != 1:
+        raise ValueError(f"examples must share one number of continuations, got {sorted(counts)}")
+    return counts.pop()
+
+
+def example_rows(ex: Example, block_size: int) -> list[tuple[list[int], int]]:
+    """The K scored sequences as (tokens, n_context) after left-truncating the context.
+
+    A sequence context + continuation is fed as tokens[:-1] and predicts tokens[1:], so it fits
+    when len(context) + len(continuation) - 1 <= block_size. When the longest continuation would
+    not fit, the context is cut from the left (keeping its end, which the continuation continues)
+    by the same amount for every continuation, so they are scored on the same context.
+    """
+    longest = max(len(e) for e in ex.continuation_tokens)
+    keep = min(len(ex.context_tokens), block_size + 1 - longest)
+    if keep < 1:
+        raise UserError(
+            f"a continuation has {longest} tokens, too long for block_size {block_size}"
+        )
+    ctx = list(ex.context_tokens[len(ex.context_tokens) - keep :])
+    return [(ctx + list(e), len(ctx)) for e in ex.continuation_tokens]
+
+
+def _model_config(model: nn.Module) -> Any:
+    """The config of a GPT, through DDP (.module) and torch.compile (._orig_mod) wrappers."""
+    cfg = getattr(dist.unwrap(model), "config", None)
+    if cfg is None or not hasattr(cfg, "block_size"):
+        raise ValueError("cannot find config.block_size on the model (or its .module/._orig_mod)")
+    return cfg
+
+
+def model_block_size(model: nn.Module) -> int:
+    """The model's context length (positions), through DDP and torch.compile wrappers."""
+    return int(_model_config(model).block_size)
+
+
+def model_vocab_size(model: nn.Module) -> int:
+    """The model's vocabulary size (tokens), through DDP and torch.compile wrappers."""
+    return int(_model_config(model).vocab_size)
+
+
+# --------------------------------------------------------------------------- packing
+
+
+@dataclass(frozen=True)
+class PackedExample:
+    """One example as a single row: its context once, then each continuation.
+
+    Each continuation attends to the context and to its own earlier tokens; its positions restart
+    at len(context), so every continuation sees exactly the inputs of its own context +
+    continuation row. The last token of a continuation is only a target, never an input. All arrays
+    are int64:
+    tokens, pos, seg: [R] inputs, positions, and segment (-1 = context, k = continuation k);
+    sel, targets, choice: [S] for each scored token (S = the continuations' lengths summed): the
+    row index whose hidden state predicts it, the token, and its continuation k.
+    """
+
+    tokens: np.ndarray
+    pos: np.ndarray
+    seg: np.ndarray
+    sel: np.ndarray
+    targets: np.ndarray
+    choice: np.ndarray
+
+
+def pack_example(ex: Example, block_size: int) -> PackedExample:
+    """The row of `ex` (context left-truncated as in `example_rows`, so every position is less
+    than block_size; the row itself may be longer than block_size)."""
+    rows = example_rows(ex, block_size)
+    n_ctx = rows[0][1]
+    tokens, pos, seg = list(rows[0][0][:n_ctx]), list(range(n_ctx)), [-1] * n_ctx
+    sel: list[int] = []
+    targets: list[int] = []
+    choice: list[int] = []
+    for k, (toks, _) in enumerate(rows):
+        end = toks[n_ctx:]
+        start = len(tokens)
+        # the context's last position predicts the first continuation token, then each
+        # continuation token (at its row index) the next one
+        sel += [n_ctx - 1, *range(start, start + len(end) - 1)]
+        targets += end
+        choice += [k] * len(end)
+        tokens += end[:-1]
+        pos += range(n_ctx, n_ctx + len(end) - 1)
+        seg += [k] * (len(end) - 1)
+    arrays = (tokens, pos, seg, sel, targets, choice)
+    return PackedExample(*(np.array(a, dtype=np.int64) for a in arrays))
+
+
+def packed_attention_mask(seg: torch.Tensor) -> torch.Tensor:
+    """[B, 1, R, R] bool, True = attend, from segments seg [B, R] (-1 context, k >= 0
+    continuation k, -2 padding): causal, and within a segment or onto the context. A padding
+    position sees only padding (at least itself: no fully masked row, whose softmax would be NaN)."""
+    R = seg.size(1)
+    causal = torch.ones(R, R, dtype=torch.bool, device=seg.device).tril()  # [R, R]
+    q, k = seg[:, :, None], seg[:, None, :]  # [B, R, 1] queries, [B, 1, R] keys
+    mask = causal & ((q == k) | ((k == -1) & (q >= -1)))  # [B, R, R]
+    return mask[:, None]
+
+
+def _packed_token_losses(
+    gpt: nn.Module,
+    idx: torch.Tensor,
+    pos: torch.Tensor,
+    seg: torch.Tensor,
+    sel: torch.Tensor,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy [N] of each scored token: idx, pos, seg [B, R]; sel, targets [N] (sel indexes
+    the flattened [B * R] positions; target -1 = padding, loss 0). Logits only at sel."""
+    h = gpt.hidden_states(idx, pos=pos, attn_mask=packed_attention_mask(seg))  # [B, R, C]
+    h = h.flatten(0, 1)[sel]  # [N, C]
+    logits = gpt.logits(h).float()  # [N, vocab]: 5-20% of the positions, not all of them
+    return F.cross_entropy(logits, targets, ignore_index=-1, reduction="none")
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def bucketed_length(n: int, bucket: int, block_size: int) -> int:
+    """The padded row length for a batch whose longest row has n inputs: a multiple of `bucket`,
+    capped at block_size (so a compiled model sees a handful of shapes)."""
+    return min(block_size, math.ceil(n / bucket) * bucket)
+
+
+def _progress_bar(total: int, desc: str) -> Any:  # a tqdm bar, or None without tqdm
+    try:
+        from tqdm import tqdm  # optional package
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+
+
+def _sorted_batches(
+    lengths: Sequence[int], batch_examples: int, n_batches: int | None, progress: bool
+) -> Iterator[list[int]]:
+    """The example indices of each pass: sorted by length (so a batch pads little),
+    `batch_examples` at a time, `n_batches` passes (>= those needed: the extra ones are empty,
+    so ranks stay in step); with a progress bar if asked."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    needed = math.ceil(len(lengths) / batch_examples)
+    n_batches = needed if n_batches is None else n_batches
+    assert n_batches >= needed, (n_batches, needed)
+    bar = _progress_bar(n_batches, "scoring") if progress else None
+    try:
+        for b in range(n_batches):
+            yield order[b * batch_examples : (b + 1) * batch_examples]
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule  # absent from a torch without distributed
+    except ImportError:
+        return False
+    return isinstance(dist.unwrap(model), FSDPModule)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def full_row_losses(
+    model: nn.Module,
+    examples: Sequence[Example],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    batching: Batching = DEFAULT_BATCHING,
+    *,
+    n_batches: int | None = None,
+    n_choices: int | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The unpacked method, batched: each continuation a full context + continuation row through
+    `model(x)` with logits at every position. Same result as `continuation_losses`, slower.
+
+    With Batching(1, 1) it is build-nanogpt's one example per forward pass (the benchmark's
+    baseline). `continuation_losses` uses it for FSDP-sharded models, whose root parameters are
+    gathered only by a call of the model itself.
+    Examples are sorted by length so each batch pads little; each forward pass is
+    [K * batch_examples, L] with L a multiple of `bucket` (capped at block_size).
+    Arguments as for `continuation_losses`.
+    """
+    K = n_choices or choices_per_example(examples)
+    block_size = model_block_size(model)
+    rows_per_batch = K * batching.batch_examples
+    all_rows = [example_rows(ex, block_size) for ex in examples]
+    lengths = [max(len(t) for t, _ in rows) for rows in all_rows]
+    sums = np.zeros((len(examples), K), dtype=np.float64)
+    counts = np.zeros((len(examples), K), dtype=np.int64)
+    with eval_mode(model):
+        for chunk in _sorted_batches(lengths, batching.batch_examples, n_batches, progress):
+            longest = max((len(t) - 1 for i in chunk for t, _ in all_rows[i]), default=1)
+            L = bucketed_length(longest, batching.bucket, block_size)
+            xn = np.zeros((rows_per_batch, L), dtype=np.int64)  # [K*E, L], 0 = padding
+            yn = np.full((rows_per_batch, L), -1, dtype=np.int64)  # -1 = not scored
+            for j, i in enumerate(chunk):
+                for k, (toks, n_ctx) in enumerate(all_rows[i]):
+                    r = K * j + k
+                    xn[r, : len(toks) - 1] = toks[:-1]
+                    # position p predicts token p+1: the first continuation token at p = n_ctx - 1
+                    yn[r, n_ctx - 1 : len(toks) - 1] = toks[n_ctx:]
+            x = torch.from_numpy(xn).to(device, non_blocking=True)
+            y = torch.from_numpy(yn).to(device, non_blocking=True)
+            with precision.autocast(device, autocast_dtype):
+                logits, _ = model(x)  # [K*E, L, vocab]
+            # Only the continuation positions (~15% of the batch) go through float + cross-entropy.
+            scored = y != -1  # [K*E, L]
+            tok_loss = F.cross_entropy(logits[scored].float(), y[scored], reduction="none")
+            row_of = scored.nonzero()[:, 0]  # [n_scored] row of each scored position
+            row_sum = torch.zeros(
+                rows_per_batch, dtype=precision.accumulate_dtype(device), device=device
+            )
+            row_sum.index_add_(0, row_of, tok_loss.to(row_sum.dtype))
+            row_sum = row_sum.cpu().numpy()
+            row_cnt = scored.sum(dim=1).cpu().numpy()
+            for j, i in enumerate(chunk):
+                sums[i] = row_sum[K * j : K * (j + 1)]
+                counts[i] = row_cnt[K * j : K * (j + 1)]
+    return sums, counts
+
+
+def continuation_losses(
+    model: nn.Module,
+    examples: Sequence[Example],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    batching: Batching = DEFAULT_BATCHING,
+    *,
+    n_batches: int | None = None,
+    n_choices: int | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed continuation loss (nats) and continuation token count per example and choice: two
+    [N, K] arrays.
+
+    Local only (no collectives). Each example is one packed row (`pack_example`): its context is
+    encoded once for its K continuations, and vocabulary logits are computed only at the positions
+    scored. Examples are sorted by row length so each batch pads little; each pass is
+    [batch_examples, R] rows with R a multiple of `bucket`, and the scored positions are padded
+    to a multiple of K * bucket, so a compiled model sees a handful of shapes. A torch.compile'd
+    model's settings compile the packed step too. `n_batches` (>= the batches needed) adds empty
+    passes so ranks stay in step; `n_choices` gives K when `examples` may be empty (a rank with
+    no share), else it is the examples' own.
+    """
+    if _is_fsdp(model):
+        return full_row_losses(
+            model,
+            examples,
+            device,
+            autocast_dtype,
+            batching,
+            n_batches=n_batches,
+            n_choices=n_choices,
+            progress=progress,
+        )
+    K = n_choices or choices_per_example(examples)
+    block_size = model_block_size(model)
+    gpt = dist.unwrap(model)
+    step = _packed_token_losses
+    dynamo_ctx = getattr(model, "dynamo_ctx", None)  # set by torch.compile(model)
+    if dynamo_ctx is not None:
+        step = dynamo_ctx(_packed_token_losses)  # same backend and options as the model
+    packed = [pack_example(ex, block_size) for ex in examples]
+    sums = np.zeros((len(examples), K), dtype=np.float64)
+    counts = np.zeros((len(examples), K), dtype=np.int64)
+    acc_dtype = precision.accumulate_dtype(device)
+    B, bucket = batching.batch_examples, batching.bucket
+    lengths = [len(p.tokens) for p in packed]
+    with eval_mode(model):
+        for indices in _sorted_batches(lengths, B, n_batches, progress):
+            chunk = [packed[i] for i in indices]
+            R = math.ceil(max((len(p.tokens) for p in chunk), default=1) / bucket) * bucket
+            n_scored = sum(len(p.sel) for p in chunk)
+            N = max(1, math.ceil(n_scored / (K * bucket))) * K * bucket
+            idx = np.zeros((B, R), dtype=np.int64)  # [B, R], 0 = padding
+            pos = np.zeros((B, R), dtype=np.int64)
+            seg = np.full((B, R), -2, dtype=np.int64)  # -2 = padding
+            sel = np.zeros(N, dtype=np.int64)
+            targets = np.full(N, -1, dtype=np.int64)  # -1 = padding: loss 0
+            slot = np.full(N, K * B, dtype=np.int64)  # [N] (example, choice); last = dump
+            n = 0
+            for j, p in enumerate(chunk):
+                r, s = len(p.tokens), len(p.sel)
+                idx[j, :r], pos[j, :r], seg[j, :r] = p.tokens, p.pos, p.seg
+                sel[n : n + s] = j * R + p.sel  # into the flattened [B * R] positions
+                targets[n : n + s] = p.targets
+                slot[n : n + s] = K * j + p.choice
+                n += s
+            idx_t, pos_t, seg_t, sel_t, targets_t, slot_t = (
+                torch.from_numpy(a).to(device, non_blocking=True)
+                for a in (idx, pos, seg, sel, targets, slot)
+            )
+            with precision.autocast(device, autocast_dtype):
+                tok_loss = step(gpt, idx_t, pos_t, seg_t, sel_t, targets_t)  # [N]
+            row_sum = torch.zeros(K * B + 1, dtype=acc_dtype, device=device)
+            row_sum.index_add_(0, slot_t, tok_loss.to(acc_dtype))
+            row_sum = row_sum.cpu().numpy()
+            for j, i in enumerate(indices):
+                sums[i] = row_sum[K * j : K * (j + 1)]
+                counts[i] = np.bincount(packed[i].choice, minlength=K)
+    return sums, counts
+
+
+def predictions(
+    examples: Sequence[Example], sums: np.ndarray, counts: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Predicted continuation per example under each normalization (ties go to the lowest index):
+    `acc` the lowest summed loss, `acc_norm` the lowest mean per token, `acc_norm_char` the lowest
+    sum per character of the continuation's text."""
+    chars = np.array([[len(e) for e in ex.continuations] for ex in examples], dtype=np.float64)
+    chars = chars.reshape(sums.shape)
+    return {
+        "acc": np.argmin(sums, axis=1),
+        "acc_norm": np.argmin(sums / np.maximum(counts, 1), axis=1),
+        "acc_norm_char": np.argmin(sums / chars, axis=1),
+    }
+
+
+def rank_losses(
+    model: nn.Module,
+    examples: Sequence[Example],
+    info: dist.DistInfo,
+    autocast_dtype: torch.dtype | None = None,
+    batching: Batching = DEFAULT_BATCHING,
+    progress: bool = False,
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """This rank's share of `continuation_losses`: (indices into `examples`, [n, K] sums, [n, K]
+    counts). Example i is scored on rank i % world_size; every rank runs the same number of
+    passes (the largest share's), so ranks stay in step. No collectives."""
+    mine = list(range(info.rank, len(examples), info.world_size))
+    per_rank = math.ceil(len(examples) / info.world_size)
+    sums, counts = continuation_losses(
+        model,
+        [examples[i] for i in mine],
+        info.device,
+        autocast_dtype,
+        batching,
+        n_batches=math.ceil(per_rank / batching.batch_examples),
+        n_choices=choices_per_example(examples),
+        progress=progress,
+    )
+    return mine, sums, counts
+
+
+def accuracy(
+    model: nn.Module,
+    examples: Sequence[Example],
+    info: dist.DistInfo,
+    autocast_dtype: torch.dtype | None = None,
+    batching: Batching = DEFAULT_BATCHING,
+    progress: bool = False,
+) -> dict:
+    """{"n", "acc", "acc_norm", "acc_norm_char"} over all ranks' examples (see `predictions`).
+
+    Collective: each rank scores its `rank_losses` share; correct counts are all-reduced, so every
+    rank returns the same dict.
+    """
+    indices, sums, counts = rank_losses(model, examples, info, autocast_dtype, batching, progress)
+    mine = [examples[i] for i in indices]
+    labels = np.array([ex.label for ex in mine], dtype=np.int64)
+    preds = predictions(mine, sums, counts)
+    keys = ("acc", "acc_norm", "acc_norm_char")
+    local = [len(mine)] + [int((preds[k] == labels).sum()) for k in keys]
+    total = dist.all_reduce_sum(torch.tensor(local, dtype=torch.int64, device=info.device))
+    n, *correct = (int(v) for v in total.cpu())
+    return {"n": n, **{k: c / max(n, 1) for k, c in zip(keys, correct, strict=True)}}
