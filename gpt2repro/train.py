@@ -39,7 +39,8 @@ from gpt2repro.config import (
 from gpt2repro.errors import UserError, run_cli
 from gpt2repro.fault import injected as injected_fault
 from gpt2repro.guard import Guard
-from gpt2repro.metrics import RunLog, console_line, flops_per_token, mfu, peak_flops, run_header
+from gpt2repro.hardware import flops_per_token, mfu, peak_flops
+from gpt2repro.metrics import RunLog, console_line, run_header
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer, lr_at
 

@@ -20,7 +20,7 @@ from test_train import TINY, run
 from gpt2repro import report
 from gpt2repro.data import write_shard
 from gpt2repro.errors import run_cli
-from gpt2repro.metrics import read_metrics
+from gpt2repro.runs import load_run, read_metrics
 
 ODD_NAME = 'tiny <b>&"run"'  # must reach the page escaped
 
@@ -133,7 +133,7 @@ def test_report_cli_overlays_runs_with_the_numbers_of_metrics_jsonl(
     # every PNG decodes, is not blank, and shows both runs' colours where there is data
     from PIL import Image
 
-    for panel in report.panels([report.load_run(runs["a"]), report.load_run(runs["b"])]):
+    for panel in report.panels([load_run(runs["a"]), load_run(runs["b"])]):
         img = np.asarray(Image.open(out / f"{panel.key}.png").convert("RGB")).astype(int)
         assert img.shape[0] > 200 and img.shape[1] > 400
         assert (img.min(axis=2) < 200).mean() > 0.01, panel.key  # axes, text, lines
@@ -291,26 +291,29 @@ def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_runlog_writes_the_page_only_when_log_report_is_on(tmp_path: Path, enabled: bool) -> None:
-    """The trainer's hook (RunLog.report after an evaluation, RunLog.close at the end) and its
-    switch; the page reloads until DONE appears."""
+def test_live_report_writes_the_page_only_when_enabled(tmp_path: Path, enabled: bool) -> None:
+    """The trainer's hook (LiveReport.update after an evaluation and at the end) and its switch
+    (`log.report` on rank 0); the page reloads until DONE appears."""
     from gpt2repro.config import build_config
     from gpt2repro.metrics import RunLog
 
     cfg = build_config(overrides=[("log.report", str(enabled).lower()), ("run.dir", str(tmp_path))])
     log = RunLog(tmp_path, cfg, is_main=True)
+    live = report.LiveReport(tmp_path, enabled=cfg.log.report)
     log.record({"event": "start", "step": 0, "tokens": 0, "config": {}}, wandb=False)
     log.record({"step": 0, "tokens": 0, "val_loss": 10.9})
-    log.report()
+    live.update()
     page = tmp_path / "report.html"
     assert page.exists() == enabled
     if enabled:
         assert 'http-equiv="refresh"' in page.read_text()
     (tmp_path / "DONE").write_text("{}\n")
     log.close()
+    live.update()
     assert page.exists() == enabled
     if enabled:
         assert 'http-equiv="refresh"' not in page.read_text()
+    assert not live.warned
 
 
 @pytest.mark.parametrize("field", ["tokens", "time"])
@@ -334,6 +337,6 @@ def test_non_finite_tokens_or_time_is_a_malformed_line_not_a_crash(
     with redirect_stderr(err), redirect_stdout(io.StringIO()):
         assert run_cli(report.main, [str(run_dir), "--out", str(out), "--no-png"]) == 0
     assert "1 malformed line(s) skipped" in err.getvalue()
-    run = report.load_run(run_dir)
+    run = load_run(run_dir)
     assert [r["step"] for r in run.train] == [2]
     assert run.wall_s == 1.0
