@@ -43,6 +43,7 @@ from gpt2repro.hardware import flops_per_token, mfu, peak_flops
 from gpt2repro.metrics import RunLog, console_line, run_header
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer, lr_at
+from gpt2repro.report import LiveReport
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run stopped early on a signal; rerun to resume
 
@@ -345,6 +346,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
         checkpoint.restore_rank(resume.state, train_loader, info)
     guard = Guard(cfg.guard, trainable.optimizer, info=info)
     log = RunLog(run_dir, cfg, info.is_main)
+    live = LiveReport(run_dir, enabled=info.is_main and cfg.log.report)  # RUN_DIR/report.html
     header = run_header(
         cfg, info, argv=sys.argv, grad_accum=grad_accum, n_params=trainable.n_params
     )
@@ -362,6 +364,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
             trainable, cfg, info, step=0, val_tokens=val_tokens, hellaswag=hellaswag
         )
         _log_eval(log, state, results)
+        live.update()  # the live dashboard; never raises
     timer = StepTimer(device, state.step)
     first_step, last_saved = state.step, state.step if resume is not None else -1
     while state.step < train_cfg.max_steps:
@@ -420,6 +423,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
                 hellaswag=hellaswag if do_hs else None,
             )
             _log_eval(log, state, results)
+            live.update()
             paused = True
         if can_sample and _due(state.step, log_cfg.sample_every, last) and not stop:
             log.sample(state.step, state.tokens, _sample_text(trainable, cfg, state.step))
@@ -433,6 +437,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
                 {"event": "preempted", "step": state.step, "tokens": state.tokens}, wandb=False
             )
             log.close()
+            live.update()
             return EXIT_PREEMPTED
 
     # ---- teardown
@@ -443,6 +448,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     log.record({"event": "done", "step": state.step, "tokens": state.tokens}, wandb=False)
     log.print(f"done: {state.step} steps, {state.tokens:,} tokens; run directory {run_dir}")
     log.close()
+    live.update()  # the final page: DONE exists, so it stops reloading
     return 0
 
 
@@ -577,7 +583,6 @@ def _log_eval(log: RunLog, state: TrainState, results: dict[str, float]) -> None
     shown = " | ".join(f"{k} {v:.4f}" for k, v in results.items())
     record = {"step": state.step, "tokens": state.tokens, **results}
     log.record(record, text=f"eval step {state.step:>6} | {shown}")
-    log.report()  # RUN_DIR/report.html, the live dashboard (rank 0; never raises)
 
 
 def _sample_text(trainable: Trainable, cfg: Config, step: int) -> str:
