@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -288,6 +289,20 @@ def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
         for color in report.PALETTE[1 if name == "lr" else 0 : 2]:  # lr: b's line over a's
             near = np.abs(inside - _rgb(color)).sum(axis=2) < 60
             assert near.sum() > 40, (name, color, int(near.sum()))
+
+
+def test_report_help_loads_no_torch() -> None:
+    """`python -m gpt2repro.report --help` (and reading runs) stays torch-free: quick on a laptop."""
+    code = (
+        "import runpy, sys; sys.argv = ['report', '--help']\n"
+        "try:\n    runpy.run_module('gpt2repro.report', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "--no-png" in p.stdout
+    assert p.stdout.strip().splitlines()[-1] == "NO-TORCH"
 
 
 @pytest.mark.parametrize("enabled", [True, False])
