@@ -87,6 +87,7 @@ def format_number(v: float) -> str:
 
 
 def _limits(values: list[float], pad: float) -> tuple[float, float]:
+    """(lo, hi) around `values`, `pad` x their span more on each side; a flat line gets +-5%."""
     lo, hi = min(values), max(values)
     if hi - lo < 1e-12 * max(1.0, abs(hi)):
         lo, hi = lo - max(abs(lo) * 0.05, 1e-9), hi + max(abs(hi) * 0.05, 1e-9)
@@ -104,7 +105,9 @@ class Drawing:
     lines and legend."""
 
     panel: Panel  # key, title, y label
-    x_lim: tuple[float, float]  # training tokens; the axes are empty when `lines` and `hlines` are
+    x_lim: tuple[
+        float, float
+    ]  # training tokens; (0, 1) with no ticks when there is nothing to draw
     y_lim: tuple[float, float]
     x_ticks: list[float]
     y_ticks: list[float]

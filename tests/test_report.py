@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from test_train import TINY, run
 
-from gpt2repro import report
+from gpt2repro import plot, report
 from gpt2repro.data import write_shard
 from gpt2repro.errors import run_cli
 from gpt2repro.runs import load_run, read_metrics
@@ -289,6 +289,33 @@ def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
         for color in report.PALETTE[1 if name == "lr" else 0 : 2]:  # lr: b's line over a's
             near = np.abs(inside - _rgb(color)).sum(axis=2) < 60
             assert near.sum() > 40, (name, color, int(near.sum()))
+
+
+def test_one_drawing_feeds_the_svg_and_the_png(tmp_path: Path) -> None:
+    """A panel is laid out once (limits, ticks, thinned lines); the SVG draws exactly that."""
+    xs = [float(i) for i in range(5000)]
+    series = plot.Series("s", report.PALETTE[0], xs, [2.0 + x / 5000 for x in xs])
+    panel = plot.Panel("p", "P", "y", [series], [plot.HLine(1.0, "ref")], x_max=8000.0,
+                       from_zero=True)  # fmt: skip
+    d = plot.drawing(panel)
+    assert d.x_lim == (0.0, 8000.0) and d.y_lim[0] == 0.0 and d.y_lim[1] > 3.0
+    assert len(d.lines[0].xs) <= plot.MAX_POINTS and d.lines[0].xs[-1] == 4999.0
+    assert all(d.y_lim[0] <= t <= d.y_lim[1] for t in d.y_ticks) and len(d.x_ticks) >= 3
+    assert d.legend == [("s", report.PALETTE[0], "solid"), ("ref", plot.REFERENCE_COLOR, "dashed")]
+    svg = plot.panel_svg(d)
+    points = re.search(r'<polyline class="series" points="([^"]*)"', svg)
+    assert svg.count("<polyline") == 1 and points
+    assert len(points.group(1).split()) == len(d.lines[0].xs)
+    assert all(f">{plot.format_number(t)}</text>" in svg for t in d.x_ticks + d.y_ticks)
+    empty = plot.drawing(
+        plot.Panel("q", "Q", "y", [plot.Series("s", "#000000", [], [])], note="why")
+    )
+    assert empty.empty and empty.note == "why" and "why" in plot.panel_svg(empty)
+    pytest.importorskip("matplotlib")
+    assert plot.write_pngs([d, empty], tmp_path, software="me") == [
+        tmp_path / "p.png",
+        tmp_path / "q.png",
+    ]
 
 
 def test_report_help_loads_no_torch() -> None:
