@@ -246,7 +246,7 @@ def _train_result(
     import torch
 
     from gpt2repro.config import to_dict
-    from gpt2repro.metrics import flops_per_token, mfu, peak_flops
+    from gpt2repro.hardware import flops_per_token, mfu, peak_flops
 
     train_cfg, model_cfg, device = cfg.train, cfg.model, info.device
     tokens_per_step = train_cfg.micro_batch_size * train_cfg.seq_len * info.world_size * grad_accum

@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     """Run the demo; extra `--section.key=value` arguments are passed to the trainer."""
     from gpt2repro import checkpoint, train
     from gpt2repro.config import load_config, reject_unknown_args
-    from gpt2repro.metrics import read_metrics
+    from gpt2repro.runs import read_metrics
 
     t0 = time.time()
     cfg, rest = load_config(["--config", str(CONFIG), *argv])

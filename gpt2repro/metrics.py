@@ -1,4 +1,4 @@
-"""What a run reports: FLOP accounting and MFU, the console line, metrics.jsonl, and wandb.
+"""What a run reports: the console line, metrics.jsonl, wandb, and the run header.
 
 `metrics.jsonl` is the complete record of a run (written by rank 0 of `gpt2repro.train`): one
 JSON object per line, every one with `step` (completed optimizer steps) and `tokens` (training
@@ -19,109 +19,29 @@ tokens seen so far). Four kinds of line:
 Every line the trainer writes also carries `time` (Unix seconds, when it was written): the report
 (`gpt2repro.report`) measures wall time and GPU-hours from it.
 After a resume, steps after the checkpoint may appear twice; the later line is the one that counts.
+Reading it back (`read_metrics`, `train_losses`, `load_run`) is `gpt2repro.runs`, torch-free.
+FLOPs per token, GPU peaks and MFU are `gpt2repro.hardware`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
+import subprocess
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
+import tiktoken
 import torch
 
-
-@dataclass(frozen=True)
-class GPU:
-    """One row of the known-GPU table (docs/reference.md "MFU and GPU peaks", with sources).
-
-    name: how the planner prints it; match: substrings of `torch.cuda.get_device_name()` that
-    identify it (case ignored); peak_flops: dense bf16 Tensor Core FLOP/s; memory_gib: the memory
-    a process can use, in GiB (2**30 bytes), as torch reports it
-    (`torch.cuda.get_device_properties().total_memory`, below the datasheet's "80GB": the driver
-    keeps some; docs/planning.md "Known GPUs" gives each figure's source); aliases: other names
-    `gpt2repro.plan --gpu` accepts.
-    """
-
-    name: str
-    match: tuple[str, ...]
-    peak_flops: float
-    memory_gib: float
-    aliases: tuple[str, ...] = ()
-
-
-# Order matters: the first entry with a matching substring wins, so a specific name comes before
-# the general name it contains ("H200 NVL" before "H200"; tests/test_metrics.py checks it).
-# Memory: torch's total_memory in MiB / 1024, rounded down to 0.1 GiB, as published device
-# readouts show it; where none was found, nvidia-smi's total less 0.5 GiB (the gap between the
-# two on the H100 SXM and A100 40GB), or the same memory's sibling (docs/planning.md).
-GPUS: tuple[GPU, ...] = (
-    GPU("H100 PCIe", ("H100 PCIe",), 756e12, 79.1),  # torch: 81,008 MiB
-    GPU("H100 NVL", ("H100 NVL",), 835e12, 93.0),  # nvidia-smi: 95,830 MiB, less 0.5 GiB
-    GPU("H100 SXM", ("H100",), 989e12, 79.1, ("H100", "H100 80GB HBM3")),  # torch: 81,082 MiB
-    GPU("H200 NVL", ("H200 NVL",), 835e12, 139.8),  # the H200 SXM's 141 GB HBM3e; lower power
-    GPU("H200 SXM", ("H200",), 989e12, 139.8, ("H200",)),  # torch: 143,156 MiB
-    GPU("H800 PCIe", ("H800 PCIe",), 756e12, 79.1),  # the H100 PCIe's export variant, same memory
-    GPU("H800 SXM", ("H800",), 989e12, 79.1, ("H800",)),  # the H100 SXM's, same memory
-    GPU("A100 40GB", ("A100-SXM4-40GB", "A100-PCIE-40GB"), 312e12, 39.5, ("A100-40GB",)),  # 40,536
-    # nvidia-smi: 81,920 MiB, less 0.5 GiB
-    GPU("A100 80GB", ("A100",), 312e12, 79.5, ("A100-80GB", "A100 SXM", "A100 PCIe")),
-    GPU("L40S", ("L40S",), 362.05e12, 44.5),  # torch: 45,589 MiB
-    # GeForce: bf16 with fp32 accumulation (what torch's bf16 matmuls use) runs at half the
-    # fp16-accumulate rate the marketing figure quotes. torch: 24,563 MiB.
-    GPU("RTX 4090", ("RTX 4090",), 165.2e12, 23.9, ("4090", "GeForce RTX 4090")),
-)
-
-# (substring of the device name, dense bf16 peak FLOP/s), first match wins: the MFU lookup's view
-# of GPUS.
-GPU_PEAK_FLOPS: list[tuple[str, float]] = [(m, g.peak_flops) for g in GPUS for m in g.match]
-
-
-def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
-    """Training FLOPs per token, llm.c's convention: 6N + 6·L·C·T (attention at causal half cost)."""
-    return 6.0 * n_params + 6.0 * n_layer * n_embd * seq_len
-
-
-def peak_flops(device: torch.device) -> float | None:
-    """Dense bf16 peak of this device by name, or None when unknown (CPU, MPS, other GPUs)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return peak_flops_for_name(name)
-
-
-def gpu_for_device_name(name: str) -> GPU | None:
-    """The GPUS row of a CUDA device name ("NVIDIA H100 80GB HBM3"), or None when unknown."""
-    for gpu in GPUS:
-        if any(m.lower() in name.lower() for m in gpu.match):
-            return gpu
-    return None
-
-
-def peak_flops_for_name(name: str) -> float | None:
-    """Dense bf16 peak of a CUDA device name, or None when unknown."""
-    gpu = gpu_for_device_name(name)
-    return None if gpu is None else gpu.peak_flops
-
-
-def mfu(
-    flops_per_tok: float, tokens_per_s: float, peak_per_device: float | None, n_devices: int
-) -> float | None:
-    """Model FLOPs utilisation in [0, 1], or None when the peak is unknown (never a guess)."""
-    if peak_per_device is None or tokens_per_s <= 0:
-        return None
-    return flops_per_tok * tokens_per_s / (peak_per_device * n_devices)
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+from gpt2repro.config import to_dict, to_toml
+from gpt2repro.errors import UserError
+from gpt2repro.runs import format_duration
 
 
 def console_line(
@@ -182,31 +102,6 @@ def _ends_mid_line(path: Path) -> bool:
         return fh.read(1) != b"\n"
 
 
-def read_metrics(path: str | Path, malformed: list[int] | None = None) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl (a torn last line from a crash is ignored). Lines that are
-    not a JSON object are skipped; their 1-based numbers go to `malformed` when given."""
-    out = []
-    with open(path, errors="replace") as fh:
-        for number, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if isinstance(record, dict):
-                out.append(record)
-            elif malformed is not None:
-                malformed.append(number)
-    return out
-
-
-def train_losses(path: str | Path) -> dict[int, float]:
-    """step -> loss from a metrics.jsonl, the last line for each step winning (resumes re-log)."""
-    return {r["step"]: r["loss"] for r in read_metrics(path) if "loss" in r and "event" not in r}
-
-
 class WandbLogger:
     """wandb with the same run id across resumes (id kept in run_dir/wandb_id.txt); rank 0 only."""
 
@@ -220,14 +115,13 @@ class WandbLogger:
         enabled: bool,
     ) -> None:
         self.run = None
+        self._table: Any = None  # wandb.Table, kept from the import below
         self._samples: list[list[Any]] = []
         if not enabled or mode == "disabled":
             return
         try:
-            import wandb
+            import wandb  # optional (the `wandb` extra): only a run that logs to it needs it
         except ImportError:
-            from gpt2repro.errors import UserError
-
             raise UserError(
                 f"log.wandb_mode={mode} needs wandb: pip install 'gpt2repro[wandb]' "
                 "(or set --log.wandb_mode=disabled)"
@@ -237,6 +131,7 @@ class WandbLogger:
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         if not id_file.exists():
             id_file.write_text(run_id + "\n")
+        self._table = wandb.Table
         self.run = wandb.init(
             project=project,
             name=name,
@@ -256,11 +151,9 @@ class WandbLogger:
     def log_sample(self, step: int, text: str) -> None:
         if self.run is None:
             return
-        import wandb
-
         self._samples.append([step, text])
         self.run.log(
-            {"samples": wandb.Table(columns=["step", "text"], data=self._samples)}, step=step
+            {"samples": self._table(columns=["step", "text"], data=self._samples)}, step=step
         )
 
     def finish(self) -> None:
@@ -271,8 +164,6 @@ class WandbLogger:
 
 def git_sha(repo: Path | None = None) -> str:
     """HEAD of the source tree (with "-dirty" when it has uncommitted changes), or "unknown"."""
-    import subprocess
-
     repo = repo or Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(
@@ -299,13 +190,6 @@ def run_header(
     cfg: Any, info: Any, argv: list[str], grad_accum: int, n_params: int
 ) -> dict[str, Any]:
     """What reproduces a run: versions, GPUs, world size, git SHA, argv, batch math, config."""
-    import platform
-
-    import numpy as np
-    import tiktoken
-
-    from gpt2repro.config import to_dict, to_toml
-
     train_cfg = cfg.train
     gpus = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -347,17 +231,21 @@ def run_header(
     return {"record": record, "text": text}
 
 
+class Page(Protocol):
+    """A page drawn from metrics.jsonl (the trainer passes `report.LiveReport`)."""
+
+    def update(self) -> None: ...
+
+
 class RunLog:
-    """Where a training run reports: the console, metrics.jsonl and wandb. Every rank makes one
+    """Where a training run reports: the console, metrics.jsonl, wandb, and the live page that
+    its owner hands over (redrawn after each evaluation and at the end). Every rank makes one
     and calls it alike; only rank 0 prints or writes."""
 
-    def __init__(self, run_dir: Path, cfg: Any, is_main: bool) -> None:
-        from gpt2repro.config import to_dict
-        from gpt2repro.report import LiveReport
-
+    def __init__(self, run_dir: Path, cfg: Any, is_main: bool, page: Page | None = None) -> None:
         self.is_main = is_main
+        self.page = page
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
-        self.live = LiveReport(run_dir, enabled=is_main and cfg.log.report)
         self.wandb = WandbLogger(
             mode=cfg.log.wandb_mode,
             project=cfg.log.wandb_project,
@@ -410,7 +298,8 @@ class RunLog:
         self.record(
             {"step": step, "tokens": tokens, **results}, text=f"eval step {step:>6} | {shown}"
         )
-        self.report()
+        if self.page is not None:
+            self.page.update()  # never raises
 
     def preempted(
         self, *, step: int, tokens: int, signum: int | None, saved_to: Path, resume_mode: str
@@ -451,13 +340,10 @@ class RunLog:
         )
         self.wandb.log_sample(step, text)
 
-    def report(self) -> None:
-        """Rewrite RUN_DIR/report.html from metrics.jsonl (rank 0, `log.report`); never raises."""
-        self.live.update()
-
     def close(self) -> None:
-        """Flush metrics.jsonl, write the final report.html (no reloading once DONE exists), and
+        """Flush metrics.jsonl, draw the page a last time (no reloading once DONE exists), and
         finish wandb."""
         self.metrics.close()
-        self.live.update()
+        if self.page is not None:
+            self.page.update()
         self.wandb.finish()

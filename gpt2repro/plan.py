@@ -5,8 +5,8 @@
         --tokens 10e9 --step-ms 140 --price-per-gpu-hour 2.5 --json
 
 Everything is arithmetic on the config, with the trainer's own rules: the parameter count of the
-real `GPT` (built on the meta device, so no memory), `metrics.flops_per_token` and the GPU table
-`metrics.GPUS`, `config.grad_accum_steps` (a batch that training refuses is refused here too) and
+real `GPT` (built on the meta device, so no memory), `hardware.flops_per_token` and the GPU table
+`hardware.GPUS`, `config.grad_accum_steps` (a batch that training refuses is refused here too) and
 `precision.autocast_dtype` (bf16 autocast on CUDA unless train.dtype says otherwise).
 
 The memory model counts the bytes the training step holds at its peak, component by component
@@ -31,9 +31,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from gpt2repro import precision
 from gpt2repro.config import Config, ModelConfig, grad_accum_steps, load_config
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
-from gpt2repro.metrics import GPU, GPUS, flops_per_token, format_duration, gpu_for_device_name
+from gpt2repro.hardware import GPU, GPUS, flops_per_token, gpu_for_device_name
+from gpt2repro.model import GPT
+from gpt2repro.runs import format_duration
 
 GIB = 2**30
 DEFAULT_MFU = 0.40  # the assumption when bench/results/ has no measurement for this GPU and size
@@ -60,10 +65,6 @@ class ModelShape:
 
 def model_shape(model_cfg: ModelConfig) -> ModelShape:
     """Count parameters on the meta device: the same module as training, no memory, no init."""
-    import torch
-
-    from gpt2repro.model import GPT
-
     with torch.device("meta"):
         model = GPT(model_cfg)
     block = model.transformer.h[0]
@@ -333,10 +334,6 @@ class Request:
 
 def setup_for(cfg: Config, world: int, strategy: str) -> Setup:
     """The Setup of a config on `world` CUDA GPUs, by training's own precision rule."""
-    import torch
-
-    from gpt2repro import precision
-
     bf16 = precision.autocast_dtype(cfg.train.dtype, torch.device("cuda")) is not None
     return Setup(
         model=cfg.model,

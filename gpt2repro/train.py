@@ -44,10 +44,12 @@ from gpt2repro.errors import UserError, run_cli
 from gpt2repro.evaluate import EvalSettings, evaluate_in_loop
 from gpt2repro.fault import injected as injected_fault
 from gpt2repro.guard import Guard
+from gpt2repro.hardware import flops_per_token, mfu, peak_flops
 from gpt2repro.hellaswag import load_hellaswag
-from gpt2repro.metrics import RunLog, flops_per_token, mfu, peak_flops, run_header
+from gpt2repro.metrics import RunLog, run_header
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer, lr_at
+from gpt2repro.report import LiveReport
 from gpt2repro.resume import Resume, restore_rank, select_resume
 from gpt2repro.sample import complete
 from gpt2repro.scoring import Example
@@ -109,7 +111,9 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
             device=info.device,
         ),
         grad_accum=grad_accum,
-        log=RunLog(run_dir, cfg, info.is_main),
+        log=RunLog(
+            run_dir, cfg, info.is_main, LiveReport(run_dir, info.is_main and cfg.log.report)
+        ),
     )
     if resume is not None:
         run.state.load_state_dict(resume.state)

@@ -22,9 +22,10 @@ from gpt2repro.config import ModelConfig, OptimConfig
 from gpt2repro.data import TokenLoader
 from gpt2repro.dist import DistInfo
 from gpt2repro.evaluate import validation_loss
-from gpt2repro.metrics import peak_flops_for_name, read_metrics, train_losses
+from gpt2repro.hardware import peak_flops_for_name
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer
+from gpt2repro.runs import read_metrics, train_losses
 
 pytestmark = pytest.mark.gpu
 

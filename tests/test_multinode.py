@@ -18,7 +18,7 @@ import test_train
 import torch
 from test_train import args_for, final_params, run
 
-from gpt2repro.metrics import train_losses
+from gpt2repro.runs import train_losses
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 

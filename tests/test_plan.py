@@ -26,7 +26,7 @@ from gpt2repro import plan, precision
 from gpt2repro.config import build_config, load_config
 from gpt2repro.dist import DistInfo
 from gpt2repro.errors import UserError, run_cli
-from gpt2repro.metrics import GPUS
+from gpt2repro.hardware import GPUS
 from gpt2repro.train import build_model, forward_backward
 
 REPO = Path(__file__).resolve().parents[1]

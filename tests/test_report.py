@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -17,10 +18,10 @@ import numpy as np
 import pytest
 from test_train import TINY, run
 
-from gpt2repro import report
+from gpt2repro import plot, report
 from gpt2repro.data import write_shard
 from gpt2repro.errors import run_cli
-from gpt2repro.metrics import read_metrics
+from gpt2repro.runs import load_run, read_metrics
 
 ODD_NAME = 'tiny <b>&"run"'  # must reach the page escaped
 
@@ -133,7 +134,7 @@ def test_report_cli_overlays_runs_with_the_numbers_of_metrics_jsonl(
     # every PNG decodes, is not blank, and shows both runs' colours where there is data
     from PIL import Image
 
-    for panel in report.panels([report.load_run(runs["a"]), report.load_run(runs["b"])]):
+    for panel in report.panels([load_run(runs["a"]), load_run(runs["b"])]):
         img = np.asarray(Image.open(out / f"{panel.key}.png").convert("RGB")).astype(int)
         assert img.shape[0] > 200 and img.shape[1] > 400
         assert (img.min(axis=2) < 200).mean() > 0.01, panel.key  # axes, text, lines
@@ -290,27 +291,69 @@ def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
             assert near.sum() > 40, (name, color, int(near.sum()))
 
 
+def test_one_drawing_feeds_the_svg_and_the_png(tmp_path: Path) -> None:
+    """A panel is laid out once (limits, ticks, thinned lines); the SVG draws exactly that."""
+    xs = [float(i) for i in range(5000)]
+    series = plot.Series("s", report.PALETTE[0], xs, [2.0 + x / 5000 for x in xs])
+    panel = plot.Panel("p", "P", "y", [series], [plot.HLine(1.0, "ref")], x_max=8000.0,
+                       from_zero=True)  # fmt: skip
+    d = plot.drawing(panel)
+    assert d.x_lim == (0.0, 8000.0) and d.y_lim[0] == 0.0 and d.y_lim[1] > 3.0
+    assert len(d.lines[0].xs) <= plot.MAX_POINTS and d.lines[0].xs[-1] == 4999.0
+    assert all(d.y_lim[0] <= t <= d.y_lim[1] for t in d.y_ticks) and len(d.x_ticks) >= 3
+    assert d.legend == [("s", report.PALETTE[0], "solid"), ("ref", plot.REFERENCE_COLOR, "dashed")]
+    svg = plot.panel_svg(d)
+    points = re.search(r'<polyline class="series" points="([^"]*)"', svg)
+    assert svg.count("<polyline") == 1 and points
+    assert len(points.group(1).split()) == len(d.lines[0].xs)
+    assert all(f">{plot.format_number(t)}</text>" in svg for t in d.x_ticks + d.y_ticks)
+    empty = plot.drawing(
+        plot.Panel("q", "Q", "y", [plot.Series("s", "#000000", [], [])], note="why")
+    )
+    assert empty.empty and empty.note == "why" and "why" in plot.panel_svg(empty)
+    pytest.importorskip("matplotlib")
+    assert plot.write_pngs([d, empty], tmp_path, software="me") == [
+        tmp_path / "p.png",
+        tmp_path / "q.png",
+    ]
+
+
+def test_report_help_loads_no_torch() -> None:
+    """`python -m gpt2repro.report --help` (and reading runs) stays torch-free: quick on a laptop."""
+    code = (
+        "import runpy, sys; sys.argv = ['report', '--help']\n"
+        "try:\n    runpy.run_module('gpt2repro.report', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "--no-png" in p.stdout
+    assert p.stdout.strip().splitlines()[-1] == "NO-TORCH"
+
+
 @pytest.mark.parametrize("enabled", [True, False])
-def test_runlog_writes_the_page_only_when_log_report_is_on(tmp_path: Path, enabled: bool) -> None:
-    """The trainer's hook (RunLog.report after an evaluation, RunLog.close at the end) and its
-    switch; the page reloads until DONE appears."""
+def test_live_report_writes_the_page_only_when_enabled(tmp_path: Path, enabled: bool) -> None:
+    """The trainer's page (LiveReport, redrawn by RunLog after an evaluation and at the end) and its switch
+    (`log.report` on rank 0); the page reloads until DONE appears."""
     from gpt2repro.config import build_config
     from gpt2repro.metrics import RunLog
 
     cfg = build_config(overrides=[("log.report", str(enabled).lower()), ("run.dir", str(tmp_path))])
-    log = RunLog(tmp_path, cfg, is_main=True)
+    live = report.LiveReport(tmp_path, enabled=cfg.log.report)
+    log = RunLog(tmp_path, cfg, is_main=True, page=live)
     log.record({"event": "start", "step": 0, "tokens": 0, "config": {}}, wandb=False)
-    log.record({"step": 0, "tokens": 0, "val_loss": 10.9})
-    log.report()
+    log.evaluation(0, 0, {"val_loss": 10.9})  # redraws the page
     page = tmp_path / "report.html"
     assert page.exists() == enabled
     if enabled:
         assert 'http-equiv="refresh"' in page.read_text()
     (tmp_path / "DONE").write_text("{}\n")
-    log.close()
+    log.close()  # the last drawing
     assert page.exists() == enabled
     if enabled:
         assert 'http-equiv="refresh"' not in page.read_text()
+    assert not live.warned
 
 
 @pytest.mark.parametrize("field", ["tokens", "time"])
@@ -334,7 +377,7 @@ def test_non_finite_tokens_or_time_is_a_malformed_line_not_a_crash(
     with redirect_stderr(err), redirect_stdout(io.StringIO()):
         assert run_cli(report.main, [str(run_dir), "--out", str(out), "--no-png"]) == 0
     assert "1 malformed line(s) skipped" in err.getvalue()
-    run = report.load_run(run_dir)
+    run = load_run(run_dir)
     assert [r["step"] for r in run.train] == [2]
     assert run.wall_s == 1.0
 

@@ -16,7 +16,7 @@ from conftest import TINY_SHAPE
 
 from gpt2repro import checkpoint
 from gpt2repro.data import write_shard
-from gpt2repro.metrics import read_metrics, train_losses
+from gpt2repro.runs import read_metrics, train_losses
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

@@ -9,7 +9,7 @@ import pytest
 import test_train
 from test_train import args_for, run
 
-from gpt2repro.metrics import train_losses
+from gpt2repro.runs import train_losses
 
 pytest.importorskip("wandb")
 

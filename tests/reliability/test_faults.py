@@ -24,8 +24,8 @@ from gpt2repro import checkpoint, fault
 from gpt2repro.atomic import atomic_open
 from gpt2repro.data import write_shard
 from gpt2repro.errors import UserError, run_cli
-from gpt2repro.metrics import read_metrics, train_losses
 from gpt2repro.prep import fineweb, shards
+from gpt2repro.runs import read_metrics, train_losses
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 10
