@@ -96,7 +96,7 @@ def _full_state_dicts(
     model: nn.Module, optimizer: torch.optim.Optimizer | None
 ) -> tuple[dict, dict | None]:
     """Full (unsharded) model and optimizer state dicts on CPU; a collective under FSDP."""
-    # Imported here, not at the top: torch.distributed.checkpoint pulls in DTensor (about 0.4 s),
+    # Imported here, not at the top: torch.distributed.checkpoint costs about 0.4 s to import,
     # which sample/evaluate/export never need (they read model.pt with _load_tensors).
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -136,7 +136,7 @@ def _load_tensors(path: Path, mmap: bool = False) -> Any:
 
 def load_into(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt: Path) -> None:
     """Load model.pt (and optim.pt) of `ckpt` into a possibly sharded model; every rank calls it."""
-    # Imported here, not at the top: torch.distributed.checkpoint pulls in DTensor (about 0.4 s),
+    # Imported here, not at the top: torch.distributed.checkpoint costs about 0.4 s to import,
     # which sample/evaluate/export never need (they read model.pt with _load_tensors).
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,

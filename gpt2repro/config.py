@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import json
 import math
+import sys
 import tomllib
 import types
 import typing
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpt2repro.errors import DEBUG_HELP, UserError
+from gpt2repro.errors import DEBUG_HELP, UserError, run_cli
 
 # The compute precisions (precision.autocast_dtype reads them; train.dtype, evaluate's and the
 # benchmarks' options offer them).
@@ -941,8 +942,4 @@ def _cli(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
-    from gpt2repro.errors import run_cli
-
     sys.exit(run_cli(_cli))

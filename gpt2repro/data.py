@@ -84,7 +84,7 @@ def allow_open_files(n_shards: int, option: str = "data.dir", spare: int = 256) 
     everything else: raise this process's soft open-file limit up to its hard limit if needed
     (10B tokens in 1M-token shards are 10,000 files; many systems start at a soft limit of 1,024),
     or say in one line what to change when even the hard limit is too low."""
-    import resource
+    import resource  # POSIX only: imported where it is used (Linux and macOS runs)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = n_shards + spare
@@ -276,7 +276,7 @@ class TokenLoader:
         device: torch.device | str = "cpu",
         shuffle: bool | None = None,
     ) -> None:
-        import torch
+        import torch  # the loader's own: data prep imports this module and never loads torch
 
         if batch_size <= 0 or seq_len <= 0:
             raise UserError(f"batch size ({batch_size}) and seq_len ({seq_len}) must be positive")
@@ -356,7 +356,7 @@ class TokenLoader:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y): int64 [B, T] on `device`; y[:, t] is the token after x[:, t]."""
-        import torch
+        import torch  # see __init__
 
         if self.pos + self.global_batch > self.total_windows:  # the rest would not fill a batch
             self.epoch += 1

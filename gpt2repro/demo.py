@@ -13,7 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from gpt2repro import checkpoint, dist, precision, train
+from gpt2repro.config import load_config, reject_unknown_args
 from gpt2repro.errors import UserError, run_cli
+from gpt2repro.runs import read_metrics
+from gpt2repro.sample import complete
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "shakespeare.toml"
@@ -24,18 +30,13 @@ def portable_overrides(device_option: str) -> tuple[list[str], str]:
     not work, and why: a CPU without bf16 hardware (bf16 would be emulated, slower than float32),
     no C++ compiler for torch.compile's CPU code, or an Apple GPU (its compile support is partial).
     ([], "") where the config's settings stand (CUDA, or a CPU with AMX / AVX-512 BF16)."""
-    import torch
-
-    from gpt2repro.dist import pick_device
-    from gpt2repro.precision import cpu_has_bf16_units
-
-    device = pick_device(device_option)
+    device = dist.pick_device(device_option)
     if device.type == "cuda":
         return [], ""
     if device.type == "mps":
         return ["--train.compile=false"], "torch.compile is not used on Apple GPUs"
     compiler = any(shutil.which(c) for c in ("c++", "g++", "clang++")) or "CXX" in os.environ
-    if not cpu_has_bf16_units():
+    if not precision.cpu_has_bf16_units():
         why = f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bfloat16 units"
         return ["--train.dtype=float32", "--train.compile=false"], why
     if not compiler:
@@ -45,10 +46,6 @@ def portable_overrides(device_option: str) -> tuple[list[str], str]:
 
 def main(argv: list[str]) -> int:
     """Run the demo; extra `--section.key=value` arguments are passed to the trainer."""
-    from gpt2repro import checkpoint, train
-    from gpt2repro.config import load_config, reject_unknown_args
-    from gpt2repro.runs import read_metrics
-
     t0 = time.time()
     cfg, rest = load_config(["--config", str(CONFIG), *argv])
     reject_unknown_args(rest)
@@ -70,7 +67,6 @@ def main(argv: list[str]) -> int:
     train_s = time.time() - t1
 
     print("== 3/3 sample from the trained model", flush=True)
-    from gpt2repro.sample import complete
 
     model = checkpoint.load_model(cfg.run.dir)
     text = complete(

@@ -16,6 +16,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gpt2repro.config import DistConfig
 from gpt2repro.errors import RankFailed, UserError
@@ -202,6 +204,8 @@ def shard(
     Call before building the optimizer. No-op for ddp or a single process.
     """
     if strategy == "fsdp" and info.distributed:
+        # Imported here: torch.distributed.fsdp costs about 0.65 s to import, which DDP runs
+        # and every single-process command never need.
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
@@ -246,8 +250,6 @@ def _bf16_compress_hook(backend: str | None) -> Callable[..., torch.futures.Futu
     gloo, which all-reduces bf16 fine (so on CPU it is called through a wrapper of another
     name). Under NCCL DDP's check stays in force.
     """
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
     if backend != "gloo":
         return default_hooks.bf16_compress_hook
 
@@ -278,8 +280,6 @@ def wrap(raw_model: nn.Module, info: DistInfo, cfg: DistConfig, compile: bool) -
             compile_blocks(raw_model)
         return raw_model
     if cfg.strategy == "ddp" and info.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         device_ids = [info.local_rank] if info.device_type == "cuda" else None
         model = DDP(
             raw_model,

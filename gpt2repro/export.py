@@ -29,6 +29,7 @@ def main(argv: list[str]) -> int:
     )
     _, args = parse_verb_args(argv, p)  # no settings shared with training: it loads on the CPU
 
+    # Imported after parsing: `--help` and a bad flag answer without loading torch.
     from pathlib import Path
 
     from gpt2repro.atomic import check_output_path

@@ -102,7 +102,7 @@ def _resolve(name_or_dir: str) -> Path:
 def _download(repo_id: str) -> Path:
     """Fetch config + weights of a hub repo into the HF cache; return the snapshot directory."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # an optional package (the `hf` extra)
     except ImportError:
         raise UserError(
             f"loading '{repo_id}' from the hub needs huggingface_hub (pip install 'gpt2repro[hf]'),"
@@ -173,7 +173,7 @@ def _read_config(directory: Path) -> dict:
 
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint directory on CPU (safetensors preferred; sharded ok)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # an optional package (the `hf` extra)
 
     def from_index(index: Path, load) -> dict[str, torch.Tensor]:
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -397,7 +397,7 @@ def save_hf(
     half-written export. An existing non-empty `out_dir` is replaced only if it is a previous
     export (it holds EXPORT_MARKER) and `overwrite` is set; never if it holds `protect`.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # an optional package (the `hf` extra)
 
     if not isinstance(model, GPT):
         raise TypeError(

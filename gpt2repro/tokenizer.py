@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
 from gpt2repro.atomic import sha256_file
 from gpt2repro.errors import UserError
@@ -65,8 +66,6 @@ def packaged_gpt2_files() -> tuple[Path, Path] | None:
 
 
 def _from_files(vocab: Path, encoder: Path) -> tiktoken.Encoding:
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-
     ranks = data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(vocab),
         encoder_json_file=str(encoder),
