@@ -70,7 +70,7 @@ def synthetic_corpus(n_bytes: int, seed: int = 0) -> list[str]:
 
 def bench_data(args: argparse.Namespace) -> dict:
     """Pipeline (read JSONL -> tokenize in `workers` processes -> write shards) vs raw tiktoken."""
-    from gpt2repro.prep.shards import Stream, jsonl_items, write_shards
+    from gpt2repro.prep.shards import ShardOptions, Stream, jsonl_items, write_shards
     from gpt2repro.tokenizer import get_encoding
 
     docs = synthetic_corpus(int(args.mb * 1e6))
@@ -94,9 +94,7 @@ def bench_data(args: argparse.Namespace) -> dict:
                 Path(tmp) / f"out{i}",
                 {"source": "bench"},
                 prefix="bench",
-                shard_size=args.shard_size,
-                workers=args.workers,
-                quiet=True,
+                options=ShardOptions(shard_size=args.shard_size, workers=args.workers, quiet=True),
             )
             pipe_s = min(pipe_s, time.perf_counter() - t0)
     assert m["tokens"] == raw_tokens, (m["tokens"], raw_tokens)

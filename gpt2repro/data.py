@@ -274,7 +274,6 @@ class TokenLoader:
         world_size: int = 1,
         seed: int = 0,
         device: torch.device | str = "cpu",
-        shuffle: bool | None = None,
     ) -> None:
         import torch  # the loader's own: data prep imports this module and never loads torch
 
@@ -286,7 +285,7 @@ class TokenLoader:
         self.B, self.T = batch_size, seq_len
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device = torch.device(device)
-        self.shuffle = (split == "train") if shuffle is None else shuffle
+        self.shuffle = split == "train"  # validation reads in file order
         self.paths, short = shards_with_a_window(data_dir, split, seq_len)
         if short and rank == 0:
             names = ", ".join(f"{p.name} ({n:,} tokens)" for p, n in short[:3])

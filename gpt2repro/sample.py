@@ -92,25 +92,23 @@ def sample(
     num_samples: int = 1,
     seed: int | None = None,
     use_cache: bool = True,
-    autocast_dtype: torch.dtype | None = None,
 ) -> list[list[int]]:
     """Generated ids (prompt excluded), one list per sample. `seed` seeds a generator on the
-    model's device; `autocast_dtype` runs the model under autocast (training's precision)."""
+    model's device. Under a caller's `precision.autocast` the model runs in its dtype."""
     device = model.transformer.wte.weight.device
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
     idx = torch.tensor([prompt_tokens] * num_samples, dtype=torch.long, device=device)  # [B, T0]
-    with precision.autocast(device, autocast_dtype):
-        out = model.generate(
-            idx,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k or None,
-            generator=generator,
-            use_cache=use_cache,
-        )  # [B, T0 + max_new_tokens]
+    out = model.generate(
+        idx,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k or None,
+        generator=generator,
+        use_cache=use_cache,
+    )  # [B, T0 + max_new_tokens]
     return out[:, len(prompt_tokens) :].tolist()
 
 
@@ -141,15 +139,11 @@ def complete(
     enc = get_encoding()
     prompt_tokens = enc.encode_ordinary(prompt) or [EOT]
     n = max(0, min(max_new_tokens, model.config.block_size - len(prompt_tokens)))
-    generated = sample(
-        model,
-        prompt_tokens,
-        max_new_tokens=n,
-        temperature=temperature,
-        top_k=top_k,
-        seed=seed,
-        autocast_dtype=autocast_dtype,
-    )[0]
+    device = model.transformer.wte.weight.device
+    with precision.autocast(device, autocast_dtype):  # training's precision
+        generated = sample(
+            model, prompt_tokens, max_new_tokens=n, temperature=temperature, top_k=top_k, seed=seed
+        )[0]
     return prompt + decode_continuation(enc, prompt_tokens, generated)
 
 

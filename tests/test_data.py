@@ -249,7 +249,10 @@ def test_train_shuffles_per_epoch_deterministically(tmp_path: Path) -> None:
     epoch1 = torch.cat(ea[n:]).tolist()
     assert epoch0 != epoch1  # a new order each epoch ...
     assert sorted(epoch0) == sorted(epoch1)  # ... of the same windows
-    seq = TokenLoader(str(tmp_path), "train", B, T, shuffle=False).next_batch()[0]
+    unshuffled = TokenLoader(str(tmp_path), "train", B, T)
+    unshuffled.shuffle = False
+    unshuffled.reset()
+    seq = unshuffled.next_batch()[0]
     assert seq[0].tolist() == read_shard(tmp_path / "t_train_000000.bin")[:T].tolist()
 
 
@@ -321,7 +324,9 @@ def test_loader_errors(tmp_path: Path) -> None:
 def test_loader_reads_npy_and_batches_are_independent(tmp_path: Path) -> None:
     toks = np.arange(1000, dtype=np.uint16)
     np.save(tmp_path / "e_train_000001.npy", toks)
-    ld = TokenLoader(str(tmp_path), "train", 2, 16, shuffle=False)
+    ld = TokenLoader(str(tmp_path), "train", 2, 16)
+    ld.shuffle = False  # file order, to name the expected windows
+    ld.reset()
     x0, _ = ld.next_batch()
     x1, _ = ld.next_batch()
     assert x0[0].tolist() == list(range(16)) and x1[0].tolist() == list(range(32, 48))

@@ -81,10 +81,14 @@ def _reference(docs: list[str]) -> np.ndarray:
 def _run(src: Path, out: Path, **kw) -> dict:
     files = fineweb.expand_inputs(str(src))
     settings = {"source": {"kind": "local", "files": [[str(f), f.stat().st_size] for f in files]}}
-    kw.setdefault("prefix", "t")
-    kw.setdefault("quiet", True)
+    prefix = kw.pop("prefix", "t")
+    options = shards.ShardOptions(**{"quiet": True, **kw})
     return shards.write_shards(
-        lambda s: fineweb.local_stream(files, "text", s), out, settings, **kw
+        lambda s: fineweb.local_stream(files, "text", s),
+        out,
+        settings,
+        prefix=prefix,
+        options=options,
     )
 
 

@@ -31,6 +31,7 @@ from gpt2repro.prep.shards import (
     ON_INTERRUPT,
     PROGRESS,
     Item,
+    ShardOptions,
     Stream,
     check_min_shard_size,
     check_out_dir,
@@ -263,12 +264,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     """Write the shards the arguments describe; 0 when done (a UserError for bad input)."""
     args = parse_args(argv)
-    common = dict(
+    options = ShardOptions(
         shard_size=args.shard_size,
+        val_items=args.val_docs,
         workers=args.workers,
         strict=args.strict,
         text_field=args.text_field,
-        val_items=args.val_docs,
         quiet=args.quiet,
     )
     if args.input:
@@ -288,7 +289,7 @@ def main(argv: list[str]) -> int:
             args.out_dir,
             settings,
             prefix=args.prefix or "data",
-            **common,
+            options=options,
         )
         return 0
     dataset = args.dataset or "fineweb-edu"
@@ -303,7 +304,7 @@ def main(argv: list[str]) -> int:
         out_dir,
         {"source": source},
         prefix=prefix,
-        **common,
+        options=options,
     )
     return 0
 

