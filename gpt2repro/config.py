@@ -4,7 +4,7 @@ Precedence: dataclass defaults < TOML file (`--config FILE`) < CLI (`--optim.lr=
 `--optim.lr 3e-4`). Every problem (unknown key, wrong type, bad value) is collected and reported
 at once, one line each, naming the key and the closest valid one. `--help` lists every field.
 
-Each component receives only its own section (STYLE.md principle 3).
+Each component receives only its own section.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """GPT-2, exactly: pre-LN blocks, tanh-GELU, learned positions, biases, lm_head tied to wte.
 
-Pure nn.Module (STYLE.md principle 4): no ranks, files or optimizers. Compile, DDP/FSDP and
+Pure nn.Module: no ranks, files or optimizers. Compile, DDP/FSDP and
 precision are applied from outside. Names follow Hugging Face's GPT-2 so state dicts map 1:1
 (apart from the Conv1D transposes, handled in hf.py).
 """
