@@ -18,7 +18,6 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional  # noqa: F401  # see below
 import torch.nn as nn
 
 from gpt2repro.config import DistConfig
@@ -28,7 +27,9 @@ T = TypeVar("T")
 
 # torch.distributed.nn.functional's collectives default to `group=group.WORLD`, evaluated when it
 # is imported: imported after init_process_group (by torch.distributed.checkpoint, at the first
-# save), they would hold the default group past teardown; imported above, they hold None.
+# save), they would hold the default group past teardown (see `teardown`); imported here, None.
+if dist.is_available():
+    import torch.distributed.nn.functional  # noqa: F401
 
 # Group for tiny CPU-side control messages (preemption flags); gloo even when training uses NCCL.
 _CONTROL_GROUP: object | None = None
