@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
+import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -23,6 +26,12 @@ from gpt2repro.config import DistConfig
 from gpt2repro.errors import RankFailed, UserError
 
 T = TypeVar("T")
+
+# torch.distributed.nn.functional's collectives default to `group=group.WORLD`, evaluated when it
+# is imported: imported after init_process_group (by torch.distributed.checkpoint, at the first
+# save), they would hold the default group past teardown (see `teardown`); imported here, None.
+if dist.is_available():
+    import torch.distributed.nn.functional  # noqa: F401
 
 # Group for tiny CPU-side control messages (preemption flags); gloo even when training uses NCCL.
 _CONTROL_GROUP: object | None = None
@@ -122,16 +131,58 @@ def setup(
 
 
 def teardown(clean: bool = True) -> None:
-    """Barrier, then destroy the process group (a bare destroy can abort FSDP2 over gloo).
+    """Barrier, destroy the process groups, and free them, so every rank exits with status 0.
 
-    clean=False (after an error on this rank) skips the barrier, which could wait forever.
+    The barrier keeps a rank from leaving while another still talks (and a bare destroy can
+    abort FSDP2 over gloo). Freeing matters because `destroy_process_group` only forgets the
+    groups: FSDP2's module state and its DeviceMeshes (which torch's DTensor caches keep for the
+    life of the process) still hold them, and with them gloo's worker threads. Such a thread
+    drops its last reference to a finished collective a moment after the collective returns;
+    if the interpreter is shutting down by then, taking the GIL to free the tensors ends the
+    thread inside a C++ destructor: "terminate called without an active exception", SIGABRT,
+    after a run that printed "done" (`_free_process_groups`; tests/test_teardown.py).
+
+    clean=False (after an error on this rank) skips the barrier, which could wait forever, and
+    the freeing, whose join could wait for a collective a failed peer never joins.
     """
     global _CONTROL_GROUP
-    if dist.is_available() and dist.is_initialized():
-        if clean:
-            dist.barrier()
-        dist.destroy_process_group()
-    _CONTROL_GROUP = None
+    control, _CONTROL_GROUP = _CONTROL_GROUP, None
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    groups = [weakref.ref(g) for g in {dist.group.WORLD, control} if g is not None]
+    del control
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
+    if clean:
+        _free_process_groups()
+        if any(g() is not None for g in groups):  # a torch that keeps them somewhere new
+            print(
+                "warning: a process group outlived dist.teardown; the exit may abort with "
+                "'terminate called without an active exception'",
+                file=sys.stderr,
+            )
+
+
+def _free_process_groups() -> None:
+    """Drop the references to destroyed process groups that torch keeps, so their C++ objects are
+    freed now: each group's destructor waits for its gloo worker threads, with the GIL released
+    (the threads may need it to free a collective's tensors), while the interpreter is whole.
+
+    Holders: the sharded model's FSDP2 state (reference cycles: `gc.collect`), every
+    DeviceMesh's `_pg_registry` (meshes live on in DTensor's sharding caches), and the defaults
+    of torch.distributed.nn.functional (imported early for that, at the top of this module).
+    """
+    gc.collect()
+    device_mesh = sys.modules.get("torch.distributed.device_mesh")
+    if device_mesh is None:  # never imported: no mesh holds a group
+        return
+    for obj in gc.get_objects():
+        # type(), not isinstance: some torch objects warn when their __class__ is read
+        if issubclass(type(obj), device_mesh.DeviceMesh):
+            registry = getattr(obj, "_pg_registry", None)
+            if isinstance(registry, dict):
+                registry.clear()
 
 
 def is_initialized() -> bool:

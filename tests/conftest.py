@@ -7,7 +7,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +55,31 @@ def repo() -> Path:
     return REPO
 
 
-def launches_torchrun(cmd: Any) -> bool:
-    """Whether a subprocess command line starts torchrun (the script or torch.distributed.run)."""
+# The launch scripts that start torchrun themselves (unless DRY_RUN=1: then they print its command).
+TORCHRUN_SCRIPTS = {
+    p.name
+    for p in (REPO / "launch").glob("*.sh")
+    if any(
+        "torch.distributed.run" in line and not line.lstrip().startswith("#")
+        for line in p.read_text().splitlines()
+    )
+}
+
+
+def launches_torchrun(cmd: Any, env: Mapping[str, str] | None = None) -> bool:
+    """Whether a subprocess command line starts torchrun: the script, torch.distributed.run, or
+    a launch script that runs it (not under DRY_RUN; `env`: the child's, default ours)."""
     if isinstance(cmd, str | bytes | os.PathLike):
         args = shlex.split(os.fsdecode(cmd))
     else:
         args = [os.fsdecode(a) for a in cmd]
-    return any(Path(a).name == "torchrun" or a == "torch.distributed.run" for a in args)
+    dry = (os.environ if env is None else env).get("DRY_RUN", "") not in ("", "0")
+    return any(
+        Path(a).name == "torchrun"
+        or a == "torch.distributed.run"
+        or (Path(a).name in TORCHRUN_SCRIPTS and not dry)
+        for a in args
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -69,13 +87,20 @@ def _torchrun_needs_the_dist_marker(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
     """A test without the `dist` marker that starts torchrun fails at once, so `-m 'not dist'`
-    really leaves out every multi-process test (tests/test_markers.py checks the source too)."""
+    really leaves out every multi-process test.
+
+    The one enforcement of the marker. It checks the command lines tests actually start (every
+    subprocess goes through Popen), so it sees torchrun however a test builds the command: in a
+    helper, another module, a parametrized case, a launch script. (Reading the test sources
+    instead needs a parser of how helpers pass `nproc` around, and still misses all of that.)
+    A test skipped on this machine is not checked here: it is wherever it runs.
+    """
     if request.node.get_closest_marker("dist") is None:
         test_id = request.node.nodeid
 
         class Popen(subprocess.Popen):  # type: ignore[type-arg]
             def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
-                if launches_torchrun(args):
+                if launches_torchrun(args, kwargs.get("env")):
                     pytest.fail(f"{test_id} starts torchrun: mark it @pytest.mark.dist")
                 super().__init__(args, *rest, **kwargs)
 

@@ -18,8 +18,7 @@ from gpt2repro.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 SCRIPTS = ["cloud_setup.sh", "multi_node.sh", "restart_until_done.sh", "single_node.sh"]
-# The module the scripts print; spelled out here, outside the tests, because these tests only read
-# printed commands and never start torchrun (tests/test_markers.py reads test bodies).
+# The module the scripts print (these tests only read printed commands, under DRY_RUN=1).
 TORCHRUN = ["-m", "torch.distributed.run"]
 CONFIG = "configs/gpt2_124m.toml"
 
