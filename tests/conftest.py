@@ -50,6 +50,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
+def run_train(
+    args: list[str],
+    nproc: int = 1,
+    env: dict[str, str] | None = None,
+    max_restarts: int = 0,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """`python train.py ARGS`, or torchrun with `nproc` processes (also for `max_restarts`), as a
+    user starts it; one thread per process, no fault armed unless `env` arms one. With `check`,
+    a non-zero exit fails the test with the tail of both streams."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if not env or "GPT2REPRO_FAULT" not in env:
+        full_env.pop("GPT2REPRO_FAULT", None)
+    cmd = [PYTHON, str(REPO / "train.py"), *args]
+    if nproc > 1 or max_restarts:
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        cmd[1:2] = [*launcher, f"--max-restarts={max_restarts}", str(REPO / "train.py")]
+    p = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(
+            f"exit {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}"
+        )
+    return p
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

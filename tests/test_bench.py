@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from fixtures.hellaswag import write_hellaswag
 
 from gpt2repro.gpu_results import read_steps, table_row
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_bench_train_reports_throughput_fields(tmp_path: Path) -> None:

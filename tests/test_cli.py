@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 import test_train
+from conftest import REPO
 from test_train import args_for
 
 from gpt2repro import cli
 from gpt2repro.errors import run_cli
-from gpt2repro.metrics import train_losses
 from gpt2repro.prep import fineweb
+from gpt2repro.runs import train_losses
 
-REPO = Path(__file__).resolve().parents[1]
 corpus = test_train.corpus  # the module-scoped shard fixture
 PY = sys.executable
 MODULE_VERBS = [v for v in cli.VERBS if v not in ("train", "prep")]

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from gpt2repro import config as config_module
 from gpt2repro.config import (
@@ -21,7 +22,6 @@ from gpt2repro.config import (
 from gpt2repro.errors import UserError
 from gpt2repro.model import GPT2_SIZES
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.toml"))
 
 
@@ -310,8 +310,7 @@ def test_train_help_lists_debug_and_does_not_import_torch() -> None:
         "except SystemExit:\n    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
     )
-    repo = Path(__file__).resolve().parents[1]
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stderr
     assert "--debug" in p.stdout and "--optim.lr" in p.stdout
     assert p.stdout.strip().splitlines()[-1] == "NO-TORCH"

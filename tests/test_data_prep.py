@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from gpt2repro import fault
 from gpt2repro.data import TokenLoader, read_shard, shard_paths
-from gpt2repro.prep import fineweb, hellaswag, shakespeare, shards
-
-REPO = Path(__file__).resolve().parents[1]
 from gpt2repro.errors import UserError  # noqa: E402
+from gpt2repro.prep import fineweb, hellaswag, shakespeare, shards
 from gpt2repro.tokenizer import EOT, get_encoding  # noqa: E402
 
 WORDS = [

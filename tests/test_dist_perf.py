@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from test_train import args_for, corpus, run  # noqa: F401  (corpus is a fixture)
 
 from gpt2repro.config import build_config, help_text
 from gpt2repro.errors import UserError
 from gpt2repro.runs import train_losses
 
-REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "fixtures" / "dist_worker.py"
 
 

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from gpt2repro.bench import main as bench_main
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_check.sh"
 LIMIT_S = 540  # what one command may run on the lent GPU machine
 TRAIN_STEPS = [

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from gpt2repro.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 SCRIPTS = ["cloud_setup.sh", "multi_node.sh", "restart_until_done.sh", "single_node.sh"]
 # The module the scripts print (these tests only read printed commands, under DRY_RUN=1).

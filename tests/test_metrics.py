@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from gpt2repro.config import load_config, to_dict
 from gpt2repro.dist import DistInfo
 from gpt2repro.metrics import MetricsLog, console_line, run_header
 from gpt2repro.runs import format_duration, read_metrics, train_losses
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _rec(**kw: object) -> dict:

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import test_train
 import torch
+from conftest import REPO
 from test_train import args_for, final_params, run
 
 from gpt2repro.runs import train_losses
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 corpus = test_train.corpus  # the module-scoped shard fixture
 COMMON = ["--train.max_steps=8", "--checkpoint.every=3"]
 TIMEOUT_S = 300  # per launch of both nodes; a hung rendezvous fails the test instead of the suite

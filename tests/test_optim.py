@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from gpt2repro.config import ModelConfig, OptimConfig, load_config
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer, lr_at, param_groups
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=100)
 
 

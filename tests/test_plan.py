@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import REPO
 
 from gpt2repro import plan, precision
 from gpt2repro.config import build_config, load_config
@@ -29,7 +30,6 @@ from gpt2repro.errors import UserError, run_cli
 from gpt2repro.hardware import GPUS
 from gpt2repro.train import build_model, forward_backward
 
-REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.03  # activations, loss buffers and the whole step: within 3% of the measurement
 
 

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 OUTSIDE = re.compile(
     r"\.\./shared|\b(?:STYLE|REFERENCE)\.md"  # the facts a clone needs live in docs/reference.md
     r"|(?<![\w.~])/(?:work|root|home/[^/\s]+|Users/[^/\s]+)/"  # absolute paths to someone's machine

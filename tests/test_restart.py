@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from gpt2repro.errors import INPUT_ERROR_FILE_ENV, RankFailed, UserError, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "shakespeare.toml")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from gpt2repro.config import ModelConfig
 from gpt2repro.errors import run_cli
@@ -18,7 +19,6 @@ from gpt2repro.model import GPT
 from gpt2repro.sample import main, sample
 
 transformers = pytest.importorskip("transformers")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def peaky_gpt(vocab: int = 100, block_size: int = 48, seed: int = 0) -> GPT:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import test_train
 import torch
+from conftest import REPO
 from test_train import args_for, run
 
 from gpt2repro import checkpoint
@@ -26,7 +27,6 @@ from gpt2repro.data import write_shard
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer
 
-REPO = Path(__file__).resolve().parents[1]
 corpus = test_train.corpus  # the module-scoped shard fixture
 SOURCES = sorted(
     [REPO / "train.py", *REPO.glob("gpt2repro/**/*.py"), *REPO.glob("data_prep/*.py")]

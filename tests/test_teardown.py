@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_SHAPE
+from conftest import REPO, TINY_SHAPE
 
 from gpt2repro.data import write_shard
-
-REPO = Path(__file__).resolve().parents[1]
 
 # train.py's entry point, with dist.teardown wrapped to count this process's threads around it.
 WORKER = """

@@ -11,12 +11,12 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 import gpt2repro.tokenizer as tokmod
 from gpt2repro.errors import UserError
 from gpt2repro.tokenizer import EOT, N_VOCAB, get_encoding
 
-REPO = Path(__file__).resolve().parents[1]
 TEXTS = [
     "Hello world",
     "  leading spaces, trailing\t\n",

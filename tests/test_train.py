@@ -4,7 +4,6 @@ FSDP == DDP, checkpoint pruning, metrics schema, bad input. Tiny models on CPU."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_SHAPE
+from conftest import run_train as run
 
 from gpt2repro import checkpoint
 from gpt2repro.data import write_shard
 from gpt2repro.runs import read_metrics, train_losses
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = [
     *TINY_SHAPE,
     "--optim.warmup_steps=3",
@@ -39,32 +38,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_shard(d / "t_train_000001.bin", toks[20000:120000])
     write_shard(d / "t_train_000002.bin", toks[120000:])
     return d
-
-
-def run(
-    args: list[str], nproc: int = 1, env: dict[str, str] | None = None, check: bool = True
-) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    if not env or "GPT2REPRO_FAULT" not in env:
-        full_env.pop("GPT2REPRO_FAULT", None)
-    if nproc == 1:
-        cmd = [sys.executable, str(REPO / "train.py"), *args]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            str(REPO / "train.py"),
-            *args,
-        ]
-    p = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
-    if check and p.returncode != 0:
-        raise AssertionError(
-            f"exit {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}"
-        )
-    return p
 
 
 def args_for(corpus: Path, run_dir: Path, *extra: str) -> list[str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from gpt2repro import dist
 from gpt2repro.config import Config, ModelConfig, TrainConfig, grad_accum_steps, load_config
@@ -16,8 +16,6 @@ from gpt2repro.model import GPT
 from gpt2repro.sample import complete, decode_continuation, sample
 from gpt2repro.tokenizer import get_encoding
 from gpt2repro.train import build_model
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_grad_accum_steps_is_exact_or_refused() -> None:

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_SHAPE
+from conftest import REPO, TINY_SHAPE
 
 from gpt2repro import checkpoint
 from gpt2repro.config import Config, ModelConfig, OptimConfig, to_dict
 from gpt2repro.data import write_shard
 
-REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 MODEL = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=512)
 TINY = [

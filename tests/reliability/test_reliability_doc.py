@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from conftest import REPO
+
 DOC = REPO / "docs" / "reliability.md"
 SUITE = REPO / "tests" / "reliability" / "test_faults.py"
 # `tests/<file>.py::<name>` with an optional parametrize id: `...::<name>[2]`
