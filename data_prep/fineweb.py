@@ -3,22 +3,10 @@
     python data_prep/fineweb.py --help
 
 A thin command line over gpt2repro.prep.fineweb, the same as `gpt2repro prep fineweb ...` and
-`python -m gpt2repro.prep.fineweb ...`. It imports the installed package (`pip install -e .`, which
-`make venv` runs), not the checkout: a script's directory, not the repository, is on sys.path.
+`python -m gpt2repro.prep.fineweb ...`.
 """
 
-import sys
-
-try:
-    from gpt2repro.prep import fineweb
-except ModuleNotFoundError as e:
-    if e.name != "gpt2repro":
-        raise
-    print(
-        "error: gpt2repro is not installed; run `pip install -e .` (or `make venv`) first",
-        file=sys.stderr,
-    )
-    raise SystemExit(2) from None
+from _prep import run  # data_prep/_prep.py, beside this script
 
 if __name__ == "__main__":
-    raise SystemExit(fineweb.cli())
+    raise SystemExit(run("fineweb"))
