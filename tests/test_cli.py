@@ -22,8 +22,8 @@ from test_train import args_for
 
 from gpt2repro import cli
 from gpt2repro.errors import run_cli
-from gpt2repro.metrics import train_losses
 from gpt2repro.prep import fineweb
+from gpt2repro.runs import train_losses
 
 REPO = Path(__file__).resolve().parents[1]
 corpus = test_train.corpus  # the module-scoped shard fixture

@@ -354,8 +354,8 @@ def test_every_known_gpu_has_memory_and_a_peak_and_is_in_the_docs() -> None:
     [
         (["--gpus", "8", "--gpu", "V100"], "--gpu 'V100' is not a GPU the planner knows; known: H100 PCIe"),
         (["--gpus", "8", "--gpu", "A100"], "--gpu A100 is ambiguous"),
-        (["--gpus", "0", "--gpu", "H100"], "--gpus must be at least 1, got 0"),
-        (["--gpus", "8", "--nodes", "0", "--gpu", "H100"], "--nodes must be at least 1"),
+        (["--gpus", "0", "--gpu", "H100"], "--gpus must be >= 1, got 0"),
+        (["--gpus", "8", "--nodes", "0", "--gpu", "H100"], "--nodes must be >= 1"),
         (["--gpus", "8", "--gpu", "H100", "--micro-batch", "48"], "train.total_batch_tokens=524288 is not a multiple"),
         (["--gpus", "3", "--gpu", "H100"], "train.total_batch_tokens=524288 is not a multiple"),
         (["--gpus", "8", "--gpu", "H100", "--tokens", "0.5"], "--tokens is a count of tokens (10e9 = 10B), at least 1, got 0.5"),
@@ -364,7 +364,7 @@ def test_every_known_gpu_has_memory_and_a_peak_and_is_in_the_docs() -> None:
         (["--gpus", "8", "--gpu", "H100", "--price-per-gpu-hour", "-1"], "--price-per-gpu-hour must be a positive"),
         (["--gpus", "8", "--gpu", "H100", "--mfu", "0.4", "--step-ms", "100"], "not allowed with argument"),
         (["--gpus", "8", "--gpu", "H100", "--train.learning_rate=1"], "unknown key 'train.learning_rate'"),
-        (["--gpus", "8", "--gpu", "H100", "--strategy", "zero3"], "invalid choice: 'zero3'"),
+        (["--gpus", "8", "--gpu", "H100", "--strategy", "zero3"], "--strategy: 'dist.strategy' must be one of ddp, fsdp, got 'zero3'"),
         (["--gpu", "H100"], "the following arguments are required: --gpus"),
     ],
 )  # fmt: skip
