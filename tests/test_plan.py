@@ -374,6 +374,36 @@ def test_bad_input_is_one_line(args: list[str], message: str) -> None:
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_short_flags_are_the_config_keys() -> None:
+    """--micro-batch and --strategy are train.micro_batch_size and dist.strategy spelled short:
+    the same plan either way, and the two spellings with different values are refused."""
+    base = ["--config", "configs/gpt2_774m.toml", "--gpus", "8", "--gpu", "A100 40GB"]
+    short = plan.parse([*base, "--micro-batch", "16", "--strategy", "fsdp"])
+    dotted = plan.parse([*base, "--train.micro_batch_size=16", "--dist.strategy", "fsdp"])
+    assert short == dotted and short[0].train.micro_batch_size == 16
+    assert short[1].strategy == "fsdp" and short[0].dist.strategy == "fsdp"
+    with pytest.raises(UserError) as e:
+        plan.parse([*base, "--micro-batch", "16", "--train.micro_batch_size=32"])
+    assert str(e.value) == (
+        "--micro-batch 16 and --train.micro_batch_size=32 set the same setting "
+        "(train.micro_batch_size) to different values; give it once"
+    )
+
+
+def test_help_shows_defaults_and_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["--config", "configs/gpt2_124m.toml", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            run_cli(plan.main, argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert e.value.code == 0
+        assert (
+            "--nodes K nodes (>= 1; default: 1)" in out and "--gpus N GPUs per node (>= 1)" in out
+        )
+        assert "--micro-batch MICRO_BATCH_SIZE, --train.micro_batch_size MICRO_BATCH_SIZE" in out
+        assert "--strategy STRATEGY, --dist.strategy STRATEGY" in out
+        assert "--optim.lr LR" in out and "default 0.0006" in out
+
+
 def test_cli_errors_are_one_line_without_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
