@@ -5,12 +5,15 @@
     python -m gpt2repro.bench train --config configs/gpt2_124m.toml [--section.key=value ...]
                                        # training step on synthetic tokens: tokens/s, MFU, memory
     torchrun --standalone --nproc_per_node=8 -m gpt2repro.bench train --config ...
-    python -m gpt2repro.bench hellaswag [--bench-model gpt2 --device cuda --limit 10042 --out F]
+    python -m gpt2repro.bench hellaswag [--bench-model gpt2 --train.device=cuda --limit 10042 --out F]
                                        # HellaSwag scoring: packed vs one example per pass
     python -m gpt2repro.bench table OUT_DIR   # one table of what bench/gpu_check.sh wrote there
                                               # (read by gpt2repro.gpu_results)
 
-Numbers are recorded in docs/benchmarks.md with the date, machine and command.
+Settings shared with training are spelled as in train.py (`bench loader --train.micro_batch_size=16
+--train.device=cuda`); a subcommand's short flags (`--batch-size`, `--device`, ...) are the same
+settings, listed beside them in its --help. Numbers are recorded in docs/benchmarks.md with the
+date, machine and command.
 """
 
 from __future__ import annotations
