@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from gpt2repro import atomic
 from gpt2repro.atomic import check_output_path
@@ -43,7 +43,7 @@ from gpt2repro.config import (
     grad_accum_steps,
     parse_verb_args,
 )
-from gpt2repro.errors import add_debug_flag, run_cli
+from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.gpu_results import results_table
 
 if TYPE_CHECKING:  # torch is imported by the benchmarks that need it: `bench data` never does
@@ -541,8 +541,6 @@ def hellaswag_summary(r: dict[str, Any]) -> str:
 
 def bench_table(cfg: Config, args: argparse.Namespace) -> dict:
     """Print the table of a results folder (and write it to --md FILE). Returns no JSON."""
-    from gpt2repro.errors import UserError
-
     results = Path(args.dir)
     if not results.is_dir():
         raise UserError(f"{results} is not a folder (give the OUT_DIR of bench/gpu_check.sh)")
@@ -551,6 +549,13 @@ def bench_table(cfg: Config, args: argparse.Namespace) -> dict:
     if args.md:
         atomic.write_text(args.md, text + "\n")
     return {}
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """A subcommand's parser: a bad flag is one line (run_cli's), as a bad setting is."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -562,7 +567,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         formatter_class=ShowDefaults,
     )
     add_debug_flag(p)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors)
 
     def command(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
         return sub.add_parser(

@@ -158,6 +158,7 @@ def test_bench_flags_are_the_config_keys() -> None:
         (["data", "--mb", "nan"], "--mb must be a positive number, got nan"),
         (["train", "--steps=0"], "--steps must be >= 1, got 0"),
         (["train", "--train.lr=1"], "unknown key 'train.lr'"),
+        (["train", "--foo"], "unrecognized arguments: --foo (see python -m gpt2repro.bench train --help)"),
         (["data", "--train.device=cpu"], "python -m gpt2repro.bench data does not use 'train.device'"),
     ]:  # fmt: skip
         with pytest.raises(UserError) as e:
