@@ -240,13 +240,13 @@ train_step train_1558m_b16 gpt2_1558m 16 --warmup=2 --steps=4
 [[ $DRY == 1 ]] || rm -f "$out/hellaswag.json"
 if [[ $MODE == cpu ]]; then
   run_step hellaswag "kind=hellaswag" "$PY" -m gpt2repro.bench hellaswag --bench-model tiny \
-    --device cpu --limit 4 --batch-examples 4 --out "$out/hellaswag.json"
-  run_step loader "kind=loader" "$PY" -m gpt2repro.bench loader --device cpu --steps 20 \
-    --warmup 2 --shards 2 --shard-tokens 100000 --batch-size 8 --seq-len 32
+    --train.device=cpu --limit 4 --eval.batch_examples=4 --out "$out/hellaswag.json"
+  run_step loader "kind=loader" "$PY" -m gpt2repro.bench loader --train.device=cpu --steps 20 \
+    --warmup 2 --shards 2 --shard-tokens 100000 --train.micro_batch_size=8 --train.seq_len=32
 else
   run_step hellaswag "kind=hellaswag" "$PY" -m gpt2repro.bench hellaswag --bench-model gpt2 \
-    --device cuda --limit 2000 --out "$out/hellaswag.json"
-  run_step loader "kind=loader" "$PY" -m gpt2repro.bench loader --steps 300 --device cuda
+    --train.device=cuda --limit 2000 --out "$out/hellaswag.json"
+  run_step loader "kind=loader" "$PY" -m gpt2repro.bench loader --steps 300 --train.device=cuda
 fi
 
 say "gpu_check: $failures step(s) not ok; ${SECONDS}s so far; results in $out"

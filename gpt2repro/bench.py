@@ -5,17 +5,21 @@
     python -m gpt2repro.bench train --config configs/gpt2_124m.toml [--section.key=value ...]
                                        # training step on synthetic tokens: tokens/s, MFU, memory
     torchrun --standalone --nproc_per_node=8 -m gpt2repro.bench train --config ...
-    python -m gpt2repro.bench hellaswag [--bench-model gpt2 --device cuda --limit 10042 --out F]
+    python -m gpt2repro.bench hellaswag [--bench-model gpt2 --train.device=cuda --limit 10042 --out F]
                                        # HellaSwag scoring: packed vs one example per pass
     python -m gpt2repro.bench table OUT_DIR   # one table of what bench/gpu_check.sh wrote there
                                               # (read by gpt2repro.gpu_results)
 
-Numbers are recorded in docs/benchmarks.md with the date, machine and command.
+Settings shared with training are spelled as in train.py (`bench loader --train.micro_batch_size=16
+--train.device=cuda`); a subcommand's short flags (`--batch-size`, `--device`, ...) are the same
+settings, listed beside them in its --help. Numbers are recorded in docs/benchmarks.md with the
+date, machine and command.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -24,11 +28,22 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from gpt2repro import atomic
 from gpt2repro.atomic import check_output_path
-from gpt2repro.errors import add_debug_flag, run_cli
+from gpt2repro.config import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    Config,
+    ModelConfig,
+    ShowDefaults,
+    add_option,
+    grad_accum_steps,
+    parse_verb_args,
+)
+from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.gpu_results import results_table
 
 if TYPE_CHECKING:  # torch is imported by the benchmarks that need it: `bench data` never does
@@ -68,7 +83,7 @@ def synthetic_corpus(n_bytes: int, seed: int = 0) -> list[str]:
     return docs
 
 
-def bench_data(args: argparse.Namespace) -> dict:
+def bench_data(cfg: Config, args: argparse.Namespace) -> dict:
     """Pipeline (read JSONL -> tokenize in `workers` processes -> write shards) vs raw tiktoken."""
     from gpt2repro.prep.shards import ShardOptions, Stream, jsonl_items, write_shards
     from gpt2repro.tokenizer import get_encoding
@@ -111,13 +126,14 @@ def bench_data(args: argparse.Namespace) -> dict:
     return result
 
 
-def bench_loader(args: argparse.Namespace) -> dict:
+def bench_loader(cfg: Config, args: argparse.Namespace) -> dict:
     """Mean time per next_batch() over memory-mapped shards of random tokens (page cache warm)."""
     import numpy as np
     import torch
 
     from gpt2repro.data import TokenLoader, write_shard
 
+    B, T, device = cfg.train.micro_batch_size, cfg.train.seq_len, cfg.train.device
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory(prefix="gpt2repro-bench-") as tmp:
         rng = np.random.default_rng(0)
@@ -127,10 +143,10 @@ def bench_loader(args: argparse.Namespace) -> dict:
         loader = TokenLoader(
             tmp,
             "train",
-            batch_size=args.batch_size,
-            seq_len=args.seq_len,
+            batch_size=B,
+            seq_len=T,
             seed=0,
-            device=args.device,
+            device=device,
         )
         for _ in range(args.warmup):
             loader.next_batch()
@@ -140,31 +156,28 @@ def bench_loader(args: argparse.Namespace) -> dict:
         if x.is_cuda:
             torch.cuda.synchronize()  # count the last copy too
         dt = (time.perf_counter() - t0) / args.steps
-        assert x.shape == (args.batch_size, args.seq_len)
+        assert x.shape == (B, T)
     return {
         "bench": "loader",
-        "device": args.device,
-        "B": args.batch_size,
-        "T": args.seq_len,
+        "device": device,
+        "B": B,
+        "T": T,
         "shards": args.shards,
         "shard_tokens": args.shard_tokens,
         "ms_per_batch": round(dt * 1e3, 3),
-        "tok_per_s": round(args.batch_size * args.seq_len / dt),
+        "tok_per_s": round(B * T / dt),
     }
 
 
-def bench_train(args: argparse.Namespace) -> dict:
+def bench_train(cfg: Config, args: argparse.Namespace) -> dict:
     """The training step of `gpt2repro.train` (`train_step`: the same wrapping, precision,
     accumulation, guard and stop poll) on one fixed synthetic micro-batch: no data loading, so it
     measures the model, optimizer and communication."""
     import torch  # here, not at the top: `bench data` and `--help` load no torch
 
     from gpt2repro import dist, train
-    from gpt2repro.config import grad_accum_steps, load_config, reject_unknown_args
     from gpt2repro.metrics import RunLog
 
-    cfg, rest = load_config(args.overrides)
-    reject_unknown_args(rest)
     info = dist.setup(cfg.train.device, cfg.dist.backend)
     ok = False
     try:
@@ -406,7 +419,6 @@ def time_hellaswag_scoring(
     import numpy as np
     import torch
 
-    from gpt2repro.config import ModelConfig
     from gpt2repro.model import GPT
     from gpt2repro.scoring import (
         continuation_losses,
@@ -457,34 +469,26 @@ def time_hellaswag_scoring(
     }
 
 
-def bench_hellaswag(args: argparse.Namespace) -> dict:
+def bench_hellaswag(cfg: Config, args: argparse.Namespace) -> dict:
     """Batched vs one-example-at-a-time HellaSwag scoring on a random model (weights do not change
     the speed); real examples with --hellaswag FILE, else --limit (64) synthetic ones. Prints a
     few lines (`hellaswag_summary`) and returns the result (printed as JSON, written to --out)."""
     import torch
 
     from gpt2repro import dist, precision
-    from gpt2repro.config import ModelConfig
-    from gpt2repro.errors import UserError
     from gpt2repro.hellaswag import DEFAULT_HELLASWAG, load_hellaswag
     from gpt2repro.model import GPT, gpt2_config
 
-    if args.limit < 0:
-        raise UserError("--limit must be >= 0")
-    for name in ("batch_examples", "bucket"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.dtype not in precision.CHOICES:
-        raise UserError(f"--dtype must be one of {', '.join(precision.CHOICES)}")
-    device = dist.pick_device(args.device, option="--device")
+    device = dist.pick_device(cfg.train.device, option=args.config_flags["train.device"])
     torch.manual_seed(0)
-    cfg = {
+    model_cfg = {
         "gpt2": lambda: gpt2_config("gpt2"),
         "4layer": lambda: ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=256),
         "tiny": lambda: ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256),
     }[args.bench_model]()
-    model = GPT(cfg).to(device)
-    if args.compile:
+    model = GPT(model_cfg).to(device)
+    # unset (--train.compile=auto) = on for CUDA, as in training
+    if cfg.train.compile if cfg.train.compile is not None else device.type == "cuda":
         model = torch.compile(model)
     if args.hellaswag:
         path = DEFAULT_HELLASWAG if args.hellaswag is True else args.hellaswag
@@ -495,8 +499,8 @@ def bench_hellaswag(args: argparse.Namespace) -> dict:
         model,
         examples,
         device=device,
-        autocast_dtype=precision.autocast_dtype(args.dtype, device),
-        batch_examples=args.batch_examples,
+        autocast_dtype=precision.autocast_dtype(cfg.train.dtype, device),
+        batch_examples=cfg.eval.batch_examples,
         bucket=args.bucket,
         n_single=min(len(examples), 64),
     )
@@ -533,10 +537,8 @@ def hellaswag_summary(r: dict[str, Any]) -> str:
     )
 
 
-def bench_table(args: argparse.Namespace) -> dict:
+def bench_table(cfg: Config, args: argparse.Namespace) -> dict:
     """Print the table of a results folder (and write it to --md FILE). Returns no JSON."""
-    from gpt2repro.errors import UserError
-
     results = Path(args.dir)
     if not results.is_dir():
         raise UserError(f"{results} is not a folder (give the OUT_DIR of bench/gpu_check.sh)")
@@ -547,46 +549,85 @@ def bench_table(args: argparse.Namespace) -> dict:
     return {}
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+class _OneLineErrors(argparse.ArgumentParser):
+    """A subcommand's parser: a bad flag is one line (run_cli's), as a bad setting is."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and each subcommand's own (its flags; config settings are added by
+    `parse_verb_args`)."""
     p = argparse.ArgumentParser(
-        prog="python -m gpt2repro.bench", description=__doc__.split("\n")[0]
+        prog="python -m gpt2repro.bench",
+        description=__doc__.split("\n")[0],
+        formatter_class=ShowDefaults,
     )
     add_debug_flag(p)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors)
 
-    d = sub.add_parser("data", help="prep pipeline tokens/s vs raw tiktoken on the same text")
-    d.add_argument("--mb", type=float, default=50.0, help="megabytes of synthetic text")
-    d.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes/threads")
-    d.add_argument("--shard-size", type=int, default=100_000_000, help="tokens per shard")
-    d.add_argument("--repeat", type=int, default=3, help="report the best of N runs")
+    def command(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help, description=help, formatter_class=ShowDefaults, **kwargs
+        )
+
+    d = command("data", "prep pipeline tokens/s vs raw tiktoken on the same text")
+    add_option(d, "--mb", type=float, default=50.0, check=POSITIVE, help="megabytes of text")
+    add_option(
+        d,
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        check=AT_LEAST_1,
+        help="processes/threads",
+    )
+    add_option(
+        d, "--shard-size", type=int, default=100_000_000, check=AT_LEAST_1, help="tokens per shard"
+    )
+    add_option(d, "--repeat", type=int, default=3, check=AT_LEAST_1, help="report the best of N")
     d.set_defaults(func=bench_data)
 
-    ld = sub.add_parser("loader", help="TokenLoader time per batch")
-    ld.add_argument("--batch-size", type=int, default=64, help="B")
-    ld.add_argument("--seq-len", type=int, default=1024, help="T")
-    ld.add_argument("--shards", type=int, default=4, help="number of shards")
-    ld.add_argument("--shard-tokens", type=int, default=10_000_000, help="tokens per shard")
-    ld.add_argument("--warmup", type=int, default=20, help="untimed batches")
-    ld.add_argument("--steps", type=int, default=500, help="timed batches")
-    ld.add_argument("--device", default="cpu", help="where batches go (cpu or cuda)")
+    ld = command("loader", "TokenLoader time per batch")
+    add_option(ld, "--shards", type=int, default=4, check=AT_LEAST_1, help="number of shards")
+    add_option(
+        ld,
+        "--shard-tokens",
+        type=int,
+        default=10_000_000,
+        check=AT_LEAST_1,
+        help="tokens per shard",
+    )
+    add_option(ld, "--warmup", type=int, default=20, check=NON_NEGATIVE, help="untimed batches")
+    add_option(ld, "--steps", type=int, default=500, check=AT_LEAST_1, help="timed batches")
     ld.set_defaults(func=bench_loader)
 
-    tr = sub.add_parser(
-        "train", help="training step on synthetic tokens (tokens/s, MFU, peak memory)"
+    tr = command(
+        "train",
+        "training step on synthetic tokens (tokens/s, MFU, peak memory)",
+        usage="%(prog)s [--config FILE.toml] [--section.key=VALUE ...] [options]",
     )
-    tr.add_argument(
-        "--warmup", type=int, default=5, help="untimed steps (compilation happens here)"
+    add_option(
+        tr,
+        "--warmup",
+        type=int,
+        default=5,
+        check=NON_NEGATIVE,
+        help="untimed steps (compilation happens here)",
     )
-    tr.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
-    tr.add_argument(
-        "--accum", type=int, default=0, help="micro-steps per step (0 = from the config)"
+    add_option(tr, "--steps", type=int, default=10, check=AT_LEAST_1, help="timed optimizer steps")
+    add_option(
+        tr,
+        "--accum",
+        type=int,
+        default=0,
+        check=NON_NEGATIVE,
+        help="micro-steps per step (0 = from the config)",
     )
-    tr.add_argument("--out", default="", help="also write the JSON result to this file")
+    tr.add_argument("--out", help="also write the JSON result to this file")
     tr.set_defaults(func=bench_train)
 
-    hs = sub.add_parser(
-        "hellaswag", help="HellaSwag scoring: packed vs full rows vs one example per pass"
-    )
+    hs = command("hellaswag", "HellaSwag scoring: packed vs full rows vs one example per pass")
     hs.add_argument(
         "--bench-model",
         default="tiny",
@@ -601,32 +642,74 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="FILE",
         help="real examples from FILE (alone: the file `python -m gpt2repro.evaluate` reads)",
     )
-    hs.add_argument("--limit", type=int, default=0, help="examples (0 = 64 synthetic / all)")
-    hs.add_argument("--batch-examples", type=int, default=16, help="examples per batched pass")
-    hs.add_argument("--bucket", type=int, default=32, help="pad rows to a multiple of")
-    hs.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    hs.add_argument("--dtype", default="auto", help="auto, bfloat16 or float32")
-    hs.add_argument("--compile", action="store_true", help="torch.compile the model")
-    hs.add_argument("--out", default="", help="also write the JSON result to this file")
+    add_option(
+        hs,
+        "--limit",
+        type=int,
+        default=0,
+        check=NON_NEGATIVE,
+        help="examples (0 = 64 synthetic / all)",
+    )
+    add_option(
+        hs, "--bucket", type=int, default=32, check=AT_LEAST_1, help="pad rows to a multiple of"
+    )
+    hs.add_argument("--out", help="also write the JSON result to this file")
     hs.set_defaults(func=bench_hellaswag)
 
-    tb = sub.add_parser("table", help="one table of a bench/gpu_check.sh results folder")
+    tb = command("table", "one table of a bench/gpu_check.sh results folder")
     tb.add_argument("dir", help="the folder (OUT_DIR of bench/gpu_check.sh)")
-    tb.add_argument("--md", default="", help="also write the table to this markdown file")
+    tb.add_argument("--md", help="also write the table to this markdown file")
     tb.set_defaults(func=bench_table)
-    args, unknown = p.parse_known_args(argv)
-    if args.command != "train" and unknown:
-        p.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides = unknown
-    return args
+    return p, {"data": d, "loader": ld, "train": tr, "hellaswag": hs, "table": tb}
+
+
+# The settings each benchmark shares with training (parse_verb_args's keyword arguments), spelled
+# as in train.py; a short flag is the same setting. `bench train` takes all of them, as train.py.
+_SETTINGS: dict[str, dict[str, Any]] = {
+    "data": {},
+    "loader": {
+        # model.block_size: the config's rule seq_len <= block_size holds here too
+        "keys": ("train.micro_batch_size", "train.seq_len", "model.block_size", "train.device"),
+        "aliases": {
+            "--batch-size": "train.micro_batch_size",
+            "--seq-len": "train.seq_len",
+            "--device": "train.device",
+        },
+        "defaults": {"train.micro_batch_size": 64, "train.seq_len": 1024, "train.device": "cpu"},
+    },
+    "train": {"sections": tuple(f.name for f in dataclasses.fields(Config)), "config_file": True},
+    "hellaswag": {
+        "keys": ("train.device", "train.dtype", "train.compile", "eval.batch_examples"),
+        "aliases": {
+            "--device": "train.device",
+            "--dtype": "train.dtype",
+            "--compile": "train.compile",
+            "--batch-examples": "eval.batch_examples",
+        },
+        "defaults": {"train.compile": False},  # compiling would dwarf a short measurement
+    },
+    "table": {},
+}
+
+
+def parse_args(argv: list[str]) -> tuple[Config, argparse.Namespace]:
+    """The subcommand's config settings (read as train.py reads them) and its own flags."""
+    p, commands = _parser()
+    i = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    if i == len(argv) or argv[i] not in commands or argv[:i]:
+        p.parse_args(argv)  # the top-level --help, or argparse's error naming the subcommands
+    name = argv[i]
+    cfg, args = parse_verb_args(argv[i + 1 :], commands[name], **_SETTINGS[name])
+    args.command = name
+    return cfg, args
 
 
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+    cfg, args = parse_args(argv)
     for flag in ("out", "md"):  # output files, checked before the benchmark runs
         if getattr(args, flag, ""):
             check_output_path(getattr(args, flag), f"--{flag}", directory=False)
-    result = args.func(args)
+    result = args.func(cfg, args)
     if result:
         print(json.dumps(result))
         out = getattr(args, "out", "")

@@ -9,8 +9,13 @@ gpt2repro.hellaswag over the shared scorer (gpt2repro.scoring), with the same gu
 CLI:
     python -m gpt2repro.evaluate --hf gpt2 --hellaswag
     python -m gpt2repro.evaluate --checkpoint runs/gpt2_124m --val-data data/edu_fineweb10B \\
-        --val-tokens 10485760 --hellaswag --json eval.json
-    torchrun --nproc_per_node=8 -m gpt2repro.evaluate --hf gpt2 --hellaswag
+        --eval.val_tokens 10485760 --hellaswag --json eval.json
+    torchrun --nproc_per_node=8 -m gpt2repro.evaluate --hf gpt2 --hellaswag --train.dtype bfloat16
+
+The settings it shares with training are spelled as in train.py (--train.device, --train.dtype,
+--train.compile, --eval.val_tokens, --eval.batch_size, --eval.hellaswag_limit,
+--eval.batch_examples); the short flags --device, --dtype, --compile, --val-tokens,
+--val-batch-size, --limit and --batch-examples are the same settings (see --help).
 
 The scoring speed (packed vs one example per pass): `python -m gpt2repro.bench hellaswag`.
 """
@@ -31,6 +36,14 @@ import torch.nn as nn
 
 from gpt2repro import data, dist, fault, precision
 from gpt2repro.atomic import check_output_path, write_json
+from gpt2repro.config import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    Config,
+    ShowDefaults,
+    add_option,
+    parse_verb_args,
+)
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.hellaswag import DEFAULT_HELLASWAG, hellaswag_table, load_hellaswag, score_hellaswag
 from gpt2repro.hf import load_model_or_hf
@@ -94,10 +107,13 @@ def validation_loss(
     return float(total[0] / total[1])
 
 
-def load_val_tokens(data_dir: str | Path, val_tokens: int) -> np.ndarray:
+def load_val_tokens(
+    data_dir: str | Path, val_tokens: int, option: str = "--val-tokens"
+) -> np.ndarray:
     """The first val_tokens + 1 tokens of the validation shards (the +1 is the last target).
 
-    Too few tokens: a UserError naming the CLI's --val-tokens and a value that loads.
+    Too few tokens: a UserError naming the CLI's option (`option`, as the user spelled it) and a
+    value that loads.
     """
     # a missing or empty directory raises its own clear error; headers only, no token is read
     paths = data.shard_paths(data_dir, "val", option="--val-data")
@@ -105,9 +121,9 @@ def load_val_tokens(data_dir: str | Path, val_tokens: int) -> np.ndarray:
     if have < val_tokens + 1:
         fix = "prepare more data"
         if have > 1:
-            fix = f"pass --val-tokens {have - 1} or less, or {fix}"
+            fix = f"pass {option} {have - 1} or less, or {fix}"
         raise UserError(
-            f"--val-tokens {val_tokens} needs {val_tokens + 1:,} validation tokens (the +1 is "
+            f"{option} {val_tokens} needs {val_tokens + 1:,} validation tokens (the +1 is "
             f"the last target) but {data_dir} holds only {have:,}; {fix}"
         )
     return data.load_tokens(data_dir, "val", val_tokens + 1)
@@ -171,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m gpt2repro.evaluate",
         description="Validation loss and HellaSwag for a gpt2repro checkpoint or a HF GPT-2.",
+        formatter_class=ShowDefaults,
     )
     add_debug_flag(p)
     src = p.add_mutually_exclusive_group()
@@ -184,42 +201,70 @@ def _parser() -> argparse.ArgumentParser:
         help=f"score HellaSwag (default file: {DEFAULT_HELLASWAG})",
     )
     p.add_argument("--val-data", metavar="DIR", help="directory of *_val_*.bin shards")
-    p.add_argument("--val-tokens", type=int, default=10_485_760, help="validation token budget")
-    p.add_argument("--seq-len", type=int, default=0, help="validation window (0 = block_size)")
-    p.add_argument("--val-batch-size", type=int, default=8, help="validation windows per pass")
-    p.add_argument("--limit", type=int, default=0, help="first N HellaSwag examples (0 = all)")
-    p.add_argument("--batch-examples", type=int, default=16, help="HellaSwag examples per pass")
-    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument("--dtype", default="auto", choices=precision.CHOICES)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_option(
+        p,
+        "--seq-len",
+        type=int,
+        default=0,
+        check=NON_NEGATIVE,
+        help="validation window (0 = block_size)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON (atomically)")
-    p.add_argument("--bucket", type=int, default=32, help="pad HellaSwag rows to a multiple of")
+    add_option(
+        p,
+        "--bucket",
+        type=int,
+        default=32,
+        check=AT_LEAST_1,
+        help="pad HellaSwag rows to a multiple of",
+    )
     return p
 
 
+# The settings evaluate shares with training, and their short flags (the same settings).
+_KEYS = (
+    "train.device",
+    "train.dtype",
+    "train.compile",
+    "train.micro_batch_size",
+    "eval.val_tokens",
+    "eval.batch_size",
+    "eval.hellaswag_limit",
+    "eval.batch_examples",
+)
+_ALIASES = {
+    "--device": "train.device",
+    "--dtype": "train.dtype",
+    "--compile": "train.compile",
+    "--val-tokens": "eval.val_tokens",
+    "--val-batch-size": "eval.batch_size",
+    "--limit": "eval.hellaswag_limit",
+    "--batch-examples": "eval.batch_examples",
+}
+# Evaluate's own defaults: no compilation unless asked (a one-off evaluation rarely repays it)
+# and 8 validation windows per pass.
+_DEFAULTS = {"train.compile": False, "eval.batch_size": 8}
+
+
 def _check_args(args: argparse.Namespace) -> None:
-    """Option values a user can get wrong, checked before anything is loaded."""
-    for name in ("limit", "val_tokens", "seq_len"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
-    for name in ("batch_examples", "val_batch_size", "bucket"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    """Inputs a user can get wrong beyond the option values, checked before anything is loaded."""
     if not (args.checkpoint or args.hf):
         raise UserError("pass --checkpoint PATH or --hf NAME_OR_DIR")
     if args.json:  # checked now, not after the whole evaluation
         check_output_path(args.json, "--json", directory=False)
 
 
-def _val_seq_len(args: argparse.Namespace, block_size: int) -> int:
-    """The validation window: --seq-len, or the model's block_size; checked against both."""
+def _val_seq_len(args: argparse.Namespace, val_tokens: int, block_size: int) -> int:
+    """The validation window: --seq-len, or the model's block_size; checked against both and
+    against `val_tokens` (the validation budget, in tokens)."""
     seq_len = args.seq_len or block_size
     if seq_len > block_size:
         raise UserError(f"--seq-len {seq_len} exceeds the model's block_size {block_size}")
-    if args.val_data and args.val_tokens < seq_len:
+    if args.val_data and val_tokens < seq_len:
+        flag = args.config_flags["eval.val_tokens"]
         raise UserError(
-            f"--val-tokens {args.val_tokens} is less than one window of --seq-len {seq_len}; "
-            f"pass --val-tokens {seq_len} or more, or a smaller --seq-len"
+            f"{flag} {val_tokens} is less than one window of --seq-len {seq_len}; "
+            f"pass {flag} {seq_len} or more, or a smaller --seq-len"
         )
     return seq_len
 
@@ -233,22 +278,29 @@ def _val_loss_line(val_loss: float, n_tokens: int, seq_len: int, data_dir: str |
     return line
 
 
-def _run(args: argparse.Namespace, info: dist.DistInfo) -> None:
+def _run(cfg: Config, args: argparse.Namespace, info: dist.DistInfo) -> None:
     """Check the inputs, load the model, evaluate; rank 0 prints and writes the JSON."""
+    ev = cfg.eval
     # Check inputs before the expensive model load (fail early).
-    examples = load_hellaswag(args.hellaswag, limit=args.limit) if args.hellaswag else None
-    val_tokens = load_val_tokens(args.val_data, args.val_tokens) if args.val_data else None
+    examples = None
+    if args.hellaswag:
+        examples = load_hellaswag(args.hellaswag, limit=ev.hellaswag_limit)
+    val_tokens = None
+    if args.val_data:
+        option = args.config_flags["eval.val_tokens"]
+        val_tokens = load_val_tokens(args.val_data, ev.val_tokens, option=option)
     model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=info.device)
-    seq_len = _val_seq_len(args, model_block_size(model))
-    amp_dtype = precision.autocast_dtype(args.dtype, info.device)
-    if args.compile:
+    seq_len = _val_seq_len(args, ev.val_tokens, model_block_size(model))
+    amp_dtype = precision.autocast_dtype(cfg.train.dtype, info.device)
+    # unset (--train.compile=auto) = on for CUDA, as in training
+    compiled = cfg.train.compile if cfg.train.compile is not None else info.device.type == "cuda"
+    if compiled:
         model = torch.compile(model)
 
     out: dict = {}
     if val_tokens is not None:
-        out["val_loss"] = validation_loss(
-            model, val_tokens, seq_len, args.val_batch_size, info, amp_dtype
-        )
+        batch_size = ev.batch_size or cfg.train.micro_batch_size  # 0 = as in training
+        out["val_loss"] = validation_loss(model, val_tokens, seq_len, batch_size, info, amp_dtype)
         if info.is_main:
             n = (len(val_tokens) - 1) // seq_len * seq_len
             line = _val_loss_line(
@@ -262,7 +314,7 @@ def _run(args: argparse.Namespace, info: dist.DistInfo) -> None:
             examples,
             info,
             amp_dtype,
-            Batching(batch_examples=args.batch_examples, bucket=args.bucket),
+            Batching(batch_examples=ev.batch_examples, bucket=args.bucket),
             progress=info.is_main,
         )
         out["hellaswag"] = hs
@@ -275,14 +327,14 @@ def _run(args: argparse.Namespace, info: dist.DistInfo) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    cfg, args = parse_verb_args(argv, _parser(), keys=_KEYS, aliases=_ALIASES, defaults=_DEFAULTS)
     _check_args(args)
     if args.hellaswag is None and args.val_data is None:
         args.hellaswag = DEFAULT_HELLASWAG  # nothing asked: HellaSwag with the default file
-    info = dist.setup(args.device, device_option="--device")
+    info = dist.setup(cfg.train.device, device_option=args.config_flags["train.device"])
     ok = False
     try:
-        _run(args, info)
+        _run(cfg, args, info)
         ok = True
     finally:
         dist.teardown(clean=ok)  # after an error on this rank, no barrier that could hang

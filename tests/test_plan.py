@@ -354,8 +354,8 @@ def test_every_known_gpu_has_memory_and_a_peak_and_is_in_the_docs() -> None:
     [
         (["--gpus", "8", "--gpu", "V100"], "--gpu 'V100' is not a GPU the planner knows; known: H100 PCIe"),
         (["--gpus", "8", "--gpu", "A100"], "--gpu A100 is ambiguous"),
-        (["--gpus", "0", "--gpu", "H100"], "--gpus must be at least 1, got 0"),
-        (["--gpus", "8", "--nodes", "0", "--gpu", "H100"], "--nodes must be at least 1"),
+        (["--gpus", "0", "--gpu", "H100"], "--gpus must be >= 1, got 0"),
+        (["--gpus", "8", "--nodes", "0", "--gpu", "H100"], "--nodes must be >= 1"),
         (["--gpus", "8", "--gpu", "H100", "--micro-batch", "48"], "train.total_batch_tokens=524288 is not a multiple"),
         (["--gpus", "3", "--gpu", "H100"], "train.total_batch_tokens=524288 is not a multiple"),
         (["--gpus", "8", "--gpu", "H100", "--tokens", "0.5"], "--tokens is a count of tokens (10e9 = 10B), at least 1, got 0.5"),
@@ -364,7 +364,7 @@ def test_every_known_gpu_has_memory_and_a_peak_and_is_in_the_docs() -> None:
         (["--gpus", "8", "--gpu", "H100", "--price-per-gpu-hour", "-1"], "--price-per-gpu-hour must be a positive"),
         (["--gpus", "8", "--gpu", "H100", "--mfu", "0.4", "--step-ms", "100"], "not allowed with argument"),
         (["--gpus", "8", "--gpu", "H100", "--train.learning_rate=1"], "unknown key 'train.learning_rate'"),
-        (["--gpus", "8", "--gpu", "H100", "--strategy", "zero3"], "invalid choice: 'zero3'"),
+        (["--gpus", "8", "--gpu", "H100", "--strategy", "zero3"], "--strategy: 'dist.strategy' must be one of ddp, fsdp, got 'zero3'"),
         (["--gpu", "H100"], "the following arguments are required: --gpus"),
     ],
 )  # fmt: skip
@@ -372,6 +372,36 @@ def test_bad_input_is_one_line(args: list[str], message: str) -> None:
     with pytest.raises(UserError) as e:
         plan.parse(["--config", "configs/gpt2_124m.toml", *args])
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_short_flags_are_the_config_keys() -> None:
+    """--micro-batch and --strategy are train.micro_batch_size and dist.strategy spelled short:
+    the same plan either way, and the two spellings with different values are refused."""
+    base = ["--config", "configs/gpt2_774m.toml", "--gpus", "8", "--gpu", "A100 40GB"]
+    short = plan.parse([*base, "--micro-batch", "16", "--strategy", "fsdp"])
+    dotted = plan.parse([*base, "--train.micro_batch_size=16", "--dist.strategy", "fsdp"])
+    assert short == dotted and short[0].train.micro_batch_size == 16
+    assert short[1].strategy == "fsdp" and short[0].dist.strategy == "fsdp"
+    with pytest.raises(UserError) as e:
+        plan.parse([*base, "--micro-batch", "16", "--train.micro_batch_size=32"])
+    assert str(e.value) == (
+        "--micro-batch 16 and --train.micro_batch_size=32 set the same setting "
+        "(train.micro_batch_size) to different values; give it once"
+    )
+
+
+def test_help_shows_defaults_and_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["--config", "configs/gpt2_124m.toml", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            run_cli(plan.main, argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert e.value.code == 0
+        assert (
+            "--nodes K nodes (>= 1; default: 1)" in out and "--gpus N GPUs per node (>= 1)" in out
+        )
+        assert "--micro-batch MICRO_BATCH_SIZE, --train.micro_batch_size MICRO_BATCH_SIZE" in out
+        assert "--strategy STRATEGY, --dist.strategy STRATEGY" in out
+        assert "--optim.lr LR" in out and "default 0.0006" in out
 
 
 def test_cli_errors_are_one_line_without_traceback(
