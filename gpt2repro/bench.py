@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import numpy as np
+
 from gpt2repro import atomic
 from gpt2repro.atomic import check_output_path
 from gpt2repro.config import (
@@ -42,11 +44,17 @@ from gpt2repro.config import (
     add_option,
     grad_accum_steps,
     parse_verb_args,
+    to_dict,
 )
+from gpt2repro.data import TokenLoader, write_shard
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.gpu_results import results_table
+from gpt2repro.prep.shards import ShardOptions, Stream, jsonl_items, write_shards
+from gpt2repro.tokenizer import N_VOCAB, get_encoding
 
-if TYPE_CHECKING:  # torch is imported by the benchmarks that need it: `bench data` never does
+# torch, and the modules that import it, are imported inside the benchmarks that need them (each
+# marked "torch-side"): `bench data` must time data prep as it runs, in processes without torch.
+if TYPE_CHECKING:
     import torch
     import torch.nn as nn
 
@@ -85,8 +93,6 @@ def synthetic_corpus(n_bytes: int, seed: int = 0) -> list[str]:
 
 def bench_data(cfg: Config, args: argparse.Namespace) -> dict:
     """Pipeline (read JSONL -> tokenize in `workers` processes -> write shards) vs raw tiktoken."""
-    from gpt2repro.prep.shards import ShardOptions, Stream, jsonl_items, write_shards
-    from gpt2repro.tokenizer import get_encoding
 
     docs = synthetic_corpus(int(args.mb * 1e6))
     enc = get_encoding()
@@ -128,10 +134,8 @@ def bench_data(cfg: Config, args: argparse.Namespace) -> dict:
 
 def bench_loader(cfg: Config, args: argparse.Namespace) -> dict:
     """Mean time per next_batch() over memory-mapped shards of random tokens (page cache warm)."""
-    import numpy as np
+    # torch-side: see the TYPE_CHECKING block
     import torch
-
-    from gpt2repro.data import TokenLoader, write_shard
 
     B, T, device = cfg.train.micro_batch_size, cfg.train.seq_len, cfg.train.device
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -173,7 +177,7 @@ def bench_train(cfg: Config, args: argparse.Namespace) -> dict:
     """The training step of `gpt2repro.train` (`train_step`: the same wrapping, precision,
     accumulation, guard and stop poll) on one fixed synthetic micro-batch: no data loading, so it
     measures the model, optimizer and communication."""
-    import torch  # here, not at the top: `bench data` and `--help` load no torch
+    import torch  # torch-side: see the TYPE_CHECKING block
 
     from gpt2repro import dist, train
     from gpt2repro.metrics import RunLog
@@ -231,7 +235,7 @@ class _FixedBatch:
 
 def _timed_steps(run: TrainContext, count: int) -> tuple[float, float | None]:
     """`count` optimizer steps through `train.train_step`; (wall seconds, last loss or None)."""
-    import torch  # see bench_train
+    import torch  # torch-side: see the TYPE_CHECKING block
 
     from gpt2repro.train import train_step
 
@@ -254,9 +258,9 @@ def _train_result(
     step_s: float,
     final_loss: float | None,
 ) -> dict[str, Any]:
+    # torch-side: see the TYPE_CHECKING block
     import torch
 
-    from gpt2repro.config import to_dict
     from gpt2repro.hardware import flops_per_token, mfu, peak_flops
 
     train_cfg, model_cfg, device = cfg.train, cfg.model, info.device
@@ -322,9 +326,9 @@ def synthetic_examples(n: int, seed: int = 0) -> list[Example]:
     Built directly as token ids, one GPT-2-range id per word (the model is random, so which ids
     does not matter), so no tokenizer files are needed: the benchmark runs on a bare, offline box.
     """
+    # torch-side: see the TYPE_CHECKING block
     from gpt2repro.hellaswag import N_ENDINGS
     from gpt2repro.scoring import Example
-    from gpt2repro.tokenizer import N_VOCAB
 
     rng = random.Random(seed)
     words = _HELLASWAG_WORDS.split(" ")
@@ -361,6 +365,7 @@ def _timed_scoring(
     autocast_dtype: torch.dtype | None,
 ) -> tuple[float, Any, Any]:
     """(examples/s, summed losses, counts) of one scorer over `examples`."""
+    # torch-side: see the TYPE_CHECKING block
     import torch
 
     from gpt2repro.scoring import Batching
@@ -377,8 +382,8 @@ def _timed_scoring(
 def _positions_per_example(examples: Sequence[Example], block_size: int) -> dict[str, float]:
     """Mean positions fed per example: packed (and where logits are taken) vs one example per
     pass (4 rows padded to the longest, logits at every position)."""
-    import numpy as np
 
+    # torch-side: see the TYPE_CHECKING block
     from gpt2repro.scoring import example_rows, pack_example
 
     packs = [pack_example(ex, block_size) for ex in examples]
@@ -416,7 +421,7 @@ def time_hellaswag_scoring(
 
     Defaults: a tiny random GPT (2 layers, 2 heads, 64 wide) on synthetic examples.
     """
-    import numpy as np
+    # torch-side: see the TYPE_CHECKING block
     import torch
 
     from gpt2repro.model import GPT
@@ -473,6 +478,7 @@ def bench_hellaswag(cfg: Config, args: argparse.Namespace) -> dict:
     """Batched vs one-example-at-a-time HellaSwag scoring on a random model (weights do not change
     the speed); real examples with --hellaswag FILE, else --limit (64) synthetic ones. Prints a
     few lines (`hellaswag_summary`) and returns the result (printed as JSON, written to --out)."""
+    # torch-side: see the TYPE_CHECKING block
     import torch
 
     from gpt2repro import dist, precision
