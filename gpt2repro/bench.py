@@ -404,7 +404,6 @@ def time_hellaswag_scoring(
     autocast_dtype: torch.dtype | None = None,
     batch_examples: int = 16,
     bucket: int = 32,
-    n_examples: int = 64,
     n_single: int = 64,
     repeats: int = 3,
 ) -> dict:
@@ -419,7 +418,7 @@ def time_hellaswag_scoring(
       per forward pass, logits at every position: build-nanogpt's reference method, over the
       first `n_single` examples.
 
-    Defaults: a tiny random GPT (2 layers, 2 heads, 64 wide) on synthetic examples.
+    Defaults: a tiny random GPT (2 layers, 2 heads, 64 wide) on 64 synthetic examples.
     """
     # torch-side: see the TYPE_CHECKING block
     import torch
@@ -436,7 +435,7 @@ def time_hellaswag_scoring(
     if model is None:
         torch.manual_seed(0)
         model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256)).to(device)
-    examples = list(examples) if examples is not None else synthetic_examples(n_examples)
+    examples = list(examples) if examples is not None else synthetic_examples(64)
     single_set = examples[:n_single]
 
     run = functools.partial(_timed_scoring, model, device=device, autocast_dtype=autocast_dtype)

@@ -140,3 +140,23 @@ def test_torch_free_modules_load_no_torch() -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "False"
+
+
+def parameters(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    a = fn.args
+    named = [
+        x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs] if x.arg not in ("self", "cls")
+    ]
+    return len(named) + bool(a.vararg) + bool(a.kwarg)
+
+
+def test_functions_take_few_parameters() -> None:
+    """At most 8 anywhere in the package, and at most 4 for train.py's helpers: what a function
+    needs beyond that travels as one object (TrainContext, ShardOptions, EvalSettings, ...)."""
+    wide = []
+    for name, path in modules().items():
+        limit = 4 if name == "gpt2repro.train" else 8
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) and parameters(fn) > limit:
+                wide.append(f"{name}.{fn.name} ({parameters(fn)})")
+    assert not wide, "too many parameters: " + ", ".join(wide)
