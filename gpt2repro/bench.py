@@ -26,7 +26,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -58,8 +58,17 @@ if TYPE_CHECKING:
     import torch
     import torch.nn as nn
 
-    from gpt2repro.scoring import Example
-    from gpt2repro.train import TrainContext
+    from gpt2repro.config import Config
+    from gpt2repro.dist import DistInfo
+    from gpt2repro.scoring import Batching, Example
+    from gpt2repro.train import Trainable, TrainContext
+
+    # continuation_losses or full_row_losses: (model, examples, device, autocast dtype, batching)
+    # -> [N, K] summed losses and token counts
+    Scorer = Callable[
+        [nn.Module, Sequence[Example], torch.device, torch.dtype | None, Batching],
+        tuple[np.ndarray, np.ndarray],
+    ]
 
 _WORDS = (
     "the of and to in a is that for it as was with be by on not he I this are or his from at "
@@ -249,9 +258,9 @@ def _timed_steps(run: TrainContext, count: int) -> tuple[float, float | None]:
 
 
 def _train_result(
-    cfg: Any,
-    info: Any,
-    trainable: Any,
+    cfg: Config,
+    info: DistInfo,
+    trainable: Trainable,
     *,
     grad_accum: int,
     warmup_s: float,
@@ -356,14 +365,14 @@ def synthetic_examples(n: int, seed: int = 0) -> list[Example]:
 
 def _timed_scoring(
     model: nn.Module,
-    scorer: Any,
+    scorer: Scorer,
     examples: Sequence[Example],
     per_pass: int,
     bucket: int,
     *,
     device: torch.device,
     autocast_dtype: torch.dtype | None,
-) -> tuple[float, Any, Any]:
+) -> tuple[float, np.ndarray, np.ndarray]:
     """(examples/s, summed losses, counts) of one scorer over `examples`."""
     # torch-side: see the TYPE_CHECKING block
     import torch
@@ -491,10 +500,11 @@ def bench_hellaswag(cfg: Config, args: argparse.Namespace) -> dict:
         "4layer": lambda: ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=256),
         "tiny": lambda: ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256),
     }[args.bench_model]()
-    model = GPT(model_cfg).to(device)
+    model: nn.Module = GPT(model_cfg).to(device)
     # unset (--train.compile=auto) = on for CUDA, as in training
     if cfg.train.compile if cfg.train.compile is not None else device.type == "cuda":
-        model = torch.compile(model)
+        # A module (OptimizedModule, `._orig_mod` = model) that torch types as a plain callable.
+        model = torch.compile(model)  # type: ignore[assignment]
     if args.hellaswag:
         path = DEFAULT_HELLASWAG if args.hellaswag is True else args.hellaswag
         examples = load_hellaswag(path, limit=args.limit)

@@ -23,7 +23,7 @@ import pickle
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -159,7 +159,7 @@ def load_into(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt: P
 class _HashingWriter:
     """A file wrapper that hashes the bytes torch.save streams through it (it writes in order)."""
 
-    def __init__(self, fh: Any) -> None:
+    def __init__(self, fh: BinaryIO) -> None:
         self.fh = fh
         self.sha = hashlib.sha256()
         self.error: OSError | None = None  # the first failed write (a full disk, say)
@@ -181,7 +181,7 @@ def _save_hashed(obj: Any, path: Path) -> str:
     with open(path, "wb") as fh:
         writer = _HashingWriter(fh)
         try:
-            torch.save(obj, writer)
+            torch.save(obj, writer)  # type: ignore[arg-type]  # it needs only write and flush
         except RuntimeError:
             # torch.save's zip writer replaces a failed write's OSError (ENOSPC) by a RuntimeError
             # of its own ("unexpected pos") when it closes the archive: raise the real cause.

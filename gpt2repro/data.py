@@ -66,7 +66,7 @@ def shard_sha256(tokens: np.ndarray) -> str:
     """sha256 of the exact bytes `write_shard` writes for `tokens`."""
     tokens = _as_uint16(tokens, "shard_sha256")
     h = hashlib.sha256(encode_header(len(tokens)))
-    h.update(memoryview(np.ascontiguousarray(tokens)).cast("B"))
+    h.update(np.ascontiguousarray(tokens).data.cast("B"))
     return h.hexdigest()
 
 
@@ -76,7 +76,7 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
     tokens = np.ascontiguousarray(_as_uint16(tokens, str(path)))
     with atomic_open(path, "wb") as f:
         f.write(encode_header(len(tokens)))
-        f.write(memoryview(tokens).cast("B"))
+        f.write(tokens.data.cast("B"))
 
 
 def allow_open_files(n_shards: int, option: str = "data.dir", spare: int = 256) -> None:

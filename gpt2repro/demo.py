@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
 
     model = checkpoint.load_model(cfg.run.dir)
     text = complete(
-        model,  # type: ignore[arg-type]
+        model,
         cfg.log.sample_prompt,
         max_new_tokens=120,
         temperature=0.8,

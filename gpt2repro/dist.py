@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gpt2repro.config import DistConfig
 from gpt2repro.errors import RankFailed, UserError
+from gpt2repro.model import GPT
 
 T = TypeVar("T")
 
@@ -209,7 +210,7 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
+def broadcast_object(obj: T, src: int = 0) -> T:
     """Send a picklable object from rank `src` to all ranks (identity in one process)."""
     if not is_initialized():
         return obj
@@ -243,7 +244,7 @@ def all_gather_object(obj: object) -> list[object]:
 
 
 def shard(
-    raw_model: nn.Module, info: DistInfo, strategy: str, param_dtype: torch.dtype | None = None
+    raw_model: GPT, info: DistInfo, strategy: str, param_dtype: torch.dtype | None = None
 ) -> None:
     """fsdp: FSDP2 `fully_shard` each block, then the root, in place (parameters become DTensors).
 
@@ -260,7 +261,7 @@ def shard(
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-        for block in raw_model.transformer.h:  # type: ignore[union-attr]
+        for block in raw_model.transformer.h:
             fully_shard(block, mp_policy=mp)
         fully_shard(raw_model, mp_policy=mp)
 
@@ -279,7 +280,7 @@ class _CompiledWhenGrad:
         return fn(*args, **kwargs)
 
 
-def compile_blocks(raw_model: nn.Module) -> None:
+def compile_blocks(raw_model: GPT) -> None:
     """Compile each transformer block's forward and the head + loss (`GPT.head_loss`) apart,
     in place (torchtitan's per-block compile, for FSDP2).
 
@@ -289,9 +290,10 @@ def compile_blocks(raw_model: nn.Module) -> None:
     blocks (they have one code object) and one for the head and loss, with no graph break.
     Parameter names are unchanged (no `_orig_mod.` in state dicts).
     """
-    for block in raw_model.transformer.h:  # type: ignore[union-attr]
+    for block in raw_model.transformer.h:
         block.forward = _CompiledWhenGrad(block.forward)
-    raw_model.head_loss = _CompiledWhenGrad(raw_model.head_loss)  # type: ignore[assignment]
+    # An instance attribute that shadows the method, as `block.forward` above does.
+    raw_model.head_loss = _CompiledWhenGrad(raw_model.head_loss)  # type: ignore[method-assign]
 
 
 def _bf16_compress_hook(backend: str | None) -> Callable[..., torch.futures.Future]:
@@ -305,13 +307,13 @@ def _bf16_compress_hook(backend: str | None) -> Callable[..., torch.futures.Futu
         return default_hooks.bf16_compress_hook
 
     # No annotations: DDP compares them with the classes, and this module's are strings.
-    def gloo_bf16_compress_hook(state, bucket):  # type: ignore[no-untyped-def]
+    def gloo_bf16_compress_hook(state, bucket):
         return default_hooks.bf16_compress_hook(state, bucket)
 
     return gloo_bf16_compress_hook
 
 
-def wrap(raw_model: nn.Module, info: DistInfo, cfg: DistConfig, compile: bool) -> nn.Module:
+def wrap(raw_model: GPT, info: DistInfo, cfg: DistConfig, compile: bool) -> nn.Module:
     """The module to train: DDP-wrapped across processes (ddp), then compiled.
 
     ddp: `DDP(raw_model)` with `cfg.bucket_cap_mb` buckets, gradients as views into the buckets
@@ -341,7 +343,8 @@ def wrap(raw_model: nn.Module, info: DistInfo, cfg: DistConfig, compile: bool) -
         if cfg.grad_compression == "bf16":
             model.register_comm_hook(None, _bf16_compress_hook(info.backend))
     if compile:
-        model = torch.compile(model)
+        # A module (OptimizedModule, `._orig_mod` = model) that torch types as a plain callable.
+        model = torch.compile(model)  # type: ignore[assignment]
     return model
 
 
@@ -349,26 +352,27 @@ def on_main(check: Callable[[], T]) -> T:
     """Run `check` on rank 0 only and return its result on every rank; a UserError it raises is
     raised on every rank (so no rank is left waiting in a collective). Any other exception is
     re-raised on rank 0 and reported on the others as a RankFailed pointing at rank 0's log."""
-    result: T | None = None
+    returned: tuple[T] | None = None  # (check's result,): a result that is None is one too
     message = None
     failure: BaseException | None = None
     if not is_initialized() or dist.get_rank() == 0:
         try:
-            result = check()
+            returned = (check(),)
         except UserError as e:
             message = str(e)
         except Exception as e:  # still tell the other ranks before raising
             failure = e
             message = f"rank 0 failed ({type(e).__name__}: {e}); see rank 0's output above"
     crashed = failure is not None
-    message, crashed, result = broadcast_object((message, crashed, result))  # type: ignore[misc]
+    message, crashed, returned = broadcast_object((message, crashed, returned))
     if failure is not None:
         raise failure
     if crashed:  # a crash on rank 0 is no input error: restarting may fix it
         raise RankFailed(message)
     if message is not None:
         raise UserError(message)
-    return result  # type: ignore[return-value]
+    assert returned is not None  # no message: check returned on rank 0
+    return returned[0]
 
 
 def raise_if_any(problem: str | None) -> None:
@@ -396,10 +400,10 @@ def grad_sync(
     if not info.distributed:
         return contextlib.nullcontext()
     if strategy == "fsdp":
-        raw_model.set_requires_gradient_sync(sync)  # type: ignore[operator]
+        raw_model.set_requires_gradient_sync(sync)  # type: ignore[operator]  # an FSDPModule method (shard)
         return contextlib.nullcontext()
     ddp = getattr(model, "_orig_mod", model)  # compile(DDP(m)): no_sync lives on the DDP module
-    return contextlib.nullcontext() if sync else ddp.no_sync()  # type: ignore[operator]
+    return contextlib.nullcontext() if sync else ddp.no_sync()  # type: ignore[operator]  # a DDP method
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

@@ -289,13 +289,14 @@ def _run(cfg: Config, args: argparse.Namespace, info: dist.DistInfo) -> None:
     if args.val_data:
         option = args.config_flags["eval.val_tokens"]
         val_tokens = load_val_tokens(args.val_data, ev.val_tokens, option=option)
-    model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=info.device)
+    model: nn.Module = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=info.device)
     seq_len = _val_seq_len(args, ev.val_tokens, model_block_size(model))
     amp_dtype = precision.autocast_dtype(cfg.train.dtype, info.device)
     # unset (--train.compile=auto) = on for CUDA, as in training
     compiled = cfg.train.compile if cfg.train.compile is not None else info.device.type == "cuda"
     if compiled:
-        model = torch.compile(model)
+        # A module (OptimizedModule, `._orig_mod` = model) that torch types as a plain callable.
+        model = torch.compile(model)  # type: ignore[assignment]
 
     out: dict = {}
     if val_tokens is not None:

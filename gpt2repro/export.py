@@ -41,8 +41,8 @@ def main(argv: list[str]) -> int:
     check_export_target(out_dir, args.overwrite, protect=ckpt)  # before loading anything
     check_output_path(out_dir, "--out", directory=True)  # not under a file, and writable
     model = load_model(ckpt, "cpu")
-    out = save_hf(model, out_dir, overwrite=args.overwrite, protect=ckpt)  # type: ignore[arg-type]
-    print(f"wrote {out} ({model.num_params():,} parameters)")  # type: ignore[operator]
+    out = save_hf(model, out_dir, overwrite=args.overwrite, protect=ckpt)
+    print(f"wrote {out} ({model.num_params():,} parameters)")
     return 0
 
 

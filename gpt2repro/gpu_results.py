@@ -49,7 +49,7 @@ def read_steps(results: Path) -> list[dict[str, Any]]:
         for line in tsv.read_text().splitlines():
             if not line.strip():
                 continue
-            row = dict(zip(_STEP_FIELDS, line.split("\t"), strict=False))
+            row: dict[str, Any] = dict(zip(_STEP_FIELDS, line.split("\t"), strict=False))
             row["plan"] = dict(kv.split("=", 1) for kv in row.get("plan", "").split() if "=" in kv)
             steps.append(row)
     listed = {s["name"] for s in steps}

@@ -26,7 +26,7 @@ IGNORE = -1
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: torch.autograd.function.FunctionCtx,
         h: torch.Tensor,
         weight: torch.Tensor,
@@ -61,7 +61,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             safe_t = torch.where(valid, t_c, 0)
             target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)
             loss_sum = loss_sum + torch.where(valid, lse - target_logit, 0.0).sum()
-            if want_grad:
+            if grad_h is not None and grad_w is not None:  # want_grad
                 # d(sum of row losses)/d logits = softmax - one_hot(target), 0 for ignored rows.
                 # Compiled: one elementwise expression, which the compiler makes a single pass
                 # over the [n, V] chunk that also casts to the matmuls' dtype (an in-place
@@ -78,22 +78,22 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                     dlogits = dlogits * valid[:, None]
                     dlogits = dlogits.to(torch.promote_types(h.dtype, weight.dtype))
                 # The same two matmuls as autograd's backward of F.linear (autocast applies).
-                grad_h[start : start + chunk] = dlogits @ weight  # type: ignore[index]
-                grad_w += (dlogits.t() @ h_c).float()  # type: ignore[operator]
+                grad_h[start : start + chunk] = dlogits @ weight
+                grad_w += (dlogits.t() @ h_c).float()
         mean = loss_sum / count
-        if want_grad:
-            ctx.save_for_backward(grad_h.div_(count), grad_w.div_(count))  # type: ignore[union-attr]
-        ctx.weight_dtype = weight.dtype
+        if grad_h is not None and grad_w is not None:  # want_grad
+            ctx.save_for_backward(grad_h.div_(count), grad_w.div_(count))
+        ctx.weight_dtype = weight.dtype  # type: ignore[attr-defined]  # ctx carries it to backward
         return mean
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        grad_h, grad_w = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad_h, grad_w = ctx.saved_tensors  # type: ignore[attr-defined]  # set by save_for_backward
         return (
             grad_h * grad_out.to(grad_h.dtype),
-            (grad_w * grad_out).to(ctx.weight_dtype),  # type: ignore[attr-defined]
+            (grad_w * grad_out).to(ctx.weight_dtype),  # type: ignore[attr-defined]  # set in forward
             None,
             None,
             None,

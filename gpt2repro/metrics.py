@@ -39,7 +39,8 @@ import numpy as np
 import tiktoken
 import torch
 
-from gpt2repro.config import to_dict, to_toml
+from gpt2repro.config import Config, to_dict, to_toml
+from gpt2repro.dist import DistInfo
 from gpt2repro.errors import UserError
 from gpt2repro.runs import format_duration
 
@@ -137,7 +138,7 @@ class WandbLogger:
             name=name,
             id=run_id,
             resume="allow",
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]  # a str that LogConfig checks is one of these
             dir=str(run_dir),
             config=config,
         )
@@ -187,7 +188,7 @@ def git_sha(repo: Path | None = None) -> str:
 
 
 def run_header(
-    cfg: Any, info: Any, argv: list[str], grad_accum: int, n_params: int
+    cfg: Config, info: DistInfo, argv: list[str], grad_accum: int, n_params: int
 ) -> dict[str, Any]:
     """What reproduces a run: versions, GPUs, world size, git SHA, argv, batch math, config."""
     train_cfg = cfg.train
@@ -242,7 +243,7 @@ class RunLog:
     its owner hands over (redrawn after each evaluation and at the end). Every rank makes one
     and calls it alike; only rank 0 prints or writes."""
 
-    def __init__(self, run_dir: Path, cfg: Any, is_main: bool, page: Page | None = None) -> None:
+    def __init__(self, run_dir: Path, cfg: Config, is_main: bool, page: Page | None = None) -> None:
         self.is_main = is_main
         self.page = page
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)

@@ -63,7 +63,7 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = cfg.n_embd
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v for all heads at once
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.c_proj.RESIDUAL_SCALE_INIT = True  # type: ignore[assignment]
+        self.c_proj.RESIDUAL_SCALE_INIT = True  # type: ignore[assignment]  # a plain flag (see _init_weights)
 
     def forward(
         self,
@@ -129,7 +129,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
-        self.c_proj.RESIDUAL_SCALE_INIT = True  # type: ignore[assignment]
+        self.c_proj.RESIDUAL_SCALE_INIT = True  # type: ignore[assignment]  # a plain flag (see _init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.gelu(self.c_fc(x)))
@@ -155,6 +155,20 @@ class Block(nn.Module):
         return x
 
 
+class Transformer(nn.Module):
+    """GPT-2's trunk, HF's `GPT2Model`: token and position embeddings, the blocks, the final
+    LayerNorm; `GPT.hidden_states` runs it. A module of its own rather than an nn.ModuleDict so
+    that `transformer.wte` has its type (an nn.ModuleDict entry is any nn.Module); the parameter
+    names are the same (`transformer.wte.weight`, `transformer.h.0.attn.c_attn.weight`, ...)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=1e-5)
+
+
 class GPT(nn.Module):
     """GPT-2. `activation_checkpointing` recomputes each block in the backward pass (less memory,
     one more forward); `loss_chunk` is how many rows of the loss the chunked linear +
@@ -171,14 +185,7 @@ class GPT(nn.Module):
         if cfg.n_embd % cfg.n_head != 0:
             raise ValueError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
         self.config = cfg
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
-                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
-                ln_f=nn.LayerNorm(cfg.n_embd, eps=1e-5),
-            )
-        )
+        self.transformer = Transformer(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying
         self.activation_checkpointing = activation_checkpointing

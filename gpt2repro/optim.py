@@ -49,7 +49,7 @@ def step_skipping_if(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> Non
     """optimizer.step(), which the fused kernel itself skips when the 0-d bool tensor `bad` is
     True (parameters, moments and the step count stay as they were); no host sync. Only for an
     optimizer where `can_skip_on_device` holds."""
-    optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
+    optimizer.found_inf = bad.float()  # type: ignore[attr-defined]  # read by the fused step, as GradScaler sets it
     optimizer.step()
 
 

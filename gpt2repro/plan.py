@@ -30,7 +30,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -174,7 +174,7 @@ def saved_activation_bytes(s: Setup, shape: ModelShape) -> float:
     L, N, C, T = s.model.n_layer, s.micro_batch * s.seq_len, s.model.n_embd, s.seq_len
     r = 2 if s.bf16_everywhere else 4
     if s.checkpointing:
-        blocks = L * r * N * C
+        blocks: float = L * r * N * C
     else:
         blocks = L * (block_activation_bytes(s) + _weight_copies(s, shape))
     return blocks + 8 * N + 8 * T + r * N * C + 8 * N
@@ -279,11 +279,11 @@ def find_gpu(name: str) -> GPU:
         raise UserError(
             "--gpu A100 is ambiguous: say 'A100 40GB' or 'A100 80GB' (the memory decides the fit)"
         )
-    gpu = gpu_for_device_name(name) if len(wanted) >= 4 else None
-    if gpu is None:
+    by_device = gpu_for_device_name(name) if len(wanted) >= 4 else None
+    if by_device is None:
         known = ", ".join(g.name for g in GPUS)
         raise UserError(f"--gpu {name!r} is not a GPU the planner knows; known: {known}")
-    return gpu
+    return by_device
 
 
 def measured_mfu(
@@ -371,8 +371,8 @@ def fitting_alternatives(
     takes them), accumulation and memory: the largest
     micro batch that fits with the switches as they are, with activation checkpointing, with FSDP
     (several GPUs), and with both; the fastest first (larger micro batch, no recomputation)."""
-    options = []
-    switches = [dict(checkpointing=s.checkpointing, strategy=s.strategy)]
+    options: list[dict[str, Any]] = []
+    switches: list[dict[str, Any]] = [dict(checkpointing=s.checkpointing, strategy=s.strategy)]
     if not s.checkpointing:
         switches.append(dict(checkpointing=True, strategy=s.strategy))
     if s.strategy != "fsdp" and s.world > 1:
@@ -650,7 +650,7 @@ def _fit_verdict(p: dict[str, Any]) -> list[str]:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UserError(f"{message} (see python -m gpt2repro.plan --help)")
 
 

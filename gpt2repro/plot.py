@@ -122,7 +122,8 @@ class Drawing:
     @property
     def legend(self) -> list[tuple[str, str, str]]:
         """(label, colour, dash) of each line drawn: the series, then the published lines."""
-        return [(s.label, s.color, s.dash) for s in (*self.lines, *self.hlines)]
+        drawn: list[Series | HLine] = [*self.lines, *self.hlines]
+        return [(s.label, s.color, s.dash) for s in drawn]
 
 
 def drawing(panel: Panel) -> Drawing:

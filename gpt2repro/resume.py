@@ -28,6 +28,7 @@ from gpt2repro.checkpoint import (
     step_of,
     verify,
 )
+from gpt2repro.data import TokenLoader
 from gpt2repro.errors import UserError
 
 
@@ -215,7 +216,7 @@ def _move_run_aside(run_dir: Path) -> None:
     print(f"note: checkpoint.resume=restart: moved {', '.join(p.name for p in present)} to {dest}")
 
 
-def restore_rank(state: dict[str, Any], loader: Any, info: dist.DistInfo) -> None:
+def restore_rank(state: dict[str, Any], loader: TokenLoader, info: dist.DistInfo) -> None:
     """Put this rank's data position (`loader.load_state_dict`) and RNG states back.
 
     Model and optimizer state are full (unsharded) and the loader position counts windows, so a

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from gpt2repro.errors import UserError
 
@@ -191,7 +191,7 @@ def load_run(run_dir: str | Path) -> Run:
     )
 
 
-def is_finite_number(v: Any) -> bool:
+def is_finite_number(v: object) -> TypeGuard[int | float]:
     """A finite int or float (json reads Infinity and NaN as floats; bools are ints)."""
     return isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v)
 

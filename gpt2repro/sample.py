@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
+import tiktoken
 import torch
 
 from gpt2repro import precision
@@ -112,7 +112,9 @@ def sample(
     return out[:, len(prompt_tokens) :].tolist()
 
 
-def decode_continuation(enc: Any, prompt_tokens: list[int], generated: list[int]) -> str:
+def decode_continuation(
+    enc: tiktoken.Encoding, prompt_tokens: list[int], generated: list[int]
+) -> str:
     """The text of `generated` after the prompt. Prompt + continuation are decoded as bytes and
     the prompt's bytes dropped: a character whose bytes straddle the boundary is decoded whole
     instead of as two replacement characters."""
@@ -156,17 +158,17 @@ def main(argv: list[str]) -> int:
     enc = get_encoding()
     prompt_tokens = enc.encode(args.prompt, allowed_special={EOT_TEXT}) or [EOT]
     model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=device)
-    cfg = model.config
-    if max(prompt_tokens) >= cfg.vocab_size:
+    model_cfg = model.config
+    if max(prompt_tokens) >= model_cfg.vocab_size:
         raise UserError(
             f"the prompt has token id {max(prompt_tokens)} but the model's vocab_size is "
-            f"{cfg.vocab_size}; this model was not trained with the GPT-2 tokenizer"
+            f"{model_cfg.vocab_size}; this model was not trained with the GPT-2 tokenizer"
         )
     use_cache = not args.no_kv_cache
-    if use_cache and len(prompt_tokens) + args.max_new_tokens > cfg.block_size:
+    if use_cache and len(prompt_tokens) + args.max_new_tokens > model_cfg.block_size:
         raise UserError(
             f"prompt ({len(prompt_tokens)} tokens) + --max-new-tokens ({args.max_new_tokens}) "
-            f"exceeds the context of {cfg.block_size}; shorten them or pass --no-kv-cache "
+            f"exceeds the context of {model_cfg.block_size}; shorten them or pass --no-kv-cache "
             "(the context then slides)"
         )
     if args.seed is not None:

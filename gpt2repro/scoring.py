@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from gpt2repro import dist, precision
 from gpt2repro.errors import UserError
+from gpt2repro.model import GPT
 
 
 @contextlib.contextmanager
@@ -104,22 +105,22 @@ def example_rows(ex: Example, block_size: int) -> list[tuple[list[int], int]]:
     return [(ctx + list(e), len(ctx)) for e in ex.continuation_tokens]
 
 
-def _model_config(model: nn.Module) -> Any:
-    """The config of a GPT, through DDP (.module) and torch.compile (._orig_mod) wrappers."""
-    cfg = getattr(dist.unwrap(model), "config", None)
-    if cfg is None or not hasattr(cfg, "block_size"):
-        raise ValueError("cannot find config.block_size on the model (or its .module/._orig_mod)")
-    return cfg
+def _gpt(model: nn.Module) -> GPT:
+    """The GPT inside DDP (.module) and torch.compile (._orig_mod) wrappers."""
+    gpt = dist.unwrap(model)
+    if not isinstance(gpt, GPT):
+        raise ValueError(f"expected a GPT (or one in .module/._orig_mod), got {type(gpt).__name__}")
+    return gpt
 
 
 def model_block_size(model: nn.Module) -> int:
     """The model's context length (positions), through DDP and torch.compile wrappers."""
-    return int(_model_config(model).block_size)
+    return _gpt(model).config.block_size
 
 
 def model_vocab_size(model: nn.Module) -> int:
     """The model's vocabulary size (tokens), through DDP and torch.compile wrappers."""
-    return int(_model_config(model).vocab_size)
+    return _gpt(model).config.vocab_size
 
 
 # --------------------------------------------------------------------------- packing
@@ -182,7 +183,7 @@ def packed_attention_mask(seg: torch.Tensor) -> torch.Tensor:
 
 
 def _packed_token_losses(
-    gpt: nn.Module,
+    gpt: GPT,
     idx: torch.Tensor,
     pos: torch.Tensor,
     seg: torch.Tensor,
@@ -298,10 +299,10 @@ def full_row_losses(
                 rows_per_batch, dtype=precision.accumulate_dtype(device), device=device
             )
             row_sum.index_add_(0, row_of, tok_loss.to(row_sum.dtype))
-            row_sum = row_sum.cpu().numpy()
+            host_sum = row_sum.cpu().numpy()
             row_cnt = scored.sum(dim=1).cpu().numpy()
             for j, i in enumerate(chunk):
-                sums[i] = row_sum[K * j : K * (j + 1)]
+                sums[i] = host_sum[K * j : K * (j + 1)]
                 counts[i] = row_cnt[K * j : K * (j + 1)]
     return sums, counts
 
@@ -342,7 +343,7 @@ def continuation_losses(
         )
     K = n_choices or choices_per_example(examples)
     block_size = model_block_size(model)
-    gpt = dist.unwrap(model)
+    gpt = _gpt(model)
     step = _packed_token_losses
     dynamo_ctx = getattr(model, "dynamo_ctx", None)  # set by torch.compile(model)
     if dynamo_ctx is not None:
@@ -381,9 +382,9 @@ def continuation_losses(
                 tok_loss = step(gpt, idx_t, pos_t, seg_t, sel_t, targets_t)  # [N]
             row_sum = torch.zeros(K * B + 1, dtype=acc_dtype, device=device)
             row_sum.index_add_(0, slot_t, tok_loss.to(acc_dtype))
-            row_sum = row_sum.cpu().numpy()
+            host_sum = row_sum.cpu().numpy()
             for j, i in enumerate(indices):
-                sums[i] = row_sum[K * j : K * (j + 1)]
+                sums[i] = host_sum[K * j : K * (j + 1)]
                 counts[i] = np.bincount(packed[i].choice, minlength=K)
     return sums, counts
 

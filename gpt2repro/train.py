@@ -96,20 +96,21 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
         return 0
 
     # ---- set-up: model and optimizer, data position, counters, reporting
+    loader = data.TokenLoader(
+        cfg.data.dir,
+        "train",
+        batch_size=cfg.train.micro_batch_size,
+        seq_len=cfg.train.seq_len,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=cfg.train.seed,
+        device=info.device,
+    )
     run = TrainContext(
         cfg=cfg,
         info=info,
         trainable=build_model(cfg, info, load_from=resume.path if resume else None),
-        loader=data.TokenLoader(
-            cfg.data.dir,
-            "train",
-            batch_size=cfg.train.micro_batch_size,
-            seq_len=cfg.train.seq_len,
-            rank=info.rank,
-            world_size=info.world_size,
-            seed=cfg.train.seed,
-            device=info.device,
-        ),
+        loader=loader,
         grad_accum=grad_accum,
         log=RunLog(
             run_dir, cfg, info.is_main, LiveReport(run_dir, info.is_main and cfg.log.report)
@@ -118,7 +119,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     if resume is not None:
         run.state.load_state_dict(resume.state)
         run.guard.load_state_dict(resume.state)
-        restore_rank(resume.state, run.loader, info)
+        restore_rank(resume.state, loader, info)
     header = run_header(cfg, info, argv=sys.argv, grad_accum=grad_accum, n_params=run.n_params)
     run.log.start(
         header,
@@ -129,7 +130,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     if info.is_main:
         (run_dir / "DONE").unlink(missing_ok=True)
     on_disk = run.state.step if resume is not None else -1
-    saver = Checkpointer(cfg, git_sha=header["record"]["git_sha"], on_disk=on_disk)
+    saver = Checkpointer(cfg, loader, git_sha=header["record"]["git_sha"], on_disk=on_disk)
     can_sample = run.log.can_sample(cfg.log.sample_every, cfg.model.vocab_size)
     fault = injected_fault(info.rank)  # GPT2REPRO_FAULT: the reliability tests' hook
     run.preemption.install()
@@ -476,10 +477,11 @@ def _train_record(run: TrainContext, out: StepOutput, seconds: float) -> dict[st
 
 class Checkpointer:
     """Writes a checkpoint when one is due (every `checkpoint.every` steps, at the last step and
-    on a stop), never twice for the same step."""
+    on a stop), never twice for the same step; it stores `loader`'s position with it."""
 
-    def __init__(self, cfg: Config, git_sha: str, on_disk: int) -> None:
+    def __init__(self, cfg: Config, loader: data.TokenLoader, git_sha: str, on_disk: int) -> None:
         self.cfg = cfg
+        self.loader = loader
         self.git_sha = git_sha
         self.last_saved = on_disk  # the step already on disk (the resumed one), or -1
 
@@ -499,7 +501,7 @@ class Checkpointer:
                 "config": to_dict(self.cfg),
                 "git_sha": self.git_sha,
             },
-            loader_state=run.loader.state_dict(),  # type: ignore[attr-defined]
+            loader_state=self.loader.state_dict(),
             keep_last=self.cfg.checkpoint.keep_last,
         )
         self.last_saved = step

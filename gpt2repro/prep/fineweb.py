@@ -167,12 +167,18 @@ def resolve_revision(repo_id: str) -> str:
     import huggingface_hub  # an optional package (comes with `datasets`), for HF sources only
 
     try:
-        return huggingface_hub.HfApi().dataset_info(repo_id).sha
+        sha = huggingface_hub.HfApi().dataset_info(repo_id).sha
     except Exception as e:  # offline, rate limited, ...: any failure has the same remedy
         raise UserError(
             f"could not look up the current revision of {repo_id} ({type(e).__name__}: "
             f"{str(e)[:120]}); pass --revision with a commit sha of that dataset (or 'main')"
         ) from None
+    if sha is None:
+        raise UserError(
+            f"the Hub gave no revision for {repo_id}; pass --revision with a commit sha of that "
+            "dataset (or 'main')"
+        )
+    return sha
 
 
 def hf_revision(out_dir: Path, repo_id: str, requested: str | None) -> str:

@@ -108,8 +108,9 @@ def _to_text(kind: str, payload: Any, text_field: str) -> tuple[str | None, str 
         if kind == "json":
             try:
                 row = json.loads(raw)
-            except ValueError as e:
-                return None, f"invalid JSON ({e.msg})"
+            except ValueError as e:  # a JSONDecodeError, or an int past Python's digit limit
+                why = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+                return None, f"invalid JSON ({why})"
             if not isinstance(row, dict):
                 return None, "not a JSON object"
             if text_field not in row:
@@ -141,6 +142,7 @@ def encode_chunk(job: tuple[str, list[Item]]) -> tuple[np.ndarray, np.ndarray, l
         if reason is not None:
             bad.append((i, where, reason))
             continue
+        assert text is not None  # _to_text gives a text or a reason
         ids = enc.encode_ordinary(text)  # plain loop: the batch API adds a thread pool per call
         encoded.append((i, ids))
         lens[i] = len(ids) + 1
