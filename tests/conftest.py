@@ -99,10 +99,12 @@ def launches_torchrun(cmd: Any, env: Mapping[str, str] | None = None) -> bool:
     else:
         args = [os.fsdecode(a) for a in cmd]
     dry = (os.environ if env is None else env).get("DRY_RUN", "") not in ("", "0")
+    # A launch script runs only under a shell or as the program itself (`shellcheck x.sh` reads it)
+    shell = bool(args) and (Path(args[0]).name in ("bash", "sh") or args[0].endswith(".sh"))
     return any(
         Path(a).name == "torchrun"
         or a == "torch.distributed.run"
-        or (Path(a).name in TORCHRUN_SCRIPTS and not dry)
+        or (shell and Path(a).name in TORCHRUN_SCRIPTS and not dry)
         for a in args
     )
 

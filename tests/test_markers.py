@@ -27,3 +27,7 @@ def test_the_guard_recognises_torchrun_command_lines() -> None:
     assert launches_torchrun(restart, {"DRY_RUN": "0"})
     assert not launches_torchrun(restart, {"DRY_RUN": "1"})
     assert not launches_torchrun(["bash", "launch/cloud_setup.sh"], {})
+    assert launches_torchrun(["launch/single_node.sh", "--config", "x"], {})
+    assert not launches_torchrun(
+        ["shellcheck", "single_node.sh", "multi_node.sh"], {}
+    )  # reads them
