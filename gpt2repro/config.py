@@ -133,6 +133,19 @@ class TrainConfig:
         "held at once); 0 = full logits then cross-entropy",
         check=NON_NEGATIVE,
     )
+    attention_backend: str = _f(
+        "auto",
+        "SDPA kernel tried first, in training and evaluation (auto = torch's order: flash, "
+        "efficient, math, cudnn); a named one falls back to torch's order where it cannot run "
+        "(a mask, a CPU); math = the exact reference only",
+        ("auto", "flash", "cudnn", "efficient", "math"),
+    )
+    compile_mode: str = _f(
+        "default",
+        "torch.compile mode (max-autotune-no-cudagraphs: Triton autotuning, a longer first "
+        "compile; CUDA-graph modes are not offered: FSDP/DDP hooks and eager eval break them)",
+        ("default", "max-autotune-no-cudagraphs"),
+    )
 
 
 @dataclass(frozen=True)
@@ -253,6 +266,12 @@ class DistConfig:
         "ddp: compress gradients for the all-reduce (bf16 = torch's bf16_compress_hook: half the "
         "bytes; gradients are sent and summed in bfloat16)",
         ("none", "bf16"),
+    )
+    fsdp_keep_unsharded: bool = _f(
+        False,
+        "fsdp with grad accumulation: keep the all-gathered parameters between micro-steps "
+        "(one all-gather per micro-step fewer; costs the whole model's unsharded parameters per "
+        "GPU, see plan)",
     )
 
 

@@ -253,6 +253,11 @@ def shard(
     gradients reduce-scattered in float32; the sharded parameters, their gradients and the
     optimizer state stay float32. None: float32 all-gather (parameters cast per op by autocast).
 
+    Every block but the last frees its gathered parameters after its forward and gathers them
+    again for its backward; the last keeps them (`reshard_after_forward=False`), since the
+    backward starts with it right away: one all-gather per step fewer for one block's memory
+    (torchtitan does the same). The root keeps its own (wte, wpe, ln_f) by FSDP2's default.
+
     Call before building the optimizer. No-op for ddp or a single process.
     """
     if strategy == "fsdp" and info.distributed:
@@ -261,8 +266,9 @@ def shard(
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-        for block in raw_model.transformer.h:
-            fully_shard(block, mp_policy=mp)
+        blocks = raw_model.transformer.h
+        for i, block in enumerate(blocks):
+            fully_shard(block, mp_policy=mp, reshard_after_forward=i < len(blocks) - 1)
         fully_shard(raw_model, mp_policy=mp)
 
 
@@ -271,16 +277,16 @@ class _CompiledWhenGrad:
     activation-checkpointed block, so both run the same graph), the eager one under no_grad
     (evaluation, sampling), which therefore never compiles for its shapes or the KV cache."""
 
-    def __init__(self, eager: Callable[..., torch.Tensor]) -> None:
+    def __init__(self, eager: Callable[..., torch.Tensor], mode: str = "default") -> None:
         self.eager = eager
-        self.compiled = torch.compile(eager)
+        self.compiled = torch.compile(eager, mode=mode)
 
     def __call__(self, *args: object, **kwargs: object) -> torch.Tensor:
         fn = self.compiled if torch.is_grad_enabled() else self.eager
         return fn(*args, **kwargs)
 
 
-def compile_blocks(raw_model: GPT) -> None:
+def compile_blocks(raw_model: GPT, mode: str = "default") -> None:
     """Compile each transformer block's forward and the head + loss (`GPT.head_loss`) apart,
     in place (torchtitan's per-block compile, for FSDP2).
 
@@ -288,12 +294,13 @@ def compile_blocks(raw_model: GPT) -> None:
     dynamo-disabled): the all-gathers of each block run between the compiled pieces. Here the
     hooks stay in eager `Block.__call__` and only the maths inside is compiled: one graph for all
     blocks (they have one code object) and one for the head and loss, with no graph break.
-    Parameter names are unchanged (no `_orig_mod.` in state dicts).
+    Parameter names are unchanged (no `_orig_mod.` in state dicts). `mode`: torch.compile's
+    (train.compile_mode).
     """
     for block in raw_model.transformer.h:
-        block.forward = _CompiledWhenGrad(block.forward)
+        block.forward = _CompiledWhenGrad(block.forward, mode)
     # An instance attribute that shadows the method, as `block.forward` above does.
-    raw_model.head_loss = _CompiledWhenGrad(raw_model.head_loss)  # type: ignore[method-assign]
+    raw_model.head_loss = _CompiledWhenGrad(raw_model.head_loss, mode)  # type: ignore[method-assign]
 
 
 def _bf16_compress_hook(backend: str | None) -> Callable[..., torch.futures.Future]:
@@ -313,8 +320,11 @@ def _bf16_compress_hook(backend: str | None) -> Callable[..., torch.futures.Futu
     return gloo_bf16_compress_hook
 
 
-def wrap(raw_model: GPT, info: DistInfo, cfg: DistConfig, compile: bool) -> nn.Module:
-    """The module to train: DDP-wrapped across processes (ddp), then compiled.
+def wrap(
+    raw_model: GPT, info: DistInfo, cfg: DistConfig, compile: bool, compile_mode: str = "default"
+) -> nn.Module:
+    """The module to train: DDP-wrapped across processes (ddp), then compiled (`compile_mode`:
+    torch.compile's mode, train.compile_mode).
 
     ddp: `DDP(raw_model)` with `cfg.bucket_cap_mb` buckets, gradients as views into the buckets
     (`gradient_as_bucket_view`: no copy into and out of them, one gradient-sized buffer less),
@@ -330,7 +340,7 @@ def wrap(raw_model: GPT, info: DistInfo, cfg: DistConfig, compile: bool) -> nn.M
     model: nn.Module = raw_model
     if cfg.strategy == "fsdp" and info.distributed:
         if compile:
-            compile_blocks(raw_model)
+            compile_blocks(raw_model, compile_mode)
         return raw_model
     if cfg.strategy == "ddp" and info.distributed:
         device_ids = [info.local_rank] if info.device_type == "cuda" else None
@@ -344,7 +354,7 @@ def wrap(raw_model: GPT, info: DistInfo, cfg: DistConfig, compile: bool) -> nn.M
             model.register_comm_hook(None, _bf16_compress_hook(info.backend))
     if compile:
         # A module (OptimizedModule, `._orig_mod` = model) that torch types as a plain callable.
-        model = torch.compile(model)  # type: ignore[assignment]
+        model = torch.compile(model, mode=compile_mode)  # type: ignore[assignment]
     return model
 
 
@@ -393,14 +403,27 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def grad_sync(
-    model: nn.Module, raw_model: nn.Module, strategy: str, info: DistInfo, sync: bool
+    model: nn.Module,
+    raw_model: nn.Module,
+    strategy: str,
+    info: DistInfo,
+    sync: bool,
+    keep_unsharded: bool = False,
 ) -> contextlib.AbstractContextManager:
     """Skip the gradient all-reduce unless `sync` (all but the last micro-step): DDP's `no_sync`,
-    or FSDP2's `set_requires_gradient_sync` flag on the raw (sharded) module."""
+    or FSDP2's `set_requires_gradient_sync` flag on the raw (sharded) module.
+
+    Under FSDP2 the skipped micro-steps accumulate each gradient unsharded, in float32 (the
+    reduce dtype): 4 bytes per parameter on every GPU until the last micro-step reduce-scatters
+    them (plan.py counts it). `keep_unsharded` (dist.fsdp_keep_unsharded): the parameters also
+    stay gathered after those micro-steps' backward, so the next forward gathers nothing; the last
+    micro-step frees them again, so the optimizer, evaluation and checkpoints see shards."""
     if not info.distributed:
         return contextlib.nullcontext()
     if strategy == "fsdp":
         raw_model.set_requires_gradient_sync(sync)  # type: ignore[operator]  # an FSDPModule method (shard)
+        if keep_unsharded:
+            raw_model.set_reshard_after_backward(sync)  # type: ignore[operator]  # FSDPModule's too
         return contextlib.nullcontext()
     ddp = getattr(model, "_orig_mod", model)  # compile(DDP(m)): no_sync lives on the DDP module
     return contextlib.nullcontext() if sync else ddp.no_sync()  # type: ignore[operator]  # a DDP method

@@ -7,6 +7,7 @@ precision are applied from outside. Names follow Hugging Face's GPT-2 so state d
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gpt2repro.config import LOSS_CHUNK_ROWS, ModelConfig
 from gpt2repro.loss import linear_cross_entropy
@@ -31,6 +33,28 @@ def gpt2_config(name: str, **overrides: int) -> ModelConfig:
     """The ModelConfig of a released GPT-2 size ('gpt2' ... 'gpt2-xl')."""
     n_layer, n_head, n_embd = GPT2_SIZES[name]
     return ModelConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, **overrides)
+
+
+# train.attention_backend -> SDPA kernels in priority order; None = torch's own order (flash,
+# memory-efficient, math, cuDNN). A named kernel goes first and torch's order follows it as the
+# fallback: no one kernel takes every call (flash takes no explicit mask, so HellaSwag's packed
+# rows and the KV cache's prefill fall through to another; on a CPU only flash and math exist).
+# `math` alone is the exact reference (debugging numerics); it is never fast.
+_TORCH_ORDER = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+    SDPBackend.CUDNN_ATTENTION,
+]
+ATTENTION_BACKENDS: dict[str, list[SDPBackend] | None] = {
+    "auto": None,
+    "flash": _TORCH_ORDER,
+    "cudnn": [SDPBackend.CUDNN_ATTENTION]
+    + [b for b in _TORCH_ORDER if b.name != "CUDNN_ATTENTION"],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION]
+    + [b for b in _TORCH_ORDER if b.name != "EFFICIENT_ATTENTION"],
+    "math": [SDPBackend.MATH],
+}
 
 
 @dataclass
@@ -64,6 +88,8 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v for all heads at once
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.c_proj.RESIDUAL_SCALE_INIT = True  # type: ignore[assignment]  # a plain flag (see _init_weights)
+        # SDPA kernels in priority order (ATTENTION_BACKENDS); None = torch's order. Set by GPT.
+        self.sdpa_backends: list[SDPBackend] | None = None
 
     def forward(
         self,
@@ -80,26 +106,39 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # [B, nh, T, hd]
         k = k.view(B, T, self.n_head, hd).transpose(1, 2)
         v = v.view(B, T, self.n_head, hd).transpose(1, 2)
-        if attn_mask is not None:
-            y = attend(q, k, v, attn_mask=attn_mask)
-        elif cache is None:
-            # Flash / memory-efficient kernels on GPU when the inputs allow it.
-            y = attend(q, k, v, is_causal=True)
-        else:
-            p = cache.pos
-            cache.k[layer, :, :, p : p + T] = k
-            cache.v[layer, :, :, p : p + T] = v
-            k_all = cache.k[layer, :, :, : p + T]  # [B, nh, p+T, hd]
-            v_all = cache.v[layer, :, :, : p + T]
-            mask = None
-            if T > 1:
-                # query i (absolute position p+i) sees keys 0 .. p+i
-                qpos = torch.arange(p, p + T, device=x.device)[:, None]
-                kpos = torch.arange(p + T, device=x.device)[None, :]
-                mask = kpos <= qpos  # [T, p+T], True = attend
-            y = attend(q, k_all, v_all, attn_mask=mask)
+        # The SDPA kernel priority (train.attention_backend), traced into a compiled graph.
+        with sdpa_priority(self.sdpa_backends):
+            if attn_mask is not None:
+                y = attend(q, k, v, attn_mask=attn_mask)
+            elif cache is None:
+                # Flash / memory-efficient kernels on GPU when the inputs allow it.
+                y = attend(q, k, v, is_causal=True)
+            else:
+                p = cache.pos
+                cache.k[layer, :, :, p : p + T] = k
+                cache.v[layer, :, :, p : p + T] = v
+                k_all = cache.k[layer, :, :, : p + T]  # [B, nh, p+T, hd]
+                v_all = cache.v[layer, :, :, : p + T]
+                mask = None
+                if T > 1:
+                    # query i (absolute position p+i) sees keys 0 .. p+i
+                    qpos = torch.arange(p, p + T, device=x.device)[:, None]
+                    kpos = torch.arange(p + T, device=x.device)[None, :]
+                    mask = kpos <= qpos  # [T, p+T], True = attend
+                y = attend(q, k_all, v_all, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: [B, T, C]
         return self.c_proj(y)
+
+
+def sdpa_priority(
+    backends: list[SDPBackend] | None,
+) -> contextlib.AbstractContextManager[object]:
+    """The SDPA kernels `backends` in priority order (ATTENTION_BACKENDS) while it is entered;
+    None = torch's order. Entered inside the attention module's forward, so torch.compile traces
+    it into the graph, and it holds in an activation-checkpointed block's recompute too."""
+    if backends is None:
+        return contextlib.nullcontext()
+    return sdpa_kernel(backends, set_priority=True)
 
 
 def attend(
@@ -109,7 +148,8 @@ def attend(
     attn_mask: torch.Tensor | None = None,
     is_causal: bool = False,
 ) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hd)) v over [B, nh, T, hd] inputs, by torch's SDPA kernels.
+    """softmax(q k^T / sqrt(hd)) v over [B, nh, T, hd] inputs, by torch's SDPA kernels (in the
+    priority that `sdpa_priority` set, if any).
 
     On a CPU, bfloat16 inputs attend in float32: torch's CPU flash-attention backward is about 4x
     slower in bfloat16 than in float32 at the demo's shapes (docs/benchmarks.md), and autocast
@@ -173,13 +213,15 @@ class GPT(nn.Module):
     """GPT-2. `activation_checkpointing` recomputes each block in the backward pass (less memory,
     one more forward); `loss_chunk` is how many rows of the loss the chunked linear +
     cross-entropy (loss.py) computes at once when only the loss is wanted (0 = the full logits,
-    then F.cross_entropy)."""
+    then F.cross_entropy); `attention_backend` names the SDPA kernel tried first
+    (ATTENTION_BACKENDS; `set_attention_backend`)."""
 
     def __init__(
         self,
         cfg: ModelConfig,
         activation_checkpointing: bool = False,
         loss_chunk: int = LOSS_CHUNK_ROWS,
+        attention_backend: str = "auto",
     ) -> None:
         super().__init__()
         if cfg.n_embd % cfg.n_head != 0:
@@ -190,10 +232,19 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # weight tying
         self.activation_checkpointing = activation_checkpointing
         self.loss_chunk = loss_chunk
+        self.set_attention_backend(attention_backend)
         self.apply(self._init_weights)
         with torch.no_grad():
             # Padded rows are never looked up or predicted; keep them exactly zero.
             self.transformer.wte.weight[cfg.vocab_size :].zero_()
+
+    def set_attention_backend(self, name: str) -> None:
+        """Every block's SDPA kernel priority: a key of ATTENTION_BACKENDS (train.attention_backend).
+        Set before compiling: a compiled graph keeps the kernels it was traced with."""
+        if name not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}")
+        for block in self.transformer.h:
+            block.attn.sdpa_backends = ATTENTION_BACKENDS[name]
 
     def _init_weights(self, module: nn.Module) -> None:
         # llm.c / nanoGPT init: N(0, 0.02); residual projections scaled by 1/sqrt(2 n_layer)

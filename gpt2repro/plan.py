@@ -14,7 +14,9 @@ The memory model counts the bytes the training step holds at its peak, component
 weights, gradients and AdamW state (fp32; sharded over the GPUs under FSDP), the activations
 autograd saves for one micro-batch (with and without activation checkpointing), the language-model
 head's loss buffers (one chunk of logits with train.loss_chunk > 0, the full logits with 0), and,
-under FSDP, the parameters and gradients it un-shards for the block at hand. That sum is what
+under FSDP, the parameters and gradients it un-shards for the block at hand, and with gradient
+accumulation the un-sharded gradients it accumulates (and, with dist.fsdp_keep_unsharded, the
+parameters it keeps gathered between micro-steps). That sum is what
 `torch.cuda.max_memory_allocated` reports for the eager step (torch.compile usually saves fewer
 activations, so it is an upper bound there); the CUDA context, NCCL and the caching allocator's
 slack come on top as a stated overhead.
@@ -108,6 +110,8 @@ class Setup:
     checkpointing: bool  # train.activation_checkpointing
     loss_chunk: int  # train.loss_chunk (0 = full logits)
     fused_adamw: bool  # fused kernel; else foreach, with a transient at the step (adamw_step)
+    grad_accum: int = 1  # micro-steps per optimizer step (config.grad_accum_steps)
+    fsdp_keep_unsharded: bool = False  # dist.fsdp_keep_unsharded: gathered between micro-steps
 
     @property
     def sharded(self) -> bool:
@@ -118,6 +122,12 @@ class Setup:
     def bf16_everywhere(self) -> bool:
         """FSDP2's bf16 policy computes the embeddings and residual stream in bf16 too."""
         return self.sharded and self.bf16 and self.fsdp_bf16_params
+
+    @property
+    def accumulates_unsharded(self) -> bool:
+        """FSDP2 skips the reduce-scatter on all but the last micro-step (dist.grad_sync) and
+        accumulates the whole model's gradients un-sharded meanwhile."""
+        return self.sharded and self.grad_accum > 1
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,8 @@ class Memory:
     backward: float  # in a block's backward: gradients in flight (+ its recompute, with ckpt)
     loss: float  # the head's input, its saved gradients and its live logits at their peak
     fsdp_unsharded: float  # FSDP2: all-gathered parameters and un-sharded gradients in flight
+    fsdp_accum_grads: float  # FSDP2 with accumulation: every gradient un-sharded, fp32
+    fsdp_kept_params: float  # dist.fsdp_keep_unsharded: every block's gathered parameters
     adamw_step: float  # foreach AdamW's transient at optimizer.step (0 for the fused kernel)
     overhead: float  # CUDA context, NCCL, allocator slack (not in max_memory_allocated)
 
@@ -139,10 +151,14 @@ class Memory:
         """What `torch.cuda.max_memory_allocated` should report for the eager step. The head's
         peak (end of the forward) and a block's backward (later) never coincide: the larger of
         the two counts. The optimizer step comes after the backward has freed the activations:
-        its transient is a peak of its own, on top of the states only."""
+        its transient is a peak of its own, on top of the states only. The blocks' parameters
+        kept gathered between micro-steps are all alive only where the activations are not (end
+        of a backward, start of the next forward, which frees each block's after its forward):
+        a peak of their own too."""
         states = self.weights + self.gradients + self.optimizer + self.fsdp_unsharded
+        states += self.fsdp_accum_grads
         step = self.activations + max(self.loss, self.backward)
-        return states + max(step, self.adamw_step)
+        return states + max(step, self.adamw_step, self.fsdp_kept_params)
 
     @property
     def total(self) -> float:
@@ -247,6 +263,14 @@ def memory_per_gpu(s: Setup, shape: ModelShape) -> Memory:
         p_bytes = 2 if s.bf16_everywhere else 4
         g_bytes = 4 + (2 if s.bf16_everywhere else 0)
         fsdp = (shape.root_params + 2 * shape.block_params) * (p_bytes + g_bytes)
+    accum_grads = kept = 0.0
+    if s.accumulates_unsharded:
+        # FSDP2 upcasts each micro-step's un-sharded gradient to the reduce dtype (fp32) and adds
+        # the next ones to it (FSDPParam.unsharded_accumulated_grad) until the last micro-step
+        # reduce-scatters: 4 bytes per parameter on every GPU, whatever the world size.
+        accum_grads = 4.0 * P
+        if s.fsdp_keep_unsharded:
+            kept = (2 if s.bf16_everywhere else 4) * s.model.n_layer * shape.block_params
     memory = Memory(
         weights=4 * P / shards,
         gradients=4 * P / shards,
@@ -255,6 +279,8 @@ def memory_per_gpu(s: Setup, shape: ModelShape) -> Memory:
         backward=backward_bytes(s, shape),
         loss=loss_bytes(s),
         fsdp_unsharded=fsdp,
+        fsdp_accum_grads=accum_grads,
+        fsdp_kept_params=kept,
         adamw_step=adamw_step_bytes(s, shape),
         overhead=0.0,
     )
@@ -356,6 +382,8 @@ def setup_for(cfg: Config, world: int, strategy: str) -> Setup:
         checkpointing=cfg.train.activation_checkpointing,
         loss_chunk=cfg.train.loss_chunk,
         fused_adamw=cfg.optim.fused is not False,  # unset = fused on CUDA
+        grad_accum=grad_accum(cfg, cfg.train.micro_batch_size, world),
+        fsdp_keep_unsharded=cfg.dist.fsdp_keep_unsharded,
     )
 
 
@@ -383,7 +411,7 @@ def fitting_alternatives(
         b = s.micro_batch
         while b >= 1:
             if _divides(cfg, b, s.world):
-                trial = replace(s, micro_batch=b, **sw)
+                trial = replace(s, micro_batch=b, grad_accum=grad_accum(cfg, b, s.world), **sw)
                 mem = memory_per_gpu(trial, shape)
                 if mem.total <= capacity:
                     # The training form (train.py's own overrides, pasted as is); the planner
@@ -550,6 +578,8 @@ _MEMORY_ROWS = [
     ("logits / loss *", "loss"),
     ("block backward *", "backward"),
     ("FSDP un-sharded", "fsdp_unsharded"),
+    ("FSDP accum. grads", "fsdp_accum_grads"),
+    ("FSDP kept params +", "fsdp_kept_params"),
     ("foreach AdamW step +", "adamw_step"),
     ("= allocated peak", "allocated"),
     ("+ overhead", "overhead"),
@@ -594,6 +624,9 @@ def _memory_table(p: dict[str, Any]) -> list[str]:
     for label, key in _MEMORY_ROWS:
         if key == "adamw_step" and not foreach:
             continue  # fused AdamW: no transient, no row
+        optional = key in ("fsdp_accum_grads", "fsdp_kept_params")
+        if optional and not any(mem[st][ck][key] for st, ck, _ in cols):
+            continue  # no accumulation under FSDP (or nothing kept): no row
         cells = "".join(f"{mem[st][ck][key]:>11.2f}" for st, ck, _ in cols)
         lines.append(f"  {label:<20}{cells}")
     a = p["assumptions"]
@@ -606,10 +639,11 @@ def _memory_table(p: dict[str, Any]) -> list[str]:
         "  * not at the same time: the peak counts the larger; activations are eager-mode "
         "(torch.compile saves fewer)"
     )
-    if foreach:
+    kept = any(mem[st][ck]["fsdp_kept_params"] for st, ck, _ in cols)
+    if foreach or kept:
         lines.append(
-            "  + after the backward: the peak counts it instead of activations + * when larger "
-            "(optim.fused=false; the fused kernel has none)"
+            "  + not with the activations (after a backward): the peak counts the largest of "
+            "these and activations + *"
         )
     if p["gpus"] == 1:
         lines.append("  (fsdp on one GPU shards nothing: the same as ddp)")

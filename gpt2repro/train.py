@@ -236,6 +236,8 @@ class Trainable:
     compiled: bool
     strategy: str  # "ddp" or "fsdp"
     grad_clip: float  # optim.grad_clip: clip the global gradient norm to this; 0 = off
+    # dist.fsdp_keep_unsharded: parameters stay gathered between micro-steps (dist.grad_sync)
+    fsdp_keep_unsharded: bool = False
 
 
 @dataclass
@@ -307,7 +309,14 @@ def forward_backward(
     for micro in range(grad_accum):
         x, y = next_batch()  # [B, T] each
         sync = micro == grad_accum - 1  # all-reduce gradients on the last micro-step only
-        with dist.grad_sync(model, raw_model, strategy=trainable.strategy, info=info, sync=sync):
+        with dist.grad_sync(
+            model,
+            raw_model,
+            strategy=trainable.strategy,
+            info=info,
+            sync=sync,
+            keep_unsharded=trainable.fsdp_keep_unsharded,
+        ):
             with precision.autocast(info.device, trainable.autocast_dtype):
                 _, loss = model(x, y, loss_only=True)  # no [B, T, vocab] logits
             loss = loss / grad_accum  # mean over the whole global batch after DDP's average
@@ -337,6 +346,7 @@ def build_model(cfg: Config, info: dist.DistInfo, load_from: Path | None = None)
         cfg.model,
         activation_checkpointing=cfg.train.activation_checkpointing,
         loss_chunk=cfg.train.loss_chunk,
+        attention_backend=cfg.train.attention_backend,  # before compiling: traced into the graph
     ).to(device)
     n_params = raw_model.num_params(exclude_padding=False)
     autocast_dtype = precision.autocast_dtype(cfg.train.dtype, device)
@@ -348,7 +358,9 @@ def build_model(cfg: Config, info: dist.DistInfo, load_from: Path | None = None)
         checkpoint.load_into(raw_model, optimizer, load_from)
     return Trainable(
         raw_model=raw_model,
-        model=dist.wrap(raw_model, info, cfg.dist, compile=compiled),
+        model=dist.wrap(
+            raw_model, info, cfg.dist, compile=compiled, compile_mode=cfg.train.compile_mode
+        ),
         optimizer=optimizer,
         info=info,
         n_params=n_params,
@@ -356,6 +368,7 @@ def build_model(cfg: Config, info: dist.DistInfo, load_from: Path | None = None)
         compiled=compiled,
         strategy=cfg.dist.strategy,
         grad_clip=cfg.optim.grad_clip,
+        fsdp_keep_unsharded=cfg.dist.fsdp_keep_unsharded,
     )
 
 
