@@ -136,3 +136,68 @@ def test_bf16_grad_compression_trains_like_fp32_all_reduce(corpus: Path, tmp_pat
     assert a != b
     for k in a:
         assert abs(a[k] - b[k]) <= 2e-3 * abs(a[k]), (k, a[k], b[k])
+
+
+@pytest.mark.dist
+def test_fsdp_keeps_the_last_block_and_optionally_all_between_micro_steps(tmp_path: Path) -> None:
+    """FSDP2's all-gathers per step on 2 gloo ranks, 2 blocks. Without accumulation: the root
+    once (kept through the step by FSDP2), block 0 twice (forward, backward) and the last block
+    once (`reshard_after_forward=False`: its backward comes right after), 4 (5 if the last block
+    were re-gathered). With 3 micro-steps: 12; with dist.fsdp_keep_unsharded the later
+    micro-steps' forwards gather nothing and their backwards only block 0 again (re-sharded
+    after its forward): 4 + 1 + 1 = 6. The switch moves no number: losses and parameters equal
+    bit for bit."""
+    r = worker("fsdp_keep", tmp_path)
+    assert r["gathers_without_accumulation"] == 4
+    assert r["gathers_per_step_false"] == 12 and r["gathers_per_step_true"] == 6
+    assert r["losses_false"] == r["losses_true"]
+    assert r["params_false"] == r["params_true"]
+
+
+def test_speed_switches_have_help_defaults_and_choices() -> None:
+    text = help_text("train.py")
+    for key in ("train.attention_backend", "train.compile_mode", "dist.fsdp_keep_unsharded"):
+        assert f"--{key}" in text
+    assert "(auto | flash | cudnn | efficient | math)" in text
+    assert "(default | max-autotune-no-cudagraphs)" in text
+    cfg = build_config()
+    assert (cfg.train.attention_backend, cfg.train.compile_mode) == ("auto", "default")
+    assert cfg.dist.fsdp_keep_unsharded is False
+    for key, bad, message in (
+        ("train.attention_backend", "flash2", "'train.attention_backend' must be one of auto,"),
+        ("train.compile_mode", "reduce-overhead", "'train.compile_mode' must be one of default,"),
+        ("dist.fsdp_keep_unsharded", "maybe", "'dist.fsdp_keep_unsharded' must be bool"),
+    ):
+        with pytest.raises(UserError, match=message):
+            build_config(overrides=[(key, bad)])
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.compile_mode is torch.compile's `mode`, for the whole model (one process, DDP) and
+    for FSDP's per-block compile (compile_blocks), and build_model passes the setting on."""
+    import torch
+
+    from gpt2repro import dist
+    from gpt2repro.model import GPT
+    from gpt2repro.train import build_model
+
+    modes: list[object] = []
+
+    def fake_compile(fn: object, **kwargs: object) -> object:
+        modes.append(kwargs.get("mode"))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = build_config(
+        overrides=[
+            ("model.n_layer", "2"), ("model.n_head", "2"), ("model.n_embd", "32"),
+            ("model.vocab_size", "128"), ("model.block_size", "32"), ("train.seq_len", "32"),
+            ("train.device", "cpu"),
+            ("train.compile", "true"), ("train.compile_mode", "max-autotune-no-cudagraphs"),
+        ]
+    )  # fmt: skip
+    build_model(cfg, dist.DistInfo())
+    assert modes == ["max-autotune-no-cudagraphs"]
+    modes.clear()
+    dist.compile_blocks(GPT(cfg.model), mode="max-autotune-no-cudagraphs")
+    assert modes == ["max-autotune-no-cudagraphs"] * 3  # 2 blocks and the head + loss

@@ -170,3 +170,81 @@ def test_attend_on_cpu_in_bf16_computes_in_float32_even_under_autocast():
     q32, k32, v32 = q.float(), k.float(), v.float()
     same = F.scaled_dot_product_attention(q32, k32, v32, attn_mask=mask)
     assert torch.equal(attend(q32, k32, v32, attn_mask=mask), same)
+
+
+def _sdpa_ops(fn: object, x: torch.Tensor, mask: torch.Tensor | None = None) -> set[str]:
+    """The SDPA aten ops that one forward + backward of `fn` (a GPT, compiled or not) runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        if mask is None:
+            _, loss = fn(x, x)  # type: ignore[operator]
+        else:
+            h = fn.hidden_states(x, pos=torch.arange(x.size(1)), attn_mask=mask)  # type: ignore[attr-defined]
+            loss = h.square().mean()
+        loss.backward()
+    return {e.key for e in prof.key_averages() if "_scaled_dot_product" in e.key}
+
+
+FLASH_CPU = "aten::_scaled_dot_product_flash_attention_for_cpu"
+MATH = "aten::_scaled_dot_product_attention_math"
+
+
+def test_attention_backend_names_are_the_config_choices() -> None:
+    from gpt2repro.config import TrainConfig
+    from gpt2repro.model import ATTENTION_BACKENDS
+
+    choices = {f.name: f for f in __import__("dataclasses").fields(TrainConfig)}
+    assert tuple(ATTENTION_BACKENDS) == choices["attention_backend"].metadata["choices"]
+    with pytest.raises(ValueError, match="attention backend must be one of auto, flash"):
+        tiny().set_attention_backend("flash2")
+
+
+@pytest.mark.parametrize(
+    "name, kernel",
+    [("auto", FLASH_CPU), ("flash", FLASH_CPU), ("math", MATH), ("cudnn", FLASH_CPU)],
+)
+def test_attention_backend_picks_the_kernel_eager(name: str, kernel: str) -> None:
+    """The priority is in force inside the model: math runs the reference kernel, flash and auto
+    CPU's flash kernel, and cudnn (no CPU kernel) falls back to torch's order, as documented.
+    The loss is the same function whatever the kernel (math vs flash: to rounding)."""
+    x = torch.randint(0, 100, (2, 16))
+    model = tiny()
+    model.set_attention_backend(name)
+    ops = _sdpa_ops(model, x)
+    assert kernel in ops and ({FLASH_CPU, MATH} - {kernel}).isdisjoint(ops), ops
+    ref = tiny()
+    torch.testing.assert_close(model(x, x)[1], ref(x, x)[1], rtol=1e-5, atol=1e-6)
+    if name == "cudnn":  # the very same kernel as auto: the same bits
+        assert torch.equal(model(x, x)[1], ref(x, x)[1])
+
+
+def test_attention_backend_flash_falls_back_for_a_mask() -> None:
+    """A masked call (HellaSwag's packed rows) with flash first runs and matches auto exactly.
+    (CUDA's flash kernel takes no mask: there the call falls through to the next kernel,
+    tests/test_gpu.py.)"""
+    x = torch.randint(0, 100, (2, 16))
+    mask = torch.ones(16, 16, dtype=torch.bool).tril()
+    model, ref = tiny(), tiny()
+    model.set_attention_backend("flash")
+    assert _sdpa_ops(model, x, mask)  # it ran, some kernel
+    pos = torch.arange(16)
+    got = model.hidden_states(x, pos=pos, attn_mask=mask)
+    assert torch.equal(got, ref.hidden_states(x, pos=pos, attn_mask=mask))
+
+
+def test_attention_backend_is_traced_into_a_compiled_graph() -> None:
+    """torch.compile traces the kernel priority (entered inside the attention module): math
+    compiled runs no flash kernel forward or backward, auto compiled does; no graph break."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    x = torch.randint(0, 100, (2, 16))
+    for name, kernel in (("math", MATH), ("auto", FLASH_CPU)):
+        model = tiny()
+        model.set_attention_backend(name)
+        ops = _sdpa_ops(torch.compile(model, backend="aot_eager"), x)
+        assert kernel in ops and ({FLASH_CPU, MATH} - {kernel}).isdisjoint(ops), (name, ops)
+    assert dict(counters["graph_break"]) == {}
+    torch._dynamo.reset()

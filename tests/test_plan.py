@@ -190,6 +190,47 @@ def test_checkpointing_and_fsdp_shrink_what_they_should() -> None:
     assert full.loss > 4 * base.loss and full.activations == base.activations
 
 
+def test_fsdp_accumulation_counts_the_unsharded_fp32_gradients() -> None:
+    """FSDP2 with gradient accumulation holds every gradient un-sharded in fp32 between
+    micro-steps (dist.grad_sync): 4 bytes per parameter per GPU, 5.8 GiB at 1.5B, whatever the
+    world size; none without accumulation, under DDP, or on one GPU. dist.fsdp_keep_unsharded
+    adds every block's gathered parameters (bf16 under the bf16 policy) as a peak of their own
+    (after a backward, with no activations alive), and the plan shows both rows."""
+    cfg = load_config(["--config", str(REPO / "configs" / "gpt2_1558m.toml")])[0]
+    cfg = replace(cfg, train=replace(cfg.train, micro_batch_size=4))
+    shape = plan.model_shape(cfg.model)
+    s = plan.setup_for(cfg, world=8, strategy="fsdp")
+    assert s.grad_accum == cfg.train.total_batch_tokens // (4 * cfg.train.seq_len * 8) > 1
+    mem = plan.memory_per_gpu(s, shape)
+    assert mem.fsdp_accum_grads == 4 * shape.n_params
+    assert round(mem.fsdp_accum_grads / plan.GIB, 1) == 5.8
+    assert mem.fsdp_kept_params == 0
+    for other in (replace(s, grad_accum=1), replace(s, strategy="ddp"), replace(s, world=1)):
+        assert plan.memory_per_gpu(other, shape).fsdp_accum_grads == 0
+    no_accum = plan.memory_per_gpu(replace(s, grad_accum=1), shape)
+    assert mem.allocated - no_accum.allocated == mem.fsdp_accum_grads
+    kept = plan.memory_per_gpu(replace(s, fsdp_keep_unsharded=True), shape)
+    assert kept.fsdp_kept_params == 2 * cfg.model.n_layer * shape.block_params  # bf16 policy
+    states = kept.weights + kept.gradients + kept.optimizer + kept.fsdp_unsharded
+    states += kept.fsdp_accum_grads
+    step = kept.activations + max(kept.loss, kept.backward)
+    assert kept.allocated == states + max(step, kept.adamw_step, kept.fsdp_kept_params)
+    # the rows, and the CLI's setting reaching the plan
+    config = str(REPO / "configs" / "gpt2_1558m.toml")
+    common = ["--config", config, "--gpus", "8", "--gpu", "H100", "--micro-batch", "4"]
+    for keep in ("false", "true"):
+        c, req, _ = plan.parse([*common, f"--dist.fsdp_keep_unsharded={keep}"])
+        r = plan.make_plan(c, req)
+        assert r["chosen_gib"]["fsdp_accum_grads"] == mem.fsdp_accum_grads / plan.GIB
+        assert r["memory_gib"]["ddp"]["without_checkpointing"]["fsdp_accum_grads"] == 0
+        text = plan.format_plan(r)
+        assert "FSDP accum. grads" in text
+        assert ("FSDP kept params" in text) == (keep == "true")
+    c, req, _ = plan.parse([*common[:-1], "128"])  # 8 GPUs x 128 x 1024: no accumulation
+    text = plan.format_plan(plan.make_plan(c, req))
+    assert "FSDP accum. grads" not in text and "FSDP un-sharded" in text
+
+
 def test_foreach_adamw_step_transient_matches_a_measured_step_and_can_be_the_peak() -> None:
     """torch's foreach AdamW (optim.fused=false on CUDA) on the trainer's own parameter groups:
     the peak of a real optimizer.step() above what exists before it is the planner's

@@ -130,3 +130,16 @@ def test_a_kill_between_the_two_renames_of_a_same_step_save_loses_nothing(
     (stale / "step_00000004").mkdir()
     resume = select_resume(mode="auto", run_dir=tmp_path, config=full_config(MODEL))
     assert resume is not None and resume.path.name == "step_00000004" and not stale.exists()
+
+
+def test_speed_switches_may_change_on_resume(tmp_path: Path) -> None:
+    """The attention kernel, the compile mode and FSDP's gathering between micro-steps change
+    speed and memory, not the optimization: a resumed run may change them without asking."""
+    save(tmp_path, 2)
+    faster = full_config(
+        MODEL,
+        train__attention_backend="cudnn",
+        train__compile_mode="max-autotune-no-cudagraphs",
+        dist__fsdp_keep_unsharded=True,
+    )
+    assert select_resume(mode="auto", run_dir=tmp_path, config=faster) is not None
