@@ -13,8 +13,8 @@ CLI:
     torchrun --nproc_per_node=8 -m gpt2repro.evaluate --hf gpt2 --hellaswag --train.dtype bfloat16
 
 The settings it shares with training are spelled as in train.py (--train.device, --train.dtype,
---train.compile, --eval.val_tokens, --eval.batch_size, --eval.hellaswag_limit,
---eval.batch_examples); the short flags --device, --dtype, --compile, --val-tokens,
+--train.compile, --train.compile_mode, --train.attention_backend, --eval.val_tokens,
+--eval.batch_size, --eval.hellaswag_limit, --eval.batch_examples); the short flags --device, --dtype, --compile, --val-tokens,
 --val-batch-size, --limit and --batch-examples are the same settings (see --help).
 
 The scoring speed (packed vs one example per pass): `python -m gpt2repro.bench hellaswag`.
@@ -226,6 +226,8 @@ _KEYS = (
     "train.device",
     "train.dtype",
     "train.compile",
+    "train.compile_mode",
+    "train.attention_backend",
     "train.micro_batch_size",
     "eval.val_tokens",
     "eval.batch_size",
@@ -289,14 +291,16 @@ def _run(cfg: Config, args: argparse.Namespace, info: dist.DistInfo) -> None:
     if args.val_data:
         option = args.config_flags["eval.val_tokens"]
         val_tokens = load_val_tokens(args.val_data, ev.val_tokens, option=option)
-    model: nn.Module = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=info.device)
+    raw_model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=info.device)
+    raw_model.set_attention_backend(cfg.train.attention_backend)  # before compiling: traced
+    model: nn.Module = raw_model
     seq_len = _val_seq_len(args, ev.val_tokens, model_block_size(model))
     amp_dtype = precision.autocast_dtype(cfg.train.dtype, info.device)
     # unset (--train.compile=auto) = on for CUDA, as in training
     compiled = cfg.train.compile if cfg.train.compile is not None else info.device.type == "cuda"
     if compiled:
         # A module (OptimizedModule, `._orig_mod` = model) that torch types as a plain callable.
-        model = torch.compile(model)  # type: ignore[assignment]
+        model = torch.compile(model, mode=cfg.train.compile_mode)  # type: ignore[assignment]
 
     out: dict = {}
     if val_tokens is not None:

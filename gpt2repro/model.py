@@ -243,8 +243,9 @@ class GPT(nn.Module):
         Set before compiling: a compiled graph keeps the kernels it was traced with."""
         if name not in ATTENTION_BACKENDS:
             raise ValueError(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}")
-        for block in self.transformer.h:
-            block.attn.sdpa_backends = ATTENTION_BACKENDS[name]
+        for module in self.modules():
+            if isinstance(module, CausalSelfAttention):
+                module.sdpa_backends = ATTENTION_BACKENDS[name]
 
     def _init_weights(self, module: nn.Module) -> None:
         # llm.c / nanoGPT init: N(0, 0.02); residual projections scaled by 1/sqrt(2 n_layer)
