@@ -344,6 +344,27 @@ def test_cli_dotted_keys_are_the_short_flags(monkeypatch: pytest.MonkeyPatch) ->
     assert _parsed(["--device=cpu", "--no-compile"], monkeypatch)[0].train.compile is False
 
 
+def test_cli_takes_the_speed_switches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attention kernel and compile mode, as training spells them; the kernel reaches the
+    loaded model before any compile."""
+    from gpt2repro import evaluate
+    from gpt2repro.config import ModelConfig
+    from gpt2repro.model import GPT
+
+    argv = ["--device=cpu", "--train.attention_backend=math"]
+    argv += ["--train.compile_mode", "max-autotune-no-cudagraphs"]
+    cfg, _ = _parsed(argv, monkeypatch)
+    assert (cfg.train.attention_backend, cfg.train.compile_mode) == (
+        "math", "max-autotune-no-cudagraphs",
+    )  # fmt: skip
+    monkeypatch.undo()
+    tiny = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=64))
+    monkeypatch.setattr(evaluate, "load_model_or_hf", lambda **kw: tiny)
+    monkeypatch.setattr(evaluate, "load_hellaswag", lambda *a, **kw: None)  # nothing to score
+    assert run_cli(main, ["--hf", "unused", *argv]) == 0
+    assert tiny.transformer.h[0].attn.sdpa_backends == [torch.nn.attention.SDPBackend.MATH]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
