@@ -25,6 +25,7 @@ FLOPs per token, GPU peaks and MFU are `gpt2repro.hardware`.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import tiktoken
 import torch
 
 from gpt2repro.config import Config, to_dict, to_toml
@@ -187,6 +187,15 @@ def git_sha(repo: Path | None = None) -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+def package_version(name: str) -> str:
+    """The installed version of an optional package, read from its metadata (without importing
+    it), or "not installed": a bare GPU box may lack tiktoken, and training does not need it."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def run_header(
     cfg: Config, info: DistInfo, argv: list[str], grad_accum: int, n_params: int
 ) -> dict[str, Any]:
@@ -202,7 +211,7 @@ def run_header(
             "python": platform.python_version(),
             "torch": torch.__version__,
             "numpy": np.__version__,
-            "tiktoken": tiktoken.__version__,
+            "tiktoken": package_version("tiktoken"),
         },
         "gpus": gpus,
         "device": str(info.device),
