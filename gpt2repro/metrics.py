@@ -282,8 +282,9 @@ class RunLog:
             self.print(f"resumed from {resumed_from} at step {step} ({tokens:,} tokens)")
 
     def can_sample(self, sample_every: int, vocab_size: int) -> bool:
-        """Text samples are on (`log.sample_every`) and the model's vocabulary covers GPT-2's
-        tokenizer (else a note)."""
+        """Text samples are on (`log.sample_every`), the model's vocabulary covers GPT-2's
+        tokenizer and tiktoken is installed (else a note, at start rather than a failure at the
+        first sample: a bare GPU box may train without tiktoken)."""
         if sample_every <= 0:
             return False
         if vocab_size < 50257:
@@ -291,6 +292,9 @@ class RunLog:
                 f"note: no text samples: model.vocab_size={vocab_size} is smaller than "
                 "GPT-2's tokenizer"
             )
+            return False
+        if package_version("tiktoken") == "not installed":
+            self.print("note: no text samples: tiktoken is not installed (pip install tiktoken)")
             return False
         return True
 

@@ -179,6 +179,23 @@ def test_run_header_without_tiktoken(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rec["versions"]["torch"] == torch.__version__
 
 
+def test_no_text_samples_without_tiktoken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Training on a box without tiktoken says at start that it will print no samples (rather
+    than failing at the first one)."""
+    cfg, _ = load_config(["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32"])
+    log = metrics.RunLog(tmp_path, cfg, is_main=True)
+    assert log.can_sample(10, 50304) is (metrics.package_version("tiktoken") != "not installed")
+    monkeypatch.setattr(metrics, "package_version", lambda name: "not installed")
+    capsys.readouterr()
+    assert not log.can_sample(10, 50304)
+    assert capsys.readouterr().out == (
+        "note: no text samples: tiktoken is not installed (pip install tiktoken)\n"
+    )
+    assert not log.can_sample(0, 50304)
+
+
 def test_a_resume_after_a_torn_last_line_keeps_its_first_record(tmp_path: Path) -> None:
     """A kill mid-append leaves half a line; the resumed run's first record (the `resume` event)
     must start on a line of its own, not be glued to the torn one and skipped with it."""
