@@ -216,7 +216,9 @@ if [[ $MODE == cuda && $DRY != 1 && $(tail -n 1 "$tsv" | cut -f 2) != ok ]]; the
   exit 2
 fi
 
-if [[ $MODE == cpu ]]; then
+if [[ $DRY != 1 ]] && ! "$PY" -c "import pytest" >/dev/null 2>&1; then # a bare box may lack it
+  skip_step gpu_tests "pytest not installed"
+elif [[ $MODE == cpu ]]; then
   skip_step gpu_tests "cpu mode"
 else
   # -s: the tests' own tokens/s lines reach the console

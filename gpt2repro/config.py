@@ -258,8 +258,10 @@ class DistConfig:
         "parameters and reduce gradients in float32 (MixedPrecisionPolicy); false = float32 "
         "all-gather",
     )
+    # >= 1: smaller buckets crash DDP under torch.compile (an AssertionError in DDPOptimizer,
+    # seen on 2 gloo ranks), and more, smaller all-reduces only add latency.
     bucket_cap_mb: float = _f(
-        25.0, "ddp: gradient all-reduce bucket size in MiB (torch's default 25)", check=POSITIVE
+        25.0, "ddp: gradient all-reduce bucket size in MiB (torch's default 25)", check=AT_LEAST_1
     )
     grad_compression: str = _f(
         "none",

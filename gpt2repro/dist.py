@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import gc
 import os
+import re
 import sys
 import weakref
 from collections.abc import Callable
@@ -33,6 +34,31 @@ T = TypeVar("T")
 # save), they would hold the default group past teardown (see `teardown`); imported here, None.
 if dist.is_available():
     import torch.distributed.nn.functional  # noqa: F401
+
+# The oldest torch for several processes: before 2.6, `torch.compile(DDP(model))` raises in
+# dynamo's DDPOptimizer on our loss (a higher-order op in the graph), and FSDP2's public import
+# path `torch.distributed.fsdp.fully_shard` does not exist. pyproject.toml asks for the same.
+MIN_TORCH = (2, 6)
+
+
+def torch_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a torch version string: "2.5.1+cu121" -> (2, 5)."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if m is None:
+        raise UserError(f"cannot read the torch version {version!r}: reinstall torch")
+    return int(m[1]), int(m[2])
+
+
+def require_torch_for(fallback: str) -> None:
+    """One line naming the fix when this torch is older than MIN_TORCH. `fallback`: the settings
+    that run on an older torch instead."""
+    if torch_version(torch.__version__) < MIN_TORCH:
+        need = ".".join(map(str, MIN_TORCH))
+        raise UserError(
+            f"torch {torch.__version__} found; DDP with torch.compile and FSDP2 need torch >= "
+            f"{need}: pip install 'torch>={need}' (or run with {fallback})"
+        )
+
 
 # Group for tiny CPU-side control messages (preemption flags); gloo even when training uses NCCL.
 _CONTROL_GROUP: object | None = None
@@ -261,6 +287,7 @@ def shard(
     Call before building the optimizer. No-op for ddp or a single process.
     """
     if strategy == "fsdp" and info.distributed:
+        require_torch_for("--dist.strategy=ddp --train.compile=false")
         # Imported here: torch.distributed.fsdp costs about 0.65 s to import, which DDP runs
         # and every single-process command never need.
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -326,6 +353,8 @@ def wrap(
     """The module to train: DDP-wrapped across processes (ddp), then compiled (`compile_mode`:
     torch.compile's mode, train.compile_mode).
 
+    Several processes with compile need torch >= 2.6 (MIN_TORCH): one line says so otherwise.
+
     ddp: `DDP(raw_model)` with `cfg.bucket_cap_mb` buckets, gradients as views into the buckets
     (`gradient_as_bucket_view`: no copy into and out of them, one gradient-sized buffer less),
     and optionally bf16 gradient compression; then `torch.compile(DDP(...))`, which lets dynamo
@@ -343,6 +372,8 @@ def wrap(
             compile_blocks(raw_model, compile_mode)
         return raw_model
     if cfg.strategy == "ddp" and info.distributed:
+        if compile:
+            require_torch_for("--train.compile=false")
         device_ids = [info.local_rank] if info.device_type == "cuda" else None
         model = DDP(
             raw_model,

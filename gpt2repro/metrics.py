@@ -25,6 +25,7 @@ FLOPs per token, GPU peaks and MFU are `gpt2repro.hardware`.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import tiktoken
 import torch
 
 from gpt2repro.config import Config, to_dict, to_toml
@@ -187,6 +187,15 @@ def git_sha(repo: Path | None = None) -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+def package_version(name: str) -> str:
+    """The installed version of an optional package, read from its metadata (without importing
+    it), or "not installed": a bare GPU box may lack tiktoken, and training does not need it."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def run_header(
     cfg: Config, info: DistInfo, argv: list[str], grad_accum: int, n_params: int
 ) -> dict[str, Any]:
@@ -202,7 +211,7 @@ def run_header(
             "python": platform.python_version(),
             "torch": torch.__version__,
             "numpy": np.__version__,
-            "tiktoken": tiktoken.__version__,
+            "tiktoken": package_version("tiktoken"),
         },
         "gpus": gpus,
         "device": str(info.device),
@@ -273,8 +282,9 @@ class RunLog:
             self.print(f"resumed from {resumed_from} at step {step} ({tokens:,} tokens)")
 
     def can_sample(self, sample_every: int, vocab_size: int) -> bool:
-        """Text samples are on (`log.sample_every`) and the model's vocabulary covers GPT-2's
-        tokenizer (else a note)."""
+        """Text samples are on (`log.sample_every`), the model's vocabulary covers GPT-2's
+        tokenizer and tiktoken is installed (else a note, at start rather than a failure at the
+        first sample: a bare GPU box may train without tiktoken)."""
         if sample_every <= 0:
             return False
         if vocab_size < 50257:
@@ -282,6 +292,9 @@ class RunLog:
                 f"note: no text samples: model.vocab_size={vocab_size} is smaller than "
                 "GPT-2's tokenizer"
             )
+            return False
+        if package_version("tiktoken") == "not installed":
+            self.print("note: no text samples: tiktoken is not installed (pip install tiktoken)")
             return False
         return True
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-import tiktoken
 import torch
 
 from gpt2repro import precision
@@ -37,6 +37,9 @@ from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.hf import load_model_or_hf
 from gpt2repro.model import GPT
 from gpt2repro.tokenizer import EOT, EOT_TEXT, get_encoding
+
+if TYPE_CHECKING:  # annotations only: training imports this module, and must not need tiktoken
+    import tiktoken
 
 
 def _parser() -> argparse.ArgumentParser:

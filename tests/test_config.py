@@ -263,8 +263,9 @@ def test_the_declared_ranges_are_the_published_rules() -> None:
         "model.pad_vocab_multiple", "train.seq_len", "train.micro_batch_size",
         "train.total_batch_tokens", "train.max_steps", "optim.lr", "optim.eps",
         "eval.batch_examples", "guard.max_skipped", "guard.spike_window", "log.every",
-        "log.sample_tokens", "dist.bucket_cap_mb",
+        "log.sample_tokens",
     }  # fmt: skip
+    assert by_message["must be >= 1"] == {"dist.bucket_cap_mb"}
     assert by_message["must be >= 0"] == {
         "optim.warmup_steps", "eval.every", "eval.val_tokens", "eval.hellaswag_every",
         "checkpoint.every", "checkpoint.keep_last", "eval.hellaswag_limit", "optim.min_lr",
@@ -297,6 +298,20 @@ def test_a_constraint_declared_on_a_field_is_enforced() -> None:
     assert config_module._field_problem(share, float("nan")) == "must be a finite number, got nan"
     assert "(float, in [0, 1), default 0.95)" in next(
         ln for ln in help_text().splitlines() if ln.strip().startswith("--optim.beta2 ")
+    )
+
+
+def test_ddp_bucket_is_at_least_1_mib() -> None:
+    """Below 1 MiB DDP under torch.compile fails with an AssertionError at the first step: the
+    config refuses it first, naming the key; 1 MiB and fractions above it are accepted."""
+    for bad in ("0.5", "0", "-25"):
+        with pytest.raises(UserError) as e:
+            build_config(overrides=[("dist.bucket_cap_mb", bad)])
+        assert str(e.value) == f"'dist.bucket_cap_mb' must be >= 1, got {float(bad)}"
+    assert build_config(overrides=[("dist.bucket_cap_mb", "1")]).dist.bucket_cap_mb == 1.0
+    assert build_config(overrides=[("dist.bucket_cap_mb", "1.5")]).dist.bucket_cap_mb == 1.5
+    assert "(float, >= 1, default 25.0)" in next(
+        ln for ln in help_text().splitlines() if ln.strip().startswith("--dist.bucket_cap_mb ")
     )
 
 

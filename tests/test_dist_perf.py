@@ -11,11 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO
 from test_train import args_for, corpus, run  # noqa: F401  (corpus is a fixture)
 
-from gpt2repro.config import build_config, help_text
+from gpt2repro import dist
+from gpt2repro.config import DistConfig, ModelConfig, build_config, help_text
+from gpt2repro.dist import DistInfo
 from gpt2repro.errors import UserError
+from gpt2repro.model import GPT
 from gpt2repro.runs import train_losses
 
 WORKER = REPO / "tests" / "fixtures" / "dist_worker.py"
@@ -46,7 +50,7 @@ def test_dist_keys_have_help_choices_and_ranges() -> None:
         "none",
     )
     for key, bad, message in (
-        ("dist.bucket_cap_mb", "0", "'dist.bucket_cap_mb' must be positive"),
+        ("dist.bucket_cap_mb", "0", "'dist.bucket_cap_mb' must be >= 1"),
         ("dist.grad_compression", "fp16", "'dist.grad_compression' must be one of none, bf16"),
         ("dist.fsdp_mixed_precision", "maybe", "'dist.fsdp_mixed_precision' must be bool"),
     ):
@@ -54,6 +58,41 @@ def test_dist_keys_have_help_choices_and_ranges() -> None:
             build_config(overrides=[(key, bad)])
     with pytest.raises(UserError, match="'dist.grad_compression' .* applies to dist.strategy=ddp"):
         build_config(overrides=[("dist.grad_compression", "bf16"), ("dist.strategy", "fsdp")])
+
+
+@pytest.mark.parametrize(
+    "version,major_minor",
+    [
+        ("2.5.1+cu121", (2, 5)),
+        ("2.6.0", (2, 6)),
+        ("2.13.0+cpu", (2, 13)),
+        ("2.6.0a0+gitabc", (2, 6)),
+    ],
+)
+def test_torch_version_is_read_as_numbers(version: str, major_minor: tuple[int, int]) -> None:
+    assert dist.torch_version(version) == major_minor  # 2.13 > 2.6, which a string compare denies
+
+
+def test_ddp_compile_and_fsdp_refuse_an_old_torch_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two processes (no process group needed: the check comes first) on torch 2.5: DDP with
+    compile and FSDP2 stop with the fix; one process goes on (neither wraps nor shards)."""
+    raw = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64))
+    two = DistInfo(rank=0, world_size=2, local_world_size=2, backend="gloo")
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")
+    with pytest.raises(UserError) as e:
+        dist.wrap(raw, two, DistConfig(strategy="ddp"), compile=True)
+    assert str(e.value) == (
+        "torch 2.5.1+cu121 found; DDP with torch.compile and FSDP2 need torch >= 2.6: "
+        "pip install 'torch>=2.6' (or run with --train.compile=false)"
+    )
+    with pytest.raises(UserError, match=r"^torch 2.5.1\+cu121 found; .*--dist.strategy=ddp"):
+        dist.shard(raw, two, "fsdp")
+    assert dist.wrap(raw, DistInfo(), DistConfig(strategy="ddp"), compile=False) is raw
+    dist.shard(raw, DistInfo(), "fsdp")  # one process: no sharding, no check
+    monkeypatch.setattr(torch, "__version__", "2.6.0+cu124")
+    dist.require_torch_for("--train.compile=false")  # new enough: no error
 
 
 @pytest.mark.dist

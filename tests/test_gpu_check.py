@@ -99,6 +99,9 @@ args = sys.argv[1:]
 line = " ".join(args)
 with open(os.environ["FAKE_CALLS"], "a") as fh:
     fh.write(line + "\\n")
+if args[:1] == ["-c"]:  # the script's probe of a package (`import pytest`), answered for real
+    exec(args[1])
+    sys.exit(0)
 if args[:3] == ["-m", "gpt2repro.bench", "table"]:
     from gpt2repro.bench import main
     sys.exit(main(args[2:]))

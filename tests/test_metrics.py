@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import REPO
 
+from gpt2repro import metrics
 from gpt2repro.config import load_config, to_dict
 from gpt2repro.dist import DistInfo
 from gpt2repro.metrics import MetricsLog, console_line, run_header
@@ -158,6 +159,41 @@ def test_run_header_reproduces_the_run() -> None:
     )
     assert "model: 12,345 parameters, 2 layers, 2 heads, width 32" in text
     assert "n_embd = 32" in text  # the resolved config, as TOML
+
+
+def test_run_header_without_tiktoken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare GPU box may lack tiktoken (training does not need it): the header says so."""
+    real = metrics.importlib.metadata.version
+    tiktoken = pytest.importorskip("tiktoken")
+    assert metrics.package_version("tiktoken") == tiktoken.__version__
+
+    def version(name: str) -> str:
+        if name == "tiktoken":
+            raise metrics.importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(metrics.importlib.metadata, "version", version)
+    cfg, _ = load_config(["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32"])
+    rec = run_header(cfg, DistInfo(), ["train.py"], 1, 1)["record"]
+    assert rec["versions"]["tiktoken"] == "not installed"
+    assert rec["versions"]["torch"] == torch.__version__
+
+
+def test_no_text_samples_without_tiktoken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Training on a box without tiktoken says at start that it will print no samples (rather
+    than failing at the first one)."""
+    cfg, _ = load_config(["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32"])
+    log = metrics.RunLog(tmp_path, cfg, is_main=True)
+    assert log.can_sample(10, 50304) is (metrics.package_version("tiktoken") != "not installed")
+    monkeypatch.setattr(metrics, "package_version", lambda name: "not installed")
+    capsys.readouterr()
+    assert not log.can_sample(10, 50304)
+    assert capsys.readouterr().out == (
+        "note: no text samples: tiktoken is not installed (pip install tiktoken)\n"
+    )
+    assert not log.can_sample(0, 50304)
 
 
 def test_a_resume_after_a_torn_last_line_keeps_its_first_record(tmp_path: Path) -> None:

