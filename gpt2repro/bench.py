@@ -210,14 +210,15 @@ def bench_train(cfg: Config, args: argparse.Namespace) -> dict:
         )
         # Progress lines, so a step stopped by bench/gpu_check.sh (SIGTERM at its allowance)
         # still says how far it got: gpu_results reads the last one for the compile time so far.
-        _progress("model built")
+        progress = _progress if info.is_main else (lambda what: None)  # one rank's lines
+        progress("model built")
         first_s, _ = _timed_steps(run, min(1, args.warmup))  # compilation happens in step 1
-        _progress(f"step 1 done in {first_s:.1f} s (compile included)")
+        progress(f"step 1 done in {first_s:.1f} s (compile included)")
         rest_s, _ = _timed_steps(run, args.warmup - min(1, args.warmup))
         warmup_s = first_s + rest_s
         if info.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(info.device)
-        _progress(f"warm-up done in {warmup_s:.1f} s")
+        progress(f"warm-up done in {warmup_s:.1f} s")
         seconds, loss = _timed_steps(run, args.steps)
         step_s = seconds / args.steps
         result = _train_result(
