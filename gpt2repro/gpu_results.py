@@ -5,7 +5,9 @@
 The script writes, per step NAME: NAME.json (the result, when the step has one: `bench train
 --out`, `bench hellaswag --out`, or the JSON line `bench loader` prints), logs/NAME.log (its output)
 and a line of steps.tsv. Numbers come from the JSON results only; a step without one (the gpu
-tests, a failed step) is summed up by a line of its log.
+tests, a failed step) is summed up by a line of its log, and a step stopped at its time limit by
+its last progress line and the stack it printed (`stopped_at`: its compile time so far).
+(bench/gpu_check_more.sh and bench/gpu_multi_check.sh write the same folder layout.)
 """
 
 from __future__ import annotations
