@@ -42,13 +42,17 @@ def check_env(mode: str, gpus: int = 1) -> int:
     problems: list[str] = []
     blockers: list[str] = []
 
-    def report(ok: bool, what: str, blocker: bool = False) -> None:
+    def report(ok: bool, what: str, missing: str, blocker: bool = False) -> None:
+        """One line for one check; `missing` is its short name in the summary when it fails."""
         print(f"{'ok  ' if ok else ('FAIL' if blocker else 'WARN')} {what}", flush=True)
         if not ok:
-            (blockers if blocker else problems).append(what.split(":")[0])
+            (blockers if blocker else problems).append(missing)
 
     py = sys.version_info[:2]
-    report(py >= MIN_PYTHON, f"python {sys.version.split()[0]}: needs >= 3.11 (tomllib)", True)
+    version = sys.version.split()[0]
+    report(
+        py >= MIN_PYTHON, f"python {version}: needs >= 3.11 (tomllib)", f"python {version}", True
+    )
     if py < MIN_PYTHON:
         print(f"env: FAIL ({', '.join(blockers)})")
         return 1
@@ -57,14 +61,16 @@ def check_env(mode: str, gpus: int = 1) -> int:
     report(
         _version_tuple(torch.__version__) >= MIN_TORCH,
         f"torch {torch.__version__} (cuda {torch.version.cuda}): compiled DDP and FSDP2 need >= 2.6",
+        f"torch {torch.__version__} < 2.6",
     )
-    report(importlib.util.find_spec("triton") is not None, "triton importable (inductor on GPU)")
+    if mode == "cuda":  # inductor generates Triton kernels on a GPU (C++ on a CPU)
+        report(importlib.util.find_spec("triton") is not None, "triton importable", "no triton")
     cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), "")
-    report(bool(cc), f"C compiler: {cc or 'none'} (Triton builds its launcher with it)")
+    report(bool(cc), f"C compiler: {cc or 'none'} (compiled kernels need one)", "no C compiler")
     include = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    report(include.exists(), f"Python.h: {include} (Triton's launcher includes it)")
+    report(include.exists(), f"Python.h: {include} (Triton's launcher includes it)", "no Python.h")
     for name in ("pytest", "tiktoken", "numpy"):
-        report(importlib.util.find_spec(name) is not None, f"{name} importable")
+        report(importlib.util.find_spec(name) is not None, f"{name} importable", f"no {name}")
     if torch.cuda.is_available():
         order = getattr(torch._C, "_get_sdp_priority_order", None)
         if order is not None:  # torch >= 2.5: the SDPA backends in the order torch tries them
@@ -85,12 +91,13 @@ def check_env(mode: str, gpus: int = 1) -> int:
             n >= gpus,
             f"CUDA devices: {n} visible to torch, {gpus} needed (run this on a GPU machine, or set "
             "GPU_CHECK_DEVICE=cpu to test the script on a CPU)",
+            f"{n} of {gpus} CUDA devices",
             True,
         )
     if blockers:
-        print(f"env: FAIL ({'; '.join(blockers + problems)})")
+        print(f"env: FAIL ({', '.join(blockers + problems)})")
         return 1
-    print(f"env: ok{' but ' + '; '.join(problems) if problems else ''}")
+    print(f"env: ok{' but ' + ', '.join(problems) if problems else ''}")
     return 0
 
 

@@ -5,6 +5,7 @@ the table), the real benchmarks in its CPU mode, its dry run, and shellcheck."""
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO
 
 from gpt2repro.bench import main as bench_main
@@ -469,3 +471,29 @@ def test_shellcheck() -> None:
     assert len(scripts) >= 3, scripts
     p = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout
+
+
+def test_env_step_reports_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/gpu_env.py env: a missing pytest or tiktoken is reported, not fatal; in cuda mode
+    no CUDA device is a blocker (exit 1), and a missing triton is named."""
+    spec = importlib.util.spec_from_file_location("gpu_env", REPO / "bench" / "gpu_env.py")
+    assert spec is not None and spec.loader is not None
+    gpu_env = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_env)
+    real = importlib.util.find_spec
+    hidden = {"pytest", "tiktoken", "triton"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a)
+    )
+    assert gpu_env.check_env("cpu") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "WARN pytest importable" in lines and "WARN tiktoken importable" in lines
+    assert lines[-1] == "env: ok but no pytest, no tiktoken"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_env.check_env("cuda", gpus=2) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == "env: FAIL (0 of 2 CUDA devices, no triton, no pytest, no tiktoken)"
+    assert gpu_env._version_tuple("2.6.0+cu124") == (2, 6) >= gpu_env.MIN_TORCH
+    assert gpu_env._version_tuple("2.5.1") < gpu_env.MIN_TORCH
