@@ -16,14 +16,14 @@
 # layers, the per-layer graph work doubles: 40-100 s of compile. 1.5B: 48 layers, 120-200 s of
 # compile, 25 GB of weights and AdamW state to build and move, 6 steps of ~1.5 s.
 STEPS=(
-  env:15            # as gpu_check.sh
-  compile_smoke:20  # as gpu_check.sh
-  train_124m_b16:75 # 40-70 s estimated
-  train_124m_b32:70 # 40-70 s, partly from the B=16 step's cache
-  train_350m_b64:120 # 60-120 s
+  env:15              # as gpu_check.sh
+  compile_smoke:20    # as gpu_check.sh
+  train_124m_b16:75   # 40-70 s estimated
+  train_124m_b32:70   # 40-70 s, partly from the B=16 step's cache
+  train_350m_b64:120  # 60-120 s
   train_1558m_b16:190 # 150-230 s: may run out; the table then shows its compile time so far
-  hellaswag:30      # ~20 s: 2,000 synthetic examples, eager
-  table:10          # ~1 s
+  hellaswag:30        # ~20 s: 2,000 synthetic examples, eager
+  table:10            # ~1 s
 )
 set -uo pipefail
 CHECK=gpu_check_more

@@ -24,16 +24,16 @@
 # ~0.1 s, 2 checkpoints of 1.5 GB. A resume: start-up, a compile from the warm cache (~0.5x), 10
 # steps.
 STEPS=(
-  env:20          # 2 GPUs visible, versions
+  env:20           # 2 GPUs visible, versions
   compile_smoke:20 # as gpu_check.sh
-  data:10         # ~3 s: 1.2M tokens written
-  ddp:125         # 60-140 s estimated
-  ddp_resume:75   # 35-80 s
-  fsdp:125        # 60-140 s
-  fsdp_resume:75  # 35-80 s
-  ddp_buckets:60  # 40-90 s: a third compile, under bench train (warm cache)
-  compare:10      # ~1 s
-  table:10        # ~1 s
+  data:10          # ~3 s: 1.2M tokens written
+  ddp:125          # 60-140 s estimated
+  ddp_resume:75    # 35-80 s
+  fsdp:125         # 60-140 s
+  fsdp_resume:75   # 35-80 s
+  ddp_buckets:60   # 40-90 s: a third compile, under bench train (warm cache)
+  compare:10       # ~1 s
+  table:10         # ~1 s
 )
 set -uo pipefail
 CHECK=gpu_multi_check
