@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import functools
 import json
 import os
 import random
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -206,23 +208,58 @@ def bench_train(cfg: Config, args: argparse.Namespace) -> dict:
             grad_accum=grad_accum,
             log=RunLog(Path(cfg.run.dir), cfg, is_main=False),  # as a non-main rank: silent
         )
-        warmup_s, _ = _timed_steps(run, args.warmup)  # includes compilation
+        # Progress lines, so a step stopped by bench/gpu_check.sh (SIGTERM at its allowance)
+        # still says how far it got: gpu_results reads the last one for the compile time so far.
+        progress = _progress if info.is_main else (lambda what: None)  # one rank's lines
+        progress("model built")
+        first_s, _ = _timed_steps(run, min(1, args.warmup))  # compilation happens in step 1
+        progress(f"step 1 done in {first_s:.1f} s (compile included)")
+        rest_s, _ = _timed_steps(run, args.warmup - min(1, args.warmup))
+        warmup_s = first_s + rest_s
         if info.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(info.device)
+        progress(f"warm-up done in {warmup_s:.1f} s")
         seconds, loss = _timed_steps(run, args.steps)
+        step_s = seconds / args.steps
         result = _train_result(
             cfg,
             info,
             run.trainable,
             grad_accum=grad_accum,
             warmup_s=warmup_s,
-            step_s=seconds / args.steps,
+            step_s=step_s,
             final_loss=loss,
         )
+        # The first step less a steady one: the compile time (eager: CUDA/cuBLAS start-up).
+        result["first_step_s"] = round(first_s, 2)
+        result["compile_s"] = round(max(0.0, first_s - step_s), 2) if args.warmup else None
+        result["ddp_buckets"] = _ddp_buckets(run.trainable.model)
         ok = True
         return result if info.is_main else {}
     finally:
         dist.teardown(clean=ok)  # after an error on this rank, no barrier that could hang
+
+
+_T0 = time.perf_counter()  # the benchmark's start, the origin of its progress lines
+
+
+def _progress(what: str) -> None:
+    """One line `bench: <what> at <t> s` (seconds since the benchmark started), flushed at once."""
+    print(f"bench: {what} at {time.perf_counter() - _T0:.1f} s", flush=True)
+
+
+def _ddp_buckets(model: nn.Module) -> dict[str, Any] | None:
+    """DDP's gradient buckets after its rebuild (sizes in bytes, as torch's DDP logging data has
+    them: the all-reduce splits), or None for a model that is not DDP-wrapped."""
+    # torch-side: see the TYPE_CHECKING block
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ddp = getattr(model, "_orig_mod", model)  # torch.compile(DDP(...)) keeps DDP as _orig_mod
+    if not isinstance(ddp, DDP):
+        return None
+    data = ddp._get_ddp_logging_data()
+    sizes = str(data.get("rebuilt_bucket_sizes") or data.get("bucket_sizes") or "")
+    return {"count": len([s for s in sizes.split(",") if s.strip()]), "bucket_sizes": sizes}
 
 
 def _peak_rss_bytes() -> int:
@@ -735,4 +772,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # A benchmark stopped by SIGTERM (bench/gpu_check.sh at the end of a step's allowance) first
+    # prints every thread's stack, so the log says where it was (compiling, say), then dies as
+    # SIGTERM's default would (chain). Here, not in main(): a process, not a caller, owns signals.
+    if hasattr(faulthandler, "register"):  # not on Windows
+        faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
     raise SystemExit(run_cli(main))

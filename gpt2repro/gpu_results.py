@@ -5,7 +5,9 @@
 The script writes, per step NAME: NAME.json (the result, when the step has one: `bench train
 --out`, `bench hellaswag --out`, or the JSON line `bench loader` prints), logs/NAME.log (its output)
 and a line of steps.tsv. Numbers come from the JSON results only; a step without one (the gpu
-tests, a failed step) is summed up by a line of its log.
+tests, a failed step) is summed up by a line of its log, and a step stopped at its time limit by
+its last progress line and the stack it printed (`stopped_at`: its compile time so far).
+(bench/gpu_check_more.sh and bench/gpu_multi_check.sh write the same folder layout.)
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from typing import Any
 # ("kind=train config=gpt2_124m B=64 compile=true loss=chunked vocab=padded").
 _STEP_FIELDS = ("name", "status", "rc", "elapsed_s", "timeout_s", "allowance_s", "plan")
 _TABLE_COLUMNS = (
-    "step", "config", "params", "B", "compile", "loss", "vocab", "step ms", "tok/s", "MFU",
-    "peak GiB", "wall s", "status", "note",
+    "step", "config", "params", "B", "compile", "compile s", "loss", "vocab", "step ms", "tok/s",
+    "MFU", "peak GiB", "wall s", "status", "note",
 )  # fmt: skip
 
 
 _NOTE_LINE = {  # the line of a step's log that sums it up, by kind (steps that write no JSON)
     "tests": r"\d+ (passed|failed|skipped|error)",
+    "env": r"^env: ",
+    "smoke": r"^compile smoke: ",
 }
 
 
@@ -69,6 +73,40 @@ def _last_line(log: Path, pattern: str = "") -> str:
     return lines[-1] if lines else ""
 
 
+# `bench train`'s progress lines ("bench: model built at 12.3 s": seconds since it started) and
+# the first frame of the stack faulthandler prints on SIGTERM (innermost first).
+_PROGRESS = re.compile(r"^bench: (.*) at ([0-9.]+) s$")
+_STACK_HEAD = re.compile(r"^(Current thread|Thread) 0x[0-9a-f]+ .*most recent call first")
+_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+) in (\S+)')
+
+
+def stopped_at(log: Path, elapsed_s: float | None) -> tuple[str, str]:
+    """How far a step stopped at its limit got, from its log: (compile seconds so far, or "";
+    a note: its last progress line and where the stack was). A step killed while compiling
+    ("model built" its last progress) has compiled for at least its wall time less that line's
+    time; one that finished step 1 reports that step's time."""
+    if not log.exists():
+        return "", ""
+    lines = log.read_text(errors="replace").splitlines()
+    progress = [m for ln in lines if (m := _PROGRESS.match(ln.strip()))]
+    compile_s, note = "", ""
+    if progress:
+        what, at = progress[-1][1], float(progress[-1][2])
+        note = f"stopped after: {what} ({at:.0f} s)"
+        if what == "model built" and elapsed_s is not None:
+            compile_s = f">{max(0.0, elapsed_s - at):.0f} (stopped)"
+        elif m := re.match(r"step 1 done in ([0-9.]+) s", what):
+            compile_s = f"<{float(m[1]):.0f}"
+    heads = [i for i, ln in enumerate(lines) if _STACK_HEAD.match(ln.strip())]
+    current = [i for i in heads if lines[i].lstrip().startswith("Current")]
+    for i in current[:1] or heads[:1]:
+        frame = next((m for ln in lines[i + 1 :] if (m := _FRAME.match(ln))), None)
+        if frame:
+            where = f"{Path(frame[1]).name}:{frame[2]} {frame[3]}"
+            note = f"{note}; at {where}" if note else f"at {where}"
+    return compile_s, note
+
+
 def table_row(results: Path, step: dict[str, Any]) -> dict[str, str]:
     """One row of the results table: measured numbers from NAME.json where there is one, what the
     step meant to run (its plan) where there is not, and why a step is not ok."""
@@ -85,13 +123,19 @@ def table_row(results: Path, step: dict[str, Any]) -> dict[str, str]:
     log = results / "logs" / f"{name}.log"
     if status == "ok" and kind == "train" and not res:
         status = "failed"  # exited 0 but left no result
-    note = ""
-    if status in ("failed", "timeout"):
+    note, compile_so_far = "", ""
+    if status == "timeout":
+        elapsed = step.get("elapsed_s")
+        compile_so_far, note = stopped_at(log, float(elapsed) if elapsed else None)
+        note = note or _last_line(log)
+    elif status == "failed":
         note = _last_line(log)
     elif status == "skipped":
         note = plan.get("why", "").replace("_", " ")
     elif kind == "hellaswag" and "packed_ex_per_s" in res:
         note = hellaswag_note(res)
+    elif isinstance(res.get("note"), str):  # a result that sums itself up (gpu_multi_check)
+        note = res["note"]
     elif not res:  # steps that print rather than write JSON: their summary line
         note = _last_line(log, _NOTE_LINE.get(kind, "")) or _last_line(log)
 
@@ -105,6 +149,7 @@ def table_row(results: Path, step: dict[str, Any]) -> dict[str, str]:
         "params": "",
         "B": str(res.get("micro_batch", res.get("B", plan.get("B", "")))),
         "compile": plan.get("compile", ""),
+        "compile s": num("compile_s", ".1f") or compile_so_far,
         "loss": plan.get("loss", ""),
         "vocab": plan.get("vocab", ""),
         "step ms": num("step_ms", ".1f") or num("ms_per_batch", ".3f"),
