@@ -37,6 +37,14 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _importable(name: str) -> bool:
+    """Whether `import name` would find the package (a broken one that raises counts as absent)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
 def check_env(mode: str, gpus: int = 1) -> int:
     """Print the environment report; 1 when a blocker makes every later step pointless."""
     problems: list[str] = []
@@ -64,13 +72,13 @@ def check_env(mode: str, gpus: int = 1) -> int:
         f"torch {torch.__version__} < 2.6",
     )
     if mode == "cuda":  # inductor generates Triton kernels on a GPU (C++ on a CPU)
-        report(importlib.util.find_spec("triton") is not None, "triton importable", "no triton")
+        report(_importable("triton"), "triton importable", "no triton")
     cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), "")
     report(bool(cc), f"C compiler: {cc or 'none'} (compiled kernels need one)", "no C compiler")
     include = Path(sysconfig.get_paths()["include"]) / "Python.h"
     report(include.exists(), f"Python.h: {include} (Triton's launcher includes it)", "no Python.h")
     for name in ("pytest", "tiktoken", "numpy"):
-        report(importlib.util.find_spec(name) is not None, f"{name} importable", f"no {name}")
+        report(_importable(name), f"{name} importable", f"no {name}")
     if torch.cuda.is_available():
         order = getattr(torch._C, "_get_sdp_priority_order", None)
         if order is not None:  # torch >= 2.5: the SDPA backends in the order torch tries them
