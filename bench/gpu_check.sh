@@ -72,13 +72,8 @@ fi
 # The full [B*T, vocab] logits (6.6 GB in bf16 at B=64, plus their fp32 cross-entropy) against
 # the chunked loss: fits in 141 GB, may OOM on 80 GB.
 train_step train_124m_b64_full_logits gpt2_124m 64 --train.loss_chunk=0
-# TODO(attention_backend): the A/B of the SDPA backend runs once `train.attention_backend` exists
-# in gpt2repro/config.py (another change adds it); until then this step is skipped, and says so.
-if grep -q 'attention_backend' gpt2repro/config.py; then
-  train_step train_124m_b64_attn_cudnn gpt2_124m 64 --train.attention_backend=cudnn
-else
-  skip_step train_124m_b64_attn_cudnn "TODO: no train.attention_backend in this checkout"
-fi
+# The SDPA backend A/B: cuDNN's attention first (auto puts flash first), same shape and kernels.
+train_step train_124m_b64_attn_cudnn gpt2_124m 64 --train.attention_backend=cudnn
 
 if [[ $DRY != 1 ]] && ! "$PY" -c "import pytest" >/dev/null 2>&1; then # a bare box may lack it
   skip_step gpu_tests "pytest not installed"
