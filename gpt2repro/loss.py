@@ -80,8 +80,7 @@ def _compiled_chunk_loss() -> Callable[..., _ChunkResult]:
     return torch.compile(_chunk_loss, dynamic=False)
 
 
-@torch.library.custom_op("gpt2repro::linear_cross_entropy", mutates_args=())
-def _linear_cross_entropy_op(
+def _loss_and_grads(
     h: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
@@ -124,6 +123,21 @@ def _linear_cross_entropy_op(
     return loss_sum / count, grad_h, grad_w
 
 
+@torch.library.custom_op("gpt2repro::linear_cross_entropy", mutates_args=())
+def _linear_cross_entropy_op(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    n_valid: int,
+    chunk: int,
+    mm_dtype: torch.dtype,
+    want_grad: bool,
+    compiled: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_loss_and_grads` as one op, opaque to the compiler (it sees `_` below: the shapes)."""
+    return _loss_and_grads(h, weight, targets, n_valid, chunk, mm_dtype, want_grad, compiled)
+
+
 @_linear_cross_entropy_op.register_fake
 def _(
     h: torch.Tensor,
@@ -149,6 +163,10 @@ def _setup_context(
     weight = inputs[1]
     assert isinstance(weight, torch.Tensor)
     ctx.save_for_backward(grad_h, grad_w)
+    # The gradient outputs are not differentiated: no zero gradients ([N, C] and [V, C]) are
+    # made for them in backward.
+    ctx.mark_non_differentiable(grad_h, grad_w)
+    ctx.set_materialize_grads(False)
     ctx.weight_dtype = weight.dtype  # type: ignore[attr-defined]  # ctx carries it to backward
 
 
@@ -158,8 +176,7 @@ def _backward(
     _grad_h_out: torch.Tensor | None,
     _grad_w_out: torch.Tensor | None,
 ) -> tuple[torch.Tensor | None, ...]:
-    # The stored gradients, scaled by the incoming one; the op's gradient outputs are not
-    # differentiated (nothing uses them but this backward).
+    # The stored gradients, scaled by the incoming one.
     grad_h, grad_w = ctx.saved_tensors  # type: ignore[attr-defined]  # set by save_for_backward
     weight_dtype = ctx.weight_dtype  # type: ignore[attr-defined]  # set in _setup_context
     return (
