@@ -101,7 +101,13 @@ def _loss_and_grads(
     grad_h = torch.empty_like(h) if want_grad else h.new_empty(0)
     grad_w = weight.new_zeros(weight.shape if want_grad else (0,), dtype=torch.float32)
     # The dtypes are explicit (autocast's decided by the caller), so autocast is off in here.
-    with torch.autocast(h.device.type, enabled=False):
+    # Below autograd's view tracking whoever calls: callers differ in it (measured: under FSDP2
+    # with per-block compile the op was reached both ways), and the compiled body's guards
+    # include the dispatch keys, so it would compile twice.
+    with (
+        torch.autocast(h.device.type, enabled=False),
+        torch._C._AutoDispatchBelowADInplaceOrView(),
+    ):
         w_mm = weight.to(mm_dtype)  # cast once, not once per chunk
         for start in range(0, N, chunk):
             h_c, t_c = h[start : start + chunk].to(mm_dtype), targets[start : start + chunk]
