@@ -38,12 +38,19 @@ _ChunkResult = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 
 def _chunk_loss(
-    h_c: torch.Tensor, w_mm: torch.Tensor, t_c: torch.Tensor, n_valid: int, want_grad: bool
+    h_c: torch.Tensor,
+    w_mm: torch.Tensor,
+    t_c: torch.Tensor,
+    scale: torch.Tensor,
+    n_valid: int,
+    want_grad: bool,
 ) -> _ChunkResult:
-    """One chunk: the summed loss of its rows (fp32 scalar) and, with `want_grad`, dL/dh of its
-    rows [n, C] and its dL/dW product [V, C] (both in w_mm's dtype, unscaled by the row count).
+    """One chunk: the summed loss of its rows (fp32 scalar) and, with `want_grad`, the gradient
+    of `scale` times that sum: its dL/dh rows [n, C] and its dL/dW product [V, C] (both in
+    w_mm's dtype).
 
-    h_c [n, C] and w_mm [V, C] come in the matmuls' dtype (autocast's, cast once by the caller).
+    h_c [n, C] and w_mm [V, C] come in the matmuls' dtype (autocast's, cast once by the caller);
+    scale: fp32 scalar tensor, 1 / (the number of rows not ignored) for the mean.
     """
     logits = F.linear(h_c, w_mm).float()  # [n, V]
     V = logits.size(1)
@@ -56,7 +63,9 @@ def _chunk_loss(
     loss_sum = torch.where(valid, lse - target_logit, 0.0).sum()
     if not want_grad:
         return loss_sum, None, None
-    # d(sum of row losses)/d logits = softmax - one_hot(target), 0 for ignored rows.
+    # d(sum of row losses)/d logits = softmax - one_hot(target), 0 for ignored rows; times
+    # `scale` in the same pass (the mean's 1/count, which would otherwise cost a pass over dL/dh
+    # and one over dL/dW).
     # Compiled: one elementwise expression, which the compiler makes a single pass over the
     # [n, V] chunk that also casts to the matmuls' dtype (an in-place scatter costs two more
     # passes). Eager: in place, the fewest [n, V] temporaries. The same numbers either way.
@@ -64,11 +73,13 @@ def _chunk_loss(
         probs = torch.exp(logits - lse[:, None])
         cols = torch.arange(V, device=logits.device)
         is_target = cols[None, :] == safe_t[:, None]  # [n, V]
-        dlogits = (torch.where(is_target, probs - 1.0, probs) * valid[:, None]).to(w_mm.dtype)
+        row_scale = valid * scale  # [n]
+        dlogits = torch.where(is_target, probs - 1.0, probs) * row_scale[:, None]
+        dlogits = dlogits.to(w_mm.dtype)
     else:
         dlogits = torch.exp(logits - lse[:, None])
         dlogits.scatter_add_(1, safe_t[:, None], -torch.ones_like(lse)[:, None])
-        dlogits = (dlogits * valid[:, None]).to(w_mm.dtype)
+        dlogits = (dlogits * (valid * scale)[:, None]).to(w_mm.dtype)
     # The same two matmuls as autograd's backward of F.linear, in the matmuls' dtype.
     return loss_sum, dlogits @ w_mm, dlogits.t() @ h_c
 
@@ -97,9 +108,10 @@ def _loss_and_grads(
     chunk = min(chunk, N)
     body = _compiled_chunk_loss() if compiled else _chunk_loss
     count = (targets != IGNORE).sum()
+    scale = 1.0 / count.float()  # the mean's; inf when every row is ignored (then NaN, as F's)
     loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
     grad_h = torch.empty_like(h) if want_grad else h.new_empty(0)
-    grad_w = weight.new_zeros(weight.shape if want_grad else (0,), dtype=torch.float32)
+    grad_w: torch.Tensor | None = None if want_grad else weight.new_empty(0, dtype=torch.float32)
     # The dtypes are explicit (autocast's decided by the caller), so autocast is off in here.
     # Below autograd's view tracking whoever calls: callers differ in it (measured: under FSDP2
     # with per-block compile the op was reached both ways), and the compiled body's guards
@@ -117,15 +129,17 @@ def _loss_and_grads(
                 # the compiled body was built for: no second compile for the remainder.
                 h_c = torch.cat([h_c, h_c.new_zeros(chunk - n, C)])
                 t_c = torch.cat([t_c, t_c.new_full((chunk - n,), IGNORE)])
-            part_loss, part_h, part_w = body(h_c, w_mm, t_c, n_valid, want_grad)
+            part_loss, part_h, part_w = body(h_c, w_mm, t_c, scale, n_valid, want_grad)
             loss_sum += part_loss
             if part_h is not None and part_w is not None:
                 grad_h[start : start + n] = part_h[:n]
-                grad_w += part_w  # in place: one [V, C] product alive at a time
+                if grad_w is None:  # the first chunk's product becomes the fp32 buffer
+                    grad_w = part_w.float()
+                else:
+                    grad_w += part_w  # in place: one [V, C] product alive at a time
                 del part_w
-    if want_grad:
-        grad_h.div_(count)
-        grad_w.div_(count)
+    if grad_w is None:  # no rows
+        grad_w = weight.new_zeros(weight.shape, dtype=torch.float32)
     return loss_sum / count, grad_h, grad_w
 
 
