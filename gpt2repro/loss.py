@@ -105,7 +105,7 @@ def _loss_and_grads(
     [V, C] (fp32) of it, else two empty tensors. h [N, C], weight [V, C], targets [N]; the
     matmuls run in `mm_dtype`; `compiled` runs the chunk body compiled."""
     N, C = h.shape
-    chunk = min(chunk, N)
+    chunk = max(1, min(chunk, N))  # no rows: no chunk (and a valid range step)
     body = _compiled_chunk_loss() if compiled else _chunk_loss
     count = (targets != IGNORE).sum()
     scale = 1.0 / count.float()  # the mean's; inf when every row is ignored (then NaN, as F's)
