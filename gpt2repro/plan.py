@@ -219,10 +219,12 @@ def loss_bytes(s: Setup) -> float:
 
     Chunked (train.loss_chunk = n > 0, gpt2repro/loss.py): dL/dh ([N, C], h's dtype) and dL/dW
     ([V, C], fp32) are computed in the forward and kept; per chunk, the fp32 logits, their
-    exponentials and the gradient, with the previous chunk's still referenced: 16 n V bytes
-    (fp32), or 14 n V plus two bf16 copies of W under autocast; or, at the dL/dW matmul, the
-    chunk's logits and gradient plus a [V, C] product. Full logits (loss_chunk = 0): the
+    exponentials, the masked gradient and its cast to the matmuls' dtype: 12 n V bytes (fp32),
+    14 n V with bf16 matmuls; or, at the dL/dW matmul, the chunk's logits and gradient plus one
+    [V, C] product (added in place into dL/dW, so one at a time whatever the number of chunks).
+    Under autocast one bf16 copy of W is held through the loop. Full logits (loss_chunk = 0): the
     [N, vocab] logits, their fp32 log-softmax and its gradient, 12 N vocab bytes.
+    The eager chunk body; the compiled one fuses the elementwise steps into one pass (less).
     Measured on CPU (tests/test_plan.py); V is the padded vocabulary, vocab the real one.
     """
     N, C = s.micro_batch * s.seq_len, s.model.n_embd
@@ -232,12 +234,12 @@ def loss_bytes(s: Setup) -> float:
         return h + 12 * N * vocab + (2 * V * C if s.bf16 and not s.bf16_everywhere else 0)
     n = min(s.loss_chunk, N)
     saved = h + 4 * V * C  # dL/dh (h's shape and dtype) and dL/dW (fp32)
-    if s.bf16_everywhere:  # weights already bf16: no autocast copies
-        chunk = max(14 * n * V, 6 * n * V + 6 * V * C)
-    elif s.bf16:
-        chunk = max(14 * n * V + 4 * V * C, 8 * n * V + 8 * V * C)
+    if s.bf16_everywhere:  # weights already bf16: no copy of W
+        chunk = max(14 * n * V, 6 * n * V + 2 * V * C)
+    elif s.bf16:  # autocast: W cast to bf16 once for the loop
+        chunk = 2 * V * C + max(14 * n * V, 6 * n * V + 2 * V * C)
     else:
-        chunk = max(16 * n * V, 8 * n * V + 4 * V * C)
+        chunk = max(12 * n * V, 8 * n * V + 4 * V * C)
     return h + saved + chunk
 
 
