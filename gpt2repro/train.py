@@ -87,6 +87,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
 
     # ---- checks before anything expensive: batch arithmetic, data, run dir, resume point
     grad_accum = grad_accum_steps(cfg.train, info.world_size)
+    data.shard_paths(cfg.data.dir, "train")  # train shards first: their error before val's
     evaluator = InLoopEval(cfg, info)  # reads and checks the validation and HellaSwag inputs
     resume = _check_inputs_and_pick_resume(cfg, info)
     if resume and resume.state["step"] >= cfg.train.max_steps and (run_dir / "DONE").exists():
@@ -530,7 +531,6 @@ class InLoopEval:
     def __init__(self, cfg: Config, info: dist.DistInfo) -> None:
         self.cfg, self.info = cfg, info
         eval_cfg = cfg.eval
-        data.shard_paths(cfg.data.dir, "train")  # the train shards exist and are readable
         self.val_tokens: np.ndarray | None = None
         if eval_cfg.every > 0:
             self.val_tokens = data.load_tokens(cfg.data.dir, "val", eval_cfg.val_tokens + 1)
