@@ -56,32 +56,49 @@ def _chunk_loss(
     V = logits.size(1)
     if n_valid < V:
         logits[:, n_valid:] = -math.inf
-    lse = torch.logsumexp(logits, dim=-1)  # [n]
     valid = t_c != IGNORE
     safe_t = torch.where(valid, t_c, 0)
+    # d(sum of row losses)/d logits = softmax - one_hot(target), 0 for ignored rows; times
+    # `scale` in the same pass (the mean's 1/count, which would otherwise cost a pass over dL/dh
+    # and one over dL/dW). The same numbers compiled or eager, by different passes.
+    if not torch.compiler.is_compiling():
+        # Eager: torch's fused log-softmax kernel, then the softmax in place from it (the
+        # logsumexp below, decomposed into five passes, made the eager step 0.88x the full
+        # logits' one; this makes it faster than them: docs/benchmarks.md).
+        logp = torch.log_softmax(logits, dim=-1)
+        del logits
+        loss_sum = -torch.where(valid, logp.gather(1, safe_t[:, None]).squeeze(1), 0.0).sum()
+        if not want_grad:
+            return loss_sum, None, None
+        dlogits = logp.exp_()  # the softmax, in place
+        del logp
+        dlogits.scatter_add_(1, safe_t[:, None], -torch.ones_like(dlogits[:, :1]))
+        dlogits = dlogits.mul_((valid * scale)[:, None])
+        # Rebound, so the fp32 gradient is freed before the matmuls (a bf16 one is enough).
+        dlogits = dlogits.to(w_mm.dtype)
+        return loss_sum, *_linear_grads(dlogits, h_c, w_mm)
+    lse = torch.logsumexp(logits, dim=-1)  # [n]
     target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)
     loss_sum = torch.where(valid, lse - target_logit, 0.0).sum()
     if not want_grad:
         return loss_sum, None, None
-    # d(sum of row losses)/d logits = softmax - one_hot(target), 0 for ignored rows; times
-    # `scale` in the same pass (the mean's 1/count, which would otherwise cost a pass over dL/dh
-    # and one over dL/dW).
     # Compiled: one elementwise expression, which the compiler makes a single pass over the
     # [n, V] chunk that also casts to the matmuls' dtype (an in-place scatter costs two more
-    # passes). Eager: in place, the fewest [n, V] temporaries. The same numbers either way.
-    if torch.compiler.is_compiling():
-        probs = torch.exp(logits - lse[:, None])
-        cols = torch.arange(V, device=logits.device)
-        is_target = cols[None, :] == safe_t[:, None]  # [n, V]
-        row_scale = valid * scale  # [n]
-        dlogits = torch.where(is_target, probs - 1.0, probs) * row_scale[:, None]
-        dlogits = dlogits.to(w_mm.dtype)
-    else:
-        dlogits = torch.exp(logits - lse[:, None])
-        dlogits.scatter_add_(1, safe_t[:, None], -torch.ones_like(lse)[:, None])
-        dlogits = (dlogits * (valid * scale)[:, None]).to(w_mm.dtype)
-    # The same two matmuls as autograd's backward of F.linear, in the matmuls' dtype.
-    return loss_sum, dlogits @ w_mm, dlogits.t() @ h_c
+    # passes).
+    probs = torch.exp(logits - lse[:, None])
+    cols = torch.arange(V, device=logits.device)
+    is_target = cols[None, :] == safe_t[:, None]  # [n, V]
+    row_scale = valid * scale  # [n]
+    dlogits = torch.where(is_target, probs - 1.0, probs) * row_scale[:, None]
+    return loss_sum, *_linear_grads(dlogits.to(w_mm.dtype), h_c, w_mm)
+
+
+def _linear_grads(
+    dlogits: torch.Tensor, h_c: torch.Tensor, w_mm: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dh [n, C] and dL/dW [V, C] from dL/dlogits [n, V]: the same two matmuls as autograd's
+    backward of F.linear, in the matmuls' dtype."""
+    return dlogits @ w_mm, dlogits.t() @ h_c
 
 
 @functools.cache
@@ -137,7 +154,7 @@ def _loss_and_grads(
                     grad_w = part_w.float()
                 else:
                     grad_w += part_w  # in place: one [V, C] product alive at a time
-                del part_w
+            del part_h, part_w  # not alive through the next chunk
     if grad_w is None:  # no rows
         grad_w = weight.new_zeros(weight.shape, dtype=torch.float32)
     return loss_sum / count, grad_h, grad_w

@@ -218,13 +218,13 @@ def loss_bytes(s: Setup) -> float:
     """The head's peak: its input h, the loss's saved gradients and the logits alive at once.
 
     Chunked (train.loss_chunk = n > 0, gpt2repro/loss.py): dL/dh ([N, C], h's dtype) and dL/dW
-    ([V, C], fp32) are computed in the forward and kept; per chunk, the fp32 logits, their
-    exponentials, the masked gradient and its cast to the matmuls' dtype: 12 n V bytes (fp32),
-    14 n V with bf16 matmuls; or, at the dL/dW matmul, the chunk's logits and gradient plus one
-    [V, C] product (added in place into dL/dW, so one at a time whatever the number of chunks).
-    Under autocast one bf16 copy of W is held through the loop. Full logits (loss_chunk = 0): the
-    [N, vocab] logits, their fp32 log-softmax and its gradient, 12 N vocab bytes.
-    The eager chunk body; the compiled one fuses the elementwise steps into one pass (less).
+    ([V, C], fp32) are computed in the forward and kept; per chunk, the larger of two moments:
+    the fp32 logits and their fp32 log-softmax (8 n V bytes), or, at the dL/dW matmul, the
+    chunk's gradient in the matmuls' dtype, its dL/dh rows and one [V, C] product (added in place
+    into dL/dW, so one at a time whatever the number of chunks). Under autocast one bf16 copy of
+    W is held through the loop. Full logits (loss_chunk = 0): the [N, vocab] logits, their fp32
+    log-softmax and its gradient, 12 N vocab bytes.
+    The eager chunk body; the compiled one fuses the elementwise steps (no more than this).
     Measured on CPU (tests/test_plan.py); V is the padded vocabulary, vocab the real one.
     """
     N, C = s.micro_batch * s.seq_len, s.model.n_embd
@@ -234,13 +234,10 @@ def loss_bytes(s: Setup) -> float:
         return h + 12 * N * vocab + (2 * V * C if s.bf16 and not s.bf16_everywhere else 0)
     n = min(s.loss_chunk, N)
     saved = h + 4 * V * C  # dL/dh (h's shape and dtype) and dL/dW (fp32)
-    if s.bf16_everywhere:  # weights already bf16: no copy of W
-        chunk = max(14 * n * V, 6 * n * V + 2 * V * C)
-    elif s.bf16:  # autocast: W cast to bf16 once for the loop
-        chunk = 2 * V * C + max(14 * n * V, 6 * n * V + 2 * V * C)
-    else:
-        chunk = max(12 * n * V, 8 * n * V + 4 * V * C)
-    return h + saved + chunk
+    mm = 2 if s.bf16 else 4  # the matmuls' dtype
+    chunk = max(8 * n * V, mm * (n * V + n * C + V * C))
+    w_copy = 2 * V * C if s.bf16 and not s.bf16_everywhere else 0  # autocast's bf16 W
+    return h + saved + w_copy + chunk
 
 
 def adamw_step_bytes(s: Setup, shape: ModelShape) -> float:
