@@ -1,11 +1,12 @@
 # Two set-up commands: `make demo` and `make test`. Both create .venv on first use.
 #
-# TORCH_SPEC picks the torch build. The default is the CPU wheel this project's machines carry;
-# on a GPU node choose your own, e.g. `make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"`
-# or TORCH_SPEC=none to keep the torch already in the environment (with VENV_FLAGS=--system-site-packages).
+# TORCH_SPEC picks the torch build (tools/install_torch.py): `auto` (the default) takes the CUDA
+# build where an NVIDIA driver is installed and the CPU build elsewhere; or name your own, e.g.
+# `make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu126"`, or
+# TORCH_SPEC=none to keep the torch already in the environment (with VENV_FLAGS=--system-site-packages).
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+TORCH_SPEC ?= auto
 VENV_FLAGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gpt2repro-installed
@@ -18,10 +19,11 @@ export WANDB_MODE ?= disabled
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile tools/install_torch.py
+	@$(PYTHON) tools/check_python.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	if [ "$(TORCH_SPEC)" != "none" ]; then $(PY) -m pip install --quiet $(TORCH_SPEC); fi
+	$(PY) tools/install_torch.py '$(TORCH_SPEC)'
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
