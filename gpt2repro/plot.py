@@ -28,7 +28,7 @@ class Series:
     color: str
     xs: list[float]
     ys: list[float]
-    dash: str = "solid"  # solid, dashed, dotted, dashdot (matplotlib's names)
+    dash: str = "solid"  # solid, dashed, dotted, dashdot (matplotlib's names); none: markers only
     markers: bool = False
     width: float = 1.5
 
@@ -44,6 +44,15 @@ class HLine:
 
 
 @dataclass
+class VLine:
+    """A moment of the run drawn top to bottom (a resume that changed a setting), at x tokens."""
+
+    x: float
+    label: str
+    color: str = "#9467bd"
+
+
+@dataclass
 class Panel:
     """One plot as the report means it, before any layout: its series and published lines."""
 
@@ -55,6 +64,9 @@ class Panel:
     note: str = ""  # shown when the panel has no data; a reason, never a blank box
     x_max: float = 0.0  # the x axis reaches at least this far (a live run's planned tokens)
     from_zero: bool = False  # the y axis starts at 0 (rates and sizes: a dip looks its size)
+    y_range: tuple[float, float] | None = None  # fixed y limits (a zoom); lines are clipped
+    log_x: bool = False  # training tokens on a log scale (from the first positive x)
+    vlines: list[VLine] = field(default_factory=list)
 
 
 def _thin(xs: list[float], ys: list[float], limit: int = MAX_POINTS) -> tuple[list, list]:
@@ -75,6 +87,20 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     first = math.ceil(lo / step - 1e-9)
     return [k * step for k in range(first, math.floor(hi / step + 1e-9) + 1)]
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """Powers of ten in [lo, hi] (lo > 0); with fewer than three, 1-2-5 steps within them."""
+    first, last = math.ceil(math.log10(lo) - 1e-9), math.floor(math.log10(hi) + 1e-9)
+    ticks = [10.0**k for k in range(first, last + 1)]
+    if len(ticks) < 3:
+        ticks = sorted(
+            m * 10.0**k
+            for k in range(first - 1, last + 1)
+            for m in (1, 2, 5)
+            if lo <= m * 10.0**k <= hi
+        )
+    return ticks
 
 
 def format_number(v: float) -> str:
@@ -114,6 +140,8 @@ class Drawing:
     lines: list[Series]  # the series with data, thinned to MAX_POINTS
     hlines: list[HLine]
     note: str  # drawn over the axes: why there is no data ("" when there is)
+    vlines: list[VLine] = field(default_factory=list)
+    log_x: bool = False
 
     @property
     def empty(self) -> bool:
@@ -123,31 +151,59 @@ class Drawing:
     def legend(self) -> list[tuple[str, str, str]]:
         """(label, colour, dash) of each line drawn: the series, then the published lines."""
         drawn: list[Series | HLine] = [*self.lines, *self.hlines]
-        return [(s.label, s.color, s.dash) for s in drawn]
+        out = [(s.label, s.color, s.dash) for s in drawn]
+        labels = {v.label: v.color for v in self.vlines}
+        return out + [(label, color, "dashed") for label, color in labels.items()]
+
+    def x_fraction(self, x: float) -> float:
+        """Where x falls between the x limits, 0 to 1 (log-scaled when log_x)."""
+        (x0, x1) = self.x_lim
+        if self.log_x:
+            return (math.log10(max(x, x0)) - math.log10(x0)) / (math.log10(x1) - math.log10(x0))
+        return (x - x0) / (x1 - x0)
 
 
 def drawing(panel: Panel) -> Drawing:
-    """Lay out one panel: x from 0 to the data or the planned tokens, y around the data and
-    published lines (from 0 for rates and sizes), round ticks."""
+    """Lay out one panel: x from 0 to the data or the planned tokens (log: from the first
+    positive x), y around the data and published lines (from 0 for rates and sizes; the panel's
+    fixed range for a zoom), round ticks."""
+    series = panel.series
+    if panel.log_x:  # log10(0) has no place on the axis: step 0's points are left out
+        series = [
+            Series(s.label, s.color, [x for x in s.xs if x > 0],
+                   [y for x, y in zip(s.xs, s.ys, strict=True) if x > 0], s.dash, s.markers, s.width)
+            for s in series
+        ]  # fmt: skip
     lines = [Series(s.label, s.color, *_thin(s.xs, s.ys), s.dash, s.markers, s.width)
-             for s in panel.series if s.xs]  # fmt: skip
+             for s in series if s.xs]  # fmt: skip
     note = "" if lines else panel.note
     if not lines and not panel.hlines:
         return Drawing(panel, (0.0, 1.0), (0.0, 1.0), [], [], [], [], note)
-    xs_all = [x for s in panel.series for x in s.xs]
-    ys_all = [y for s in panel.series for y in s.ys] + [h.y for h in panel.hlines]
+    xs_all = [x for s in series for x in s.xs]
+    ys_all = [y for s in series for y in s.ys] + [h.y for h in panel.hlines]
     x1 = max([*xs_all, panel.x_max])
     x1 = x1 if x1 > 0 else 1.0  # only step-0 evaluations of a run of unknown length
-    y0, y1 = _limits(ys_all + ([0.0] if panel.from_zero else []), 0.06)
-    y0 = 0.0 if panel.from_zero else y0
+    if panel.y_range is not None:
+        y0, y1 = panel.y_range
+    else:
+        y0, y1 = _limits(ys_all + ([0.0] if panel.from_zero else []), 0.06)
+        y0 = 0.0 if panel.from_zero else y0
+    vlines = [v for v in panel.vlines if (v.x > 0 or not panel.log_x)]
+    if panel.log_x:
+        x0 = min([x for x in xs_all if x > 0] or [1.0])
+        x1 = max(x1, x0 * 10)
+        x_ticks = _log_ticks(x0, x1)
+    else:
+        x0, x_ticks = 0.0, _ticks(0.0, x1)
     return Drawing(
-        panel, (0.0, x1), (y0, y1), _ticks(0.0, x1), _ticks(y0, y1), lines, panel.hlines, note
-    )
+        panel, (x0, x1), (y0, y1), x_ticks, _ticks(y0, y1), lines, panel.hlines, note,
+        vlines, panel.log_x,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- SVG backend
 
-_DASH = {"solid": "", "dashed": "6 4", "dotted": "2 3", "dashdot": "8 3 2 3"}
+_DASH = {"solid": "", "dashed": "6 4", "dotted": "2 3", "dashdot": "8 3 2 3", "none": ""}
 MARKERS_UP_TO = 200  # points per series; denser ones are drawn as a bare line
 
 
@@ -176,9 +232,14 @@ def panel_svg(d: Drawing, width: int = 560, height: int = 300) -> str:
     )
     if d.empty:
         return "".join([*out, frame, note, "</svg>"])
-    (x0, x1), (y0, y1) = d.x_lim, d.y_lim
-    sx = lambda x: left + (x - x0) / (x1 - x0) * pw
+    y0, y1 = d.y_lim
+    sx = lambda x: left + d.x_fraction(x) * pw
     sy = lambda y: top + ph - (y - y0) / (y1 - y0) * ph
+    clip_id = f"clip-{d.panel.key}"
+    out.append(
+        f'<clipPath id="{e(clip_id)}"><rect x="{left}" y="{top}" width="{pw}" height="{ph}"/>'
+        "</clipPath>"
+    )
     for t in d.y_ticks:
         y = sy(t)
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
@@ -205,19 +266,29 @@ def panel_svg(d: Drawing, width: int = 560, height: int = 300) -> str:
             f'stroke-width="1.2" stroke-dasharray="{_DASH[h.dash]}"><title>{e(h.label)}</title>'
             "</line>"
         )
+    for v in d.vlines:
+        x = sx(v.x)
+        out.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + ph}" stroke="{v.color}" '
+            f'stroke-width="1.2" stroke-dasharray="{_DASH["dashed"]}"><title>{e(v.label)}</title>'
+            "</line>"
+        )
+    out.append(f'<g clip-path="url(#{e(clip_id)})">')
     for s in d.lines:
         pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(s.xs, s.ys, strict=True))
-        dash = f' stroke-dasharray="{_DASH[s.dash]}"' if s.dash != "solid" else ""
-        out.append(
-            f'<polyline class="series" points="{pts}" fill="none" stroke="{s.color}" '
-            f'stroke-width="{s.width}"{dash} stroke-linejoin="round"><title>{e(s.label)}</title>'
-            "</polyline>"
-        )
-        if s.markers and len(s.xs) <= MARKERS_UP_TO:
+        dash = f' stroke-dasharray="{_DASH[s.dash]}"' if s.dash not in ("solid", "none") else ""
+        if s.dash != "none":
+            out.append(
+                f'<polyline class="series" points="{pts}" fill="none" stroke="{s.color}" '
+                f'stroke-width="{s.width}"{dash} stroke-linejoin="round">'
+                f"<title>{e(s.label)}</title></polyline>"
+            )
+        if s.markers and (len(s.xs) <= MARKERS_UP_TO or s.dash == "none"):
             out.extend(
                 f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.6" fill="{s.color}"/>'
                 for x, y in zip(s.xs, s.ys, strict=True)
             )
+    out.append("</g>")
     if d.note:  # only the published lines: the targets, and why no data
         out.append(note)
     out.append("</svg>")
@@ -254,15 +325,20 @@ def write_pngs(drawings: list[Drawing], out_dir: Path, software: str) -> list[Pa
         ax.set_title(d.panel.title, loc="left", fontsize=11)
         ax.set_xlabel(XLABEL)
         ax.set_ylabel(d.panel.ylabel)
+        if d.log_x:
+            ax.set_xscale("log")
+            ax.minorticks_off()
         ax.set_xlim(*d.x_lim)
         ax.set_ylim(*d.y_lim)
         ax.set_xticks(d.x_ticks, [format_number(t) for t in d.x_ticks])
         ax.set_yticks(d.y_ticks, [format_number(t) for t in d.y_ticks])
         ax.grid(True, axis="y", color="#eeeeee", linewidth=0.8)
         for s in d.lines:
-            marker = "o" if s.markers and len(s.xs) <= MARKERS_UP_TO else None
+            show = s.markers and (len(s.xs) <= MARKERS_UP_TO or s.dash == "none")
             ax.plot(s.xs, s.ys, color=s.color, linestyle=s.dash, linewidth=s.width,
-                    marker=marker, markersize=3.7, label=s.label)  # fmt: skip
+                    marker="o" if show else None, markersize=3.7, label=s.label)  # fmt: skip
+        for v in d.vlines:
+            ax.axvline(v.x, color=v.color, linestyle="dashed", linewidth=1.2, label=v.label)
         for h in d.hlines:  # under the data, after it in the legend, as on the page
             ax.axhline(
                 h.y, color=h.color, linestyle=h.dash, linewidth=1.2, label=h.label, zorder=1.5

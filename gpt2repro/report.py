@@ -2,13 +2,17 @@
 
     python -m gpt2repro.report runs/gpt2_124m [runs/other ...] --out report/
 
-writes `report/report.html` (inline SVG plots and CSS, no scripts, fonts or network: it opens
-from a copied file) and one PNG per plot (matplotlib, the `report` extra). Several runs are
-overlaid, one colour each. The plots are against training tokens: train and validation loss,
-HellaSwag with the published GPT-2 124M and GPT-3 125M lines (both acc_norm conventions), learning
-rate, tokens/s, MFU and peak memory; a table sums each run up (best validation loss, final
-HellaSwag, tokens, wall time, GPU-hours, skipped updates, restarts), and each run's config, git
-SHA and versions follow. The plots are laid out and drawn by `gpt2repro.plot`.
+writes `report/report.html` (inline SVG plots and CSS, one small inline script, no fonts or
+network: it opens from a copied file) and one PNG per plot (matplotlib, the `report` extra).
+Several runs are overlaid, one colour each. First a status line per run (running, stalled,
+preempted, crashed or done; step, tokens, the last record's time and a wall-clock ETA). The plots
+are against training tokens (`--log-x`: on a log scale): train and validation loss, the same
+zoomed on the run after its first fifth (where GPT-2's baseline matters), HellaSwag with the
+published GPT-2 124M and GPT-3 125M lines (both acc_norm conventions), gradient norm with skipped
+updates marked, learning rate, tokens/s, MFU and peak memory; a resume that changed a setting is
+a vertical line on the loss plots. A table sums each run up (best validation loss, final
+HellaSwag, tokens, wall time, GPU-hours, skipped updates, restarts); the newest text samples,
+and each run's config, git SHA and versions follow. The plots are laid out and drawn by `gpt2repro.plot`.
 
 Live: rank 0 of the trainer rewrites RUN_DIR/report.html after each evaluation (`LiveReport`,
 switched by `log.report`). Until RUN_DIR/DONE exists the page reloads itself every
@@ -39,6 +43,7 @@ from gpt2repro.plot import (
     HLine,
     Panel,
     Series,
+    VLine,
     drawing,
     legend_html,
     panel_svg,
@@ -114,6 +119,9 @@ _SERIES: list[tuple[str, str, str, float, str, str, bool, float]] = [
         True,
         1.5,
     ),
+    ("loss_zoom", "train", "loss", 1.0, "train", "solid", False, 1.2),
+    ("loss_zoom", "evals", "val_loss", 1.0, "val", "dashed", True, 2.0),
+    ("grad_norm", "train", "grad_norm", 1.0, "grad norm", "solid", False, 1.2),
     ("lr", "train", "lr", 1.0, "lr", "solid", False, 1.5),
     ("tokens_per_s", "train", "tok_per_s", 1.0, "tokens/s", "solid", False, 1.5),
     ("mfu", "train", "mfu", 100.0, "MFU", "solid", False, 1.5),
@@ -121,8 +129,66 @@ _SERIES: list[tuple[str, str, str, float, str, str, bool, float]] = [
 ]
 
 
-def panels(runs: Sequence[Run]) -> list[Panel]:
-    """The six plots of the report, every run overlaid in its colour."""
+ZOOM_FROM = 0.2  # the zoomed loss panel's range comes from the run after this fraction of it
+STALE_AFTER_INTERVALS = 10  # a live page calls a run stalled after this many record intervals...
+STALE_AFTER_MIN_S = 600.0  # ...and never sooner (an evaluation or a checkpoint takes minutes)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def zoom_range(runs: Sequence[Run], refs: Sequence[HLine]) -> tuple[float, float] | None:
+    """The y limits of the zoomed loss panel: the losses after the first ZOOM_FROM of each run's
+    tokens (2nd to 98th percentile of the train losses, so a spike does not set it; every
+    validation loss) and the published lines, padded 8%. None before there is a loss."""
+    values: list[float] = []
+    for run in runs:
+        cut = ZOOM_FROM * run.tokens
+        train = [r["loss"] for r in run.train if r["tokens"] >= cut and is_finite_number(r["loss"])]
+        if train:
+            values += [_percentile(train, 0.02), _percentile(train, 0.98)]
+        values += [
+            r["val_loss"]
+            for r in run.evals
+            if r["tokens"] >= cut and is_finite_number(r.get("val_loss"))
+        ]
+    if not values:
+        return None
+    lo, hi = min([*values, *(h.y for h in refs)]), max([*values, *(h.y for h in refs)])
+    span = max(hi - lo, 0.02 * max(abs(hi), 1.0))
+    return lo - 0.08 * span, hi + 0.08 * span
+
+
+def _changes(run: Run) -> list[VLine]:
+    """A line at each resume that changed a setting (the resume record's `changed` keys)."""
+    out = []
+    for r in run.resumes:
+        changed = r.get("changed")
+        if isinstance(changed, dict):
+            changed = list(changed)
+        if isinstance(changed, list) and changed:
+            keys = ", ".join(str(k) for k in changed)
+            out.append(VLine(float(r.get("tokens", 0)), f"resume at step {r['step']}: {keys}"))
+    return out
+
+
+def _skips(run: Run, color: str) -> Series:
+    """Markers on the grad-norm line where the guards skipped an update (the count rose)."""
+    xs, ys, prev = [], [], 0
+    for r in run.train:
+        count = r.get("skipped")
+        if is_finite_number(count) and count > prev and is_finite_number(r.get("grad_norm")):
+            xs.append(float(r["tokens"]))
+            ys.append(float(r["grad_norm"]))
+        prev = int(count) if is_finite_number(count) else prev
+    return Series("skipped updates", color, xs, ys, "none", True, 1.0)
+
+
+def panels(runs: Sequence[Run], log_x: bool = False) -> list[Panel]:
+    """The eight plots of the report, every run overlaid in its colour; `log_x`: training
+    tokens on a log scale."""
     # OpenAI GPT-2 124M's val loss: only beside runs measured as it was (FineWeb-Edu, T = 1024)
     on_fineweb = any(
         gpt2_val_loss_comparable(
@@ -142,10 +208,17 @@ def panels(runs: Sequence[Run]) -> list[Panel]:
     )
     no_steps = "no train steps logged yet"
     x_max = float(max(r.planned_tokens for r in runs))
+    changes = [v for r in runs for v in _changes(r)]
     # Rates and sizes start at 0 (a dip looks its size); loss and accuracy zoom on the data.
     plots = [
-        Panel("loss", "Loss", "cross-entropy (nats/token)", [], loss_refs, "no loss logged yet"),
+        Panel("loss", "Loss", "cross-entropy (nats/token)", [], loss_refs, "no loss logged yet",
+              vlines=changes),
+        Panel("loss_zoom", f"Loss, after the first {ZOOM_FROM:.0%} of tokens",
+              "cross-entropy (nats/token)", [], loss_refs, "no loss logged yet",
+              y_range=zoom_range(runs, loss_refs), vlines=changes),
         Panel("hellaswag", "HellaSwag", "accuracy", [], hellaswag_references(), hs_note),
+        Panel("grad_norm", "Gradient norm", "global L2 norm (before clipping)", [], [], no_steps,
+              from_zero=True),
         Panel("lr", "Learning rate", "lr", [], [], no_steps, from_zero=True),
         Panel("tokens_per_s", "Throughput", "tokens/s (all ranks)", [], [], no_steps, from_zero=True),
         Panel("mfu", "MFU", "% of dense bf16 peak", [], [],
@@ -160,8 +233,13 @@ def panels(runs: Sequence[Run]) -> list[Panel]:
         for key, kind, metric, scale, label, dash, markers, width in _SERIES:
             xs, ys = _column(run.evals if kind == "evals" else run.train, metric, scale)
             by_key[key].series.append(Series(name + label, color, xs, ys, dash, markers, width))
+        skips = _skips(run, "#d62728")
+        if skips.xs:
+            skips.label = name + skips.label
+            by_key["grad_norm"].series.append(skips)
     for p in plots:
         p.x_max = x_max
+        p.log_x = log_x
     return plots
 
 
@@ -185,17 +263,84 @@ svg .note{font-size:13px;fill:#888}
 .legend{font-size:12px;color:#444;padding-left:62px}.legend span{margin-right:14px;white-space:nowrap}
 .legend svg{margin:0 5px 2px 0;vertical-align:middle}
 pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}
-.status-done{color:#2a7d2a}.status-live{color:#b36b00}.small{font-size:12px;color:#666}
+.status-done{color:#2a7d2a}.status-live{color:#b36b00}.status-bad{color:#c0392b}
+.small{font-size:12px;color:#666}p.status{margin:2px 0;font-size:14px}
+pre.sample{white-space:pre-wrap;font-family:Georgia,serif;font-size:13px}
 """
 
 
-def _status(run: Run) -> tuple[str, str]:
-    """(text, css class) of a run's state."""
+def stale_after_s(run: Run) -> float:
+    """Seconds without a new record after which a live run counts as stalled."""
+    interval = run.record_interval_s or 0.0
+    return max(STALE_AFTER_MIN_S, STALE_AFTER_INTERVALS * interval)
+
+
+def _status(run: Run, now: float | None = None) -> tuple[str, str]:
+    """(text, css class) of a run's state at time `now` (Unix seconds; default: the clock)."""
+    now = time.time() if now is None else now
+    last = run.last_event_record
     if run.done:
         return "done", "status-done"
     if run.last_event == "preempted":
-        return "preempted (rerun to resume)", "status-live"
-    return "in progress (or stopped)", "status-live"
+        return f"preempted at step {last.get('step', '?')} (rerun to resume)", "status-live"
+    if run.last_event == "crashed":
+        return f"crashed at step {last.get('step', '?')}", "status-bad"
+    if run.last_time is not None and now - run.last_time > stale_after_s(run):
+        return f"stalled: no record for {format_duration(now - run.last_time)}", "status-bad"
+    return "running", "status-live"
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def status_line(run: Run, now: float | None = None) -> str:
+    """One run's status as the page's first line: its state, step / max, tokens, the last
+    record's time, and the ETA from the wall-clock rate; for a live run, the moment after which
+    it counts as stalled (the page's script switches the line then; the text says it too)."""
+    e = html.escape
+    now = time.time() if now is None else now
+    text, cls = _status(run, now)
+    parts = [f"<b>{e(run.label)}</b>: {e(text)}"]
+    max_steps = run.max_steps if isinstance(run.max_steps, int) else None
+    parts.append(f"step {run.last_step:,}" + (f" / {max_steps:,}" if max_steps else ""))
+    parts.append(f"{run.tokens:,} tokens")
+    attrs = ""
+    if run.last_time is not None:
+        parts.append(f"last record {_clock(run.last_time)}")
+        if cls == "status-live" and run.last_event != "preempted":
+            eta = run.eta_s
+            if eta is not None:
+                parts.append(f"ETA {format_duration(eta)} (about {_clock(run.last_time + eta)})")
+            deadline = run.last_time + stale_after_s(run)
+            parts.append(f"stalled if there is no new record by {_clock(deadline)}")
+            attrs = f' data-stale-after="{deadline:.0f}" data-last="{e(_clock(run.last_time))}"'
+    crashed = run.last_event_record.get("error") if run.last_event == "crashed" else None
+    if crashed:
+        parts.append(f"error: {e(str(crashed))}")
+    return f'<p class="status {cls}"{attrs}>{" · ".join(parts)}</p>'
+
+
+# Switches a live run's line to "stalled" once its deadline has passed while the page is open
+# (the page reloads itself; a trainer that stopped no longer rewrites it). Inline, no network.
+_STALE_SCRIPT = (
+    "<script>for(const p of document.querySelectorAll('p.status[data-stale-after]')){"
+    "if(Date.now()/1000>+p.dataset.staleAfter){p.className='status status-bad';"
+    "p.insertAdjacentText('afterbegin','stalled: no record since '+p.dataset.last+"
+    "' (the trainer may have stopped: check its log) · ');}}</script>"
+)
+
+
+def samples_html(run: Run, last: int = 3) -> str:
+    """The newest text samples, as text (not a repr), each with its step."""
+    if not run.samples:
+        return ""
+    e = html.escape
+    items = "".join(
+        f'<p class="small">step {r["step"]:,}</p><pre class="sample">{e(r["sample"])}</pre>'
+        for r in run.samples[-last:][::-1]
+    )
+    return f"<h2>Samples: {e(run.label)}</h2>{items}"
 
 
 def summary_rows(run: Run) -> dict[str, str]:
@@ -286,13 +431,15 @@ def render_html(
         link = f' <a class="small" href="{e(d.panel.key)}.png">PNG</a>' if png_links else ""
         figures.append(f"<figure>{panel_svg(d)}{legend_html(d)}{link}</figure>")
     details = "".join(_run_details(r, PALETTE[i % len(PALETTE)]) for i, r in enumerate(runs))
+    statuses = "".join(status_line(r) for r in runs)
+    samples = "".join(samples_html(r) for r in runs)
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         f"{_HTML_MARK.decode()}{meta_refresh}"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>"
-        f'<h1>{e(title)}</h1><p class="sub">{e(sub)}</p>'
+        f'<h1>{e(title)}</h1><p class="sub">{e(sub)}</p>{statuses}{_STALE_SCRIPT}'
         f'<table class="summary"><tr>{head}</tr>{"".join(body)}</table>'
         '<p class="small">Wall time counts training sessions (start or resume to their last line), '
         "not the gaps between a crash and its restart; GPU-hours multiply it by the CUDA devices. "
@@ -301,7 +448,7 @@ def render_html(
         "via llm.c/build-nanogpt and lm-evaluation-harness; GPT-3: Brown et al. 2020, Table H.1)."
         "</p>"
         f'<h2>Plots</h2><div class="grid-plots">{"".join(figures)}</div>'
-        f"{details}</body></html>\n"
+        f"{samples}{details}</body></html>\n"
     )
 
 
@@ -338,7 +485,7 @@ def _refuse_foreign(paths: list[Path], flag: str) -> None:
 
 
 def write_report(
-    run_dirs: Sequence[str | Path], out_dir: str | Path, *, pngs: bool = True
+    run_dirs: Sequence[str | Path], out_dir: str | Path, *, pngs: bool = True, log_x: bool = False
 ) -> list[Path]:
     """The CLI's work: read the runs, check nothing foreign is in the way, write the PNGs and
     report.html (each atomically). Returns the paths written."""
@@ -352,7 +499,7 @@ def write_report(
             raise UserError(f"run directory {d} is given twice; pass each run once")
         seen.add(key)
     runs = [load_run(d) for d in run_dirs]
-    drawings = [drawing(p) for p in panels(runs)]
+    drawings = [drawing(p) for p in panels(runs, log_x=log_x)]
     targets = [out / f"{d.panel.key}.png" for d in drawings] if pngs else []
     _refuse_foreign([out / REPORT_HTML, *targets], "--out")
     out.mkdir(parents=True, exist_ok=True)
@@ -428,13 +575,16 @@ def _parser() -> argparse.ArgumentParser:
         "--out", required=True, help="directory for report.html and the PNGs (created if missing)"
     )
     p.add_argument("--no-png", action="store_true", help="write report.html only (no matplotlib)")
+    p.add_argument(
+        "--log-x", action="store_true", help="training tokens on a log scale (the early steps)"
+    )
     add_debug_flag(p)
     return p
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    written = write_report(args.run_dirs, args.out, pngs=not args.no_png)
+    written = write_report(args.run_dirs, args.out, pngs=not args.no_png, log_x=args.log_x)
     print(f"report: {written[0]}")
     if len(written) > 1:
         print(f"plots:  {', '.join(str(p) for p in written[1:])}")

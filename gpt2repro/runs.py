@@ -70,6 +70,11 @@ class Run:
     git_shas: list[str] = field(default_factory=list)  # every distinct SHA, oldest first
     malformed: list[int] = field(default_factory=list)  # numbers of the lines that are not JSON
     unusable: int = 0  # JSON lines without a valid step/tokens/header (skipped too)
+    samples: list[dict[str, Any]] = field(default_factory=list)  # text sample records, in order
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # resume events, in order
+    last_time: float | None = None  # the newest record's `time` (Unix seconds)
+    last_event_record: dict[str, Any] = field(default_factory=dict)  # the newest event line
+    session_train: list[dict[str, Any]] = field(default_factory=list)  # since the last start
 
     @property
     def n_malformed(self) -> int:
@@ -115,6 +120,27 @@ class Run:
         return hs[-1] if hs else None
 
     @property
+    def record_interval_s(self) -> float | None:
+        """The median wall time between the current session's train records (None with fewer
+        than two timed records): how often a live run writes."""
+        times = [r["time"] for r in self.session_train[-50:] if is_finite_number(r.get("time"))]
+        gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False) if b > a)
+        return gaps[len(gaps) // 2] if gaps else None
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds to the planned tokens at this session's wall-clock rate (tokens per second of
+        wall time, so evaluations, samples and checkpoints are counted); None when unknown."""
+        timed = [r for r in self.session_train if is_finite_number(r.get("time"))]
+        if len(timed) < 2 or not self.planned_tokens or self.done:
+            return None
+        first, last = timed[max(0, len(timed) - 200)], timed[-1]
+        seconds, tokens = last["time"] - first["time"], last["tokens"] - first["tokens"]
+        if seconds <= 0 or tokens <= 0:
+            return None
+        return max(0.0, (self.planned_tokens - self.tokens) / (tokens / seconds))
+
+    @property
     def skipped(self) -> int:
         """Updates the guards skipped: the highest count a train line reports (0 when none)."""
         counts = [r["skipped"] for r in self.train if is_finite_number(r.get("skipped"))]
@@ -152,12 +178,21 @@ def load_run(run_dir: str | Path) -> Run:
     shas: list[str] = []
     restarts = preemptions = 0
     last_event = None
+    last_event_record: dict[str, Any] = {}
+    samples: list[dict[str, Any]] = []
+    resumes: list[dict[str, Any]] = []
+    session_train: list[dict[str, Any]] = []
     for r in records:
         event = r.get("event")
         last_event = event or last_event
+        if event:
+            last_event_record = r
         if event in ("start", "resume"):
             header = r
+            session_train = []
             restarts += event == "resume"
+            if event == "resume":
+                resumes.append(r)
             sha = r.get("git_sha")
             if sha and sha not in shas:
                 shas.append(sha)
@@ -165,6 +200,9 @@ def load_run(run_dir: str | Path) -> Run:
             preemptions += 1
         elif event is None and "loss" in r:
             train[r["step"]] = r  # the later line of a re-logged step wins
+            session_train.append(r)
+        elif event is None and isinstance(r.get("sample"), str):
+            samples.append(r)
         elif event is None and any(k in r for k in ("val_loss", "hellaswag_acc_norm")):
             evals.setdefault(r["step"], {}).update(r)
     train_list = [train[s] for s in sorted(train)]
@@ -188,6 +226,13 @@ def load_run(run_dir: str | Path) -> Run:
         git_shas=shas,
         malformed=malformed,
         unusable=unusable,
+        samples=samples,
+        resumes=resumes,
+        last_time=max(
+            (r["time"] for r in records if is_finite_number(r.get("time"))), default=None
+        ),
+        last_event_record=last_event_record,
+        session_train=session_train,
     )
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
+import os
 import re
 import shutil
 import subprocess
@@ -71,16 +73,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_live_page_reloads_until_done(runs: dict) -> None:
     refresh = f'<meta http-equiv="refresh" content="{report.REFRESH_S}">'
     assert refresh in runs["live_page_while_running"]
-    assert "in progress" in runs["live_page_while_running"]
+    live = runs["live_page_while_running"]
+    # a live run's first line: running, where it is, and when it counts as stalled (a script
+    # switches the line after that moment; the text says it for a page read without scripts)
+    assert re.search(r'<p class="status status-live" data-stale-after="\d+"', live), live[:3000]
+    assert "stalled if there is no new record by" in live and "<script>" in live
     for name in ("a", "b"):
         page = (runs[name] / "report.html").read_text()
         assert (runs[name] / "DONE").exists()
         assert 'http-equiv="refresh"' not in page  # the final page stays still
         assert f'<meta name="generator" content="{report.GENERATOR}">' in page
-        assert page.count('<svg class="plot"') == 6
+        assert page.count('<svg class="plot"') == 8
+        assert '<p class="status status-done">' in page and 'data-stale-after="' not in page
     # the page written while running was the one of the last evaluation before the kill
     assert _summary(runs["live_page_while_running"], "b")[:3] == [
-        "in progress (or stopped)",
+        "running",
         "4 / 8",
         f"{4 * 256:,}",
     ]
@@ -106,8 +113,10 @@ def test_report_cli_overlays_runs_with_the_numbers_of_metrics_jsonl(
     assert status == 0, buf.getvalue()
     page = (out / "report.html").read_text()
     assert 'http-equiv="refresh"' not in page
-    # self-contained: no scripts, stylesheets, fonts or images fetched from anywhere
-    assert not re.search(r"<script|<link|<img|@import|url\(", page)
+    # self-contained: no scripts, stylesheets, fonts or images fetched from anywhere; the one
+    # inline script (the stalled check) and the plots' clip paths (url(#id)) are local
+    assert not re.search(r"<script[^>]*src|<link|<img|@import|url\((?!#)", page)
+    assert page.count("<script") == 1 and not re.search(r"fetch\(|XMLHttpRequest", page)
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
     # text from the run reaches the page escaped, never as markup
     assert ODD_NAME not in page and html.escape(ODD_NAME) in page
@@ -249,7 +258,7 @@ def test_live_report_failure_warns_once_and_training_goes_on(tmp_path: Path) -> 
 
 @pytest.mark.slow  # the `runs` fixture: three short trainings (~15-35 s)
 def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
-    """The page as a person sees it: every plot frame is on screen, the four plots with data
+    """The page as a person sees it: every plot frame is on screen, the six plots with data
     carry both runs' colours, the two without (MFU, memory on CPU) say why."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -259,12 +268,12 @@ def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with redirect_stdout(io.StringIO()):
         assert run_cli(report.main, [str(runs["a"]), str(runs["b"]), "--out", str(out)]) == 0
-    shot = tmp_path / "screenshot.png"
+    shot = Path(os.environ.get("GPT2REPRO_SCREENSHOT", tmp_path / "screenshot.png"))
     p = subprocess.run(
         [
             browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}", "--window-size=1240,1600",
+            f"--screenshot={shot}", "--window-size=1240,2100",
             (out / "report.html").as_uri(),
         ],
         capture_output=True, text=True, timeout=120,
@@ -274,9 +283,9 @@ def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
     # Plot frames: one-pixel lines of exactly the frame colour (crispEdges).
     frame = np.abs(img - _rgb("#bbbbbb")).sum(axis=2) <= 6
     rows = np.flatnonzero(frame.sum(axis=1) >= 400)  # top and bottom edges, two plots a row
-    cols = np.flatnonzero(frame.sum(axis=0) >= 150)  # left and right edges, three plots a column
-    assert len(rows) == 6 and len(cols) == 4, (rows, cols)
-    names = ["loss", "hellaswag", "lr", "tokens_per_s", "mfu", "memory"]
+    cols = np.flatnonzero(frame.sum(axis=0) >= 150)  # left and right edges, four plots a column
+    assert len(rows) == 8 and len(cols) == 4, (rows, cols)
+    names = ["loss", "loss_zoom", "hellaswag", "grad_norm", "lr", "tokens_per_s", "mfu", "memory"]
     for i, name in enumerate(names):
         (top, bottom), (left, right) = (
             rows[2 * (i // 2) : 2 * (i // 2) + 2],
@@ -412,3 +421,100 @@ def test_gpt2_val_loss_line_only_where_comparable(
     )
     loss = next(p for p in report.panels([report.load_run(run_dir)]) if p.key == "loss")
     assert any("3.2924" in h.label for h in loss.hlines) == drawn
+
+
+def _gpt2_scale_run(
+    run_dir: Path, steps: int = 12_000, *, t0: float = 1_800_000_000.0, end: str | None = None
+) -> Path:
+    """A synthetic metrics.jsonl at GPT-2 scale on FineWeb-Edu: train loss from 11 falling to
+    about 3.3 over 12,000 steps (log every 10), validation every 250 steps, a spike the guard
+    skipped, a resume that changed the validation budget, samples; 0.5 M tokens and 0.3 s a
+    step, plus 10 s for each evaluation (so the wall-clock rate is below the steps' own)."""
+    data = run_dir.parent / "edu_fineweb10B"
+    data.mkdir(exist_ok=True)
+    settings = {"source": {"kind": "huggingface", "path": "HuggingFaceFW/fineweb-edu"}}
+    (data / "manifest.json").write_text(json.dumps({"complete": True, "settings": settings}))
+    cfg = {
+        "data": {"dir": str(data)},
+        "train": {"seq_len": 1024, "max_steps": 19_073, "total_batch_tokens": 524_288},
+        "run": {"name": "gpt2-124m"},
+    }
+    run_dir.mkdir()
+    lines, now, skipped = [], t0, 0
+    lines.append({"event": "start", "step": 0, "tokens": 0, "time": now, "config": cfg})
+    for step in range(10, steps + 1, 10):
+        now += 3.0 + (10.0 if step % 250 == 0 else 0.0)
+        tokens = step * 524_288
+        smooth = 3.25 + 7.75 * math.exp(-step / 600)
+        loss = smooth + 0.05 * math.sin(step)
+        if step == 6_000:  # a spike: skipped by the guard
+            loss, skipped = 9.0, skipped + 1
+        rec = {"step": step, "tokens": tokens, "loss": loss, "lr": 6e-4, "grad_norm": 0.4,
+               "skipped": skipped, "time": now}  # fmt: skip
+        if step == 6_000:
+            rec["grad_norm"] = 7.5
+        lines.append(rec)
+        if step % 250 == 0:
+            lines.append({"step": step, "tokens": tokens, "val_loss": smooth + 0.02, "time": now})
+        if step == 4_000:
+            lines.append({"event": "resume", "step": step, "tokens": tokens, "time": now,
+                          "config": cfg, "changed": ["eval.val_tokens"]})  # fmt: skip
+        if step % 2_000 == 0:
+            lines.append({"step": step, "tokens": tokens, "time": now,
+                          "sample": f"Hello, I'm a language model,\nstep {step}"})  # fmt: skip
+    if end:
+        lines.append({"event": end, "step": steps, "tokens": steps * 524_288, "time": now,
+                      "error": "CUDA error: an illegal memory access"})  # fmt: skip
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return run_dir
+
+
+def test_the_zoomed_loss_panel_reads_at_gpt2_scale(tmp_path: Path) -> None:
+    """Loss from 11 to 3.3 over 12,000 steps: the full panel spans it all; the zoomed one spans
+    the later losses and GPT-2's 3.2924 (a spike does not set it), with the resume that changed
+    a setting marked; the skipped update is a marker on the grad-norm panel."""
+    run = load_run(_gpt2_scale_run(tmp_path / "run"))
+    by_key = {p.key: plot.drawing(p) for p in report.panels([run])}
+    full, zoom = by_key["loss"], by_key["loss_zoom"]
+    assert full.y_lim[0] < 3.3 and full.y_lim[1] > 10.5
+    lo, hi = zoom.y_lim
+    assert 3.0 < lo < 3.29 and 3.35 < hi < 4.0, zoom.y_lim  # where the run meets the baseline
+    assert any("3.2924" in h.label for h in zoom.hlines)
+    assert [v.label for v in zoom.vlines] == ["resume at step 4000: eval.val_tokens"]
+    svg = plot.panel_svg(zoom)
+    assert 'clip-path="url(#clip-loss_zoom)"' in svg and "eval.val_tokens" in svg
+    grad = by_key["grad_norm"]
+    skips = [s for s in grad.lines if s.label == "skipped updates"]
+    assert len(skips) == 1 and skips[0].xs == [6_000 * 524_288] and skips[0].ys == [7.5]
+    # on a log scale: ticks are powers of ten, step 0's points left out
+    logged = {p.key: plot.drawing(p) for p in report.panels([run], log_x=True)}["loss"]
+    assert logged.log_x and logged.x_lim[0] == 10 * 524_288
+    assert all(math.log10(t).is_integer() for t in logged.x_ticks) and len(logged.x_ticks) >= 3
+
+
+def test_status_line_running_stalled_preempted_crashed(tmp_path: Path) -> None:
+    """The first line tells a live run from a dead one: running with a wall-clock ETA (which
+    counts the evaluations' time), stalled after STALE intervals without a record, preempted,
+    crashed with its error, done."""
+    run = load_run(_gpt2_scale_run(tmp_path / "live"))
+    last = run.last_time
+    assert last is not None and run.record_interval_s == 3.0
+    # 0.5 M tokens per 3 s, plus 10 s per 25 steps: the ETA from the wall clock, not step times
+    left = run.planned_tokens - run.tokens
+    rate = (run.session_train[-1]["tokens"] - run.session_train[-200]["tokens"]) / (
+        run.session_train[-1]["time"] - run.session_train[-200]["time"]
+    )
+    assert run.eta_s == pytest.approx(left / rate)
+    assert left / (10 * 524_288 / 3.0) < run.eta_s  # longer than step time alone says
+    line = report.status_line(run, now=last + 5)
+    assert "running" in line and "step 12,000 / 19,073" in line and "ETA " in line
+    assert f'data-stale-after="{last + report.STALE_AFTER_MIN_S:.0f}"' in line
+    stalled = report.status_line(run, now=last + 3_700)
+    assert "stalled: no record for 1h01m" in stalled and "status-bad" in stalled
+    for end, text in (("preempted", "preempted at step 12000"), ("crashed", "crashed at step")):
+        page = report.status_line(load_run(_gpt2_scale_run(tmp_path / end, end=end)))
+        assert text in page and "ETA" not in page
+        assert ("illegal memory access" in page) == (end == "crashed")
+    samples = report.samples_html(run)
+    assert "step 12,000" in samples and "Hello, I&#x27;m a language model,\nstep 12000" in samples
+    assert "\\n" not in samples  # text, not a repr
