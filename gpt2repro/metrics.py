@@ -33,6 +33,7 @@ import signal
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,23 +46,80 @@ from gpt2repro.errors import UserError
 from gpt2repro.runs import format_duration
 
 
-def console_line(
-    rec: dict[str, Any], max_steps: int, eta_s: float | None, peak_mem_gib: float | None
-) -> str:
-    """One human line per log step."""
+def format_count(n: float) -> str:
+    """A token count as people read it: 629.1M, 10.24B, 52.4k, 900."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.4g}{unit}"
+    return f"{n:.0f}"
+
+
+@dataclass
+class Progress:
+    """What the console line tells beyond its record: where the run is in wall-clock time."""
+
+    max_steps: int
+    world_size: int = 1
+    on_cuda: bool = False
+    elapsed_s: float | None = None  # since this session started (a resume starts a new one)
+    eta_s: float | None = None  # from the wall clock; None: only the step time is known yet
+    clock: str = ""  # the time of day, for long logs ("14:02:11")
+
+
+class WallClock:
+    """Elapsed time and a wall-clock ETA for the console. The ETA is the wall time per step since
+    the session's first log line (so evaluations, samples and checkpoints in between are counted;
+    the first step's compile is not) times the steps left."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.start = time.time() if now is None else now
+        self.first: tuple[float, int] | None = None  # (time, step) of the first log line
+
+    def progress(
+        self, step: int, max_steps: int, now: float | None = None
+    ) -> tuple[float, float | None]:
+        """(elapsed seconds, ETA seconds or None at the session's first log line)."""
+        now = time.time() if now is None else now
+        if self.first is None:
+            self.first = (now, step)
+            return now - self.start, None
+        t0, s0 = self.first
+        if step <= s0:
+            return now - self.start, None
+        return now - self.start, (now - t0) / (step - s0) * max(0, max_steps - step)
+
+
+def console_line(rec: dict[str, Any], p: Progress) -> str:
+    """One human line per log step: the time of day, step, loss (the mean over the log interval
+    and the last step's), lr, grad norm, step time, tokens/s in all and per device, MFU (only
+    where it applies), tokens seen, elapsed, ETA, peak memory, skipped updates."""
+    head = f"{p.clock} " if p.clock else ""
+    loss = f"loss {rec['loss']:.4f}"
+    if rec.get("loss_mean") is not None:
+        loss = f"loss {rec['loss_mean']:.4f} (last {rec['loss']:.4f})"
+    rate = f"{rec['tok_per_s']:,.0f} tok/s"
+    if p.world_size > 1:
+        rate += f" ({rec['tok_per_s'] / p.world_size:,.0f}/{'GPU' if p.on_cuda else 'proc'})"
     parts = [
-        f"step {rec['step']:>6}/{max_steps}",
-        f"loss {rec['loss']:.4f}",
+        f"{head}step {rec['step']:>6}/{p.max_steps}",
+        loss,
         f"lr {rec['lr']:.2e}",
         f"norm {rec['grad_norm']:.3f}",
         f"{rec['step_ms']:.1f} ms",
-        f"{rec['tok_per_s']:,.0f} tok/s",
-        "MFU n/a" if rec.get("mfu") is None else f"MFU {100 * rec['mfu']:.1f}%",
+        rate,
     ]
-    if eta_s is not None:
-        parts.append(f"ETA {format_duration(eta_s)}")
-    if peak_mem_gib is not None:
-        parts.append(f"mem {peak_mem_gib:.1f} GiB")
+    if rec.get("mfu") is not None:
+        parts.append(f"MFU {100 * rec['mfu']:.1f}%")
+    parts.append(f"{format_count(rec['tokens'])} tokens")
+    if p.elapsed_s is not None:
+        parts.append(f"elapsed {format_duration(p.elapsed_s)}")
+    if p.eta_s is not None:
+        parts.append(f"ETA {format_duration(p.eta_s)}")
+    else:  # the first log line of a session: only the step time, a lower bound
+        steps_left = max(0, p.max_steps - rec["step"])
+        parts.append(f"ETA >= {format_duration(rec['step_ms'] / 1000 * steps_left)}")
+    if rec.get("mem_gib") is not None:
+        parts.append(f"mem {rec['mem_gib']:.1f} GiB")
     if rec.get("skipped"):
         parts.append(f"skipped {rec['skipped']}")
     return " | ".join(parts)
@@ -255,6 +313,8 @@ class RunLog:
     def __init__(self, run_dir: Path, cfg: Config, is_main: bool, page: Page | None = None) -> None:
         self.is_main = is_main
         self.page = page
+        self.clock = WallClock()
+        self.world_size, self.on_cuda = 1, False  # the trainer's devices (set_devices)
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
         self.wandb = WandbLogger(
             mode=cfg.log.wandb_mode,
@@ -264,6 +324,10 @@ class RunLog:
             config=to_dict(cfg),
             enabled=is_main,
         )
+
+    def set_devices(self, world_size: int, on_cuda: bool) -> None:
+        """How many devices train (tokens/s per device on the console) and whether they are GPUs."""
+        self.world_size, self.on_cuda = world_size, on_cuda
 
     def print(self, text: str) -> None:
         if self.is_main:
@@ -299,12 +363,17 @@ class RunLog:
         return True
 
     def train(self, record: dict[str, Any], max_steps: int) -> None:
-        """A log step's train line (with the ETA at this step time) and its record."""
-        eta_s = record["step_ms"] / 1000 * (max_steps - record["step"])
-        line = console_line(
-            record, max_steps=max_steps, eta_s=eta_s, peak_mem_gib=record["mem_gib"]
+        """A log step's train line (elapsed time and the wall-clock ETA) and its record."""
+        elapsed, eta = self.clock.progress(record["step"], max_steps)
+        progress = Progress(
+            max_steps=max_steps,
+            world_size=self.world_size,
+            on_cuda=self.on_cuda,
+            elapsed_s=elapsed,
+            eta_s=eta,
+            clock=time.strftime("%H:%M:%S"),
         )
-        self.record(record, text=line)
+        self.record(record, text=console_line(record, progress))
 
     def evaluation(self, step: int, tokens: int, results: dict[str, float]) -> None:
         """An evaluation's line and record, then the live report page."""
@@ -348,7 +417,8 @@ class RunLog:
     def sample(self, step: int, tokens: int, text: str) -> None:
         if not self.is_main:
             return
-        print(f"sample step {step}: {text!r}", flush=True)
+        rule = "-" * 72
+        print(f"sample at step {step}:\n{rule}\n{text}\n{rule}", flush=True)
         self.metrics.write(
             {"step": step, "tokens": tokens, "sample": text, "time": round(time.time(), 3)}
         )

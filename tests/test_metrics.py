@@ -15,7 +15,7 @@ from conftest import REPO
 from gpt2repro import metrics
 from gpt2repro.config import load_config, to_dict
 from gpt2repro.dist import DistInfo
-from gpt2repro.metrics import MetricsLog, console_line, run_header
+from gpt2repro.metrics import MetricsLog, Progress, WallClock, console_line, run_header
 from gpt2repro.runs import format_duration, read_metrics, train_losses
 
 
@@ -36,27 +36,44 @@ def _rec(**kw: object) -> dict:
 
 
 def test_console_line_fields() -> None:
-    line = console_line(_rec(), 18865, 3725.0, 41.26)
-    parts = line.split(" | ")
+    rec = _rec(mem_gib=41.26, loss_mean=3.2, tokens=629_145_600)
+    p = Progress(max_steps=18865, world_size=8, on_cuda=True, elapsed_s=332.0, eta_s=3725.0,
+                 clock="14:02:11")  # fmt: skip
+    parts = console_line(rec, p).split(" | ")
     assert parts == [
-        "step     42/18865",
-        "loss 3.1416",
+        "14:02:11 step     42/18865",
+        "loss 3.2000 (last 3.1416)",
         "lr 6.00e-04",
         "norm 0.500",
         "425.2 ms",
-        "1,234,567 tok/s",
+        "1,234,567 tok/s (154,321/GPU)",
         "MFU 45.7%",
+        "629.1M tokens",
+        "elapsed 5m32s",
         "ETA 1h02m",
         "mem 41.3 GiB",
     ]
 
 
 def test_console_line_unknown_mfu_and_extras() -> None:
-    line = console_line(_rec(mfu=None, skipped=2), 100, None, None)
-    assert "MFU n/a" in line and "%" not in line
-    assert "ETA" not in line and "GiB" not in line
+    """No MFU where it cannot apply (not `MFU n/a` on every line); one process: no per-device
+    rate; the first log line of a session: the step time's ETA, marked as a lower bound."""
+    line = console_line(_rec(mfu=None, skipped=2), Progress(max_steps=100))
+    assert "MFU" not in line and "%" not in line and "GiB" not in line and "/GPU" not in line
+    assert "ETA >= 0m24s" in line  # 58 steps of 425 ms
     assert line.endswith("skipped 2")
-    assert "skipped" not in console_line(_rec(), 100, None, None)
+    assert "skipped" not in console_line(_rec(), Progress(max_steps=100))
+    assert "/proc" in console_line(_rec(), Progress(max_steps=100, world_size=2))
+
+
+def test_wall_clock_eta_counts_what_happens_between_steps() -> None:
+    """The ETA is wall time per step since the first log line: a 30 s evaluation every 100
+    steps of 0.5 s shows in it (the old ETA, step time x steps left, left it out)."""
+    clock = WallClock(now=0.0)
+    assert clock.progress(10, 1000, now=20.0) == (20.0, None)  # compile: not in the rate
+    elapsed, eta = clock.progress(110, 1000, now=20.0 + 100 * 0.5 + 30.0)
+    assert elapsed == 100.0 and eta == pytest.approx((80.0 / 100) * 890)
+    assert eta > 0.5 * 890  # more than the step time alone says
 
 
 def test_metrics_log_writes_json_lines(tmp_path: Path) -> None:
