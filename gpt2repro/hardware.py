@@ -1,5 +1,5 @@
-"""The hardware a run is measured against: the known-GPU table (names, dense bf16 peaks, usable
-memory), training FLOPs per token, and MFU. The trainer's console line and metrics.jsonl, the
+"""The hardware a run is measured against: the known-GPU table (names, dense bf16 peaks, float32
+on Volta, usable memory), training FLOPs per token, and MFU. The trainer's console line and metrics.jsonl, the
 planner (`gpt2repro.plan`) and the benchmarks (`gpt2repro.bench`) all read these one definitions.
 """
 

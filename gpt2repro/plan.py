@@ -361,12 +361,10 @@ def gpu_for_request(
         if v is not None
     ]
     if known is None:
+        if not given:
+            find_gpu(name)  # raises the refusal of an unknown name alone
         if not described:
-            missing = " and ".join(
-                f for f in ("--gpu-memory-gib", "--peak-tflops") if f not in given
-            )
-            if not given:
-                find_gpu(name)  # the refusal of a name alone
+            missing = "--peak-tflops" if memory_gib is not None else "--gpu-memory-gib"
             raise UserError(
                 f"--gpu {name!r} is not a GPU the planner knows: describing it takes "
                 f"--gpu-memory-gib and --peak-tflops, add {missing}; {_KNOWN}"
