@@ -3,6 +3,11 @@
     python -m gpt2repro.plan --config configs/gpt2_774m.toml --gpus 8 --gpu "A100 40GB"
     python -m gpt2repro.plan --config configs/gpt2_124m.toml --gpus 8 --gpu H100 \\
         --tokens 10e9 --step-ms 140 --price-per-gpu-hour 2.5 --json
+    python -m gpt2repro.plan --config configs/gpt2_124m.toml --gpus 8 --gpu A40 \\
+        --gpu-memory-gib 44.3 --peak-tflops 149.7
+
+A GPU that is not in the table is described by its usable memory and dense peak (both flags);
+the same flags replace a known GPU's figures, and the plan's header says so.
 
 Everything is arithmetic on the config, with the trainer's own rules: the parameter count of the
 real `GPT` (built on the meta device, so no memory), `hardware.flops_per_token` and the GPU table
@@ -39,6 +44,7 @@ import torch
 from gpt2repro import precision
 from gpt2repro.config import (
     AT_LEAST_1,
+    DTYPES,
     POSITIVE,
     Config,
     ModelConfig,
@@ -59,6 +65,8 @@ CUDA_CONTEXT_GIB = 1.0  # CUDA context, cuBLAS/cuDNN workspaces, compiled kernel
 NCCL_GIB = 0.5  # NCCL's communicators and buffers, when there is more than one GPU
 FRAGMENTATION = 0.10  # the caching allocator's reserved-but-unused share of what it hands out
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "bench" / "results"
+# What a peak can count: the formats training computes in (train.dtype without "auto").
+PEAK_DTYPES = tuple(d for d in DTYPES if d != "auto")
 
 
 # --------------------------------------------------------------------------- the model's shape
@@ -296,19 +304,84 @@ def _norm(name: str) -> str:
 
 def find_gpu(name: str) -> GPU:
     """A GPUS row by its name, an alias or a CUDA device name, ignoring case, spaces and dashes."""
+    gpu = lookup_gpu(name)
+    if gpu is None:
+        raise UserError(
+            f"--gpu {name!r} is not a GPU the planner knows; {_KNOWN}; or describe it with "
+            + _DESCRIBE
+        )
+    return gpu
+
+
+def lookup_gpu(name: str) -> GPU | None:
+    """The GPUS row of a name, an alias or a CUDA device name, or None when unknown; refuses a
+    name that is the start of several rows' names ("A100": the memory decides the fit)."""
     wanted = _norm(name)
     for gpu in GPUS:
         if wanted in {_norm(n) for n in (gpu.name, *gpu.aliases)}:
             return gpu
-    if wanted == "a100":
+    starts = [g.name for g in GPUS if len(wanted) >= 3 and _norm(g.name).startswith(wanted)]
+    if len(starts) > 1:
+        choices = ", ".join(f"'{n}'" for n in starts[:-1]) + f" or '{starts[-1]}'"
         raise UserError(
-            "--gpu A100 is ambiguous: say 'A100 40GB' or 'A100 80GB' (the memory decides the fit)"
+            f"--gpu {name} is ambiguous: say {choices} (each has its own memory and peak), or describe "
+            "it with --gpu-memory-gib and --peak-tflops"
         )
-    by_device = gpu_for_device_name(name) if len(wanted) >= 4 else None
-    if by_device is None:
-        known = ", ".join(g.name for g in GPUS)
-        raise UserError(f"--gpu {name!r} is not a GPU the planner knows; known: {known}")
-    return by_device
+    return gpu_for_device_name(name) if len(wanted) >= 2 else None
+
+
+_KNOWN = "known: " + ", ".join(g.name for g in GPUS)
+_DESCRIBE = (
+    "--gpu-memory-gib GIB (what torch's total_memory reports, in GiB) and --peak-tflops TFLOPS "
+    "(its dense bf16 Tensor Core peak)"
+)
+
+
+def gpu_for_request(
+    name: str, memory_gib: float | None, peak_tflops: float | None, peak_dtype: str | None
+) -> tuple[GPU, list[str]]:
+    """The GPU to plan for and the flags that gave its figures (not the table): a known GPU,
+    with --gpu-memory-gib / --peak-tflops (--peak-dtype) overriding its figures, or an unknown
+    one described by both. Refuses an unknown GPU without both figures, and --peak-dtype without
+    --peak-tflops (it says what that figure counts)."""
+    if peak_dtype is not None and peak_tflops is None:
+        raise UserError(
+            "--peak-dtype is the number format of --peak-tflops: give --peak-tflops too"
+        )
+    described = memory_gib is not None and peak_tflops is not None
+    try:
+        known = lookup_gpu(name)
+    except UserError:
+        if not described:
+            raise
+        known = None  # "A100" with both figures: the figures decide, under the name given
+    given = [
+        f
+        for f, v in (("--gpu-memory-gib", memory_gib), ("--peak-tflops", peak_tflops))
+        if v is not None
+    ]
+    if known is None:
+        if not given:
+            find_gpu(name)  # raises the refusal of an unknown name alone
+        if not described:
+            missing = "--peak-tflops" if memory_gib is not None else "--gpu-memory-gib"
+            raise UserError(
+                f"--gpu {name!r} is not a GPU the planner knows: describing it takes "
+                f"--gpu-memory-gib and --peak-tflops, add {missing}; {_KNOWN}"
+            )
+        assert memory_gib is not None and peak_tflops is not None  # described
+        gpu = GPU(name, (), peak_tflops * 1e12, memory_gib, dtype=peak_dtype or "bfloat16")
+        return gpu, given
+    gpu = known
+    if memory_gib is not None:
+        gpu = replace(gpu, memory_gib=memory_gib)
+    if peak_tflops is not None:
+        # a peak given replaces the row's, and its dtype (bf16 unless --peak-dtype says), and so
+        # its note, which was about the table's peak
+        dtype = peak_dtype or "bfloat16"
+        note = gpu.note if dtype == gpu.dtype else ""
+        gpu = replace(gpu, peak_flops=peak_tflops * 1e12, dtype=dtype, note=note)
+    return gpu, given
 
 
 def measured_mfu(
@@ -321,7 +394,10 @@ def measured_mfu(
         res = read_bench_result(path)
         if res is None or res.get("mfu") is None:
             continue
-        if gpu_for_device_name(str(res.get("device", ""))) != gpu:
+        found = gpu_for_device_name(str(res.get("device", "")))
+        if (
+            found is None or found.name != gpu.name
+        ):  # by name: the table's figures may be overridden
             continue
         if not _same_model(res.get("model", {}), model_cfg):
             continue
@@ -352,7 +428,7 @@ def _same_model(model: dict[str, Any], model_cfg: ModelConfig) -> bool:
 class Request:
     """The planner's command line, parsed."""
 
-    gpu: GPU
+    gpu: GPU  # the table's row, with the figures given on the command line, or one described there
     gpus_per_node: int
     nodes: int
     strategy: str
@@ -361,6 +437,7 @@ class Request:
     tokens_per_s: float | None
     step_ms: float | None
     price_per_gpu_hour: float | None
+    gpu_given: tuple[str, ...] = ()  # the flags that gave the GPU's figures (not the table)
 
     @property
     def world(self) -> int:
@@ -490,6 +567,10 @@ def make_plan(cfg: Config, req: Request, results: Path = RESULTS_DIR) -> dict[st
             "name": req.gpu.name,
             "memory_gib": req.gpu.memory_gib,
             "peak_tflops": req.gpu.peak_flops / 1e12,
+            "peak_dtype": req.gpu.dtype,
+            "in_table": bool(req.gpu.match),  # described on the command line: no device names
+            "given": list(req.gpu_given),
+            "note": req.gpu.note,
         },
         "gpus": world,
         "nodes": req.nodes,
@@ -595,7 +676,9 @@ def format_plan(p: dict[str, Any]) -> str:
         f"{c['n_embd']}, vocab {c['vocab']}), {p['flops_per_token'] / 1e6:,.1f} MFLOP/token; "
         f"{c['dtype']}",
         f"GPUs: {world} x {gpu['name']} ({gpu['memory_gib']:g} GiB usable, {gpu['peak_tflops']:g} TFLOP/s "
-        f"dense bf16) on {p['nodes']} node(s)",
+        f"dense {_DTYPE_WORDS.get(gpu['peak_dtype'], gpu['peak_dtype'])}) on {p['nodes']} node(s)"
+        + _gpu_source(gpu),
+        *([f"  note: {gpu['note']}"] if gpu["note"] else []),
         f"batch: {b['tokens_per_step']:,} tokens/step = {b['micro_batch']} x {c['seq_len']} x "
         f"{world} GPUs x {b['grad_accum']} accumulation; {b['steps']:,} steps = "
         f"{b['tokens']:,} tokens",
@@ -611,6 +694,17 @@ def format_plan(p: dict[str, Any]) -> str:
     if p["cost"] is not None:
         lines.append(f"cost: ${p['cost']:,.2f} at ${p['price_per_gpu_hour']:g} per GPU-hour")
     return "\n".join(lines)
+
+
+_DTYPE_WORDS = {"bfloat16": "bf16", "float32": "float32"}
+
+
+def _gpu_source(gpu: dict[str, Any]) -> str:
+    """Where the GPU's figures come from, when not (only) from the table."""
+    given = " and ".join(gpu["given"])
+    if not gpu["in_table"]:
+        return f"; not in the table: described by {given}"
+    return f"; {given} given, replacing the table's" if given else ""
 
 
 def _memory_table(p: dict[str, Any]) -> list[str]:
@@ -695,6 +789,8 @@ examples:
   python -m gpt2repro.plan --config configs/gpt2_124m.toml --gpus 8 --gpu H100 --tokens 10e9 \\
       --step-ms 140 --price-per-gpu-hour 2.5
   python -m gpt2repro.plan --config configs/gpt2_1558m.toml --gpus 8 --nodes 2 --gpu h200 --json
+  python -m gpt2repro.plan --config configs/gpt2_124m.toml --gpus 8 --gpu A40 \\
+      --gpu-memory-gib 44.3 --peak-tflops 149.7     # a GPU not in the table
 
 Config keys are overridden as in training (--train.seq_len=2048); --micro-batch and --strategy
 are the same settings as --train.micro_batch_size and --dist.strategy. Known GPUs: """
@@ -716,7 +812,31 @@ def _parser() -> argparse.ArgumentParser:
         "--gpu",
         required=True,
         metavar="NAME",
-        help="GPU model, e.g. H100, 'H100 PCIe', 'A100 40GB', L40S",
+        help="GPU model, e.g. H100, 'H100 PCIe', 'A100 40GB', L40S; any other name with "
+        "--gpu-memory-gib and --peak-tflops",
+    )
+    add_option(
+        p,
+        "--gpu-memory-gib",
+        type=float,
+        metavar="GIB",
+        check=POSITIVE,
+        help="memory a process can use on one GPU, in GiB (torch's total_memory / 2**30): "
+        "describes an unknown GPU (with --peak-tflops) or replaces a known one's",
+    )
+    add_option(
+        p,
+        "--peak-tflops",
+        type=float,
+        metavar="TFLOPS",
+        check=POSITIVE,
+        help="dense Tensor Core peak of one GPU in TFLOP/s (half a 'with sparsity' figure), "
+        "in --peak-dtype: describes an unknown GPU (with --gpu-memory-gib) or replaces a known one's",
+    )
+    p.add_argument(
+        "--peak-dtype",
+        choices=PEAK_DTYPES,
+        help="the number format --peak-tflops counts (default: bfloat16)",
     )
     add_option(p, "--nodes", type=int, default=1, metavar="K", check=AT_LEAST_1, help="nodes")
     add_option(
@@ -786,8 +906,10 @@ def parse(argv: list[str]) -> tuple[Config, Request, bool]:
         )
     if args.mfu is not None and args.mfu > 1:
         raise UserError(f"--mfu is a fraction of the peak (0.4 = 40%), got {args.mfu}")
+    gpu, given = gpu_for_request(args.gpu, args.gpu_memory_gib, args.peak_tflops, args.peak_dtype)
     req = Request(
-        gpu=find_gpu(args.gpu),
+        gpu=gpu,
+        gpu_given=tuple(given),
         gpus_per_node=args.gpus,
         nodes=args.nodes,
         strategy=cfg.dist.strategy,

@@ -372,7 +372,14 @@ def test_an_oversized_run_says_by_how_much_and_what_fits() -> None:
      ("H200", "H200 SXM"), ("h200_nvl", "H200 NVL"), ("a100 40gb", "A100 40GB"),
      ("A100-80GB", "A100 80GB"), ("l40s", "L40S"), ("4090", "RTX 4090"),
      ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("NVIDIA A100-SXM4-40GB", "A100 40GB"),
-     ("NVIDIA H100 80GB HBM3", "H100 SXM")],
+     ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+     ("b200", "B200"), ("NVIDIA B200", "B200"), ("GH200", "GH200"), ("gh200-480gb", "GH200"),
+     ("NVIDIA GH200 480GB", "GH200"), ("gh200 120gb", "GH200 120GB"), ("a10g", "A10G"),
+     ("NVIDIA A10G", "A10G"), ("l4", "L4"), ("NVIDIA L4", "L4"), ("rtx 6000 ada", "RTX 6000 Ada"),
+     ("NVIDIA RTX 6000 Ada Generation", "RTX 6000 Ada"), ("a6000", "RTX A6000"),
+     ("NVIDIA RTX A6000", "RTX A6000"), ("v100 sxm2 32gb", "V100 SXM2 32GB"),
+     ("Tesla V100-SXM2-32GB", "V100 SXM2 32GB"), ("Tesla V100-PCIE-16GB", "V100 PCIe 16GB"),
+     ("mi300x", "MI300X"), ("AMD Instinct MI300X", "MI300X")],
 )  # fmt: skip
 def test_gpu_names_and_aliases(alias: str, name: str) -> None:
     assert plan.find_gpu(alias).name == name
@@ -386,9 +393,11 @@ def test_every_known_gpu_has_memory_and_a_peak_and_is_in_the_docs() -> None:
         assert gpu.memory_gib > 0 and gpu.peak_flops > 0
         row = next((ln for ln in docs.splitlines() if ln.startswith(f"| {gpu.name} |")), None)
         assert row, f"{gpu.name} has no row (and source) in docs/planning.md"
-        datasheet, usable = row.split("|")[2:4]
+        datasheet, usable, peak = row.split("|")[2:5]
         assert float(usable.split()[0]) == gpu.memory_gib, row
         assert gpu.memory_gib < float(datasheet.split()[0]), row
+        assert float(peak.split()[0].replace(",", "")) * 1e12 == gpu.peak_flops, row
+        assert (gpu.dtype == "float32") == ("float32" in peak), row  # a float32 peak is marked
     # torch's total_memory on a real H200 is 143,156 MiB (docs/planning.md, "Known GPUs")
     assert plan.find_gpu("H200").memory_gib == pytest.approx(143156 / 1024, abs=0.1)
 
@@ -396,8 +405,20 @@ def test_every_known_gpu_has_memory_and_a_peak_and_is_in_the_docs() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--gpus", "8", "--gpu", "V100"], "--gpu 'V100' is not a GPU the planner knows; known: H100 PCIe"),
+        (["--gpus", "8", "--gpu", "B300"], "--gpu 'B300' is not a GPU the planner knows; known: B200, GH200 120GB, GH200, H100 PCIe"),
+        (["--gpus", "8", "--gpu", "B300"], "or describe it with --gpu-memory-gib GIB (what torch's total_memory reports, in GiB) and --peak-tflops TFLOPS"),
+        (["--gpus", "8", "--gpu", "B300", "--peak-tflops", "2500"], "--gpu 'B300' is not a GPU the planner knows: describing it takes --gpu-memory-gib and --peak-tflops, add --gpu-memory-gib; known: B200"),
+        (["--gpus", "8", "--gpu", "B300", "--gpu-memory-gib", "180"], "add --peak-tflops; known: B200"),
         (["--gpus", "8", "--gpu", "A100"], "--gpu A100 is ambiguous"),
+        (["--gpus", "8", "--gpu", "V100"], "--gpu V100 is ambiguous: say 'V100 SXM2 16GB', 'V100 SXM2 32GB', 'V100 PCIe 16GB' or 'V100 PCIe 32GB'"),
+        (["--gpus", "8", "--gpu", "H100", "--gpu-memory-gib", "0"], "--gpu-memory-gib must be a positive number, got 0.0"),
+        (["--gpus", "8", "--gpu", "H100", "--gpu-memory-gib", "-80"], "--gpu-memory-gib must be a positive number, got -80.0"),
+        (["--gpus", "8", "--gpu", "H100", "--gpu-memory-gib", "nan"], "--gpu-memory-gib must be a positive number, got nan"),
+        (["--gpus", "8", "--gpu", "X1", "--gpu-memory-gib", "80", "--peak-tflops", "inf"], "--peak-tflops must be a positive number, got inf"),
+        (["--gpus", "8", "--gpu", "H100", "--peak-tflops", "-1"], "--peak-tflops must be a positive number, got -1.0"),
+        (["--gpus", "8", "--gpu", "H100", "--gpu-memory-gib", "big"], "argument --gpu-memory-gib: invalid float value: 'big'"),
+        (["--gpus", "8", "--gpu", "H100", "--peak-dtype", "float32"], "--peak-dtype is the number format of --peak-tflops: give --peak-tflops too"),
+        (["--gpus", "8", "--gpu", "H100", "--peak-tflops", "400", "--peak-dtype", "fp8"], "argument --peak-dtype: invalid choice: 'fp8'"),
         (["--gpus", "0", "--gpu", "H100"], "--gpus must be >= 1, got 0"),
         (["--gpus", "8", "--nodes", "0", "--gpu", "H100"], "--nodes must be >= 1"),
         (["--gpus", "8", "--gpu", "H100", "--micro-batch", "48"], "train.total_batch_tokens=524288 is not a multiple"),
@@ -416,6 +437,74 @@ def test_bad_input_is_one_line(args: list[str], message: str) -> None:
     with pytest.raises(UserError) as e:
         plan.parse(["--config", "configs/gpt2_124m.toml", *args])
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_unknown_gpu_described_plans_as_the_table_row_with_the_same_figures() -> None:
+    """--gpu NAME unknown with --gpu-memory-gib and --peak-tflops plans for NAME: the same memory,
+    fit, speed and time as the table's H100 SXM when given its figures, and says where they came
+    from."""
+    base = ["--config", "configs/gpt2_124m.toml", "--gpus", "8", "--tokens", "10e9"]
+    known = plan_json(*base, "--gpu", "H100")
+    cfg, req, _ = plan.parse([*base, "--gpu", "Z100", "--gpu-memory-gib", "79.1",
+                              "--peak-tflops", "989"])  # fmt: skip
+    assert req.gpu.name == "Z100" and req.gpu.memory_gib == 79.1
+    assert req.gpu.peak_flops == 989e12 and req.gpu.dtype == "bfloat16"
+    described = plan.make_plan(cfg, req)
+    for key in ("memory_gib", "chosen_gib", "capacity_gib", "fits", "speed", "wall_seconds"):
+        assert described[key] == known[key], key
+    assert described["gpu"] == {
+        "name": "Z100", "memory_gib": 79.1, "peak_tflops": 989.0, "peak_dtype": "bfloat16",
+        "in_table": False, "given": ["--gpu-memory-gib", "--peak-tflops"], "note": "",
+    }  # fmt: skip
+    assert known["gpu"]["in_table"] and known["gpu"]["given"] == []
+    text = plan.format_plan(described)
+    assert (
+        "GPUs: 8 x Z100 (79.1 GiB usable, 989 TFLOP/s dense bf16) on 1 node(s); not in the "
+        "table: described by --gpu-memory-gib and --peak-tflops" in text
+    )
+    assert "not in the table" not in plan.format_plan(known)
+    # a smaller card by the same flags: the fit follows the memory given
+    small = plan_json(*base, "--gpu", "B300", "--gpu-memory-gib", "16", "--peak-tflops", "2500")
+    assert not small["fits"] and small["capacity_gib"] == 16 and small["alternatives"]
+    # "A100" is ambiguous in the table, but with both figures it is a GPU described
+    a100 = plan_json(*base, "--gpu", "A100", "--gpu-memory-gib", "39.5", "--peak-tflops", "312")
+    assert a100["gpu"]["name"] == "A100" and not a100["gpu"]["in_table"]
+
+
+def test_the_flags_replace_a_known_gpus_figures_and_the_header_says_so() -> None:
+    base = ["--config", "configs/gpt2_124m.toml", "--gpus", "8", "--gpu", "H100"]
+    table = plan_json(*base)
+    less = plan_json(*base, "--gpu-memory-gib", "20")
+    assert less["gpu"]["name"] == "H100 SXM" and less["gpu"]["peak_tflops"] == 989
+    assert less["capacity_gib"] == 20 and table["fits"] and not less["fits"]
+    assert less["chosen_gib"] == table["chosen_gib"]  # the memory a run needs is the same
+    assert "--gpu-memory-gib given, replacing the table's" in plan.format_plan(less)
+    slower = plan_json(*base, "--peak-tflops", "494.5")  # half the peak, the same assumed MFU
+    assert slower["speed"]["tokens_per_s"] == pytest.approx(table["speed"]["tokens_per_s"] / 2)
+    assert slower["wall_seconds"] == pytest.approx(2 * table["wall_seconds"])
+    assert slower["capacity_gib"] == table["capacity_gib"]
+    assert "--peak-tflops given, replacing the table's" in plan.format_plan(slower)
+    both = plan.format_plan(plan_json(*base, "--gpu-memory-gib", "70", "--peak-tflops", "900"))
+    assert "8 x H100 SXM (70 GiB usable, 900 TFLOP/s dense bf16)" in both
+    assert "--gpu-memory-gib and --peak-tflops given, replacing the table's" in both
+
+
+def test_a_v100_plans_with_its_float32_peak_and_says_why() -> None:
+    """Volta has no bf16 Tensor Cores: the V100 rows carry a float32 peak, and the plan says that
+    its MFU is not comparable and bf16 autocast runs without Tensor Cores there."""
+    base = ["--config", "configs/gpt2_124m.toml", "--gpus", "8", "--gpu", "V100 SXM2 32GB"]
+    p = plan_json(*base)
+    assert p["gpu"]["peak_dtype"] == "float32" and p["gpu"]["peak_tflops"] == 15.7
+    text = plan.format_plan(p)
+    assert "8 x V100 SXM2 32GB (31.7 GiB usable, 15.7 TFLOP/s dense float32)" in text
+    assert "note: Volta has no bf16 Tensor Cores" in text and "--train.dtype=float32" in text
+    # a peak given in float32 keeps the note; a bf16 peak given (another card's) drops it
+    fp32 = plan_json(*base, "--peak-tflops", "15", "--peak-dtype", "float32")
+    assert fp32["gpu"]["peak_dtype"] == "float32" and fp32["gpu"]["note"] == p["gpu"]["note"]
+    bf16 = plan_json(*base, "--peak-tflops", "100")
+    assert bf16["gpu"]["peak_dtype"] == "bfloat16" and bf16["gpu"]["note"] == ""
+    assert "note:" not in plan.format_plan(plan_json("--config", "configs/gpt2_124m.toml",
+                                                     "--gpus", "8", "--gpu", "B200"))  # fmt: skip
 
 
 def test_short_flags_are_the_config_keys() -> None:
@@ -468,6 +557,16 @@ def test_cli_errors_are_one_line_without_traceback(
         == 0
     )
     assert json.loads(capsys.readouterr().out)["gpu"]["name"] == "H200 SXM"
+    # a GPU not in the table, through the command line: planned under its own name
+    described = ["--config", "configs/gpt2_124m.toml", "--gpus", "8", "--gpu", "A40",
+                 "--gpu-memory-gib", "44.3", "--peak-tflops", "149.7"]  # fmt: skip
+    assert run_cli(plan.main, [*described, "--json"]) == 0
+    gpu = json.loads(capsys.readouterr().out)["gpu"]
+    assert gpu["name"] == "A40" and gpu["memory_gib"] == 44.3 and gpu["peak_tflops"] == 149.7
+    assert run_cli(plan.main, described[:-4]) == 2  # without the figures: refused in one line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --gpu 'A40' is not a GPU the planner")
+    assert "--gpu-memory-gib" in err and "--peak-tflops" in err and "L40S" in err
 
 
 def _gpu_measurements() -> list[tuple[Path, dict[str, Any]]]:
