@@ -508,3 +508,85 @@ def test_workers_below_one_are_refused(workers: str) -> None:
     with pytest.raises(UserError, match=rf"--workers {workers} must be at least 1"):
         fineweb.parse_args(argv)
     assert run_cli(shakespeare.main, ["--workers", workers, "--out-dir", "unused"]) == 2
+
+
+def test_a_damaged_complete_output_is_rebuilt_to_identical_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It used to answer 'already complete; nothing to do', so the loader's advice for a damaged
+    shard (delete it and re-run data prep) led nowhere."""
+    _corpus(tmp_path / "in", n_docs=120)
+    out = tmp_path / "out"
+    _run(tmp_path / "in", out, shard_size=3000)
+    good = {**_bytes(out), "manifest.json": (out / "manifest.json").read_bytes()}
+    assert len(good) >= 5
+    names = sorted(n for n in good if n.endswith(".bin"))
+    kept = out / names[1]
+    stamp = kept.stat().st_mtime_ns
+    for damage in ("delete", "truncate", "flip", "all"):
+        if damage == "delete":
+            (out / names[2]).unlink()
+        elif damage == "truncate":
+            with open(out / names[-1], "r+b") as f:
+                f.truncate(2000)
+        elif damage == "flip":  # same size, other bytes: only the sha256 tells
+            raw = bytearray((out / names[0]).read_bytes())
+            raw[-1] ^= 1
+            (out / names[0]).write_bytes(bytes(raw))
+        else:
+            for n in names:
+                (out / n).unlink()
+        capsys.readouterr()
+        _run(tmp_path / "in", out, shard_size=3000)
+        assert "rebuilding" in capsys.readouterr().out
+        assert {**_bytes(out), "manifest.json": (out / "manifest.json").read_bytes()} == good
+        assert not (out / "progress.json").exists()
+        if damage != "all":
+            assert kept.stat().st_mtime_ns == stamp  # an intact shard is not rewritten
+
+
+def test_the_loaders_advice_for_a_truncated_shard_works_when_followed(tmp_path: Path) -> None:
+    _corpus(tmp_path / "in", n_docs=300)
+    out = tmp_path / "out"
+    assert _cli(tmp_path / "in", out, "--workers", "1").wait() == 0
+    good = {**_bytes(out), "manifest.json": (out / "manifest.json").read_bytes()}
+    shard = out / "t_train_000002.bin"
+    with open(shard, "r+b") as f:  # a truncated copy
+        f.truncate(3000)
+    (out / "manifest.json").rename(tmp_path / "manifest.json")  # the loader's own check first
+    with pytest.raises(UserError, match="truncated or corrupt; delete it and re-run the data_prep"):
+        read_shard(shard)
+    (tmp_path / "manifest.json").rename(out / "manifest.json")
+    with pytest.raises(UserError, match="t_train_000002.bin is 3,000 bytes.*re-run the data_prep"):
+        shard_paths(out, "train")
+    shard.unlink()  # as advised, then the same command again
+    assert _cli(tmp_path / "in", out, "--workers", "1").wait() == 0
+    assert {**_bytes(out), "manifest.json": (out / "manifest.json").read_bytes()} == good
+
+
+def test_a_rebuild_refuses_what_is_not_its_to_replace(tmp_path: Path) -> None:
+    _corpus(tmp_path / "in", n_docs=60)
+    out = tmp_path / "out"
+    _run(tmp_path / "in", out, shard_size=3000)
+    names = sorted(p.name for p in out.glob("*.bin"))
+    extra = out / "t_train_000099.bin"
+    extra.write_bytes(b"mine")
+    with pytest.raises(UserError, match=r"t_train_000099\.bin, which manifest\.json does not list"):
+        _run(tmp_path / "in", out, shard_size=3000)
+    extra.unlink()
+    (out / names[1]).unlink()
+    (out / names[1]).symlink_to("/mnt/not-mounted/x.bin")
+    with pytest.raises(UserError, match=r"is a link to /mnt/not-mounted/x\.bin.*does not exist"):
+        _run(tmp_path / "in", out, shard_size=3000)
+    assert (out / names[1]).is_symlink()
+
+
+def test_val_docs_beyond_the_corpus_names_val_docs(tmp_path: Path) -> None:
+    """It used to make every document validation and no train shard, with a note."""
+    _corpus(tmp_path / "in", n_docs=100)
+    with pytest.raises(UserError) as e:
+        _run(tmp_path / "in", tmp_path / "out", shard_size=10**6, val_items=500)
+    assert str(e.value).startswith("--val-docs 500 is more than the 100 documents")
+    assert not (tmp_path / "out").exists()  # nothing left behind
+    with pytest.raises(UserError, match=r"exceed one shard.*--val-docs 7\b.*lower --val-docs"):
+        _run(tmp_path / "in", tmp_path / "out2", shard_size=50, val_items=7)
