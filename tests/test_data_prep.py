@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -590,3 +591,97 @@ def test_val_docs_beyond_the_corpus_names_val_docs(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()  # nothing left behind
     with pytest.raises(UserError, match=r"exceed one shard.*--val-docs 7\b.*lower --val-docs"):
         _run(tmp_path / "in", tmp_path / "out2", shard_size=50, val_items=7)
+
+
+def _compress(path: Path, suffix: str) -> Path:
+    """`path` compressed beside it as `path` + suffix (.gz or .zst); the original removed."""
+    raw = path.read_bytes()
+    out = path.with_name(path.name + suffix)
+    if suffix == ".gz":
+        out.write_bytes(gzip.compress(raw, mtime=0))
+    else:
+        import zstandard  # optional: the .zst test is skipped without it
+
+        out.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    path.unlink()
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_compressed_inputs_give_the_same_shards(tmp_path: Path, suffix: str) -> None:
+    """.jsonl/.json/.txt compressed: used to be skipped without a word in an --input dir."""
+    if suffix == ".zst":
+        pytest.importorskip("zstandard")
+    _corpus(tmp_path / "plain", n_docs=200)
+    _corpus(tmp_path / "packed", n_docs=200)
+    for name in ("a.jsonl", "d.json", "e.txt"):
+        _compress(tmp_path / "packed" / name, suffix)
+    (tmp_path / "packed" / "b.jsonl").rename(tmp_path / "packed" / "b")
+    _compress(
+        tmp_path / "packed" / "b", suffix
+    )  # a bare .gz is not read; a bare .zst is JSON lines
+    if suffix == ".gz":
+        with pytest.raises(UserError, match=r"cannot read .*b\.gz \(not a format this reads\)"):
+            fineweb.expand_inputs(str(tmp_path / "packed"))
+        (tmp_path / "packed" / "b.gz").rename(tmp_path / "packed" / "b.jsonl.gz")
+    files = fineweb.expand_inputs(str(tmp_path / "packed"))
+    assert len(files) == 5
+    _run(tmp_path / "plain", tmp_path / "o1", shard_size=5000)
+    _run(tmp_path / "packed", tmp_path / "o2", shard_size=5000)
+    assert _bytes(tmp_path / "o1") == _bytes(tmp_path / "o2")
+
+
+def test_a_zst_input_without_zstandard_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd")
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # as if not installed
+    with pytest.raises(UserError) as e:
+        fineweb.expand_inputs(str(tmp_path / "in"))
+    msg = str(e.value)
+    assert "a.jsonl.zst" in msg and "pip install zstandard" in msg and "\n" not in msg
+
+
+def test_input_files_it_cannot_read_are_named_never_skipped(tmp_path: Path) -> None:
+    _corpus(tmp_path / "in", n_docs=100)
+    d = tmp_path / "in"
+    (d / "notes.md").write_text("my notes")
+    (d / "sub").mkdir()
+    (d / "gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    with pytest.raises(UserError) as e:
+        fineweb.expand_inputs(str(d))
+    msg = str(e.value)
+    assert "notes.md (not a format this reads)" in msg and "\n" not in msg
+    assert f"gone.jsonl (a link to {tmp_path / 'nowhere.jsonl'}, which does not exist)" in msg
+    assert "sub (a directory" in msg
+    with pytest.raises(UserError, match=r"notes\.md"):  # a glob that names it too
+        fineweb.expand_inputs(str(d / "*"))
+    with pytest.raises(UserError, match=r"gone\.jsonl \(a link"):  # a glob names the link
+        fineweb.expand_inputs(str(d / "*.jsonl"))
+    (d / "gone.jsonl").unlink()
+    assert len(fineweb.expand_inputs(str(d / "*.jsonl"))) == 2
+    (d / "bad.jsonl.gz").write_bytes(gzip.compress(b'{"text": "x"}\n' * 100)[:-20])  # truncated
+    files = [d / "bad.jsonl.gz"]
+    with pytest.raises(UserError, match=r"--input file .*bad\.jsonl\.gz cannot be read \(EOFError"):
+        list(fineweb.local_items(files, "text"))
+
+
+@pytest.mark.parametrize("layout", ["same", "out-in-input", "input-in-out", "file-in-out"])
+def test_overlapping_input_and_out_dir_are_refused_before_any_work(
+    tmp_path: Path, layout: str
+) -> None:
+    src = tmp_path / "corpus"
+    _corpus(src, n_docs=100)
+    out, spec = {
+        "same": (src, str(src)),
+        "out-in-input": (src / "shards", str(src)),
+        "input-in-out": (tmp_path, str(src)),
+        "file-in-out": (tmp_path, str(src / "a.jsonl")),
+    }[layout]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(UserError) as e:
+        fineweb.main(["--input", spec, "--out-dir", str(out), "--quiet", "--workers", "1"])
+    msg = str(e.value)
+    assert "--out-dir" in msg and "outside the input" in msg and "delete" not in msg
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before

@@ -79,12 +79,15 @@ class Stream(NamedTuple):
 OpenItems = Callable[[int], Stream]
 
 
-def jsonl_items(path: Path, skip: int = 0) -> Generator[Item, None, int]:
+def jsonl_items(
+    path: Path, skip: int = 0, lines: Iterable[bytes] | None = None
+) -> Generator[Item, None, int]:
     """The documents of a JSON-lines file, one per non-blank line, after dropping the first `skip`.
+    `lines`: the file's lines already opened (a decompressing reader), else `path` is opened.
 
     Returns how many of `skip` are left when the file holds fewer documents.
     """
-    with path.open("rb") as f:
+    with contextlib.nullcontext(lines) if lines is not None else path.open("rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue  # blank lines are not documents
