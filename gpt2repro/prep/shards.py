@@ -387,6 +387,10 @@ class ShardBuffer:
             raise UserError(
                 f"more than {MAX_SHARDS:,} shards of {self.shard_size:,} tokens; raise --shard-size"
             )
+        # made at the first shard: a run that fails before it (a source that does not open, a
+        # bad --val-docs, a damaged input file) leaves nothing behind
+        with _writing(self.out.parent, self.out.name):
+            self.out.mkdir(parents=True, exist_ok=True)
         if not (self.out / PROGRESS).exists():
             # A fresh run records its start first: killed after the first shard's rename, it would
             # otherwise leave a shard and no progress.json, which the rerun refuses as strays.
@@ -489,8 +493,6 @@ def write_shards(
     shards = ShardBuffer(out, state, prefix=prefix, shard_size=shard_size, val_items=val_items)
     shards.intact = intact or {}
     stream = open_items(shards.start)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)  # now: a source that fails to open leaves nothing
     console = Console(stream, start=shards.start, quiet=quiet)
     jobs = _chunks(
         stream.items, start=shards.start, text_field=options.text_field, val_items=val_items
@@ -508,10 +510,7 @@ def write_shards(
             n_items=n_items, nbytes=nbytes, docs=n_items - len(bad), tokens=len(tokens)
         )
     if val_items is not None and shards.index == 0 and 0 < shards.end < val_items:
-        console.close()
-        if created:  # nothing was written (the val shard closes at --val-docs): leave no trace
-            with contextlib.suppress(OSError):
-                out.rmdir()
+        console.close()  # nothing written yet: the val shard closes at --val-docs
         raise UserError(
             f"--val-docs {val_items:,} is more than the {shards.end:,} documents of the input "
             f"(every one would be validation, none train); pass --val-docs below {shards.end:,}"
