@@ -290,7 +290,7 @@ def _check_numbering(d: Path, shards: list[tuple[int, str, str]], option: str) -
     no gap: only the manifest can tell.) `shards`: (index, split, file name)."""
     groups = [[s for s in shards if s[1] == split] for split in ("val", "train")]
     for group in [*groups, shards]:
-        names = {}
+        names: dict[int, str] = {}
         for index, _, name in sorted(group):
             names.setdefault(index, name)
         indices = sorted(names)
