@@ -580,6 +580,11 @@ def test_a_rebuild_refuses_what_is_not_its_to_replace(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"is a link to /mnt/not-mounted/x\.bin.*does not exist"):
         _run(tmp_path / "in", out, shard_size=3000)
     assert (out / names[1]).is_symlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["shards"][0]["tokens"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"manifest\.json does not list its shards"):
+        _run(tmp_path / "in", out, shard_size=3000)
 
 
 def test_val_docs_beyond_the_corpus_names_val_docs(tmp_path: Path) -> None:

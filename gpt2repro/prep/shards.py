@@ -278,7 +278,16 @@ def check_complete(out: Path, manifest: dict, prefix: str) -> tuple[list[str], d
     damaged one], {intact shard: its sha256}). A shard file the manifest does not list, or one
     that is a link pointing nowhere, is refused: neither is data prep's to replace."""
     damaged, intact = [], {}
-    listed = {e["file"] for e in manifest.get("shards", [])}
+    entries = manifest.get("shards")
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("tokens"), int)
+        for e in entries
+    ):
+        raise UserError(
+            f"{out / MANIFEST} does not list its shards with file and tokens (edited by hand?); "
+            "use another --out-dir, or delete this one to start over"
+        )
+    listed = {e["file"] for e in entries}
     for p in sorted(out.iterdir()):
         m = SHARD_NAME.match(p.name)
         if m is not None and m["prefix"] == prefix and p.name not in listed:
@@ -286,7 +295,7 @@ def check_complete(out: Path, manifest: dict, prefix: str) -> tuple[list[str], d
                 f"--out-dir {out} holds {p.name}, which {MANIFEST} does not list; move it out of "
                 "--out-dir, then rerun the same command"
             )
-    for entry in manifest.get("shards", []):
+    for entry in entries:
         path = out / entry["file"]
         if path.is_symlink() and not path.exists():
             raise UserError(
