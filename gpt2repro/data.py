@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -38,6 +39,7 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 MAX_TOKEN = 2**16 - 1  # uint16
 SHARD_SUFFIXES = (".bin", ".npy")
+MANIFEST = "manifest.json"  # data prep's list of the shards it wrote (gpt2repro.prep.shards)
 _PREP_HINT = "run data_prep/fineweb.py or data_prep/shakespeare.py to create shards"
 
 
@@ -160,43 +162,193 @@ SHARD_NAME = re.compile(
 
 
 def shard_paths(data_dir: str | os.PathLike, split: str, option: str = "data.dir") -> list[Path]:
-    """The split's shards (`{prefix}_{split}_{index:06d}.bin` or `.npy`), sorted by index.
-
-    A directory must hold one prefix and, per split, one suffix: anything else is refused rather
-    than silently mixing two datasets. `option`: the key or flag the user set it with (messages).
-    """
+    """The split's shards (`{prefix}_{split}_{index:06d}.bin` or `.npy`), sorted by index, after
+    `verified_shards` checked the whole directory. `option`: the key or flag the user set it with
+    (messages)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    by_split = verified_shards(data_dir, option)
+    mine = by_split.get(split, [])
+    d = Path(data_dir)
+    if len({p.suffix for p in mine}) > 1:
+        prefix = mine[0].name.rsplit(f"_{split}_", 1)[0]
+        raise UserError(
+            f"data directory {d} holds both .bin and .npy {split} shards of prefix "
+            f"{prefix}; keep one format per directory (move the others out)"
+        )
+    if not mine:
+        others = sorted(p.name for p in d.iterdir() if p.suffix in SHARD_SUFFIXES)
+        others = [n for n in others if not SHARD_NAME.match(n)]
+        near = f" ({others[0]} does not match that name)" if others else ""
+        raise UserError(
+            f"data directory {d} holds no {split} shards ({{prefix}}_{split}_NNNNNN.bin or .npy)"
+            f"{near}; {_PREP_HINT}"
+        )
+    return mine
+
+
+def verified_shards(data_dir: str | os.PathLike, option: str = "data.dir") -> dict[str, list[Path]]:
+    """Every shard of a data directory by split ({'train': [...], 'val': [...]}, each sorted by
+    index), after checking that the directory is whole (a split's shards in two formats are
+    refused by `shard_paths`); cheap (names, sizes and one small JSON
+    file: no shard is read), so every start runs it.
+
+    Refused in one line naming the shard: a shard name that is not a regular file (a link pointing
+    nowhere: storage not mounted), two prefixes or two formats, a gap in the shard numbering, and,
+    when `manifest.json` (data prep's list) is present, any shard missing, extra (renamed ones
+    are both) or of another size than the manifest says. The shards' contents are checked by data
+    prep (sha256, when it finds a complete manifest) and by resume (`data_fingerprint`).
+    """
     d = Path(data_dir)
     if not d.is_dir():
         raise UserError(f"data directory {d} does not exist ({option}); {_PREP_HINT}")
-    found, others = [], []
-    for p in d.iterdir():
+    found: list[tuple[re.Match, Path]] = []
+    for p in sorted(d.iterdir()):
         m = SHARD_NAME.match(p.name)
-        if m and p.is_file():
-            found.append((m, p))
-        elif p.suffix in SHARD_SUFFIXES:
-            others.append(p.name)
+        if m is None:
+            continue
+        if not p.is_file():
+            raise UserError(f"{option} {d}: shard {p.name} {_not_a_file(p)}")
+        found.append((m, p))
     prefixes = sorted({m["prefix"] for m, _ in found})
     if len(prefixes) > 1:
         raise UserError(
             f"data directory {d} holds shards of {len(prefixes)} prefixes "
             f"({', '.join(prefixes)}); keep one dataset per directory (move the others out)"
         )
-    mine = [(m, p) for m, p in found if m["split"] == split]
-    suffixes = sorted({m["suffix"] for m, _ in mine})
-    if len(suffixes) > 1:
-        raise UserError(
-            f"data directory {d} holds both .bin and .npy {split} shards of prefix "
-            f"{prefixes[0]}; keep one format per directory (move the others out)"
+    if (d / MANIFEST).exists() or (d / MANIFEST).is_symlink():
+        _check_against_manifest(d, {p.name: p for _, p in found}, option)
+    _check_numbering(d, [(int(m["index"]), m["split"], p.name) for m, p in found], option)
+    by_split: dict[str, list[Path]] = {}
+    for m, p in sorted(found, key=lambda mp: int(mp[0]["index"])):
+        by_split.setdefault(m["split"], []).append(p)
+    return by_split
+
+
+def _not_a_file(p: Path) -> str:
+    """What a path that should be a shard file is instead, and the fix (for messages)."""
+    if p.is_symlink():
+        target = os.readlink(p)
+        return (
+            f"is a link to {target}, which does not exist (storage not mounted, or the data "
+            "moved?); mount or copy the data there, or remove the link"
         )
-    if not mine:
-        near = f" ({min(others)} does not match that name)" if others else ""
+    if p.is_dir():
+        return "is a directory, not a shard file; move it out of the data directory"
+    return "is not a regular file; move it out of the data directory"
+
+
+def _check_against_manifest(d: Path, found: dict[str, Path], option: str) -> None:
+    """The shards in `d` are exactly those manifest.json lists, each of the listed size."""
+    path = d / MANIFEST
+    fix = f"re-run the data_prep script that wrote {d} (it rebuilds missing and damaged shards)"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
         raise UserError(
-            f"data directory {d} holds no {split} shards ({{prefix}}_{split}_NNNNNN.bin or .npy)"
-            f"{near}; {_PREP_HINT}"
+            f"{option} {d}: {MANIFEST} cannot be read ({e}); {fix}, or move {MANIFEST} aside "
+            "to train without its check"
+        ) from None
+    if isinstance(manifest, dict) and "shards" not in manifest:
+        return  # another tool's manifest.json: nothing to check against
+    entries = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("tokens"), int)
+        for e in entries
+    ):
+        raise UserError(
+            f"{option} {d}: {MANIFEST} is not a data prep manifest (a list of shards, each with "
+            f"file and tokens); {fix}, or move {MANIFEST} aside to train without its check"
         )
-    return [p for _, p in sorted(mine, key=lambda mp: int(mp[0]["index"]))]
+    listed = {e["file"]: e["tokens"] for e in entries}
+    extra = sorted(set(found) - set(listed))
+    for name, tokens in listed.items():
+        if name not in found:
+            instead = f" ({extra[0]}, which it does not list, is there: renamed?)" if extra else ""
+            raise UserError(
+                f"{option} {d}: shard {name}, listed in {MANIFEST}, is missing{instead}; restore "
+                f"it, or {fix}"
+            )
+        size, expected = found[name].stat().st_size, HEADER_BYTES + 2 * tokens
+        if name.endswith(".bin") and size != expected:
+            raise UserError(
+                f"{option} {d}: shard {name} is {size:,} bytes but {MANIFEST} lists it with "
+                f"{tokens:,} tokens ({expected:,} bytes): truncated or replaced; {fix}"
+            )
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise UserError(
+            f"{option} {d}: shard {extra[0]}{more} is not listed in {MANIFEST} (added or "
+            f"renamed?); move it out of {d}, or {fix}"
+        )
+
+
+def _check_numbering(d: Path, shards: list[tuple[int, str, str]], option: str) -> None:
+    """No gap in the shard numbering, per split and over both splits together (data prep numbers
+    val 0 and train 1, 2, ...; other layouts number each split from 0): a gap is a shard deleted or
+    not copied, which training would otherwise skip without a word. (A missing *last* shard leaves
+    no gap: only the manifest can tell.) `shards`: (index, split, file name)."""
+    groups = [[s for s in shards if s[1] == split] for split in ("val", "train")]
+    for group in [*groups, shards]:
+        names: dict[int, str] = {}
+        for index, _, name in sorted(group):
+            names.setdefault(index, name)
+        indices = sorted(names)
+        for a, b in zip(indices, indices[1:], strict=False):
+            if b != a + 1:
+                raise UserError(
+                    f"{option} {d}: no shard numbered {a + 1:06d} between {names[a]} and "
+                    f"{names[b]} (deleted, or not copied?); restore it, or re-run the data_prep "
+                    f"script that wrote {d}"
+                )
+
+
+FINGERPRINT_VERSION = 1
+_SAMPLE_BYTES = 8192  # read at a shard's start, middle and end for its fingerprint
+
+
+def data_fingerprint(data_dir: str | os.PathLike) -> dict:
+    """The identity of a data directory's contents, as resume compares it (never the spelling of
+    its path): every shard's name, size in bytes and a hash of 8 KiB at its start, middle and end
+    (after `verified_shards`). About 24 KiB read per shard: a second or so for 10,000 shards, so
+    it is taken at every start rather than a full sha256 of billions of tokens; two corpora whose
+    shards agree in name, size and those bytes are taken as the same data."""
+    by_split = verified_shards(data_dir)
+    shards = []
+    for p in sorted((p for paths in by_split.values() for p in paths), key=lambda p: p.name):
+        size = p.stat().st_size
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for offset in sorted(
+                {0, max(0, size // 2 - _SAMPLE_BYTES // 2), max(0, size - _SAMPLE_BYTES)}
+            ):
+                f.seek(offset)
+                h.update(f.read(_SAMPLE_BYTES))
+        shards.append([p.name, size, h.hexdigest()[:16]])
+    return {"version": FINGERPRINT_VERSION, "shards": shards}
+
+
+def fingerprint_difference(saved: dict, now: dict) -> str | None:
+    """How two `data_fingerprint`s differ, naming the first shard (by name) that does, with a
+    count of the others; None when they are the same data."""
+    if saved.get("version") != now.get("version"):
+        return f"fingerprint version {saved.get('version')}, now {now.get('version')}"
+    old = {name: (size, h) for name, size, h in saved["shards"]}
+    new = {name: (size, h) for name, size, h in now["shards"]}
+    diffs = []
+    for name in sorted(old.keys() | new.keys()):
+        if name not in new:
+            diffs.append(f"shard {name} is gone")
+        elif name not in old:
+            diffs.append(f"shard {name} is new")
+        elif old[name][0] != new[name][0]:
+            diffs.append(f"shard {name} is {new[name][0]:,} bytes, was {old[name][0]:,}")
+        elif old[name][1] != new[name][1]:
+            diffs.append(f"shard {name} holds other tokens (same name and size)")
+    if not diffs:
+        return None
+    more = f" (and {len(diffs) - 1} more shards differ)" if len(diffs) > 1 else ""
+    return diffs[0] + more
 
 
 def token_id_problem(
@@ -417,10 +569,13 @@ class TokenLoader:
         mine = self._fingerprint()
         for key, value in mine.items():
             if d.get(key) != value:
+                if key in ("shards", "shard_tokens"):  # name the shard, not a truncated list
+                    what = _shard_list_difference(d.get("shards"), d.get("shard_tokens"), mine)
+                else:
+                    what = f"{key}: saved {_short(d.get(key))}, now {_short(value)}"
                 raise UserError(
                     f"the checkpoint's data loader state does not match {self.data_dir} "
-                    f"({key}: saved {_short(d.get(key))}, now {_short(value)}); resume with the "
-                    f"same data dir, seq_len and seed, or start a new run"
+                    f"({what}); resume with the same data dir, seq_len and seed, or start a new run"
                 )
         # The position counts windows, so a different global batch (another world size) resumes
         # at the same place in the same epoch order; only the split of rows over ranks changes.
@@ -451,6 +606,26 @@ def shards_with_a_window(
             "train.seq_len or prepare the data with a larger --shard-size"
         )
     return usable, short
+
+
+def _shard_list_difference(names: object, tokens: object, now: dict) -> str:
+    """The first train shard that differs between a saved loader state's lists (`names`,
+    `tokens`) and `now` (a loader's `_fingerprint`), in words."""
+    if not isinstance(names, list) or not isinstance(tokens, list) or len(names) != len(tokens):
+        return f"shards: saved {_short(names)}"
+    old = dict(zip(names, tokens, strict=True))
+    new = dict(zip(now["shards"], now["shard_tokens"], strict=True))
+    for i, name in enumerate(now["shards"]):
+        if i >= len(names) or names[i] != name:
+            if name not in old:
+                return f"shard {name} is new (the checkpoint's loader did not read it)"
+            return f"shard {name} is at place {i} of the list, not {names.index(name)}"
+        if old[name] != new[name]:
+            return f"shard {name} holds {new[name]:,} tokens, the checkpoint's {old[name]:,}"
+    missing = [n for n in names if n not in new]
+    if missing:
+        return f"shard {missing[0]} is gone (the checkpoint's loader read it)"
+    return f"shards: saved {_short(names)}"
 
 
 def _short(value: object) -> str:

@@ -28,7 +28,7 @@ from gpt2repro.checkpoint import (
     step_of,
     verify,
 )
-from gpt2repro.data import TokenLoader
+from gpt2repro.data import TokenLoader, data_fingerprint, fingerprint_difference
 from gpt2repro.errors import UserError
 
 
@@ -49,12 +49,24 @@ RUN_DEFINING = (
 )  # fmt: skip
 
 
-def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """'key=saved (now: new)' for each RUN_DEFINING setting that differs (configs as dicts)."""
+def changed_settings(
+    saved: dict[str, Any], now: dict[str, Any], saved_data: dict | None = None
+) -> list[str]:
+    """'key=saved (now: new)' for each RUN_DEFINING setting that differs (configs as dicts).
+
+    `data.dir` is compared by content when the checkpoint holds the data's fingerprint
+    (`saved_data`, data.data_fingerprint): the same data spelled another way (relative, absolute,
+    through a link) is no change, other data under the same names is one, naming the shard. Older
+    checkpoints have none: their path is compared (normalized)."""
     out = []
     for key in RUN_DEFINING:
         section, name = key.split(".")
         old, new = saved.get(section, {}).get(name), now[section][name]
+        if key == "data.dir" and saved_data is not None:
+            diff = fingerprint_difference(saved_data, data_fingerprint(new))
+            if diff is not None:
+                out.append(f"{key}={old} (now: {new}, where {diff})")
+            continue
         if key == "data.dir" and old is not None:
             old, new = os.path.normpath(old), os.path.normpath(new)
         if old != new:
@@ -93,7 +105,9 @@ def select_resume(
             "start over here (the old run is moved aside, not deleted)"
         )
     allowed = {k.strip() for k in allow_changes.split(",") if k.strip()}
-    changes = changed_settings(state["config"], config)
+    changes = changed_settings(state["config"], config, saved_data=state.get("data_fingerprint"))
+    if "data_fingerprint" not in state and is_main:
+        print(f"note: {path.name} predates data fingerprints: data.dir is compared by its path")
     refused = [c for c in changes if c.split("=")[0] not in allowed]
     if refused and mode == "auto":
         keys = ",".join(c.split("=")[0] for c in refused)

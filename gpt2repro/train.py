@@ -497,6 +497,7 @@ class Checkpointer:
         self.cfg = cfg
         self.loader = loader
         self.git_sha = git_sha
+        self.data_fingerprint = data.data_fingerprint(cfg.data.dir)  # what resume compares
         self.last_saved = on_disk  # the step already on disk (the resumed one), or -1
 
     def maybe_save(self, run: TrainContext, last: bool) -> bool:
@@ -514,6 +515,7 @@ class Checkpointer:
                 **run.guard.state_dict(),  # the exact skip count
                 "config": to_dict(self.cfg),
                 "git_sha": self.git_sha,
+                "data_fingerprint": self.data_fingerprint,
             },
             loader_state=self.loader.state_dict(),
             keep_last=self.cfg.checkpoint.keep_last,

@@ -15,7 +15,9 @@ from gpt2repro.data import (
     HEADER_BYTES,
     MAGIC,
     TokenLoader,
+    data_fingerprint,
     encode_header,
+    fingerprint_difference,
     load_tokens,
     read_shard,
     shard_paths,
@@ -130,14 +132,14 @@ def test_shard_paths_and_load_tokens(tmp_path: Path) -> None:
 def test_shard_names_split_and_prefix_by_regex(tmp_path: Path) -> None:
     toks = np.arange(100, dtype=np.uint16)
     write_shard(tmp_path / "my_val_set_val_000000.bin", toks)
-    for i in (1, 2, 10):
+    for i in (1, 2, 3):  # numbered without a gap (a gap is refused: see below)
         write_shard(tmp_path / f"my_val_set_train_{i:06d}.bin", toks)
     (tmp_path / "manifest.json").write_text("{}")
     (tmp_path / ".my_val_set_train_000003.bin.x1.tmp").write_bytes(b"")  # a writer's temp file
     # the split is the part before the index, not "_val_" anywhere in the name
     assert [p.name for p in shard_paths(tmp_path, "val")] == ["my_val_set_val_000000.bin"]
     assert [p.name for p in shard_paths(tmp_path, "train")] == [
-        f"my_val_set_train_{i:06d}.bin" for i in (1, 2, 10)
+        f"my_val_set_train_{i:06d}.bin" for i in (1, 2, 3)
     ]
     # a name the pattern does not match is not a shard, and the error says so
     only_odd = tmp_path / "odd"
@@ -392,3 +394,141 @@ def test_the_open_file_limit_is_raised_for_many_shards_or_named(
     with pytest.raises(UserError, match=r"ulimit -n .*--shard-size"):
         allow_open_files(200_000)
     assert limits["now"] == (64, 100_000)  # unchanged when it cannot help
+
+
+# --------------------------------------------------------------------------- whole directory
+
+
+def _prepped(tmp: Path, n_train: int = 3) -> Path:
+    """A directory as data prep leaves it: val 0, train 1..n, and manifest.json listing them."""
+    rng = np.random.default_rng(1)
+    entries = []
+    for i in range(n_train + 1):
+        split = "val" if i == 0 else "train"
+        toks = rng.integers(0, 50257, size=200 + i, dtype=np.uint16)
+        name = f"t_{split}_{i:06d}.bin"
+        write_shard(tmp / name, toks)
+        entries.append({"file": name, "split": split, "tokens": len(toks)})
+    (tmp / "manifest.json").write_text(json.dumps({"complete": True, "shards": entries}))
+    return tmp
+
+
+def _refusal(d: Path, split: str = "train") -> str:
+    with pytest.raises(UserError) as e:
+        shard_paths(d, split)
+    msg = str(e.value)
+    assert "\n" not in msg and str(d) in msg
+    return msg
+
+
+def test_a_shard_missing_from_the_manifest_is_named(tmp_path: Path) -> None:
+    d = _prepped(tmp_path)
+    assert len(shard_paths(d, "train")) == 3
+    (d / "t_train_000003.bin").unlink()  # the last one: no gap, only the manifest can tell
+    msg = _refusal(d)
+    assert "t_train_000003.bin" in msg and "missing" in msg and "data_prep" in msg
+    _refusal(d, "val")  # the whole directory is checked, whichever split is asked for
+
+
+def test_an_extra_renamed_or_resized_shard_is_named(tmp_path: Path) -> None:
+    d = _prepped(tmp_path)
+    write_shard(d / "t_train_000004.bin", np.arange(10, dtype=np.uint16))
+    assert "t_train_000004.bin" in (msg := _refusal(d)) and "not listed" in msg
+    (d / "t_train_000004.bin").unlink()
+    (d / "t_train_000003.bin").rename(d / "t_train_000005.bin")  # renamed: named both ways
+    msg = _refusal(d)
+    assert "t_train_000003.bin" in msg and "t_train_000005.bin" in msg and "renamed" in msg
+    (d / "t_train_000005.bin").rename(d / "t_train_000003.bin")
+    with open(d / "t_train_000002.bin", "r+b") as f:  # truncated: shorter than listed
+        f.truncate(HEADER_BYTES + 100)
+    msg = _refusal(d)
+    assert "t_train_000002.bin" in msg and f"{HEADER_BYTES + 100:,} bytes" in msg
+
+
+def test_a_gap_in_the_numbering_is_refused_without_a_manifest(tmp_path: Path) -> None:
+    d = _prepped(tmp_path)
+    (d / "manifest.json").unlink()
+    (d / "t_train_000002.bin").unlink()  # from the middle
+    msg = _refusal(d)
+    assert "000002" in msg and "t_train_000001.bin" in msg and "t_train_000003.bin" in msg
+    (d / "t_train_000001.bin").unlink()  # the first train shard: a gap after the val shard
+    assert "000001" in _refusal(d)
+    # each split numbered from 0 (another common layout) has no gap
+    other = tmp_path / "other"
+    other.mkdir()
+    _shards(other, [50, 50], "val")
+    _shards(other, [50, 50, 50], "train")
+    assert len(shard_paths(other, "train")) == 3 and len(shard_paths(other, "val")) == 2
+
+
+def test_a_dangling_link_or_a_directory_as_a_shard_is_refused(tmp_path: Path) -> None:
+    for manifest in (True, False):
+        d = tmp_path / f"m{manifest}"
+        d.mkdir()
+        _prepped(d)
+        if not manifest:
+            (d / "manifest.json").unlink()
+        (d / "t_train_000002.bin").unlink()
+        (d / "t_train_000002.bin").symlink_to("/mnt/not-mounted/t_train_000002.bin")
+        msg = _refusal(d)
+        assert "t_train_000002.bin" in msg and "/mnt/not-mounted" in msg and "does not exist" in msg
+    d = tmp_path / "dir"
+    d.mkdir()
+    _prepped(d)
+    (d / "t_train_000003.bin").unlink()
+    (d / "t_train_000003.bin").mkdir()
+    assert "is a directory" in _refusal(d)
+
+
+def test_an_unreadable_manifest_is_named_and_another_tools_is_ignored(tmp_path: Path) -> None:
+    d = _prepped(tmp_path)
+    (d / "manifest.json").write_text('{"shards": [1, 2]}')
+    assert "manifest.json" in (msg := _refusal(d)) and "not a data prep manifest" in msg
+    (d / "manifest.json").write_text("{not json")
+    assert "manifest.json cannot be read" in _refusal(d)
+    (d / "manifest.json").write_text('{"name": "another tool"}')
+    assert len(shard_paths(d, "train")) == 3
+
+
+def test_the_fingerprint_is_content_not_the_paths_spelling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = _prepped(tmp_path / "a")
+    fp = data_fingerprint(d)
+    assert [s[0] for s in fp["shards"]] == [f"t_{s}.bin" for s in (
+        "train_000001", "train_000002", "train_000003", "val_000000")]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to(d)
+    for spelling in ("a", "./a/", str(d), "link"):
+        assert fingerprint_difference(fp, data_fingerprint(spelling)) is None
+    # other tokens under the same names and sizes
+    e = _prepped(tmp_path / "b")
+    toks = read_shard(e / "t_train_000002.bin").copy()
+    toks[len(toks) // 2] ^= 1
+    write_shard(e / "t_train_000002.bin", toks)
+    diff = fingerprint_difference(fp, data_fingerprint(e))
+    assert diff == "shard t_train_000002.bin holds other tokens (same name and size)"
+    write_shard(e / "t_train_000004.bin", toks)
+    json_manifest = json.loads((e / "manifest.json").read_text())
+    json_manifest["shards"].append({"file": "t_train_000004.bin", "tokens": len(toks)})
+    (e / "manifest.json").write_text(json.dumps(json_manifest))
+    diff = fingerprint_difference(fp, data_fingerprint(e))
+    assert diff == (
+        "shard t_train_000002.bin holds other tokens (same name and size) (and 1 more shards "
+        "differ)"
+    )
+
+
+def test_a_loader_state_of_other_shards_names_the_shard(tmp_path: Path) -> None:
+    d = _prepped(tmp_path)
+    state = TokenLoader(str(d), "train", batch_size=1, seq_len=16).state_dict()
+    names = [f"x_train_{i:06d}.bin" for i in range(40)]  # a long list: the message names one
+    for saved, needle in [
+        ({"shards": names, "shard_tokens": [200] * 40}, "t_train_000001.bin is new"),
+        ({"shard_tokens": [201, 202, 999]}, "t_train_000003.bin holds 203 tokens, the checkpoint's 999"),
+        ({"shards": [*state["shards"], "t_train_000009.bin"], "shard_tokens": [201, 202, 203, 5]}, "t_train_000009.bin is gone"),
+    ]:  # fmt: skip
+        loader = TokenLoader(str(d), "train", batch_size=1, seq_len=16)
+        with pytest.raises(UserError) as e:
+            loader.load_state_dict({**state, **saved})
+        assert needle in str(e.value) and "..." not in str(e.value)

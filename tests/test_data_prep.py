@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -508,3 +509,184 @@ def test_workers_below_one_are_refused(workers: str) -> None:
     with pytest.raises(UserError, match=rf"--workers {workers} must be at least 1"):
         fineweb.parse_args(argv)
     assert run_cli(shakespeare.main, ["--workers", workers, "--out-dir", "unused"]) == 2
+
+
+def test_a_damaged_complete_output_is_rebuilt_to_identical_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It used to answer 'already complete; nothing to do', so the loader's advice for a damaged
+    shard (delete it and re-run data prep) led nowhere."""
+    _corpus(tmp_path / "in", n_docs=120)
+    out = tmp_path / "out"
+    _run(tmp_path / "in", out, shard_size=3000)
+    good = {**_bytes(out), "manifest.json": (out / "manifest.json").read_bytes()}
+    assert len(good) >= 5
+    names = sorted(n for n in good if n.endswith(".bin"))
+    kept = out / names[1]
+    stamp = kept.stat().st_mtime_ns
+    for damage in ("delete", "truncate", "flip", "all"):
+        if damage == "delete":
+            (out / names[2]).unlink()
+        elif damage == "truncate":
+            with open(out / names[-1], "r+b") as f:
+                f.truncate(2000)
+        elif damage == "flip":  # same size, other bytes: only the sha256 tells
+            raw = bytearray((out / names[0]).read_bytes())
+            raw[-1] ^= 1
+            (out / names[0]).write_bytes(bytes(raw))
+        else:
+            for n in names:
+                (out / n).unlink()
+        capsys.readouterr()
+        _run(tmp_path / "in", out, shard_size=3000)
+        assert "rebuilding" in capsys.readouterr().out
+        assert {**_bytes(out), "manifest.json": (out / "manifest.json").read_bytes()} == good
+        assert not (out / "progress.json").exists()
+        if damage != "all":
+            assert kept.stat().st_mtime_ns == stamp  # an intact shard is not rewritten
+
+
+def test_the_loaders_advice_for_a_truncated_shard_works_when_followed(tmp_path: Path) -> None:
+    _corpus(tmp_path / "in", n_docs=300)
+    out = tmp_path / "out"
+    assert _cli(tmp_path / "in", out, "--workers", "1").wait() == 0
+    good = {**_bytes(out), "manifest.json": (out / "manifest.json").read_bytes()}
+    shard = out / "t_train_000002.bin"
+    with open(shard, "r+b") as f:  # a truncated copy
+        f.truncate(3000)
+    (out / "manifest.json").rename(tmp_path / "manifest.json")  # the loader's own check first
+    with pytest.raises(UserError, match="truncated or corrupt; delete it and re-run the data_prep"):
+        read_shard(shard)
+    (tmp_path / "manifest.json").rename(out / "manifest.json")
+    with pytest.raises(UserError, match="t_train_000002.bin is 3,000 bytes.*re-run the data_prep"):
+        shard_paths(out, "train")
+    shard.unlink()  # as advised, then the same command again
+    assert _cli(tmp_path / "in", out, "--workers", "1").wait() == 0
+    assert {**_bytes(out), "manifest.json": (out / "manifest.json").read_bytes()} == good
+
+
+def test_a_rebuild_refuses_what_is_not_its_to_replace(tmp_path: Path) -> None:
+    _corpus(tmp_path / "in", n_docs=60)
+    out = tmp_path / "out"
+    _run(tmp_path / "in", out, shard_size=3000)
+    names = sorted(p.name for p in out.glob("*.bin"))
+    extra = out / "t_train_000099.bin"
+    extra.write_bytes(b"mine")
+    with pytest.raises(UserError, match=r"t_train_000099\.bin, which manifest\.json does not list"):
+        _run(tmp_path / "in", out, shard_size=3000)
+    extra.unlink()
+    (out / names[1]).unlink()
+    (out / names[1]).symlink_to("/mnt/not-mounted/x.bin")
+    with pytest.raises(UserError, match=r"is a link to /mnt/not-mounted/x\.bin.*does not exist"):
+        _run(tmp_path / "in", out, shard_size=3000)
+    assert (out / names[1]).is_symlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["shards"][0]["tokens"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"manifest\.json does not list its shards"):
+        _run(tmp_path / "in", out, shard_size=3000)
+
+
+def test_val_docs_beyond_the_corpus_names_val_docs(tmp_path: Path) -> None:
+    """It used to make every document validation and no train shard, with a note."""
+    _corpus(tmp_path / "in", n_docs=100)
+    with pytest.raises(UserError) as e:
+        _run(tmp_path / "in", tmp_path / "out", shard_size=10**6, val_items=500)
+    assert str(e.value).startswith("--val-docs 500 is more than the 100 documents")
+    assert not (tmp_path / "out").exists()  # nothing left behind
+    with pytest.raises(UserError, match=r"exceed one shard.*--val-docs 7\b.*lower --val-docs"):
+        _run(tmp_path / "in", tmp_path / "out2", shard_size=50, val_items=7)
+
+
+def _compress(path: Path, suffix: str) -> Path:
+    """`path` compressed beside it as `path` + suffix (.gz or .zst); the original removed."""
+    raw = path.read_bytes()
+    out = path.with_name(path.name + suffix)
+    if suffix == ".gz":
+        out.write_bytes(gzip.compress(raw, mtime=0))
+    else:
+        import zstandard  # optional: the .zst test is skipped without it
+
+        out.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    path.unlink()
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_compressed_inputs_give_the_same_shards(tmp_path: Path, suffix: str) -> None:
+    """.jsonl/.json/.txt compressed: used to be skipped without a word in an --input dir."""
+    if suffix == ".zst":
+        pytest.importorskip("zstandard")
+    _corpus(tmp_path / "plain", n_docs=200)
+    _corpus(tmp_path / "packed", n_docs=200)
+    for name in ("a.jsonl", "d.json", "e.txt"):
+        _compress(tmp_path / "packed" / name, suffix)
+    (tmp_path / "packed" / "b.jsonl").rename(tmp_path / "packed" / "b")
+    _compress(
+        tmp_path / "packed" / "b", suffix
+    )  # a bare .gz is not read; a bare .zst is JSON lines
+    if suffix == ".gz":
+        with pytest.raises(UserError, match=r"cannot read .*b\.gz \(not a format this reads\)"):
+            fineweb.expand_inputs(str(tmp_path / "packed"))
+        (tmp_path / "packed" / "b.gz").rename(tmp_path / "packed" / "b.jsonl.gz")
+    files = fineweb.expand_inputs(str(tmp_path / "packed"))
+    assert len(files) == 5
+    _run(tmp_path / "plain", tmp_path / "o1", shard_size=5000)
+    _run(tmp_path / "packed", tmp_path / "o2", shard_size=5000)
+    assert _bytes(tmp_path / "o1") == _bytes(tmp_path / "o2")
+
+
+def test_a_zst_input_without_zstandard_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd")
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # as if not installed
+    with pytest.raises(UserError) as e:
+        fineweb.expand_inputs(str(tmp_path / "in"))
+    msg = str(e.value)
+    assert "a.jsonl.zst" in msg and "pip install zstandard" in msg and "\n" not in msg
+
+
+def test_input_files_it_cannot_read_are_named_never_skipped(tmp_path: Path) -> None:
+    _corpus(tmp_path / "in", n_docs=100)
+    d = tmp_path / "in"
+    (d / "notes.md").write_text("my notes")
+    (d / "sub").mkdir()
+    (d / "gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    with pytest.raises(UserError) as e:
+        fineweb.expand_inputs(str(d))
+    msg = str(e.value)
+    assert "notes.md (not a format this reads)" in msg and "\n" not in msg
+    assert f"gone.jsonl (a link to {tmp_path / 'nowhere.jsonl'}, which does not exist)" in msg
+    assert "sub (a directory" in msg
+    with pytest.raises(UserError, match=r"notes\.md"):  # a glob that names it too
+        fineweb.expand_inputs(str(d / "*"))
+    with pytest.raises(UserError, match=r"gone\.jsonl \(a link"):  # a glob names the link
+        fineweb.expand_inputs(str(d / "*.jsonl"))
+    (d / "gone.jsonl").unlink()
+    assert len(fineweb.expand_inputs(str(d / "*.jsonl"))) == 2
+    (d / "bad.jsonl.gz").write_bytes(gzip.compress(b'{"text": "x"}\n' * 100)[:-20])  # truncated
+    files = [d / "bad.jsonl.gz"]
+    with pytest.raises(UserError, match=r"--input file .*bad\.jsonl\.gz cannot be read \(EOFError"):
+        list(fineweb.local_items(files, "text"))
+
+
+@pytest.mark.parametrize("layout", ["same", "out-in-input", "input-in-out", "file-in-out"])
+def test_overlapping_input_and_out_dir_are_refused_before_any_work(
+    tmp_path: Path, layout: str
+) -> None:
+    src = tmp_path / "corpus"
+    _corpus(src, n_docs=100)
+    out, spec = {
+        "same": (src, str(src)),
+        "out-in-input": (src / "shards", str(src)),
+        "input-in-out": (tmp_path, str(src)),
+        "file-in-out": (tmp_path, str(src / "a.jsonl")),
+    }[layout]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(UserError) as e:
+        fineweb.main(["--input", spec, "--out-dir", str(out), "--quiet", "--workers", "1"])
+    msg = str(e.value)
+    assert "--out-dir" in msg and "outside the input" in msg and "delete" not in msg
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before

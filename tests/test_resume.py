@@ -3,14 +3,19 @@ subprocess tests in test_train.py cover the same calls end to end)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fixtures.checkpoints import MODEL, full_config, save, zero_bytes
 
 from gpt2repro import checkpoint
-from gpt2repro.config import ModelConfig
+from gpt2repro.config import ModelConfig, OptimConfig
+from gpt2repro.data import data_fingerprint, write_shard
 from gpt2repro.errors import UserError
+from gpt2repro.model import GPT
+from gpt2repro.optim import build_optimizer
 from gpt2repro.resume import select_resume
 
 
@@ -143,3 +148,68 @@ def test_speed_switches_may_change_on_resume(tmp_path: Path) -> None:
         dist__fsdp_keep_unsharded=True,
     )
     assert select_resume(mode="auto", run_dir=tmp_path, config=faster) is not None
+
+
+def _data_dir(d: Path, seed: int) -> Path:
+    """Two shards as data prep names them; `seed` picks their tokens (same names and sizes)."""
+    d.mkdir(parents=True)
+    toks = np.random.default_rng(seed).integers(0, 64, size=3000, dtype=np.uint16)
+    write_shard(d / "t_val_000000.bin", toks[:1000])
+    write_shard(d / "t_train_000001.bin", toks[1000:])
+    return d
+
+
+def _save_with_data(run_dir: Path, data_dir: Path) -> None:
+    """A checkpoint as training now saves it: with its data's fingerprint."""
+    model = GPT(MODEL)
+    checkpoint.save(
+        run_dir,
+        2,
+        model,
+        build_optimizer(model, OptimConfig(), "cpu"),
+        state={
+            "step": 2,
+            "tokens": 20,
+            "config": full_config(MODEL, data__dir=str(data_dir)),
+            "data_fingerprint": data_fingerprint(data_dir),
+        },
+        loader_state={"position": 0},
+        keep_last=0,
+    )
+
+
+def test_resume_compares_the_data_by_content_not_by_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    data = _data_dir(tmp_path / "data", seed=0)
+    _save_with_data(tmp_path / "run", data)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to(data)
+    for spelling in ("data", "./data/", str(data), "link", str(tmp_path / "link")):
+        config = full_config(MODEL, data__dir=spelling)
+        resume = select_resume(mode="auto", run_dir=tmp_path / "run", config=config)
+        assert resume is not None and "predates" not in capsys.readouterr().out
+    # other data under the same names, in another directory or copied over the same one
+    other = _data_dir(tmp_path / "other", seed=1)
+    for where in (other, data):
+        if where == data:
+            shutil.copy(other / "t_train_000001.bin", data / "t_train_000001.bin")
+        with pytest.raises(UserError) as e:
+            select_resume(
+                mode="auto",
+                run_dir=tmp_path / "run",
+                config=full_config(MODEL, data__dir=str(where)),
+            )
+        msg = str(e.value)
+        assert "shard t_train_000001.bin holds other tokens" in msg and "\n" not in msg
+        assert "--checkpoint.allow_changes=data.dir" in msg
+
+
+def test_an_old_checkpoint_without_a_fingerprint_compares_the_path_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    save(tmp_path, 2)  # no data_fingerprint in its state
+    assert select_resume(mode="auto", run_dir=tmp_path, config=full_config(MODEL)) is not None
+    assert "predates data fingerprints: data.dir is compared by its path" in capsys.readouterr().out
+    with pytest.raises(UserError, match="data.dir="):
+        select_resume(mode="auto", run_dir=tmp_path, config=full_config(MODEL, data__dir="else"))

@@ -5,7 +5,8 @@
     python data_prep/fineweb.py --input 'corpus/*.jsonl' --out-dir data/mine --prefix mine
 
 (or `gpt2repro prep fineweb ...`, or `python -m gpt2repro.prep.fineweb ...`). This module holds
-the sources (local .jsonl/.json/.parquet/.txt files, HF FineWeb at a pinned revision) and the CLI;
+the sources (local .jsonl/.json/.parquet/.txt files, the text ones also .gz or .zst; HF FineWeb
+at a pinned revision) and the CLI;
 gpt2repro.prep.shards writes the shards: [50256] + encode_ordinary(text) per
 document in input order, --shard-size tokens per shard, shard 0 the validation shard, bytes
 independent of --workers, atomic and resumable after a kill (progress.json, then manifest.json).
@@ -17,9 +18,13 @@ See docs/data.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import gzip
+import io
 import json
 import os
+import zlib
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
@@ -45,31 +50,108 @@ from gpt2repro.prep.shards import (
 HF_DATASETS = {"fineweb": "HuggingFaceFW/fineweb", "fineweb-edu": "HuggingFaceFW/fineweb-edu"}
 SAMPLES = ("10BT", "100BT", "350BT")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
+# .jsonl/.json/.txt compressed: .gz by the standard library, .zst by the `zstandard` package
+# (optional: the `data` extra); a bare `.zst` is taken as JSON lines (`x.zst` = `x.jsonl.zst`)
+COMPRESSIONS = (".gz", ".zst")
+READABLE = "*.jsonl, *.json, *.parquet, *.txt, each of those but parquet + .gz or .zst"
+ZSTD_INSTALL = "pip install zstandard (or pip install -e '.[data]')"
 
 
 # --------------------------------------------------------------------------- sources
 
 
+def input_format(path: Path) -> tuple[str, str] | None:
+    """(format, compression) of an input file by its name: format one of jsonl, json, parquet,
+    txt; compression '' (none), '.gz' or '.zst'. None: not a file this reads."""
+    name, compression = path.name, ""
+    for c in COMPRESSIONS:
+        if name.endswith(c) and len(name) > len(c):
+            name, compression = name[: -len(c)], c
+    suffix = Path(name).suffix
+    if suffix == ".parquet":
+        return ("parquet", "") if not compression else None  # parquet compresses inside
+    if suffix in LOCAL_SUFFIXES:
+        return suffix[1:], compression
+    if compression == ".zst" and suffix == "":
+        return "jsonl", compression
+    return None
+
+
 def expand_inputs(spec: str) -> list[Path]:
-    """Files named by a path, a directory (its supported files) or a glob; sorted."""
+    """Files named by a path, a directory (every entry in it) or a glob; sorted.
+
+    Every file named is read, or the whole input is refused naming the ones it cannot read (a
+    name of another format, a directory, a link pointing nowhere, no read permission): nothing
+    is skipped without a word. A .zst needs the `zstandard` package, checked here.
+    """
     p = Path(spec)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in LOCAL_SUFFIXES and f.is_file())
+        entries = sorted(p.iterdir())
     elif p.is_file():
-        files = [p]
+        entries = [p]
     else:
-        files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).is_file())
-    if not files:
+        entries = sorted(Path(f) for f in glob.glob(spec, recursive=True))
+    if not entries:
         raise UserError(
             f"--input {spec} matches no files; give a file, a directory or a quoted glob of "
-            f"{', '.join(LOCAL_SUFFIXES)} files"
+            f"{READABLE} files"
         )
-    for f in files:
-        if f.suffix not in LOCAL_SUFFIXES:
+    problems = [f"{f} ({why})" for f in entries if (why := _unreadable(f)) is not None]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise UserError(
+            f"--input {spec}: cannot read {'; '.join(problems[:3])}{more}; it reads {READABLE}: "
+            "move the others out, or give a quoted glob of the files to read"
+        )
+    zst = [f for f in entries if (input_format(f) or ("", ""))[1] == ".zst"]
+    if zst:
+        try:
+            import zstandard  # noqa: F401  an optional package (the `data` extra), for .zst only
+        except ImportError:
             raise UserError(
-                f"--input file {f} has an unsupported suffix; use {', '.join(LOCAL_SUFFIXES)}"
+                f"--input file {zst[0]} is zstandard-compressed and the zstandard package is not "
+                f"installed; {ZSTD_INSTALL}"
+            ) from None
+    return entries
+
+
+def _unreadable(f: Path) -> str | None:
+    """Why `f` cannot be an input file, in a few words; None when it can."""
+    if f.is_symlink() and not f.exists():
+        return f"a link to {os.readlink(f)}, which does not exist"
+    if f.is_dir():
+        return "a directory: --input reads one level; use a glob such as 'DIR/**/*.jsonl'"
+    if not f.is_file():
+        return "not a regular file"
+    if input_format(f) is None:
+        return "not a format this reads"
+    if not os.access(f, os.R_OK):
+        return "no read permission"
+    return None
+
+
+def check_input_and_out_dir(spec: str, files: list[Path] | None, out_dir: str) -> None:
+    """Refuse an --out-dir that overlaps the input: the same directory, one inside the other, or
+    an input file inside it (data prep writes, checks and may rebuild files there, and its
+    messages may advise deleting it). `files`: the input files once expanded (None: before)."""
+    out = Path(out_dir).resolve()
+    given = Path(spec)
+    if given.is_dir():
+        src = given.resolve()
+        if src == out or src in out.parents or out in src.parents:
+            where = "the same directory" if src == out else "--out-dir is inside --input"
+            if out in src.parents:
+                where = "--input is inside --out-dir"
+            raise UserError(
+                f"--input {spec} and --out-dir {out_dir} overlap ({where}); write the shards to "
+                "a directory outside the input"
             )
-    return files
+    for f in files or []:
+        if out in f.resolve().parents:
+            raise UserError(
+                f"--input file {f} is inside --out-dir {out_dir}; write the shards to a directory "
+                "outside the input"
+            )
 
 
 def local_stream(files: list[Path], text_field: str, start: int = 0) -> Stream:
@@ -83,29 +165,67 @@ def local_items(files: list[Path], text_field: str, start: int = 0) -> Iterator[
     """The documents of local files in order, from stream index `start` on."""
     skip = start
     for path in files:
-        if path.suffix == ".txt":  # one document per file
-            if skip:
-                skip -= 1
-                continue
-            yield ("bytes", path.read_bytes(), str(path))
-        elif path.suffix == ".parquet":
+        fmt, compression = input_format(path) or ("jsonl", "")
+        if fmt == "parquet":
             skip = yield from _parquet_items(path, text_field, skip)
-        elif path.suffix == ".json" and _is_json_array(path):
-            skip = yield from _json_array_items(path, text_field, skip)
-        else:  # JSON lines (.jsonl, or .json that is not one array)
-            skip = yield from jsonl_items(path, skip)
+            continue
+        try:
+            with _open_input(path, compression) as f:
+                if fmt == "txt":  # one document per file
+                    if skip:
+                        skip -= 1
+                        continue
+                    yield ("bytes", f.read(), str(path))
+                elif fmt == "json" and _is_json_array(f):
+                    skip = yield from _json_array_items(f, path, text_field, skip)
+                else:  # JSON lines (.jsonl, or .json that is not one array)
+                    skip = yield from jsonl_items(path, skip, f)
+        except UserError:
+            raise
+        except Exception as e:  # a damaged .gz (OSError, EOFError, zlib.error) or .zst (ZstdError)
+            if (
+                not isinstance(e, OSError | EOFError | zlib.error)
+                and type(e).__name__ != "ZstdError"
+            ):
+                raise
+            raise UserError(_damaged(path, e)) from None
 
 
-def _is_json_array(path: Path) -> bool:
-    with path.open("rb") as f:
-        head = f.read(4096).lstrip()
-    return head.startswith(b"[")
+def _damaged(path: Path, e: BaseException) -> str:
+    """A local input file that fails while it is read, in one line."""
+    return (
+        f"--input file {path} cannot be read ({type(e).__name__}: {str(e)[:120]}): damaged or "
+        "truncated? replace it with a good copy and run again (the shards written so far are kept)"
+    )
 
 
-def _json_array_items(path: Path, text_field: str, skip: int) -> Generator[Item, None, int]:
+@contextlib.contextmanager
+def _open_input(path: Path, compression: str) -> Iterator[io.BufferedReader | gzip.GzipFile]:
+    """`path` opened for reading bytes, decompressed on the fly (.gz, .zst) where it is."""
+    if compression == ".gz":
+        with gzip.open(path, "rb") as gz:
+            yield gz
+    elif compression == ".zst":
+        import zstandard  # an optional package (the `data` extra), for .zst only
+
+        with path.open("rb") as raw:
+            yield io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+    else:
+        with path.open("rb") as f:
+            yield f
+
+
+def _is_json_array(f: io.BufferedReader | gzip.GzipFile) -> bool:
+    """Whether the file holds one JSON array (peeked: the file stays at its start)."""
+    return f.peek(4096).lstrip().startswith(b"[")
+
+
+def _json_array_items(
+    f: io.BufferedReader | gzip.GzipFile, path: Path, text_field: str, skip: int
+) -> Generator[Item, None, int]:
     """The rows of a file holding one JSON array, after dropping `skip`; returns the skip left."""
     try:
-        rows = json.loads(path.read_bytes())
+        rows = json.loads(f.read())
     except ValueError as e:
         raise UserError(f"{path} is not valid JSON ({e}); fix or remove the file") from None
     for i, row in enumerate(rows):
@@ -242,7 +362,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--revision",
         help="HF dataset commit sha or branch (default: the Hub's current sha, recorded for resume)",
     )
-    src.add_argument("--input", help="local .jsonl/.json/.parquet/.txt: a file, a dir or a glob")
+    src.add_argument(
+        "--input",
+        help="local .jsonl/.json/.parquet/.txt (.jsonl/.json/.txt also .gz or .zst): a file, a "
+        "dir (every file in it) or a quoted glob",
+    )
     p.add_argument("--text-field", default="text", help="JSON/parquet field holding the text")
     p.add_argument("--out-dir", help="default data/edu_fineweb10B (or data/fineweb10B, ...)")
     p.add_argument("--prefix", help="shard name prefix (default edufineweb / fineweb / data)")
@@ -281,8 +405,10 @@ def main(argv: list[str]) -> int:
     if args.input:
         if not args.out_dir:
             raise UserError("--input needs --out-dir (where the shards go)")
+        check_input_and_out_dir(args.input, None, args.out_dir)  # before anything reads either
         check_out_dir(args.out_dir, args.prefix or "data")
         files = expand_inputs(args.input)
+        check_input_and_out_dir(args.input, files, args.out_dir)
         settings = {
             "source": {
                 "kind": "local",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -38,7 +39,7 @@ import numpy as np
 
 from gpt2repro import fault
 from gpt2repro.atomic import check_output_path, write_json
-from gpt2repro.data import SHARD_NAME, shard_sha256, write_shard
+from gpt2repro.data import HEADER_BYTES, MANIFEST, SHARD_NAME, shard_sha256, write_shard
 from gpt2repro.errors import UserError
 from gpt2repro.tokenizer import EOT, get_encoding
 
@@ -50,7 +51,6 @@ MAX_SHARD_SIZE = 2**31 - 1  # the header's n_tokens is an int32
 # at 1M, 10 million at 1,000. --allow-small-shards lifts it (tests, toy corpora).
 MIN_SHARD_SIZE = 1_000_000
 MAX_SHARDS = 10**6  # shard names carry a 6-digit index
-MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 # Ctrl-C's hint: a rerun with the same arguments resumes from progress.json
 ON_INTERRUPT = "rerun the same command to resume from the last complete shard"
@@ -79,12 +79,15 @@ class Stream(NamedTuple):
 OpenItems = Callable[[int], Stream]
 
 
-def jsonl_items(path: Path, skip: int = 0) -> Generator[Item, None, int]:
+def jsonl_items(
+    path: Path, skip: int = 0, lines: Iterable[bytes] | None = None
+) -> Generator[Item, None, int]:
     """The documents of a JSON-lines file, one per non-blank line, after dropping the first `skip`.
+    `lines`: the file's lines already opened (a decompressing reader), else `path` is opened.
 
     Returns how many of `skip` are left when the file holds fewer documents.
     """
-    with path.open("rb") as f:
+    with contextlib.nullcontext(lines) if lines is not None else path.open("rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue  # blank lines are not documents
@@ -240,18 +243,19 @@ def _read_manifest(out: Path, settings: dict) -> dict | None:
     return manifest
 
 
-def _resume_state(out: Path, settings: dict, *, prefix: str) -> dict:
+def _resume_state(out: Path, settings: dict, *, prefix: str, repairing: bool = False) -> dict:
     """progress.json of a killed run with these settings, else a fresh state; clears temp files.
 
     The state: settings, shards written, next_item (stream index the next shard starts at),
     skip_tokens (tokens of that item already in the previous shard) and skipped (bad documents).
+    `repairing`: a complete manifest's damaged shards are being rebuilt (its shards are expected).
     """
     state = read_json(out / PROGRESS)
     if state is not None:
         _check_same(state.get("settings", {}), settings, out / PROGRESS)
     else:
         stray = sorted(out.glob(f"{prefix}_*.bin"))
-        if stray:
+        if stray and not repairing:
             raise UserError(
                 f"{out} already holds {stray[0].name} but no {PROGRESS} or {MANIFEST}; refusing to "
                 f"overwrite it: use an empty --out-dir or delete those shards"
@@ -266,6 +270,53 @@ def _resume_state(out: Path, settings: dict, *, prefix: str) -> dict:
     for tmp in out.glob(f".{prefix}_*.tmp"):  # temp files of a killed run
         tmp.unlink(missing_ok=True)
     return state
+
+
+def check_complete(out: Path, manifest: dict, prefix: str) -> tuple[list[str], dict[str, str]]:
+    """Each shard a complete manifest lists, checked by presence, size and sha256 (the whole file:
+    about 1 s per GB, once per data prep run, not per training start): ([what is wrong with each
+    damaged one], {intact shard: its sha256}). A shard file the manifest does not list, or one
+    that is a link pointing nowhere, is refused: neither is data prep's to replace."""
+    damaged, intact = [], {}
+    entries = manifest.get("shards")
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("tokens"), int)
+        for e in entries
+    ):
+        raise UserError(
+            f"{out / MANIFEST} does not list its shards with file and tokens (edited by hand?); "
+            "use another --out-dir, or delete this one to start over"
+        )
+    listed = {e["file"] for e in entries}
+    for p in sorted(out.iterdir()):
+        m = SHARD_NAME.match(p.name)
+        if m is not None and m["prefix"] == prefix and p.name not in listed:
+            raise UserError(
+                f"--out-dir {out} holds {p.name}, which {MANIFEST} does not list; move it out of "
+                "--out-dir, then rerun the same command"
+            )
+    for entry in entries:
+        path = out / entry["file"]
+        if path.is_symlink() and not path.exists():
+            raise UserError(
+                f"--out-dir {out}: shard {entry['file']} is a link to {os.readlink(path)}, which "
+                "does not exist (storage not mounted?); mount it, or remove the link and rerun "
+                "the same command to rebuild the shard"
+            )
+        if not path.is_file():
+            damaged.append(f"shard {entry['file']} is missing")
+            continue
+        size, expected = path.stat().st_size, HEADER_BYTES + 2 * int(entry["tokens"])
+        if size != expected:
+            damaged.append(f"shard {entry['file']} is {size:,} bytes, not {expected:,}")
+            continue
+        with path.open("rb") as f:
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
+        if sha != entry.get("sha256"):
+            damaged.append(f"shard {entry['file']} does not match its sha256 in {MANIFEST}")
+            continue
+        intact[entry["file"]] = sha
+    return damaged, intact
 
 
 def _add_bad(stats: dict, bad: list[Bad]) -> None:
@@ -296,6 +347,7 @@ class ShardBuffer:
         self.end = self.start  # stream index after the last item added
         self.skipped = copy.deepcopy(state["skipped"])  # bad documents before `end`
         self.written = 0  # shards written by this process (the fault hook counts them)
+        self.intact: dict[str, str] = {}  # a repair's shards already on disk, whole: name -> sha
 
     @property
     def index(self) -> int:
@@ -321,7 +373,8 @@ class ShardBuffer:
                 if self.val_items is not None and self.index == 0 and first + j < self.val_items:
                     raise UserError(
                         f"the validation documents exceed one shard of {self.shard_size:,} "
-                        f"tokens; raise --shard-size or use fewer validation documents"
+                        f"tokens (the first --val-docs {self.val_items:,}); raise --shard-size "
+                        "or lower --val-docs"
                     )
                 snapshot = copy.deepcopy(self.skipped)
                 _add_bad(snapshot, [b for b in bad if b[0] < j])
@@ -343,6 +396,10 @@ class ShardBuffer:
             raise UserError(
                 f"more than {MAX_SHARDS:,} shards of {self.shard_size:,} tokens; raise --shard-size"
             )
+        # made at the first shard: a run that fails before it (a source that does not open, a
+        # bad --val-docs, a damaged input file) leaves nothing behind
+        with _writing(self.out.parent, self.out.name):
+            self.out.mkdir(parents=True, exist_ok=True)
         if not (self.out / PROGRESS).exists():
             # A fresh run records its start first: killed after the first shard's rename, it would
             # otherwise leave a shard and no progress.json, which the rerun refuses as strays.
@@ -358,8 +415,9 @@ class ShardBuffer:
             "documents": int(np.count_nonzero(tokens == EOT)),  # documents that start here
             "sha256": shard_sha256(tokens),
         }
-        with _writing(self.out, name):
-            write_shard(self.out / name, tokens)
+        if self.intact.get(name) != entry["sha256"]:  # a repair keeps the intact shards as they are
+            with _writing(self.out, name):
+                write_shard(self.out / name, tokens)
         self.written += 1
         # GPT2REPRO_FAULT=exit-in-prep:N, the fault tests' hook: die between the N-th shard's
         # rename and the progress update
@@ -426,14 +484,24 @@ def write_shards(
         "format": "llm.c .bin v1 (magic 20240520, uint16 tokens)",
     }
     manifest = _read_manifest(out, settings)
+    intact: dict[str, str] | None = None  # a complete manifest's shards found whole: name -> sha
     if manifest is not None and manifest.get("complete"):
-        if not quiet:
-            print(f"{out}: already complete ({out / MANIFEST}); nothing to do")
-        return manifest
-    state = _resume_state(out, settings, prefix=prefix)
+        damaged, intact = check_complete(out, manifest, prefix)
+        if not damaged:
+            if not quiet:
+                print(f"{out}: already complete ({out / MANIFEST}); nothing to do")
+            return manifest
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        print(
+            f"note: {out}: {damaged[0]}{more}; rebuilding from the input (read again from the "
+            "start; the intact shards are kept as they are)"
+        )
+        state = _resume_state(out, settings, prefix=prefix, repairing=True)
+    else:
+        state = _resume_state(out, settings, prefix=prefix)
     shards = ShardBuffer(out, state, prefix=prefix, shard_size=shard_size, val_items=val_items)
+    shards.intact = intact or {}
     stream = open_items(shards.start)
-    out.mkdir(parents=True, exist_ok=True)  # now: a source that fails to open leaves nothing
     console = Console(stream, start=shards.start, quiet=quiet)
     jobs = _chunks(
         stream.items, start=shards.start, text_field=options.text_field, val_items=val_items
@@ -449,6 +517,12 @@ def write_shards(
         shards.add(first, tokens, lens, bad)
         console.end_chunk(
             n_items=n_items, nbytes=nbytes, docs=n_items - len(bad), tokens=len(tokens)
+        )
+    if val_items is not None and shards.index == 0 and 0 < shards.end < val_items:
+        console.close()  # nothing written yet: the val shard closes at --val-docs
+        raise UserError(
+            f"--val-docs {val_items:,} is more than the {shards.end:,} documents of the input "
+            f"(every one would be validation, none train); pass --val-docs below {shards.end:,}"
         )
     shards.close()
     console.close()
