@@ -690,3 +690,43 @@ def test_overlapping_input_and_out_dir_are_refused_before_any_work(
     msg = str(e.value)
     assert "--out-dir" in msg and "outside the input" in msg and "delete" not in msg
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_progress_follows_the_input_files_to_their_end(tmp_path: Path) -> None:
+    """The bar's total and its position are in the same units whatever the input: documents
+    for parquet (rows from the metadata) and for .txt files; otherwise bytes of the files as
+    they lie on disk (compressed ones too), reaching exactly the total at the end, never past it
+    (the parquet bar used to count compressed bytes and advance by text bytes)."""
+    import gzip as gz
+
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    from gpt2repro.prep import fineweb
+
+    docs = [{"text": f"document {i} " + "word " * (i % 50)} for i in range(3000)]
+    d = tmp_path / "in"
+    d.mkdir()
+    pq.write_table(pa.table({"text": [r["text"] for r in docs[:1000]]}), d / "a.parquet")
+    pq.write_table(pa.table({"text": [r["text"] for r in docs[1000:1500]]}), d / "b.parquet")
+    lines = "".join(json.dumps(r) + "\n" for r in docs[1500:])
+    (d / "c.jsonl.gz").write_bytes(gz.compress(lines.encode()))
+    (d / "d.jsonl").write_text(lines)
+    parquet = fineweb.local_stream([d / "a.parquet", d / "b.parquet"], "text")
+    assert parquet.documents == 1500 and parquet.position is None
+    assert sum(1 for _ in parquet.items) == 1500
+    files = sorted(d.iterdir())
+    mixed = fineweb.local_stream(files, "text")
+    assert mixed.documents is None and mixed.nbytes == sum(f.stat().st_size for f in files)
+    assert mixed.position is not None
+    seen = [mixed.position()]
+    for _ in mixed.items:
+        seen.append(mixed.position())
+    seen.append(mixed.position())
+    assert seen == sorted(seen) and seen[-1] == mixed.nbytes  # monotone, ends at the total
+    assert len({*seen}) > 10  # it moves through the files, not only at their ends
+    # a resume from document 2,000 starts past the parquet files and the skipped lines
+    resumed = fineweb.local_stream(files, "text", start=2000)
+    first = next(resumed.items)
+    assert resumed.position is not None and resumed.position() > (d / "b.parquet").stat().st_size
+    assert json.loads(lines.splitlines()[500])["text"] in str(first[1])

@@ -25,8 +25,9 @@ import io
 import json
 import os
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.prep.shards import (
@@ -154,28 +155,66 @@ def check_input_and_out_dir(spec: str, files: list[Path] | None, out_dir: str) -
             )
 
 
+class InputPosition:
+    """How far the reading is through local input files, in bytes as they lie on disk: the
+    files finished, plus the current file's position (its raw, still compressed, offset; for
+    parquet, the rows read as a fraction of its size). The progress bar follows it, so its total
+    (the files' sizes) and its ETA hold to the end whatever the compression."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.current: Callable[[], int] = lambda: 0
+
+    def value(self) -> int:
+        return self.done + self.current()
+
+    def finish_file(self, size: int) -> None:
+        self.done += size
+        self.current = lambda: 0
+
+
 def local_stream(files: list[Path], text_field: str, start: int = 0) -> Stream:
-    """The documents of local files from stream index `start` on; their total size in bytes."""
+    """The documents of local files from stream index `start` on, and how to measure progress:
+    documents when every file says how many it holds (parquet's metadata; one per .txt), else
+    the bytes read through the files as they lie on disk."""
+    formats = [(input_format(f) or ("jsonl", ""))[0] for f in files]
+    if files and all(fmt == "parquet" for fmt in formats):
+        import pyarrow.parquet as pq  # an optional package (the `data` extra), for parquet only
+
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        return Stream(items=local_items(files, text_field, start), documents=rows)
+    if files and all(fmt == "txt" for fmt in formats):
+        return Stream(items=local_items(files, text_field, start), documents=len(files))
+    position = InputPosition()
     return Stream(
-        items=local_items(files, text_field, start), nbytes=sum(f.stat().st_size for f in files)
+        items=local_items(files, text_field, start, position),
+        nbytes=sum(f.stat().st_size for f in files),
+        position=position.value,
     )
 
 
-def local_items(files: list[Path], text_field: str, start: int = 0) -> Iterator[Item]:
-    """The documents of local files in order, from stream index `start` on."""
+def local_items(
+    files: list[Path], text_field: str, start: int = 0, position: InputPosition | None = None
+) -> Iterator[Item]:
+    """The documents of local files in order, from stream index `start` on; `position`, when
+    given, follows the reading through the files."""
     skip = start
+    position = position or InputPosition()
     for path in files:
         fmt, compression = input_format(path) or ("jsonl", "")
+        size = path.stat().st_size
         if fmt == "parquet":
-            skip = yield from _parquet_items(path, text_field, skip)
+            skip = yield from _parquet_items(path, text_field, skip, position)
+            position.finish_file(size)
             continue
         try:
-            with _open_input(path, compression) as f:
+            with _open_input(path, compression) as (f, raw):
+                position.current = raw.tell
                 if fmt == "txt":  # one document per file
                     if skip:
                         skip -= 1
-                        continue
-                    yield ("bytes", f.read(), str(path))
+                    else:
+                        yield ("bytes", f.read(), str(path))
                 elif fmt == "json" and _is_json_array(f):
                     skip = yield from _json_array_items(f, path, text_field, skip)
                 else:  # JSON lines (.jsonl, or .json that is not one array)
@@ -189,6 +228,7 @@ def local_items(files: list[Path], text_field: str, start: int = 0) -> Iterator[
             ):
                 raise
             raise UserError(_damaged(path, e)) from None
+        position.finish_file(size)
 
 
 def _damaged(path: Path, e: BaseException) -> str:
@@ -200,19 +240,21 @@ def _damaged(path: Path, e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _open_input(path: Path, compression: str) -> Iterator[io.BufferedReader | gzip.GzipFile]:
-    """`path` opened for reading bytes, decompressed on the fly (.gz, .zst) where it is."""
-    if compression == ".gz":
-        with gzip.open(path, "rb") as gz:
-            yield gz
-    elif compression == ".zst":
-        import zstandard  # an optional package (the `data` extra), for .zst only
+def _open_input(
+    path: Path, compression: str
+) -> Iterator[tuple[io.BufferedReader | gzip.GzipFile, BinaryIO]]:
+    """`path` opened for reading bytes, decompressed on the fly (.gz, .zst) where it is, and the
+    raw file under it (its offset is the progress through the file)."""
+    with path.open("rb") as raw:
+        if compression == ".gz":
+            with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+                yield gz, raw
+        elif compression == ".zst":
+            import zstandard  # an optional package (the `data` extra), for .zst only
 
-        with path.open("rb") as raw:
-            yield io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
-    else:
-        with path.open("rb") as f:
-            yield f
+            yield io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)), raw
+        else:
+            yield raw, raw
 
 
 def _is_json_array(f: io.BufferedReader | gzip.GzipFile) -> bool:
@@ -237,8 +279,11 @@ def _json_array_items(
     return skip
 
 
-def _parquet_items(path: Path, text_field: str, skip: int) -> Generator[Item, None, int]:
-    """The rows of a parquet file, after dropping `skip`; returns the skip left."""
+def _parquet_items(
+    path: Path, text_field: str, skip: int, position: InputPosition
+) -> Generator[Item, None, int]:
+    """The rows of a parquet file, after dropping `skip`; returns the skip left. `position`
+    follows the rows read as a fraction of the file's size."""
     import pyarrow.parquet as pq  # an optional package (the `data` extra), for parquet input only
 
     pf = pq.ParquetFile(path)
@@ -251,6 +296,8 @@ def _parquet_items(path: Path, text_field: str, skip: int) -> Generator[Item, No
     if skip >= n:
         return skip - n
     row = 0
+    size = path.stat().st_size
+    position.current = lambda: size * row // max(n, 1)
     for batch in pf.iter_batches(batch_size=1024, columns=[text_field]):
         for text in batch.column(0).to_pylist():
             if skip:

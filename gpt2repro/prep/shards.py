@@ -74,6 +74,9 @@ class Stream(NamedTuple):
     items: Iterator[Item]  # the documents from stream index `start` on, in order
     documents: int | None = None  # documents in the whole stream, if known (ETA in documents)
     nbytes: int | None = None  # bytes of the whole input, if known (ETA in bytes otherwise)
+    # bytes of the input consumed so far, in the units of `nbytes` (files as they lie on disk):
+    # the bar follows it; without it the bar adds each chunk's text bytes
+    position: Callable[[], int] | None = None
 
 
 OpenItems = Callable[[int], Stream]
@@ -614,6 +617,7 @@ class Console:
 
     def __init__(self, stream: Stream, *, start: int, quiet: bool) -> None:
         self.documents, self.nbytes = stream.documents, stream.nbytes
+        self.position = stream.position if stream.documents is None else None
         self.start, self.quiet = start, quiet
         self.bar: Any = None  # a tqdm bar from the first chunk on (see begin_chunk)
         self.t0 = time.perf_counter()
@@ -634,9 +638,14 @@ class Console:
                 unit_scale=True,
                 smoothing=0.05,
             )
-        else:  # ETA from bytes read (a resumed run re-counts from zero)
+        else:  # ETA from bytes read: where the reading is (a resume starts there), else from 0
             self.bar = tqdm(
-                total=self.nbytes, unit="B", unit_scale=True, unit_divisor=1024, smoothing=0.05
+                total=self.nbytes,
+                initial=self.position() if self.position is not None else 0,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                smoothing=0.05,
             )
 
     def skipped(self, bad: list[Bad]) -> None:
@@ -653,7 +662,10 @@ class Console:
         self.tokens += tokens
         if self.bar is None:
             return
-        self.bar.update(n_items if self.bar.unit == "doc" else nbytes)
+        if self.position is not None:  # where the reading is through the input files
+            self.bar.update(max(0, self.position() - self.bar.n))
+        else:
+            self.bar.update(n_items if self.bar.unit == "doc" else nbytes)
         dt = max(time.perf_counter() - self.t0, 1e-9)
         rates = f"{self.docs / dt:,.0f} doc/s {self.tokens / dt / 1e6:.2f}M tok/s"
         self.bar.set_postfix_str(rates, refresh=False)
