@@ -86,9 +86,12 @@ def wandb_login_problem(mode: str, environ: Mapping[str, str] = os.environ) -> s
     try:
         entry = netrc.netrc(path).authenticators(host) if path.is_file() else None
         found += f", no {host} entry in {path}"
-    except (netrc.NetrcParseError, OSError) as e:  # unreadable: say so, it is the user's file
+    except netrc.NetrcParseError as e:  # unreadable: say so, it is the user's file
         entry = None
-        found += f", {path} unreadable ({getattr(e, 'msg', None) or e.strerror or e})"
+        found += f", {path} unreadable ({e.msg}, line {e.lineno})"
+    except OSError as e:
+        entry = None
+        found += f", {path} unreadable ({e.strerror or e})"
     if entry is not None and entry[2]:
         return None
     return (
