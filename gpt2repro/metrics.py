@@ -29,6 +29,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import time
@@ -158,22 +159,23 @@ class WandbLogger:
                 **init,  # type: ignore[arg-type]  # the keyword arguments above, typed by wandb
             )
             return
-        except (wandb.errors.AuthenticationError, wandb.errors.UsageError) as e:
+        except Exception as e:  # no route, a timeout, the server down, a refused key: many types
+            failure = e
+        if _key_refused(failure):
             raise UserError(
-                f"wandb refused to start the run ({_first_line(e)}); check the key (`wandb login "
-                "--relogin`, WANDB_API_KEY, WANDB_BASE_URL), or train with "
+                f"wandb refused to start the run ({_first_line(failure)}); check the key (`wandb "
+                "login --relogin`, WANDB_API_KEY, WANDB_BASE_URL), or train with "
                 "--log.wandb_mode=offline"
             ) from None
-        except Exception as e:  # no route, a timeout, the server down: many types
-            if mode == "offline":
-                _warn(f"wandb failed to start offline ({_first_line(e)}); going on without wandb")
-                return
-            where = run_dir / "wandb"
-            _warn(
-                f"wandb did not answer within log.wandb_init_timeout_s={init_timeout_s:g} "
-                f"({_first_line(e)}); logging offline to {where}: upload later with "
-                f"`wandb sync {where}/offline-run-*` (docs/wandb.md)"
-            )
+        if mode == "offline":
+            _warn(f"wandb failed to start offline ({_first_line(failure)}); going on without wandb")
+            return
+        where = run_dir / "wandb"
+        _warn(
+            f"wandb did not start within log.wandb_init_timeout_s={init_timeout_s:g} "
+            f"({_first_line(failure)}); logging offline to {where}: upload later with "
+            f"`wandb sync {where}/offline-run-*` (docs/wandb.md)"
+        )
         try:
             wandb.teardown()  # the service still holds the failed online attempt's run id
             self.run = wandb.init(mode="offline", **init)  # type: ignore[arg-type]  # as above
@@ -209,6 +211,14 @@ class WandbLogger:
                 "(metrics.jsonl has every number)"
             )
             self.run = None
+
+
+def _key_refused(e: BaseException) -> bool:
+    """Whether wandb failed because the server (or wandb itself) refused the login: a retry or
+    going offline would hide a key that needs fixing. wandb-core reports the server's 401/403 as
+    a CommError with the status in its text."""
+    refused = type(e).__name__ in ("AuthenticationError", "UsageError")
+    return refused or re.search(r"\berror (401|403)\b", str(e)) is not None
 
 
 def _first_line(e: BaseException) -> str:
