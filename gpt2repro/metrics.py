@@ -113,7 +113,7 @@ class WandbLogger:
     later with `wandb sync`); a wandb call failing later is one warning and the run goes on
     without wandb (metrics.jsonl holds every number). A login wandb refuses is an input error
     (fix the key; retrying cannot); no login at all is refused earlier, at start-up
-    (`services.wandb_login_problem`).
+    (`services.wandb_problem`).
     """
 
     def __init__(

@@ -4,7 +4,7 @@ Which failure is an input error (a UserError: exit status 2, so launch/restart_u
 not retry it) and which is not, on purpose:
 
 - `log.wandb_mode=online` with no wandb login here: an input error, found at start-up before any
-  training (`wandb_login_problem`); retrying cannot log in.
+  training (`wandb_problem`), as is the wandb package missing; retrying cannot log in.
 - wandb unreachable at start, or failing during the run: not an error at all. The run goes on
   (metrics.WandbLogger falls back to offline, or goes on without wandb, with one warning): the run
   never dies for its dashboard, and every number is in metrics.jsonl anyway.
@@ -25,6 +25,7 @@ job that asks for online.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import netrc
 import os
 from collections.abc import Iterator, Mapping
@@ -69,15 +70,21 @@ def netrc_file(environ: Mapping[str, str] = os.environ) -> Path:
     return windows if windows.exists() and not unix.exists() else unix
 
 
-def wandb_login_problem(mode: str, environ: Mapping[str, str] = os.environ) -> str | None:
-    """For log.wandb_mode=`mode`: None unless it is online and wandb has no API key here, else
-    the one-line refusal.
-
-    Where wandb itself looks, in its order, without importing it or touching the network (so a
-    training start-up pays nothing): WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, then the netrc
-    entry (`wandb login` writes it) for the host of WANDB_BASE_URL (default api.wandb.ai).
-    Whether the key is valid only the server can say; wandb.init finds that out.
+def wandb_problem(mode: str, environ: Mapping[str, str] = os.environ) -> str | None:
+    """For log.wandb_mode=`mode`: what would stop wandb at start-up, as the one-line refusal, or
+    None. Found without the network and without importing wandb (so a training start-up pays
+    nothing): the package missing (online or offline), or, online, no API key where wandb looks
+    for one, in its order: WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, then the netrc entry
+    (`wandb login` writes it) for the host of WANDB_BASE_URL (default api.wandb.ai). Whether the
+    key is valid only the server can say; wandb.init finds that out.
     """
+    if mode == "disabled":
+        return None
+    if importlib.util.find_spec("wandb") is None:
+        return (
+            f"log.wandb_mode={mode} needs wandb: pip install 'gpt2repro[wandb]' "
+            "(or set --log.wandb_mode=disabled)"
+        )
     if mode != "online" or environ.get("WANDB_API_KEY") or environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return None
     host = urlsplit(environ.get("WANDB_BASE_URL") or WANDB_DEFAULT_HOST).netloc
@@ -122,8 +129,16 @@ def _chain(e: BaseException) -> Iterator[BaseException]:
 
 
 def _first(e: BaseException, names: frozenset[str]) -> BaseException | None:
-    """The outermost exception of `e`'s chain with one of these class names in its MRO."""
-    return next((x for x in _chain(e) if {c.__name__ for c in type(x).__mro__} & names), None)
+    """The outermost exception of `e`'s chain with one of these class names in its MRO (a broken
+    pipe, a ConnectionError too, is a local worker's, not the network's)."""
+    return next(
+        (
+            x
+            for x in _chain(e)
+            if {c.__name__ for c in type(x).__mro__} & names and not isinstance(x, BrokenPipeError)
+        ),
+        None,
+    )
 
 
 def hub_unreachable(e: BaseException) -> bool:
@@ -179,7 +194,7 @@ def main(argv: list[str]) -> int:
     add_debug_flag(p)
     p.add_argument("check", choices=["wandb-login"], help="wandb-login: wandb has an API key")
     p.parse_args(argv)
-    problem = wandb_login_problem("online")
+    problem = wandb_problem("online")
     if problem is not None:
         raise UserError(problem)
     print("wandb: logged in (an API key is configured)")

@@ -542,6 +542,37 @@ def test_offline_mode_reads_the_cache_and_says_the_recipe_when_it_cannot(
     assert "--revision" not in msg and not (tmp_path / "b").exists()
 
 
+def test_the_hub_lost_mid_stream_keeps_the_shards_and_says_to_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection breaks off after some shards: one line with the recipe and that a rerun
+    continues; the rerun ends with the bytes of an unbroken run."""
+    rows = [{"text": " ".join(["word"] * (5 + i % 17))} for i in range(2 * shards.CHUNK_DOCS)]
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # the hub is reached (the fake), then lost
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+
+    class BreaksOff(list):
+        def __iter__(self):
+            yield from self[: shards.CHUNK_DOCS + 10]  # a chunk's shards written, then lost
+            raise ConnectionError("Couldn't reach 'HuggingFaceFW/fineweb' on the Hub (ReadTimeout)")
+
+    argv = ["--dataset", "fineweb", "--shard-size", "300", "--workers", "1", "--quiet"]
+    argv += ["--allow-small-shards", "--streaming"]
+    _fake_hf(monkeypatch, rows)
+    assert fineweb.main([*argv, "--out-dir", str(tmp_path / "ref")]) == 0
+    _fake_hf(monkeypatch, BreaksOff(rows))
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as e:
+        fineweb.main([*argv, "--out-dir", str(out)])
+    msg = str(e.value)
+    assert msg.startswith("cannot reach the Hugging Face hub for dataset HuggingFaceFW/fineweb")
+    assert msg.endswith("the shards written so far are kept: rerun the same command to continue")
+    assert "\n" not in msg and (out / shards.PROGRESS).exists()
+    _fake_hf(monkeypatch, rows)
+    assert fineweb.main([*argv, "--out-dir", str(out)]) == 0
+    assert _bytes(out) == _bytes(tmp_path / "ref")
+
+
 def _http_error(cls: type, status: int, message: str) -> BaseException:
     """A huggingface_hub HTTP error with a real response (its client is httpx, or a renamed copy
     of it in some builds: the module huggingface_hub.errors takes Response from)."""
@@ -599,7 +630,8 @@ def test_hub_failures_are_told_apart() -> None:
             raise RuntimeError("request failed") from dns
     except RuntimeError as wrapped:
         assert services.hub_unreachable(wrapped)
-    for other in (ValueError("BuilderConfig 'x' not found"), OSError(28, "No space left")):
+    broken = (ValueError("BuilderConfig 'x' not found"), OSError(28, "No space left"))
+    for other in (*broken, BrokenPipeError(32, "a worker's pipe")):
         assert services.hub_problem(other, "dataset x", "recipe", "hint") is None
     hidden = UserError("already one line")
     assert services.hub_problem(hidden, "dataset x", "recipe", "hint") is None

@@ -13,10 +13,11 @@ import pytest
 import test_train
 from test_train import args_for, run
 
+from gpt2repro import services
 from gpt2repro.errors import UserError
 from gpt2repro.metrics import WandbLogger
 from gpt2repro.runs import train_losses
-from gpt2repro.services import wandb_login_problem
+from gpt2repro.services import wandb_problem
 
 pytest.importorskip("wandb")
 
@@ -90,25 +91,32 @@ def _no_login_env(tmp: Path) -> dict[str, str]:
     }
 
 
-def test_the_login_is_found_where_wandb_looks(tmp_path: Path) -> None:
+def test_the_login_is_found_where_wandb_looks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = _no_login_env(tmp_path)
     (tmp_path / "home").mkdir()
-    problem = wandb_login_problem("online", env)
+    problem = wandb_problem("online", env)
     assert problem is not None and "\n" not in problem
     assert "wandb login" in problem and "--log.wandb_mode=offline" in problem
     assert "api.wandb.ai" in problem and str(tmp_path / "home" / ".netrc") in problem
-    assert wandb_login_problem("offline", env) is None
-    assert wandb_login_problem("disabled", env) is None
-    assert wandb_login_problem("online", {**env, "WANDB_API_KEY": "k" * 40}) is None
+    assert wandb_problem("offline", env) is None
+    assert wandb_problem("disabled", env) is None
+    assert wandb_problem("online", {**env, "WANDB_API_KEY": "k" * 40}) is None
     netrc_file = tmp_path / "home" / ".netrc"
     netrc_file.write_text("machine example.org login user password x\n")  # another host only
-    assert wandb_login_problem("online", env) is not None
+    assert wandb_problem("online", env) is not None
     netrc_file.write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")
-    assert wandb_login_problem("online", env) is None  # what `wandb login` writes
+    assert wandb_problem("online", env) is None  # what `wandb login` writes
     on_prem = {**env, "WANDB_BASE_URL": "https://wandb.example.org"}
-    assert "wandb.example.org" in str(wandb_login_problem("online", on_prem))
+    assert "wandb.example.org" in str(wandb_problem("online", on_prem))
     netrc_file.write_text("machine api.wandb.ai frobnicate x\n")  # not netrc syntax
-    assert "unreadable" in str(wandb_login_problem("online", env))
+    assert "unreadable" in str(wandb_problem("online", env))
+    # the package missing: found at start-up too, online or offline
+    monkeypatch.setattr(services.importlib.util, "find_spec", lambda name, *a: None)
+    for mode in ("online", "offline"):
+        assert f"log.wandb_mode={mode} needs wandb: pip install" in str(wandb_problem(mode, env))
+    assert wandb_problem("disabled", env) is None
 
 
 def test_online_without_a_login_is_refused_in_one_line_before_training(

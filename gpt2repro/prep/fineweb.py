@@ -343,6 +343,8 @@ def main(argv: list[str]) -> int:
         )
         if problem is None:
             raise
+        if (Path(out_dir) / PROGRESS).exists():  # the connection broke off mid-way
+            problem += "; the shards written so far are kept: rerun the same command to continue"
         raise UserError(problem) from None
     return 0
 
