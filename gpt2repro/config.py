@@ -218,6 +218,11 @@ class LogConfig:
     wandb_mode: str = _f("disabled", "wandb mode", ("online", "offline", "disabled"))
     wandb_project: str = _f("gpt2repro", "wandb project")
     wandb_run_name: str = _f("", "wandb run name (default: the run directory's name)")
+    wandb_init_timeout_s: float = _f(
+        30.0,
+        "seconds wandb online may take to start; beyond that the run logs offline (wandb sync)",
+        check=POSITIVE,
+    )
     sample_every: int = _f(0, "print a text sample every N steps; 0 = never")
     sample_tokens: int = _f(64, "tokens per sample", check=POSITIVE)
     sample_prompt: str = _f(SAMPLE_PROMPT, "prompt for samples")

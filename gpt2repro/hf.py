@@ -35,6 +35,7 @@ from gpt2repro.checkpoint import load_model
 from gpt2repro.config import ModelConfig
 from gpt2repro.errors import UserError
 from gpt2repro.model import GPT
+from gpt2repro.services import hub_problem
 from gpt2repro.tokenizer import EOT, EOT_TEXT, N_VOCAB, packaged_gpt2_files
 
 # Weights HF keeps as Conv1D ([in, out]); every other tensor has the same shape on both sides.
@@ -123,10 +124,23 @@ def _download(repo_id: str) -> Path:
                 )
             )
     except Exception as e:  # offline, not cached, unknown repo, auth: many exception types
+        problem = hub_problem(
+            e,
+            f"'{repo_id}'",
+            offline_recipe=(
+                f"where there is network run `hf download {repo_id} config.json model.safetensors "
+                "--local-dir DIR`, copy DIR here and pass --hf DIR (any local directory saved "
+                "with save_pretrained works)"
+            ),
+            answered_hint=(
+                "give a GPT-2 repo (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local directory "
+                "saved with save_pretrained"
+            ),
+        )
         raise UserError(
-            f"cannot fetch '{repo_id}' from the Hugging Face hub ({type(e).__name__}); if offline, "
-            "pass a local directory saved with save_pretrained (e.g. run "
-            f"GPT2LMHeadModel.from_pretrained('{repo_id}').save_pretrained(DIR) where there is network)"
+            problem
+            or f"cannot fetch '{repo_id}' from the Hugging Face hub ({type(e).__name__}: "
+            f"{str(e)[:100]}); pass a local directory saved with save_pretrained"
         ) from None
     return snap
 

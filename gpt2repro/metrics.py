@@ -29,10 +29,12 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -162,7 +164,15 @@ def _ends_mid_line(path: Path) -> bool:
 
 
 class WandbLogger:
-    """wandb with the same run id across resumes (id kept in run_dir/wandb_id.txt); rank 0 only."""
+    """wandb with the same run id across resumes (id kept in run_dir/wandb_id.txt); rank 0 only.
+
+    The run never dies for its dashboard: wandb not answering within `init_timeout_s` at start
+    (no route, a firewall, the server down) is one warning and the run logs offline (upload it
+    later with `wandb sync`); a wandb call failing later is one warning and the run goes on
+    without wandb (metrics.jsonl holds every number). A login wandb refuses is an input error
+    (fix the key; retrying cannot); no login at all is refused earlier, at start-up
+    (`services.wandb_problem`).
+    """
 
     def __init__(
         self,
@@ -172,6 +182,7 @@ class WandbLogger:
         run_dir: Path,
         config: dict[str, Any],
         enabled: bool,
+        init_timeout_s: float = 30.0,
     ) -> None:
         self.run = None
         self._table: Any = None  # wandb.Table, kept from the import below
@@ -191,34 +202,91 @@ class WandbLogger:
         if not id_file.exists():
             id_file.write_text(run_id + "\n")
         self._table = wandb.Table
-        self.run = wandb.init(
-            project=project,
-            name=name,
-            id=run_id,
-            resume="allow",
-            mode=mode,  # type: ignore[arg-type]  # a str that LogConfig checks is one of these
-            dir=str(run_dir),
-            config=config,
+        init = {
+            "project": project,
+            "name": name,
+            "id": run_id,
+            "resume": "allow",
+            "dir": str(run_dir),
+            "config": config,
+        }
+        try:
+            self.run = wandb.init(
+                mode=mode,  # type: ignore[arg-type]  # a str that LogConfig checks is one of these
+                settings=wandb.Settings(init_timeout=init_timeout_s),
+                **init,  # type: ignore[arg-type]  # the keyword arguments above, typed by wandb
+            )
+            return
+        except Exception as e:  # no route, a timeout, the server down, a refused key: many types
+            failure = e
+        if _key_refused(failure):
+            raise UserError(
+                f"wandb refused to start the run ({_first_line(failure)}); check the key (`wandb "
+                "login --relogin`, WANDB_API_KEY, WANDB_BASE_URL), or train with "
+                "--log.wandb_mode=offline"
+            ) from None
+        if mode == "offline":
+            _warn(f"wandb failed to start offline ({_first_line(failure)}); going on without wandb")
+            return
+        where = run_dir / "wandb"
+        _warn(
+            f"wandb did not start within log.wandb_init_timeout_s={init_timeout_s:g} "
+            f"({_first_line(failure)}); logging offline to {where}: upload later with "
+            f"`wandb sync {where}/offline-run-*` (docs/wandb.md)"
         )
+        try:
+            wandb.teardown()  # the service still holds the failed online attempt's run id
+            self.run = wandb.init(mode="offline", **init)  # type: ignore[arg-type]  # as above
+        except Exception as e:  # the dashboard is never worth the run
+            _warn(f"wandb failed to start offline too ({_first_line(e)}); going on without wandb")
 
     def log(self, record: dict[str, Any]) -> None:
         if self.run is None:
             return
         data = {k: v for k, v in record.items() if k not in ("step", "event") and v is not None}
-        self.run.log(data, step=int(record["step"]))
+        self._call(lambda run: run.log(data, step=int(record["step"])), int(record["step"]))
 
     def log_sample(self, step: int, text: str) -> None:
         if self.run is None:
             return
         self._samples.append([step, text])
-        self.run.log(
-            {"samples": self._table(columns=["step", "text"], data=self._samples)}, step=step
-        )
+        table = self._table(columns=["step", "text"], data=self._samples)
+        self._call(lambda run: run.log({"samples": table}, step=step), step)
 
     def finish(self) -> None:
         if self.run is not None:
-            self.run.finish()
+            self._call(lambda run: run.finish(), None)
             self.run = None
+
+    def _call(self, fn: Callable[[Any], object], step: int | None) -> None:
+        """`fn(run)`; a failure is one warning and wandb is off for the rest of the run."""
+        try:
+            fn(self.run)
+        except Exception as e:  # wandb's own failures, of any type: never worth the run
+            at = f" at step {step}" if step is not None else ""
+            _warn(
+                f"wandb failed{at} ({_first_line(e)}); the run goes on without wandb "
+                "(metrics.jsonl has every number)"
+            )
+            self.run = None
+
+
+def _key_refused(e: BaseException) -> bool:
+    """Whether wandb failed because the server (or wandb itself) refused the login: a retry or
+    going offline would hide a key that needs fixing. wandb-core reports the server's 401/403 as
+    a CommError with the status in its text."""
+    refused = type(e).__name__ in ("AuthenticationError", "UsageError")
+    return refused or re.search(r"\berror (401|403)\b", str(e)) is not None
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception as `Type: its first line` (at most 160 characters), for a one-line warning."""
+    text = (str(e).strip().splitlines() or [""])[0][:160]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", flush=True)
 
 
 def git_sha(repo: Path | None = None) -> str:
@@ -323,6 +391,7 @@ class RunLog:
             run_dir=run_dir,
             config=to_dict(cfg),
             enabled=is_main,
+            init_timeout_s=cfg.log.wandb_init_timeout_s,
         )
 
     def set_devices(self, world_size: int, on_cuda: bool) -> None:

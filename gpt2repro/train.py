@@ -53,6 +53,7 @@ from gpt2repro.report import LiveReport
 from gpt2repro.resume import Resume, restore_rank, select_resume
 from gpt2repro.sample import complete
 from gpt2repro.scoring import Example
+from gpt2repro.services import wandb_problem
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run stopped early on a signal; rerun to resume
 
@@ -85,8 +86,9 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     """Train per `cfg` on this process's share of the work; returns the exit status."""
     run_dir = Path(cfg.run.dir)
 
-    # ---- checks before anything expensive: batch arithmetic, data, run dir, resume point
+    # ---- checks before anything expensive: batch arithmetic, wandb, data, run dir, resume point
     grad_accum = grad_accum_steps(cfg.train, info.world_size)
+    dist.raise_if_any(wandb_problem(cfg.log.wandb_mode) if info.is_main else None)  # rank 0 logs
     data.shard_paths(cfg.data.dir, "train")  # train shards first: their error before val's
     evaluator = InLoopEval(cfg, info)  # reads and checks the validation and HellaSwag inputs
     resume = _check_inputs_and_pick_resume(cfg, info)

@@ -10,7 +10,8 @@
 #    launch/restart_until_done.sh + launch/single_node.sh on every GPU, logged to logs/<config>.log;
 # 4. how to watch it: the log, the live report, wandb.
 # Running it again is safe: packages, venv and data are kept, and training resumes (resume=auto).
-# Arguments go to the trainer (e.g. --log.wandb_mode=online). Environment:
+# Arguments go to the trainer (e.g. --log.wandb_mode=online: the wandb login is checked before the
+# job starts). Environment:
 #   TORCH_SPEC   pip arguments for torch, as in the Makefile (default: the Makefile's TORCH_SPEC, whose
 #                PyPI wheel for Linux x86_64 is a CUDA build); e.g. "torch==2.13.0 --index-url
 #                https://download.pytorch.org/whl/cu128" for another CUDA; "none" keeps the venv's torch
@@ -86,6 +87,15 @@ config_get() {
   if [ ! -x "$py" ]; then py=${PYTHON:-python3}; fi
   "$py" -m gpt2repro.config --config "$CONFIG" "$@" --get "$key"
 }
+# wandb online needs a login on this machine: checked now, not after hours of data preparation
+# (the trainer would refuse it at start-up, exit 2, and restart_until_done.sh would stop).
+if [ "$(config_get log.wandb_mode "$@")" = online ]; then
+  login_py=$PY
+  if [ ! -x "$login_py" ]; then login_py=${PYTHON:-python3}; fi
+  if ! login_error=$("$login_py" -m gpt2repro.services wandb-login 2>&1 >/dev/null); then
+    fail "${login_error#error: } (then run this again)"
+  fi
+fi
 data_dir=$(config_get data.dir "$@")
 hellaswag_file=$(config_get eval.hellaswag_file "$@")
 run_dir=$(config_get run.dir "$@")

@@ -263,7 +263,7 @@ def test_the_declared_ranges_are_the_published_rules() -> None:
         "model.pad_vocab_multiple", "train.seq_len", "train.micro_batch_size",
         "train.total_batch_tokens", "train.max_steps", "optim.lr", "optim.eps",
         "eval.batch_examples", "guard.max_skipped", "guard.spike_window", "log.every",
-        "log.sample_tokens",
+        "log.sample_tokens", "log.wandb_init_timeout_s",
     }  # fmt: skip
     assert by_message["must be >= 1"] == {"dist.bucket_cap_mb"}
     assert by_message["must be >= 0"] == {

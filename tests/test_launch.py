@@ -311,6 +311,29 @@ def test_cloud_setup_stops_without_a_driver_or_with_a_session(
     assert len(p_out.strip().splitlines()) == 1
 
 
+def test_cloud_setup_checks_the_wandb_login_before_starting_an_online_job(
+    standins: Path, tmp_path: Path
+) -> None:
+    """--log.wandb_mode=online without a wandb key (no WANDB_API_KEY, no netrc entry in HOME):
+    stopped before the job starts (under DRY_RUN noted, and the rest shown); with a key, or not
+    online, no note."""
+    env = {"VENV": str(tmp_path / "venv")}  # HOME is tmp_path (dry's): no ~/.netrc
+    cmds, out, calls = dry(standins, "cloud_setup.sh", "--log.wandb_mode=online", env=env)
+    note = "# cloud_setup: would stop here: log.wandb_mode=online but wandb has no login here ("
+    assert out.count(note) == 1 and "`wandb login`" in out and "(then run this again)" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith(note))
+    assert out.index(line) < out.index("tmux new-session")  # before the job
+    assert "python -m gpt2repro.services wandb-login" in calls  # a look-up, run for real
+    for more in ({"WANDB_API_KEY": "k" * 40}, {}):
+        args = ["--log.wandb_mode=online"] if more else ["--log.wandb_mode=offline"]
+        _, out, calls = dry(standins, "cloud_setup.sh", *args, env={**env, **more})
+        assert "would stop here" not in out
+        assert ("python -m gpt2repro.services wandb-login" in calls) == bool(more)
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")
+    _, out, _ = dry(standins, "cloud_setup.sh", "--log.wandb_mode=online", env=env)
+    assert "would stop here" not in out  # what `wandb login` writes
+
+
 def test_shellcheck() -> None:
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")

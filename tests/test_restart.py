@@ -181,3 +181,19 @@ def test_a_finished_run_still_gets_its_first_attempt(tmp_path: Path) -> None:
     assert calls.read_text() == "x\n"
     p = restart(tmp_path, fake_launcher(tmp_path, f"echo y >> '{calls}'; exit 1"))
     assert p.returncode == 1 and attempts(p) == 3, p.stdout + p.stderr
+
+
+@pytest.mark.dist  # launch/single_node.sh starts torchrun
+def test_wandb_online_without_a_login_under_torchrun_stops_after_one_attempt(
+    tmp_path: Path,
+) -> None:
+    """No wandb login is an input error: one attempt, not 100 (wandb's own error was a traceback
+    with status 1, retried); it is found before the data or the model."""
+    env = {"NPROC": "1", "NETRC": str(tmp_path / "no_netrc"), "WANDB_API_KEY": ""}
+    p = restart(tmp_path, "launch/single_node.sh", "--log.wandb_mode=online", env=env)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert attempts(p) == 1, p.stdout
+    (printed,) = [ln for ln in p.stdout.splitlines() if ln.startswith("error: ")]
+    assert printed.startswith("error: log.wandb_mode=online but wandb has no login here")
+    assert "restart_until_done: input error" in p.stdout
+    assert not (tmp_path / "run").exists()

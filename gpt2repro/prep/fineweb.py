@@ -47,9 +47,11 @@ from gpt2repro.prep.shards import (
     read_json,
     write_shards,
 )
+from gpt2repro.services import hub_offline_mode, hub_problem
 
 HF_DATASETS = {"fineweb": "HuggingFaceFW/fineweb", "fineweb-edu": "HuggingFaceFW/fineweb-edu"}
 SAMPLES = ("10BT", "100BT", "350BT")
+HUB_TIMEOUT_S = 30  # each request to the hub: a missing route fails in this time, not minutes
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
 # .jsonl/.json/.txt compressed: .gz by the standard library, .zst by the `zstandard` package
 # (optional: the `data` extra); a bare `.zst` is taken as JSON lines (`x.zst` = `x.jsonl.zst`)
@@ -330,22 +332,29 @@ def saved_revision(out_dir: Path) -> str | None:
 
 
 def resolve_revision(repo_id: str) -> str:
-    """The commit sha the Hub's default branch of dataset `repo_id` points at now."""
+    """The commit sha the Hub's default branch of dataset `repo_id` points at now (the hub's
+    own errors propagate: `main` turns them into one line)."""
     import huggingface_hub  # an optional package (comes with `datasets`), for HF sources only
 
-    try:
-        sha = huggingface_hub.HfApi().dataset_info(repo_id).sha
-    except Exception as e:  # offline, rate limited, ...: any failure has the same remedy
-        raise UserError(
-            f"could not look up the current revision of {repo_id} ({type(e).__name__}: "
-            f"{str(e)[:120]}); pass --revision with a commit sha of that dataset (or 'main')"
-        ) from None
+    sha = huggingface_hub.HfApi().dataset_info(repo_id, timeout=HUB_TIMEOUT_S).sha
     if sha is None:
         raise UserError(
             f"the Hub gave no revision for {repo_id}; pass --revision with a commit sha of that "
             "dataset (or 'main')"
         )
     return sha
+
+
+def check_hub(repo_id: str, revision: str) -> None:
+    """One request, with a timeout, that the hub answers and has this revision of the dataset,
+    before `datasets` tries (it retries a missing route 5 times, then raises a ConnectionError).
+    Skipped in offline mode (HF_HUB_OFFLINE=1): then `datasets` reads its cache, or says it
+    cannot."""
+    if hub_offline_mode():
+        return
+    import huggingface_hub  # an optional package (comes with `datasets`), for HF sources only
+
+    huggingface_hub.HfApi().dataset_info(repo_id, revision=revision, timeout=HUB_TIMEOUT_S)
 
 
 def hf_revision(out_dir: Path, repo_id: str, requested: str | None) -> str:
@@ -365,6 +374,7 @@ def hf_stream(source: dict, streaming: bool, start: int = 0) -> Stream:
     """The rows of an HF dataset from stream index `start` on; its number of rows if known."""
     import datasets  # an optional package (the `data` extra), for HF sources only
 
+    check_hub(source["path"], source["revision"])
     ds = datasets.load_dataset(
         source["path"],
         name=source["name"],
@@ -476,15 +486,39 @@ def main(argv: list[str]) -> int:
     out_dir = args.out_dir or f"data/{short}{args.sample[:-1]}"
     prefix = args.prefix or ("edufineweb" if dataset == "fineweb-edu" else "fineweb")
     check_out_dir(out_dir, prefix)  # before the revision lookup (network) and any download
-    revision = hf_revision(Path(out_dir), HF_DATASETS[dataset], args.revision)
-    source = hf_source(dataset, args.sample, args.text_field, revision)
-    write_shards(
-        lambda start: hf_stream(source, streaming=args.streaming, start=start),
-        out_dir,
-        {"source": source},
-        prefix=prefix,
-        options=options,
-    )
+    repo_id = HF_DATASETS[dataset]
+    try:
+        revision = hf_revision(Path(out_dir), repo_id, args.revision)
+        source = hf_source(dataset, args.sample, args.text_field, revision)
+        write_shards(
+            lambda start: hf_stream(source, streaming=args.streaming, start=start),
+            out_dir,
+            {"source": source},
+            prefix=prefix,
+            options=options,
+        )
+    except Exception as e:  # the hub's failures, of many types, become one line; others pass
+        problem = hub_problem(
+            e,
+            f"dataset {repo_id}",
+            offline_recipe=(
+                f"where there is network run `hf download {repo_id} --repo-type dataset "
+                f"--include 'sample/{args.sample}/*' --local-dir DIR`, copy DIR here, then "
+                f"`python data_prep/fineweb.py --input DIR/sample/{args.sample} --out-dir "
+                f"{out_dir} --prefix {prefix}`"
+            ),
+            answered_hint=(
+                f"pass --revision with a commit sha or branch {repo_id} has (its history: "
+                f"https://huggingface.co/datasets/{repo_id}/commits/main)"
+                if args.revision
+                else "try again later, or pass --revision with a commit sha of that dataset"
+            ),
+        )
+        if problem is None:
+            raise
+        if (Path(out_dir) / PROGRESS).exists():  # the connection broke off mid-way
+            problem += "; the shards written so far are kept: rerun the same command to continue"
+        raise UserError(problem) from None
     return 0
 
 

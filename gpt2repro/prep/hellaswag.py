@@ -12,6 +12,7 @@ schema `gpt2repro.hellaswag` reads (`check_hellaswag_row`).
 from __future__ import annotations
 
 import argparse
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +25,9 @@ from gpt2repro.hellaswag import read_hellaswag_rows
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 FILENAME = "hellaswag_val.jsonl"
 N_EXAMPLES = 10042
+TRIES = 4  # download attempts: about 14 s of waiting, plus each attempt's timeout
+BACKOFF_S = 2.0  # the wait before the second attempt, doubled before each next one
+TIMEOUT_S = 30  # one attempt's connect/read timeout
 
 
 def validate(path: Path, shown: Path | None = None) -> int:
@@ -63,10 +67,47 @@ def _copy_validated(src: Any, dest: Path, total: int | None, quiet: bool) -> Non
             bar.close()
 
 
+def open_url(url: str, tries: int = TRIES) -> Any:
+    """The HTTP response for `url`, after up to `tries` attempts with a growing wait between them
+    (BACKOFF_S, then doubled: 2, 4, 8 s; each attempt times out after TIMEOUT_S): a dropped route
+    or a busy server often comes back. A 4xx answer is not retried (the file is not there), nor is
+    a URL that cannot be right. The last failure is one line with the manual recipe."""
+    reason: object = "no attempt"
+    for attempt in range(1, tries + 1):
+        try:
+            return urllib.request.urlopen(url, timeout=TIMEOUT_S)
+        except urllib.error.HTTPError as e:
+            if e.code < 500 and e.code != 429:  # the server answered: no such file, forbidden
+                raise UserError(
+                    f"{url} answered HTTP {e.code} ({e.reason}); download hellaswag_val.jsonl "
+                    f"elsewhere and run python data_prep/hellaswag.py --file PATH/{FILENAME}"
+                ) from None
+            reason = f"HTTP {e.code} {e.reason}"
+        except ValueError as e:  # not a URL urllib can open: no retry can fix it
+            raise UserError(f"cannot download {url} ({e})") from None
+        except (urllib.error.URLError, OSError) as e:  # no route, DNS, refused, timed out
+            reason = getattr(e, "reason", e)
+        if attempt < tries:
+            delay = BACKOFF_S * 2 ** (attempt - 1)
+            print(
+                f"download of {url} failed ({reason}); try {attempt + 1} of {tries} in {delay:g} s",
+                flush=True,
+            )
+            time.sleep(delay)
+    raise UserError(
+        f"cannot download {url} ({reason}; {tries} tries); offline, download that URL elsewhere "
+        f"and run python data_prep/hellaswag.py --file PATH/{FILENAME}"
+    )
+
+
 def prepare(
-    out_dir: str | Path = "data/hellaswag", file: str | Path | None = None, quiet: bool = False
+    out_dir: str | Path = "data/hellaswag",
+    file: str | Path | None = None,
+    quiet: bool = False,
+    tries: int = TRIES,
 ) -> Path:
-    """The validated `hellaswag_val.jsonl` in `out_dir` (downloaded, or copied from `file`)."""
+    """The validated `hellaswag_val.jsonl` in `out_dir` (downloaded, with up to `tries`
+    attempts, or copied from `file`)."""
     out = check_output_path(out_dir, "--out-dir", directory=True)  # before any download
     dest = check_output_path(out / FILENAME, "--out-dir", directory=False)
     if dest.is_file() and file is None:
@@ -84,14 +125,7 @@ def prepare(
         with src_path.open("rb") as src:
             _copy_validated(src, dest, total=src_path.stat().st_size, quiet=quiet)
     else:
-        try:
-            response = urllib.request.urlopen(URL, timeout=60)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            raise UserError(
-                f"cannot download {URL} ({reason}); offline, download that URL elsewhere and run "
-                f"python data_prep/hellaswag.py --file PATH/{FILENAME}"
-            ) from None
+        response = open_url(URL, tries)
         with response:
             length = response.headers.get("Content-Length")
             try:
@@ -114,8 +148,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out-dir", default="data/hellaswag", help="where hellaswag_val.jsonl goes")
     p.add_argument("--file", help="a local hellaswag_val.jsonl to validate and copy (no network)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--tries", type=int, default=TRIES, help="download attempts, 2, 4, 8 s apart (at least 1)"
+    )
     args = p.parse_args(argv)
-    prepare(args.out_dir, args.file, quiet=args.quiet)
+    if args.tries < 1:
+        raise UserError(f"--tries {args.tries}: give at least 1")
+    prepare(args.out_dir, args.file, quiet=args.quiet, tries=args.tries)
     return 0
 
 

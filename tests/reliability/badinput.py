@@ -36,9 +36,11 @@ CONFIG = [PY, "-m", "gpt2repro.config"]
 @dataclass
 class Case:
     """One bad input: the command (`{w}` stands for the world directory) and what its one line
-    must contain; `not_in_stdout`: output that shows work was done before the refusal."""
+    must contain; `not_in_stdout`: output that shows work was done before the refusal; `env`:
+    variables set for this case over the test's environment (`{w}` too; None removes one)."""
 
     id: str
     cmd: list[str]
     needles: list[str]
     not_in_stdout: list[str] = field(default_factory=list)
+    env: dict[str, str | None] = field(default_factory=dict)

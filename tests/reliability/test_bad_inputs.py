@@ -195,6 +195,11 @@ def snapshot(root: Path) -> dict[str, str]:
 def run_case(case: Case, world: Path) -> tuple[Case, subprocess.CompletedProcess]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("GPT2REPRO_DEBUG", None)
+    for key, value in case.env.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value.replace("{w}", str(world))
     cmd = [a.replace("{w}", str(world)) for a in case.cmd]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     return case, p
