@@ -263,8 +263,9 @@ def test_the_declared_ranges_are_the_published_rules() -> None:
         "model.pad_vocab_multiple", "train.seq_len", "train.micro_batch_size",
         "train.total_batch_tokens", "train.max_steps", "optim.lr", "optim.eps",
         "eval.batch_examples", "guard.max_skipped", "guard.spike_window", "log.every",
-        "log.sample_tokens",
+        "log.sample_tokens", "dist.init_timeout_s",
     }  # fmt: skip
+    assert by_message[f"must be in [0, {2**63 - 1}]"] == {"train.seed"}
     assert by_message["must be >= 1"] == {"dist.bucket_cap_mb"}
     assert by_message["must be >= 0"] == {
         "optim.warmup_steps", "eval.every", "eval.val_tokens", "eval.hellaswag_every",
