@@ -4,6 +4,7 @@ Precedence: dataclass defaults < TOML file (`--config FILE`) < CLI (`--optim.lr=
 `--optim.lr 3e-4`; a boolean alone, `--train.compile`, is true and `--no-train.compile` false).
 Every problem (unknown key, wrong type, bad value) is collected and reported at once, one line
 each, naming the key and the closest valid one. `--help` lists every field with its default.
+One `--config` file (a second is refused, not merged), UTF-8 without a byte-order mark.
 
 A field's allowed values (`choices`, a `Range`) are declared beside it in `_f`; `_validate` reads
 them and adds the cross-field rules. Every verb (evaluate, sample, plan, ...) reads the settings it

@@ -102,7 +102,7 @@ def warmup_notes(cfg: Config) -> list[str]:
         return []
     return [
         f"note: optim.warmup_steps={warmup} is beyond train.max_steps={steps}: the learning "
-        f"rate only reaches {cfg.optim.lr * steps / warmup:.3g} of optim.lr={cfg.optim.lr:g}"
+        f"rate peaks at {steps / warmup:.0%} of optim.lr={cfg.optim.lr:g} (its warmup is cut)"
     ]
 
 
