@@ -206,7 +206,7 @@ def setup(
             f"{world - 1} process(es) at {where} ({reason}); start every rank (check the node "
             "count and MASTER_ADDR), or wait longer with --dist.init_timeout_s"
         ) from None
-    dist.distributed_c10d._set_pg_timeout(COLLECTIVE_TIMEOUT)  # the rendezvous's is short
+    _set_collective_timeout(COLLECTIVE_TIMEOUT)  # the rendezvous's is short
     global _CONTROL_GROUP
     _CONTROL_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
     return DistInfo(
@@ -217,6 +217,20 @@ def setup(
         device=dev,
         backend=backend,
     )
+
+
+def _set_collective_timeout(timeout: datetime.timedelta) -> None:
+    """The default group's timeout for collectives from now on. torch has no public setter (the
+    init timeout is both the rendezvous's and every collective's); a torch without this private
+    one keeps dist.init_timeout_s for collectives too, said once on stderr."""
+    try:
+        dist.distributed_c10d._set_pg_timeout(timeout)
+    except (AttributeError, RuntimeError) as e:
+        print(
+            f"warning: collectives keep dist.init_timeout_s as their timeout ({e}); raise it if "
+            "a checkpoint or an evaluation takes longer",
+            file=sys.stderr,
+        )
 
 
 def teardown(clean: bool = True) -> None:
