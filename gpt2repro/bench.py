@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import random
+import shutil
 import signal
 import tempfile
 import time
@@ -143,12 +144,29 @@ def bench_data(cfg: Config, args: argparse.Namespace) -> dict:
     return result
 
 
+def check_loader_sizes(shards: int, shard_tokens: int, tmp: Path) -> None:
+    """The shards `bench loader` writes fit the temporary directory's free space, and one shard
+    (made in memory first) the machine's memory: one line naming the flags otherwise."""
+    need = shards * shard_tokens * 2  # uint16 tokens
+    free = shutil.disk_usage(tmp).free
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    if need > free or (ram and shard_tokens * 2 > ram):
+        where = (
+            f"the {free / 2**30:.1f} GiB free in {tmp}" if need > free else "this machine's memory"
+        )
+        raise UserError(
+            f"--shards {shards} x --shard-tokens {shard_tokens:,} makes {need / 2**30:.1f} GiB of "
+            f"shards, more than {where}; lower --shard-tokens or --shards"
+        )
+
+
 def bench_loader(cfg: Config, args: argparse.Namespace) -> dict:
     """Mean time per next_batch() over memory-mapped shards of random tokens (page cache warm)."""
     # torch-side: see the TYPE_CHECKING block
     import torch
 
     B, T, device = cfg.train.micro_batch_size, cfg.train.seq_len, cfg.train.device
+    check_loader_sizes(args.shards, args.shard_tokens, Path(tempfile.gettempdir()))
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory(prefix="gpt2repro-bench-") as tmp:
         rng = np.random.default_rng(0)

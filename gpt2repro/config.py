@@ -4,6 +4,7 @@ Precedence: dataclass defaults < TOML file (`--config FILE`) < CLI (`--optim.lr=
 `--optim.lr 3e-4`; a boolean alone, `--train.compile`, is true and `--no-train.compile` false).
 Every problem (unknown key, wrong type, bad value) is collected and reported at once, one line
 each, naming the key and the closest valid one. `--help` lists every field with its default.
+One `--config` file (a second is refused, not merged), UTF-8 without a byte-order mark.
 
 A field's allowed values (`choices`, a `Range`) are declared beside it in `_f`; `_validate` reads
 them and adds the cross-field rules. Every verb (evaluate, sample, plan, ...) reads the settings it
@@ -52,7 +53,7 @@ class Range:
     def describe(self, finite: bool = False) -> str:
         """'positive', '>= 1', 'in [0, 1)'; with `finite` (a float option), 'a positive number',
         'a finite number >= 0' and so on."""
-        lo, hi = (f"{b:g}" if b is not None else "" for b in (self.lo, self.hi))
+        lo, hi = (_number(b) for b in (self.lo, self.hi))
         if self.hi is None and self.lo == 0 and self.lo_open:
             return "a positive number" if finite else "positive"
         if self.hi is None:
@@ -64,11 +65,21 @@ class Range:
         return f"a finite number {text}" if finite else text
 
 
+def _number(b: float | None) -> str:
+    """A bound as written: an int in full (a seed's 2**63 - 1), a float short ('1e-06')."""
+    if b is None:
+        return ""
+    return str(b) if isinstance(b, int) else f"{b:g}"
+
+
 POSITIVE = Range(lo=0, lo_open=True)
 NON_NEGATIVE = Range(lo=0)
 AT_LEAST_1 = Range(lo=1)
 BELOW_1 = Range(lo=0, hi=1, hi_open=True)  # [0, 1): Adam's betas
 FRACTION = Range(lo=0, hi=1)  # [0, 1]
+# A seed: numpy's generators take no negative seed, torch's none of 2**64 or more; training seeds
+# its samples with seed + step, so the top half stays free.
+SEED = Range(lo=0, hi=2**63 - 1)
 
 
 def _f(
@@ -118,7 +129,7 @@ class TrainConfig:
         524288, "tokens per optimizer step, all processes together", check=POSITIVE
     )
     max_steps: int = _f(18865, "optimizer steps in the run", check=POSITIVE)
-    seed: int = _f(1337, "seed for init, data order and sampling")
+    seed: int = _f(1337, "seed for init, data order and sampling", check=SEED)
     compile: bool | None = _f(None, "torch.compile the model (unset = on for CUDA, off otherwise)")
     dtype: str = _f(
         "auto",
@@ -280,6 +291,12 @@ class DistConfig:
         "(one all-gather per micro-step fewer; costs the whole model's unsharded parameters per "
         "GPU, see plan)",
     )
+    init_timeout_s: float = _f(
+        600.0,
+        "seconds a process waits for all its peers to join the process group (torchrun, SLURM) "
+        "before it gives up in one line; collectives keep torch's 30-minute timeout",
+        check=POSITIVE,
+    )
 
 
 @dataclass(frozen=True)
@@ -438,11 +455,31 @@ def _coerce(value: Any, tp: Any, from_cli: bool) -> Any:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file at `path`: it must be a file, in UTF-8 without a byte-order mark (TOML's
+    encoding; a BOM would otherwise read as a confusing 'invalid statement' at line 1)."""
+    if path.is_dir():
+        raise UserError(
+            f"config file {path} is a directory, not a file; pass --config with a path to a .toml"
+        )
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist (pass --config with a path to a .toml)")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise UserError(f"config file {path} {what} (pass --config with a path to a .toml)")
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise UserError(
+            f"config file {path} starts with a UTF-8 byte-order mark; save it as UTF-8 without "
+            "a BOM (TOML allows none)"
+        )
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"config file {path} is not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}); "
+            "save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
 
@@ -483,7 +520,13 @@ def _split_cli(
         if name == "--config":
             if not eq and i + 1 >= len(argv):
                 raise UserError("--config needs a file path, e.g. --config configs/gpt2_124m.toml")
-            config_path = inline if eq else argv[i + 1]
+            path = inline if eq else argv[i + 1]
+            if config_path is not None:  # refused, not merged: which file wins would be a guess
+                raise UserError(
+                    f"--config is given twice ({config_path}, {path}); give one file and put "
+                    "the other's settings on the command line as --section.key=VALUE"
+                )
+            config_path = path
             i += 1 if eq else 2
             continue
         key, negated = _setting_named(name, aliases)
@@ -659,6 +702,8 @@ def _validate(cfg: Config) -> list[str]:
             f"'train.seq_len' ({train_cfg.seq_len}) exceeds 'model.block_size' "
             f"({model_cfg.block_size}); lower train.seq_len or raise model.block_size"
         )
+    if not cfg.run.dir.strip():
+        problems.append("'run.dir' is empty; set --run.dir=runs/NAME (a directory for this run)")
     if optim_cfg.min_lr > optim_cfg.lr:
         problems.append(f"'optim.min_lr' ({optim_cfg.min_lr}) is above 'optim.lr' ({optim_cfg.lr})")
     if cfg.dist.grad_compression != "none" and cfg.dist.strategy != "ddp":

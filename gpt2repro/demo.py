@@ -103,7 +103,8 @@ def main(argv: list[str]) -> int:
         )
     print(f"sample more: python -m gpt2repro.sample --checkpoint {cfg.run.dir} --prompt 'JULIET:'")
     print(
-        f"export HF:   python -m gpt2repro.export --checkpoint {cfg.run.dir} --out {cfg.run.dir}/hf"
+        f"export HF:   python -m gpt2repro.export --checkpoint {cfg.run.dir} "
+        f"--out exports/{Path(cfg.run.dir).name}"
     )
     print(f"demo took {time.time() - t0:.0f} s (training {train_s:.0f} s)")
     return 0

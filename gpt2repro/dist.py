@@ -60,6 +60,15 @@ def require_torch_for(fallback: str) -> None:
         )
 
 
+# How long a collective may wait once every rank has joined: torch's default.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+class PeersMissing(RankFailed):
+    """Not every process joined the process group within dist.init_timeout_s. One line like a
+    UserError, but not an input error: restart_until_done.sh retries it (a node may be late)."""
+
+
 # Group for tiny CPU-side control messages (preemption flags); gloo even when training uses NCCL.
 _CONTROL_GROUP: object | None = None
 
@@ -108,13 +117,53 @@ def pick_device(
     raise UserError(f"{option} must be auto, cuda, mps or cpu, got {requested!r}")
 
 
+# The launcher's variables that say where this process stands; set together or not at all.
+LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+
+
 def env_world() -> tuple[int, int, int, int]:
-    """(rank, local_rank, world_size, local_world_size) from torchrun's variables (or 0,0,1,1)."""
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    return rank, local_rank, world, local_world
+    """(rank, local_rank, world_size, local_world_size) from torchrun's variables (or 0,0,1,1).
+
+    Checked before any process group is made, one line each: WORLD_SIZE, RANK and LOCAL_RANK
+    all present or all absent, integers, 0 <= RANK < WORLD_SIZE; and MASTER_ADDR/MASTER_PORT
+    present when there are peers to meet."""
+    given = {name: os.environ[name] for name in LAUNCH_VARS if name in os.environ}
+    if not given:
+        return 0, 0, 1, 1
+    missing = [name for name in LAUNCH_VARS if name not in given]
+    if missing:
+        have = ", ".join(f"{k}={v}" for k, v in given.items())
+        raise UserError(
+            f"launcher environment: {have} is set but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not; launch with "
+            "torchrun (it sets all three), or set WORLD_SIZE, RANK and LOCAL_RANK together"
+        )
+    values = {}
+    for name in (*LAUNCH_VARS, "LOCAL_WORLD_SIZE"):
+        raw = os.environ.get(name, given["WORLD_SIZE"] if name == "LOCAL_WORLD_SIZE" else "")
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            raise UserError(
+                f"launcher environment: {name}={raw!r} is not an integer; launch with torchrun, "
+                f"or set {name} to a whole number"
+            ) from None
+    world, rank, local_rank = values["WORLD_SIZE"], values["RANK"], values["LOCAL_RANK"]
+    if world < 1 or not 0 <= rank < world or local_rank < 0:
+        raise UserError(
+            f"launcher environment: RANK={rank}, LOCAL_RANK={local_rank}, WORLD_SIZE={world} "
+            "do not fit (need WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE, LOCAL_RANK >= 0); "
+            "launch with torchrun"
+        )
+    if world > 1:
+        unset = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+        if unset:
+            raise UserError(
+                f"launcher environment: WORLD_SIZE={world} but {' and '.join(unset)} not set; "
+                "the processes cannot meet (torchrun sets them; set them to rank 0's host and "
+                "a free port otherwise)"
+            )
+    return rank, local_rank, world, values["LOCAL_WORLD_SIZE"]
 
 
 def restart_count() -> int:
@@ -126,11 +175,14 @@ def restart_count() -> int:
 def setup(
     device: str = "auto",
     backend: str = "auto",
-    timeout_min: int = 30,
+    timeout_s: float = 600.0,
     device_option: str = "train.device",
 ) -> DistInfo:
     """Initialise the process group when launched by torchrun with WORLD_SIZE > 1.
 
+    `timeout_s` (dist.init_timeout_s): how long to wait for every peer to join; a peer that
+    never comes is one line after that, not torch's 30 minutes. Collectives afterwards keep
+    COLLECTIVE_TIMEOUT (a checkpoint or an evaluation on one rank may take minutes).
     `device_option`: how the user spelled the device setting, for error messages."""
     rank, local_rank, world, local_world = env_world()
     dev = pick_device(device, local_rank, option=device_option)
@@ -140,11 +192,21 @@ def setup(
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    dist.init_process_group(
-        backend=backend,
-        timeout=datetime.timedelta(minutes=timeout_min),
-        device_id=dev if dev.type == "cuda" else None,
-    )
+    try:
+        dist.init_process_group(
+            backend=backend,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=dev if dev.type == "cuda" else None,
+        )
+    except dist.DistError as e:  # the rendezvous: a peer missing, or the address unreachable
+        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        reason = " ".join(str(e).split())[:200]
+        raise PeersMissing(
+            f"rank {rank} of {world} gave up after waiting {timeout_s:g} s for the other "
+            f"{world - 1} process(es) at {where} ({reason}); start every rank (check the node "
+            "count and MASTER_ADDR), or wait longer with --dist.init_timeout_s"
+        ) from None
+    _set_collective_timeout(COLLECTIVE_TIMEOUT)  # the rendezvous's is short
     global _CONTROL_GROUP
     _CONTROL_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
     return DistInfo(
@@ -155,6 +217,20 @@ def setup(
         device=dev,
         backend=backend,
     )
+
+
+def _set_collective_timeout(timeout: datetime.timedelta) -> None:
+    """The default group's timeout for collectives from now on. torch has no public setter (the
+    init timeout is both the rendezvous's and every collective's); a torch without this private
+    one keeps dist.init_timeout_s for collectives too, said once on stderr."""
+    try:
+        dist.distributed_c10d._set_pg_timeout(timeout)
+    except (AttributeError, RuntimeError) as e:
+        print(
+            f"warning: collectives keep dist.init_timeout_s as their timeout ({e}); raise it if "
+            "a checkpoint or an evaluation takes longer",
+            file=sys.stderr,
+        )
 
 
 def teardown(clean: bool = True) -> None:

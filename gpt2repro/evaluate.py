@@ -256,6 +256,18 @@ def _check_args(args: argparse.Namespace) -> None:
         check_output_path(args.json, "--json", directory=False)
 
 
+def check_token_ids(tokens: np.ndarray, vocab_size: int, data_dir: str | Path) -> None:
+    """Every validation token id fits the model's vocabulary, as training checks its shards
+    (data.token_id_problem): an id past the embedding is a CUDA device-side assert otherwise."""
+    top = int(tokens.max()) if len(tokens) else -1
+    if top >= vocab_size:
+        raise UserError(
+            f"--val-data {data_dir} holds token id {top} but the model's vocab_size is "
+            f"{vocab_size}; evaluate data tokenized for this model, or re-create the shard if "
+            "it is corrupt"
+        )
+
+
 def _val_seq_len(args: argparse.Namespace, val_tokens: int, block_size: int) -> int:
     """The validation window: --seq-len, or the model's block_size; checked against both and
     against `val_tokens` (the validation budget, in tokens)."""
@@ -292,6 +304,8 @@ def _run(cfg: Config, args: argparse.Namespace, info: dist.DistInfo) -> None:
         option = args.config_flags["eval.val_tokens"]
         val_tokens = load_val_tokens(args.val_data, ev.val_tokens, option=option)
     raw_model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=info.device)
+    if val_tokens is not None:
+        check_token_ids(val_tokens, raw_model.config.vocab_size, args.val_data)
     raw_model.set_attention_backend(cfg.train.attention_backend)  # before compiling: traced
     model: nn.Module = raw_model
     seq_len = _val_seq_len(args, ev.val_tokens, model_block_size(model))

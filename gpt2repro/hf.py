@@ -380,7 +380,7 @@ def check_export_target(out: Path, overwrite: bool, protect: Path | None = None)
         if inside:
             raise UserError(
                 f"--out {out} contains the checkpoint being exported ({protect}); choose an "
-                "output directory outside it, e.g. RUN_DIR/hf"
+                "output directory outside the run, e.g. exports/NAME"
             )
     if not out.is_dir() or not any(out.iterdir()):
         return

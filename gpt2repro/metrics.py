@@ -32,6 +32,7 @@ import platform
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -128,29 +129,69 @@ def console_line(rec: dict[str, Any], p: Progress) -> str:
 
 
 class MetricsLog:
-    """Appends JSON lines to run_dir/metrics.jsonl (rank 0 only; other ranks pass enabled=False)."""
+    """Appends JSON lines to run_dir/metrics.jsonl (rank 0 only; other ranks pass enabled=False).
+
+    Each record is one append of its whole line (O_APPEND). A write that fails mid-run (ENOSPC:
+    the disk is full; EIO) is one warning on stderr, the first time only: the run goes on, since
+    its checkpoints matter more than its log, and later records are tried again, the next one
+    that lands starting on a line of its own (a torn fragment stays a malformed line, which the
+    report skips and counts)."""
 
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
         self.enabled = enabled
-        self._fh = open(path, "a", buffering=1) if enabled else None  # noqa: SIM115 (line-buffered, lives with the run)
-        if self._fh is not None and _ends_mid_line(path):
-            self._fh.write("\n")  # a kill tore the last line: the next record starts on its own
+        self.failures = 0  # records (or flushes) that could not be written
+        self._torn = False  # the file may end mid-line: start the next record on a new one
+        self._fd: int | None = None
+        if enabled:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            if _ends_mid_line(path):
+                self._append("\n")  # a kill tore the last line: the next record starts on its own
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._fh is not None:
-            self._fh.write(json.dumps(record, allow_nan=True) + "\n")
+        if self._fd is not None:
+            line = json.dumps(record, allow_nan=True) + "\n"
+            self._append(("\n" if self._torn else "") + line)
+
+    def _append(self, text: str) -> None:
+        if self._fd is None:
+            return
+        try:
+            _write_all(self._fd, text.encode())
+            self._torn = False
+        except OSError as e:
+            self._torn = True
+            self._failed(e)
+
+    def _failed(self, e: OSError) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            print(
+                f"warning: cannot write {self.path} ({e.strerror or e}); training goes on and "
+                "still checkpoints, records are lost while this lasts (not shown again)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def flush(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            except OSError as e:
+                self._failed(e)
 
     def close(self) -> None:
-        if self._fh is not None:
+        if self._fd is not None:
             self.flush()
-            self._fh.close()
-            self._fh = None
+            os.close(self._fd)
+            self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte of `data` is written (a full disk can take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _ends_mid_line(path: Path) -> bool:

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpt2repro.atomic import atomic_open
+from gpt2repro.atomic import atomic_open, check_output_path
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.plot import (
     Drawing,
@@ -492,6 +492,7 @@ def write_report(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a directory (it is created if missing)")
+    check_output_path(out, "--out", directory=True)  # not under a file, and writable
     seen: set[Path] = set()
     for d in run_dirs:
         key = Path(d).resolve()

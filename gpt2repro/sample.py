@@ -5,8 +5,10 @@
 
 `--checkpoint` takes a run directory (newest checkpoint), its checkpoint directory or one step
 directory. `--device` is training's `--train.device` (either spelling). `--temperature 0` is
-greedy decoding; otherwise top-k sampling at that temperature (`--top-k 0` = full distribution).
-`--seed` makes sampling reproducible on the same device.
+greedy decoding, and so is any temperature below GREEDY_BELOW (1e-6): dividing the logits by it
+would overflow float32, and it is greedy in all but exact ties; otherwise top-k sampling at that
+temperature (`--top-k 0` = full distribution). `--seed` (0 to 2**63 - 1) makes sampling
+reproducible on the same device. `--num-samples` is at most MAX_SAMPLES (one batch).
 
 `--json` prints one object: `prompt` (str), `prompt_tokens` (list of ids), `tokens` (the generated
 ids only, without the prompt) and `text` (the decoded generated text). With `--num-samples 1`
@@ -25,9 +27,10 @@ import torch
 
 from gpt2repro import precision
 from gpt2repro.config import (
-    AT_LEAST_1,
     NON_NEGATIVE,
     SAMPLE_PROMPT,
+    SEED,
+    Range,
     ShowDefaults,
     add_option,
     parse_verb_args,
@@ -40,6 +43,12 @@ from gpt2repro.tokenizer import EOT, EOT_TEXT, get_encoding
 
 if TYPE_CHECKING:  # annotations only: training imports this module, and must not need tiktoken
     import tiktoken
+
+# Temperatures below this sample greedily: logits / 1e-38 overflow float32 to inf (NaN
+# probabilities), and at 1e-6 only logits within about 1e-5 of the best would ever be drawn.
+GREEDY_BELOW = 1e-6
+# Samples are one batch: more than this is a typo, not a request (memory grows with it).
+MAX_SAMPLES = 1024
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         help="tokens to generate per sample",
     )
     add_option(
-        p, "--temperature", type=float, default=0.8, check=NON_NEGATIVE, help="0 = greedy (argmax)"
+        p,
+        "--temperature",
+        type=float,
+        default=0.8,
+        check=NON_NEGATIVE,
+        help=f"0 (or below {GREEDY_BELOW:g}) = greedy (argmax)",
     )
     add_option(
         p,
@@ -72,13 +86,15 @@ def _parser() -> argparse.ArgumentParser:
         check=NON_NEGATIVE,
         help="sample among the k likeliest; 0 = all",
     )
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    add_option(
+        p, "--seed", type=int, default=None, check=SEED, help="seed for reproducible sampling"
+    )
     add_option(
         p,
         "--num-samples",
         type=int,
         default=1,
-        check=AT_LEAST_1,
+        check=Range(lo=1, hi=MAX_SAMPLES),
         help="independent samples (one batch)",
     )
     p.add_argument("--no-kv-cache", action="store_true", help="re-run the full context each step")
@@ -97,7 +113,10 @@ def sample(
     use_cache: bool = True,
 ) -> list[list[int]]:
     """Generated ids (prompt excluded), one list per sample. `seed` seeds a generator on the
-    model's device. Under a caller's `precision.autocast` the model runs in its dtype."""
+    model's device. Under a caller's `precision.autocast` the model runs in its dtype. A
+    temperature below GREEDY_BELOW is greedy (0)."""
+    if temperature < GREEDY_BELOW:
+        temperature = 0.0  # dividing by it would overflow: greedy is its limit anyway
     device = model.transformer.wte.weight.device
     generator = None
     if seed is not None:

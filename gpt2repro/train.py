@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from gpt2repro import checkpoint, data, dist, precision
+from gpt2repro import checkpoint, data, dist, precision, preflight
 from gpt2repro.config import (
     Config,
     grad_accum_steps,
@@ -69,7 +69,7 @@ def _main(argv: list[str]) -> int:
         return 0
     cfg, rest = load_config(argv)
     reject_unknown_args(rest)
-    info = dist.setup(cfg.train.device, cfg.dist.backend)
+    info = dist.setup(cfg.train.device, cfg.dist.backend, timeout_s=cfg.dist.init_timeout_s)
     ok = False
     try:
         status = train(cfg, info)
@@ -86,7 +86,9 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     """Train per `cfg` on this process's share of the work; returns the exit status."""
     run_dir = Path(cfg.run.dir)
 
-    # ---- checks before anything expensive: batch arithmetic, wandb, data, run dir, resume point
+    # ---- checks before anything expensive: paths, prompt, memory; batch arithmetic, wandb,
+    # data, run dir, resume point
+    preflight.check(cfg, info)
     grad_accum = grad_accum_steps(cfg.train, info.world_size)
     dist.raise_if_any(wandb_problem(cfg.log.wandb_mode) if info.is_main else None)  # rank 0 logs
     data.shard_paths(cfg.data.dir, "train")  # train shards first: their error before val's

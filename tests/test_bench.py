@@ -231,3 +231,21 @@ def test_bench_hellaswag_synthetic_needs_no_tokenizer(tmp_path: Path) -> None:
         [*base, "--hellaswag", str(hs)], capture_output=True, text=True, timeout=120, env=env
     )
     assert p.returncode == 2 and "no GPT-2 BPE files (test)" in p.stderr, p.stderr
+
+
+def test_bench_loader_shards_that_cannot_fit_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--shard-tokens 1e11` used to die in numpy allocating 186 GiB (a traceback)."""
+    import shutil
+
+    from gpt2repro import bench
+    from gpt2repro.errors import UserError
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=10 * 2**30))
+    bench.check_loader_sizes(4, 10_000_000, tmp_path)  # 76 MiB: fine
+    with pytest.raises(
+        UserError, match=r"--shards 4 x --shard-tokens 2,000,000,000 makes 14.9 GiB"
+    ):
+        bench.check_loader_sizes(4, 2_000_000_000, tmp_path)

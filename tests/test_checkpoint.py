@@ -105,6 +105,29 @@ def test_export_overwrite_never_touches_a_run(tmp_path: Path, where: str) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+@pytest.mark.parametrize("inside", ["hf", "ckpt/step_00000002/hf", "notes/exports/a"])
+def test_an_export_never_lands_inside_a_run(
+    tmp_path: Path, inside: str, capsys: pytest.CaptureFixture
+) -> None:
+    """An export in RUN_DIR/ckpt/step_N/ was accepted, then deleted with that step by pruning;
+    anywhere under a directory that holds ckpt/ training may prune or move it."""
+    from gpt2repro.errors import run_cli
+    from gpt2repro.export import main
+
+    run_dir = tmp_path / "run"
+    save(run_dir, 2)
+    (run_dir / "notes").mkdir()
+    before = tree_digest(tmp_path)
+    out = run_dir / inside
+    assert run_cli(main, ["--checkpoint", str(run_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"run directory {run_dir} (it holds ckpt/)" in err, err
+    assert tree_digest(tmp_path) == before and not (run_dir / "hf").exists()
+    other = tmp_path / "exports" / "run"  # beside the run: fine
+    assert run_cli(main, ["--checkpoint", str(run_dir), "--out", str(other)]) == 0
+    assert (other / "config.json").is_file()
+
+
 @pytest.mark.parametrize("errno_name", ["ENOSPC", "EACCES"])
 def test_a_failed_checkpoint_write_is_one_line_and_leaves_the_previous_intact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, errno_name: str

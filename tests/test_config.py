@@ -263,8 +263,9 @@ def test_the_declared_ranges_are_the_published_rules() -> None:
         "model.pad_vocab_multiple", "train.seq_len", "train.micro_batch_size",
         "train.total_batch_tokens", "train.max_steps", "optim.lr", "optim.eps",
         "eval.batch_examples", "guard.max_skipped", "guard.spike_window", "log.every",
-        "log.sample_tokens", "log.wandb_init_timeout_s",
+        "log.sample_tokens", "log.wandb_init_timeout_s", "dist.init_timeout_s",
     }  # fmt: skip
+    assert by_message[f"must be in [0, {2**63 - 1}]"] == {"train.seed"}
     assert by_message["must be >= 1"] == {"dist.bucket_cap_mb"}
     assert by_message["must be >= 0"] == {
         "optim.warmup_steps", "eval.every", "eval.val_tokens", "eval.hellaswag_every",
@@ -508,3 +509,64 @@ def test_a_rule_broken_under_a_short_flag_names_the_flag() -> None:
     with pytest.raises(UserError) as e:
         _verb(["--strategy", "zero3"], **settings)
     assert str(e.value) == "--strategy: 'dist.strategy' must be one of ddp, fsdp, got 'zero3'"
+
+
+# --------------------------------------------------------------------------- start-up checks
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"\xef\xbb\xbf[optim]\nlr = 3e-4\n", "starts with a UTF-8 byte-order mark"),
+        (b'[optim]\nlr = 3e-4\n[run]\nname = "caf\xe9"\n', "is not UTF-8 (byte 0xe9 on line 4)"),
+    ],
+)
+def test_a_config_file_with_a_bom_or_not_in_utf8_is_one_line(
+    tmp_path: Path, content: bytes, needle: str
+) -> None:
+    """A BOM read as 'invalid statement at line 1'; Latin-1 as a UnicodeDecodeError traceback."""
+    path = tmp_path / "run.toml"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as e:
+        load_config(["--config", str(path)])
+    assert str(e.value).startswith(f"config file {path} ") and needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_config_path_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    """It used to say the file 'does not exist'."""
+    (tmp_path / "x.toml").mkdir()
+    with pytest.raises(UserError, match=r"x.toml is a directory, not a file"):
+        load_config(["--config", str(tmp_path / "x.toml")])
+
+
+def test_config_given_twice_is_refused_naming_both(tmp_path: Path) -> None:
+    """It used to keep the last file silently, dropping the first one's settings."""
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text("[optim]\nlr = 1e-3\n")
+    b.write_text("[train]\nseed = 7\n")
+    for argv in (["--config", str(a), "--config", str(b)], [f"--config={a}", f"--config={b}"]):
+        with pytest.raises(UserError, match=r"--config is given twice") as e:
+            load_config(argv)
+        assert str(a) in str(e.value) and str(b) in str(e.value)
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_run_dir_is_refused(value: str) -> None:
+    """An empty run.dir is the current directory: checkpoints and metrics among the user's files."""
+    with pytest.raises(UserError, match=r"'run.dir' is empty; set --run.dir"):
+        load_config([f"--run.dir={value}"])
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63), "99999999999999999999"])
+def test_a_seed_out_of_range_is_refused(seed: str) -> None:
+    """numpy refuses negative seeds (at the loader), torch 2**64 and more (at init)."""
+    with pytest.raises(UserError, match=rf"'train.seed' must be in \[0, {2**63 - 1}\], got {seed}"):
+        load_config([f"--train.seed={seed}"])
+    assert load_config([f"--train.seed={2**63 - 1}"])[0].train.seed == 2**63 - 1
+
+
+def test_init_timeout_is_a_dist_setting_with_a_bounded_default() -> None:
+    cfg, _ = load_config([])
+    assert 0 < cfg.dist.init_timeout_s < 30 * 60  # torch's default wait is 30 minutes
+    assert load_config(["--dist.init_timeout_s=5"])[0].dist.init_timeout_s == 5.0

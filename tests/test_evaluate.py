@@ -730,3 +730,22 @@ def test_two_ranks_equal_reference(tmp_path: Path, hs_file: Path, examples, repo
         assert scores["n"] == len(examples)
         for k, v in want.items():
             assert scores[k] == pytest.approx(v, abs=1e-12), (rank, k)
+
+
+def test_validation_ids_past_the_vocabulary_are_one_line(tmp_path: Path, capsys) -> None:
+    """As training checks its shards: an id >= vocab_size was an IndexError on the CPU and a
+    device-side assert on CUDA."""
+    from gpt2repro.data import write_shard
+    from gpt2repro.hf import save_hf
+
+    model = tiny_model()
+    save_hf(model, tmp_path / "m")
+    vocab = model.config.vocab_size
+    ids = np.arange(1000, dtype=np.uint16) % vocab
+    ids[300] = vocab  # one id just past the embedding
+    write_shard(tmp_path / "x_val_000000.bin", ids)
+    argv = ["--hf", str(tmp_path / "m"), "--val-data", str(tmp_path), "--val-tokens", "512"]
+    err = one_line_error(argv, capsys)
+    assert f"--val-data {tmp_path} holds token id {vocab}" in err
+    assert f"vocab_size is {vocab}" in err
+    assert "val_loss" not in capsys.readouterr().out

@@ -226,3 +226,93 @@ def test_a_resume_after_a_torn_last_line_keeps_its_first_record(tmp_path: Path) 
     assert [r.get("event") for r in recs] == [None, "resume"] and malformed == [2]
     MetricsLog(path).close()  # a clean end gets no extra newline
     assert path.read_text().count("\n") == 3
+
+
+# --------------------------------------------------------------------------- I/O faults mid-run
+
+
+def _failing_writes(monkeypatch: pytest.MonkeyPatch, errno_code: int, fail: set[int]) -> list[int]:
+    """metrics._write_all raising OSError(errno_code) on the calls numbered in `fail` (0-based),
+    after writing half of the bytes (a full disk takes part of a line)."""
+    import os
+
+    calls: list[int] = []
+    real = metrics._write_all
+
+    def write_all(fd: int, data: bytes) -> None:
+        calls.append(len(calls))
+        if calls[-1] in fail:
+            real(fd, data[: len(data) // 2])
+            raise OSError(errno_code, os.strerror(errno_code))
+        real(fd, data)
+
+    monkeypatch.setattr(metrics, "_write_all", write_all)
+    return calls
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EIO"])
+def test_a_failed_metrics_append_warns_once_and_later_records_land(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    errno_name: str,
+) -> None:
+    """A full disk (or an I/O error) while appending used to raise out of the training loop."""
+    import errno
+
+    path = tmp_path / "metrics.jsonl"
+    _failing_writes(monkeypatch, getattr(errno, errno_name), fail={1, 2})
+    log = MetricsLog(path)
+    for step in range(1, 5):
+        log.write(_rec(step=step))  # 2 and 3 fail, each leaving half a line
+    log.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: cannot write {path} (")
+    assert "training goes on" in err[0] and log.failures == 2
+    assert [r["step"] for r in read_metrics(path)] == [1, 4]  # the torn halves are skipped
+    assert all(ln.startswith("{") for ln in path.read_text().splitlines())
+
+
+def test_a_full_disk_for_metrics_and_the_report_does_not_stop_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Every metrics.jsonl append and every live report fails with ENOSPC: one warning each, the
+    run finishes and writes its checkpoints (the report is never worth a crash)."""
+    import errno
+    import os
+    import signal
+
+    import numpy as np
+    from conftest import TINY_SHAPE
+
+    from gpt2repro import checkpoint, report, train
+    from gpt2repro.data import write_shard
+
+    corpus = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    write_shard(corpus / "t_val_000000.bin", rng.integers(0, 500, 5000).astype(np.uint16))
+    write_shard(corpus / "t_train_000001.bin", rng.integers(0, 500, 20000).astype(np.uint16))
+    _failing_writes(monkeypatch, errno.ENOSPC, fail=set(range(1000)))
+
+    def full_disk(run_dir: Path) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(report, "write_live", full_disk)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    rd = tmp_path / "run"
+    argv = [
+        *TINY_SHAPE, f"--data.dir={corpus}", f"--run.dir={rd}", "--train.max_steps=4",
+        "--eval.every=2", "--eval.val_tokens=256", "--checkpoint.every=2", "--log.every=1",
+    ]  # fmt: skip
+    try:
+        assert train.main(argv) == 0
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    err = capsys.readouterr().err
+    assert err.count("warning: cannot write") == 1, err
+    assert err.count("warning: live report") == 1, err
+    assert "Traceback" not in err
+    steps = [checkpoint.step_of(p) for p in sorted((rd / "ckpt").iterdir())]
+    assert [s for s in steps if s is not None] == [2, 4]
+    assert (rd / "DONE").exists()

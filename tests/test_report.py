@@ -518,3 +518,43 @@ def test_status_line_running_stalled_preempted_crashed(tmp_path: Path) -> None:
     samples = report.samples_html(run)
     assert "step 12,000" in samples and "Hello, I&#x27;m a language model,\nstep 12000" in samples
     assert "\\n" not in samples  # text, not a repr
+
+
+def test_report_out_goes_through_the_output_path_check(tmp_path: Path) -> None:
+    """`--out` under a file was a NotADirectoryError traceback after reading every run."""
+    records = [{"step": s, "tokens": 1000 * s, "time": 100.0 + s, "loss": 5.0 - s / 10}
+               for s in range(1, 4)]  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "afile").write_text("x")
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        status = run_cli(report.main, [str(run_dir), "--out", str(tmp_path / "afile" / "r")])
+    lines = err.getvalue().strip().splitlines()
+    assert status == 2 and len(lines) == 1, err.getvalue()
+    assert lines[0].startswith(f"error: --out {tmp_path / 'afile' / 'r'} lies under")
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EIO"])
+def test_live_report_io_error_warns_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, errno_name: str
+) -> None:
+    """A full disk (or an I/O error) while writing the live page: one warning, never raised."""
+    import errno
+    import os
+
+    code = getattr(errno, errno_name)
+
+    def failing(run_dir: Path) -> Path:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(report, "write_live", failing)
+    live = report.LiveReport(tmp_path, enabled=True)
+    err = io.StringIO()
+    with redirect_stderr(err):
+        for _ in range(3):
+            live.update()
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: live report")
+    assert os.strerror(code) in lines[0] and "training goes on" in lines[0]

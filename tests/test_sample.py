@@ -176,3 +176,31 @@ def test_bad_flags_are_one_line_naming_the_flag(
     err = capsys.readouterr().err
     assert status == 2 and expected in err and "Traceback" not in err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1
+
+
+@pytest.mark.parametrize("temperature", [1e-7, 1e-40, 1e-300, 5e-324])
+def test_a_tiny_temperature_is_greedy_not_an_overflow(temperature: float) -> None:
+    """logits / 1e-40 overflowed float32 to inf: NaN probabilities and a multinomial error."""
+    model = peaky_gpt()
+    greedy = sample(model, [3, 14, 15], 8, temperature=0, top_k=0)
+    assert sample(model, [3, 14, 15], 8, temperature=temperature, top_k=0, seed=1) == greedy
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--num-samples", "100000000"], "--num-samples must be in [1, 1024], got 100000000"),
+        (["--num-samples", "0"], "--num-samples must be in [1, 1024], got 0"),
+        (["--seed", str(2**64)], f"--seed must be in [0, {2**63 - 1}], got {2**64}"),
+        (["--seed", "-1"], f"--seed must be in [0, {2**63 - 1}], got -1"),
+    ],
+)
+def test_absurd_sample_counts_and_seeds_are_one_line(
+    args: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Before: a huge batch allocated until the machine ran out of memory; a seed past 64 bits
+    was torch's 'Overflow when unpacking long' traceback."""
+    status = run_cli(main, ["--hf", str(tmp_path / "missing"), *args])
+    err = capsys.readouterr().err
+    assert status == 2 and expected in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1

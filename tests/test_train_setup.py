@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,3 +70,161 @@ def test_complete_is_the_prompt_and_the_cli_continuation() -> None:
     full = " a" * 32  # 32 tokens: the whole context, nothing left to generate
     assert len(enc.encode_ordinary(full)) == 32
     assert complete(model, full, max_new_tokens=100, temperature=0, top_k=0) == full
+
+
+# --------------------------------------------------------------------------- start-up checks
+
+
+LAUNCH = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK, LOCAL_RANK are not"),
+        ({"RANK": "1", "LOCAL_RANK": "1"}, "but WORLD_SIZE is not"),
+        (
+            {"WORLD_SIZE": "two", "RANK": "0", "LOCAL_RANK": "0"},
+            "WORLD_SIZE='two' is not an integer",
+        ),
+        ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"}, "RANK=2, LOCAL_RANK=0, WORLD_SIZE=2"),
+        ({"WORLD_SIZE": "2", "RANK": "-1", "LOCAL_RANK": "0"}, "do not fit"),
+        ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "MASTER_ADDR and MASTER_PORT"),
+    ],
+)
+def test_the_launcher_environment_is_checked_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str
+) -> None:
+    """A partial or garbled environment used to be a ValueError traceback, or torch waiting for
+    a rendezvous that could never happen."""
+    for name in LAUNCH:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError) as e:
+        dist.setup("cpu", "gloo", timeout_s=1)
+    assert e.value.args[0].startswith("launcher environment: ") and needle in str(e.value)
+
+
+def test_a_whole_launcher_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in LAUNCH:
+        monkeypatch.delenv(name, raising=False)
+    assert dist.env_world() == (0, 0, 1, 1)
+    env = {
+        "WORLD_SIZE": "8",
+        "RANK": "5",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "h",
+        "MASTER_PORT": "1",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert dist.env_world() == (5, 1, 8, 8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert dist.env_world() == (5, 1, 8, 4)
+
+
+def test_a_peer_that_never_comes_is_one_line_after_init_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch's default is to wait 30 minutes; dist.init_timeout_s bounds it, and the line says
+    what was awaited. Not an input error: the restart loop may retry a late node."""
+    import socket
+    import time
+
+    from gpt2repro.errors import RankFailed
+
+    with socket.socket() as s:  # a free port: nobody else will join there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**env, "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    t0 = time.perf_counter()
+    with pytest.raises(RankFailed) as e:
+        dist.setup("cpu", "gloo", timeout_s=1)
+    assert time.perf_counter() - t0 < 30
+    message = str(e.value)
+    assert "\n" not in message and "rank 0 of 2" in message
+    assert f"127.0.0.1:{port}" in message and "--dist.init_timeout_s" in message
+    assert not dist.is_initialized()
+
+
+def _cfg(*argv: str) -> Config:
+    return load_config(list(argv))[0]
+
+
+def test_paths_of_the_wrong_kind_are_refused_naming_what_is_there(tmp_path: Path) -> None:
+    from gpt2repro import preflight
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "gone").symlink_to(tmp_path / "not_mounted")
+    cases = [
+        ([f"--data.dir={afile}"], f"data.dir={afile} is a file, not a directory"),
+        ([f"--run.dir={afile}"], f"run.dir={afile} is a file, not a directory"),
+        (
+            [f"--data.dir={tmp_path / 'gone'}"],
+            f"is a link to {tmp_path / 'not_mounted'}, which does not exist",
+        ),
+        (
+            ["--eval.hellaswag_every=5", f"--eval.hellaswag_file={tmp_path / 'adir'}"],
+            "eval.hellaswag_file=",
+        ),
+    ]
+    for argv, needle in cases:
+        with pytest.raises(UserError, match=re.escape(needle)):
+            preflight.check_paths(_cfg(f"--run.dir={tmp_path / 'run'}", *argv))
+    preflight.check_paths(_cfg(f"--run.dir={tmp_path / 'new'}", f"--data.dir={tmp_path}"))
+
+
+def test_a_sample_prompt_longer_than_the_context_is_refused_before_the_first_step(
+    tmp_path: Path,
+) -> None:
+    """It used to pass start-up and crash at the first sample step (a ValueError traceback)."""
+    from gpt2repro import train
+
+    tiny = ["--model.n_layer=1", "--model.n_head=2", "--model.n_embd=16", "--model.block_size=8"]
+    prompt = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+    argv = [*tiny, "--train.seq_len=8", "--log.sample_every=10", f"--log.sample_prompt={prompt}"]
+    run_dir = tmp_path / "run"
+    cfg = _cfg(*argv, f"--run.dir={run_dir}", f"--data.dir={tmp_path / 'nodata'}")
+    with pytest.raises(UserError, match=r"log.sample_prompt is \d+ tokens but model.block_size"):
+        train.train(cfg, dist.DistInfo())  # before the data check and any file
+    assert not run_dir.exists()
+    from gpt2repro import preflight
+
+    preflight.check_sample_prompt(_cfg(*argv, "--log.sample_every=0"))  # no samples: no check
+    preflight.check_sample_prompt(_cfg(*argv, "--log.sample_prompt=Hello"))
+    preflight.check_sample_prompt(_cfg(*argv, "--model.vocab_size=512"))  # no samples: a note
+
+
+def test_warmup_beyond_the_run_is_a_note() -> None:
+    from gpt2repro import preflight
+
+    notes = preflight.warmup_notes(_cfg("--optim.warmup_steps=700", "--train.max_steps=70"))
+    assert len(notes) == 1 and "optim.warmup_steps=700 is beyond train.max_steps=70" in notes[0]
+    assert "peaks at 10% of optim.lr" in notes[0]
+    assert preflight.warmup_notes(_cfg("--optim.warmup_steps=70", "--train.max_steps=70")) == []
+
+
+def test_a_model_that_cannot_fit_the_gpu_is_refused_before_allocating() -> None:
+    """gpt2-xl's fp32 weights, gradients and AdamW state are 1.56e9 x 16 bytes = 23 GiB: over
+    a 16 GiB GPU whatever the activations. The planner's numbers, with the memory passed in."""
+    from gpt2repro import preflight
+    from gpt2repro.plan import GIB
+
+    xl = ["--model.n_layer=48", "--model.n_head=25", "--model.n_embd=1600"]
+    info = dist.DistInfo(device=torch.device("cpu"))
+    with pytest.raises(UserError, match=r"need 2\d\.\d GiB per GPU, more than cuda:0's 16.0 GiB"):
+        preflight.check_memory(_cfg(*xl), 1, 16 * GIB, "cuda:0")
+    with pytest.raises(UserError, match=r"--dist.strategy=fsdp"):
+        preflight.check(_cfg(*xl), info, device_bytes=16 * GIB)
+    with pytest.raises(UserError, match=r"more GPUs or a smaller model"):
+        preflight.check_memory(_cfg(*xl, "--dist.strategy=fsdp"), 2, 8 * GIB, "cuda:0")
+    # fits with room: no note; fits only without activations: a note, not a refusal
+    assert preflight.check_memory(_cfg(), 8, 80 * GIB, "cuda:0") == []
+    notes = preflight.check_memory(_cfg(), 8, 4 * GIB, "cuda:0")
+    assert len(notes) == 1 and "--train.micro_batch_size=32" in notes[0]
+    assert preflight.check(_cfg(), info) == preflight.warmup_notes(_cfg())  # CPU: no memory check
