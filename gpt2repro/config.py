@@ -240,6 +240,9 @@ class LogConfig:
     report: bool = _f(
         True, "rewrite RUN_DIR/report.html after each evaluation: a live dashboard (docs/report.md)"
     )
+    tensorboard: bool = _f(
+        False, "also write TensorBoard event files to RUN_DIR/tensorboard/ (docs/wandb.md)"
+    )
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from gpt2repro.config import Config, to_dict, to_toml
 from gpt2repro.dist import DistInfo
 from gpt2repro.errors import UserError
 from gpt2repro.runs import format_duration
+from gpt2repro.tensorboard_log import TensorBoardLogger
 
 
 def format_count(n: float) -> str:
@@ -423,6 +424,7 @@ class RunLog:
         self.is_main = is_main
         self.page = page
         self.clock = WallClock()
+        self.tensorboard = TensorBoardLogger(run_dir, enabled=is_main and cfg.log.tensorboard)
         self.world_size, self.on_cuda = 1, False  # the trainer's devices (set_devices)
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
         self.wandb = WandbLogger(
@@ -521,8 +523,9 @@ class RunLog:
         if text is not None:
             print(text, flush=True)
         self.metrics.write({**record, "time": round(time.time(), 3)})
-        if wandb:
+        if wandb:  # the numbers of steps and evaluations (events are not plotted)
             self.wandb.log(record)
+            self.tensorboard.log(record)
 
     def sample(self, step: int, tokens: int, text: str) -> None:
         if not self.is_main:
@@ -533,11 +536,13 @@ class RunLog:
             {"step": step, "tokens": tokens, "sample": text, "time": round(time.time(), 3)}
         )
         self.wandb.log_sample(step, text)
+        self.tensorboard.log_sample(step, text)
 
     def close(self) -> None:
         """Flush metrics.jsonl, draw the page a last time (no reloading once DONE exists), and
-        finish wandb."""
+        finish wandb and TensorBoard."""
         self.metrics.close()
         if self.page is not None:
             self.page.update()
         self.wandb.finish()
+        self.tensorboard.finish()

@@ -9,6 +9,7 @@ launcher's environment and the wait for peers in dist.py (the only reader of tho
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ def check(cfg: Config, info: DistInfo, device_bytes: int | None = None) -> list[
     the accelerator's memory in bytes (None = read it from CUDA; no check off CUDA)."""
     check_paths(cfg)
     check_sample_prompt(cfg)
+    check_tensorboard(cfg)
     if device_bytes is None and info.device.type == "cuda":
         device_bytes = torch.cuda.get_device_properties(info.device).total_memory
     notes = warmup_notes(cfg)
@@ -37,6 +39,15 @@ def check(cfg: Config, info: DistInfo, device_bytes: int | None = None) -> list[
         for note in notes:
             print(note, flush=True)
     return notes
+
+
+def check_tensorboard(cfg: Config) -> None:
+    """`log.tensorboard` needs the tensorboard package (found without importing it)."""
+    if cfg.log.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError(
+            "log.tensorboard=true needs tensorboard: pip install 'gpt2repro[tensorboard]' "
+            "(or set --log.tensorboard=false)"
+        )
 
 
 def _kind(path: Path) -> str:

@@ -66,3 +66,46 @@ def test_a_failing_write_warns_once_and_goes_on(tmp_path: Path) -> None:
     assert (
         "No space left on device" in err.getvalue() and "--log.tensorboard=false" in err.getvalue()
     )
+
+
+def test_the_run_log_writes_tensorboard_when_asked(tmp_path: Path) -> None:
+    """`log.tensorboard=true`: RunLog sends records and samples to RUN_DIR/tensorboard/; off by
+    default; a run that asks for it without the package is refused before anything is built."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gpt2repro import metrics, preflight
+    from gpt2repro.config import load_config
+
+    cfg, _ = load_config(["--log.tensorboard=true", f"--run.dir={tmp_path}"])
+    log = metrics.RunLog(tmp_path, cfg, is_main=True)
+    log.record({"step": 5, "tokens": 50, "val_loss": 4.5})
+    log.record({"event": "done", "step": 5, "tokens": 50}, wandb=False)
+    log.sample(5, 50, "text")
+    log.close()
+    acc = EventAccumulator(str(tmp_path / TB_DIR))
+    acc.Reload()
+    assert acc.Tags()["scalars"] == ["tokens", "val_loss"]
+    default, _ = load_config([f"--run.dir={tmp_path / 'other'}"])
+    assert default.log.tensorboard is False
+    (tmp_path / "other").mkdir()
+    metrics.RunLog(tmp_path / "other", default, is_main=True).close()
+    assert not (tmp_path / "other" / TB_DIR).exists()
+    preflight.check_tensorboard(cfg)  # installed: fine
+
+
+def test_asking_for_tensorboard_without_it_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from gpt2repro import preflight
+    from gpt2repro.config import load_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name)
+    )
+    cfg, _ = load_config(["--log.tensorboard=true"])
+    with pytest.raises(UserError, match=r"log.tensorboard=true needs tensorboard: pip install"):
+        preflight.check_tensorboard(cfg)
