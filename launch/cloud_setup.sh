@@ -12,9 +12,11 @@
 # Running it again is safe: packages, venv and data are kept, and training resumes (resume=auto).
 # Arguments go to the trainer (e.g. --log.wandb_mode=online: the wandb login is checked before the
 # job starts). Environment:
-#   TORCH_SPEC   pip arguments for torch, as in the Makefile (default: the Makefile's TORCH_SPEC, whose
-#                PyPI wheel for Linux x86_64 is a CUDA build); e.g. "torch==2.13.0 --index-url
+#   TORCH_SPEC   the torch build, as in the Makefile (tools/install_torch.py; default `auto`: with the
+#                NVIDIA driver, the default index's CUDA build); e.g. "torch==2.13.0 --index-url
 #                https://download.pytorch.org/whl/cu128" for another CUDA; "none" keeps the venv's torch
+#   MIN_FREE_GB  free disk data preparation needs (default: 5 GB per billion tokens of the sample:
+#                2 bytes a token of shards plus the download and datasets' cache; 50 for 10BT)
 #   CONFIG       (configs/gpt2_124m.toml)   SAMPLE  FineWeb-Edu sample (default: the one data.dir is named
 #                after, data/edu_fineweb100B -> 100BT, as data_prep/fineweb.py names its default --out-dir; else 10BT)
 #   VENV (.venv) BASE_PYTHON (python3 when it is 3.11+, else python3.11)   SESSION  tmux session (gpt2repro)
@@ -68,10 +70,7 @@ fi
 # 2. venv, torch, this package
 if [ ! -x "$PY" ]; then run "$BASE_PYTHON" -m venv "$VENV"; fi
 run "$PY" -m pip install --upgrade pip
-if [ "$TORCH_SPEC" != none ]; then
-  read -r -a torch_args <<< "$TORCH_SPEC"  # pip arguments, split on spaces as make does
-  run "$PY" -m pip install "${torch_args[@]}"
-fi
+run "$PY" tools/install_torch.py "$TORCH_SPEC"
 run "$PY" -m pip install -e ".[data,wandb]"
 if ! run "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
   fail "torch in $VENV sees no GPU: install the build for the CUDA version nvidia-smi shows," \
@@ -103,6 +102,18 @@ if [ -z "${SAMPLE:-}" ]; then
   # The sample data.dir is named after (fineweb.py's default --out-dir is data/edu_fineweb<N>B):
   # the larger configs read edu_fineweb100B, and 10BT written there would be a tenth of their data.
   if [[ $(basename "$data_dir") =~ ^edu_fineweb([0-9]+)B$ ]]; then SAMPLE=${BASH_REMATCH[1]}BT; else SAMPLE=10BT; fi
+fi
+# Free disk for data preparation, before hours of downloading (skipped when the shards are done).
+if ! grep -qs '"complete": true' "$data_dir/manifest.json"; then
+  need_gb=${MIN_FREE_GB:-$(( ${SAMPLE%BT} * 5 ))}
+  probe=$data_dir
+  while [ ! -d "$probe" ]; do probe=$(dirname "$probe"); done
+  free_gb=$(( $(df -Pk "$probe" | awk 'NR == 2 {print $4}') / 1024 / 1024 ))
+  if [ "$free_gb" -lt "$need_gb" ]; then
+    fail "only $free_gb GB free under $probe, and FineWeb-Edu $SAMPLE needs about $need_gb GB" \
+      "(shards, download and cache): free space, give a larger disk with --data.dir=PATH, or" \
+      "prepare the shards on another machine and copy $data_dir here (docs/data.md)"
+  fi
 fi
 train_env=(env "PYTHON=$PY")
 if [ -n "${NPROC:-}" ]; then train_env+=("NPROC=$NPROC"); fi

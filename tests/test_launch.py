@@ -233,11 +233,11 @@ def test_slurm_outside_the_repository(standins: Path, tmp_path: Path) -> None:
     )
 
 
-def makefile_torch_spec() -> list[str]:
+def makefile_torch_spec() -> str:
     (line,) = [
         ln for ln in (REPO / "Makefile").read_text().splitlines() if ln.startswith("TORCH_SPEC ?=")
     ]
-    return line.split("?=", 1)[1].split()
+    return line.split("?=", 1)[1].strip()
 
 
 @pytest.mark.parametrize(
@@ -260,11 +260,13 @@ def test_cloud_setup(standins: Path, tmp_path: Path, torch_spec: str | None) -> 
     assert any(p.endswith("-venv") for p in install) and any(p.endswith("-dev") for p in install)
     assert cmds[2][1:] == ["-m", "venv", str(venv)]
     pip = [c[4:] for c in cmds if c[:4] == [py, "-m", "pip", "install"]]
-    spec = makefile_torch_spec() if torch_spec is None else torch_spec.split()
-    assert pip == [
-        ["--upgrade", "pip"],
-        *([] if torch_spec == "none" else [spec]),
-        ["-e", ".[data,wandb]"],
+    assert pip == [["--upgrade", "pip"], ["-e", ".[data,wandb]"]]
+    # torch as the Makefile installs it (tools/install_torch.py: `auto` takes the CUDA build
+    # where the NVIDIA driver is), or the build named
+    spec = makefile_torch_spec() if torch_spec is None else torch_spec
+    assert makefile_torch_spec() == "auto"
+    assert [c for c in cmds if c[1:2] == ["tools/install_torch.py"]] == [
+        [py, "tools/install_torch.py", spec]
     ]
     *_, mkdir, tmux = cmds
     assert mkdir == ["mkdir", "-p", "logs"]
@@ -311,13 +313,45 @@ def test_cloud_setup_stops_without_a_driver_or_with_a_session(
     assert len(p_out.strip().splitlines()) == 1
 
 
+def test_cloud_setup_checks_free_disk_before_preparing_data(standins: Path, tmp_path: Path) -> None:
+    """Too little disk for the sample (5 GB per billion tokens by default, MIN_FREE_GB to set it)
+    stops before the job starts; enough, or shards already complete, go on."""
+    env = {"VENV": str(tmp_path / "venv")}
+    df = standins / "df"
+    df.write_text(
+        '#!/bin/sh\necho "df $*" >> "$CALLS"\n'
+        'echo "Filesystem 1024-blocks Used Available Capacity Mounted on"\n'
+        'echo "/dev/x 100000000 90000000 $FREE_KB 90% /"\n'
+    )
+    df.chmod(0o755)
+    _, out, _ = dry(standins, "cloud_setup.sh", env={**env, "FREE_KB": str(20 * 1024**2)})
+    note = "# cloud_setup: would stop here: only 20 GB free under "
+    assert out.count(note) == 1 and "FineWeb-Edu 10BT needs about 50 GB" in out
+    assert "--data.dir=PATH" in out and out.index(note) < out.index("tmux new-session")
+    _, out, _ = dry(standins, "cloud_setup.sh", env={**env, "FREE_KB": str(60 * 1024**2)})
+    assert "would stop here" not in out
+    _, out, _ = dry(
+        standins, "cloud_setup.sh", env={**env, "FREE_KB": str(60 * 1024**2), "MIN_FREE_GB": "70"}
+    )
+    assert "needs about 70 GB" in out
+    cfg, _ = load_config(["--config", str(REPO / CONFIG)])
+    data = tmp_path / "shards"
+    data.mkdir()
+    (data / "manifest.json").write_text('{"complete": true}')
+    _, out, calls = dry(
+        standins, "cloud_setup.sh", f"--data.dir={data}", env={**env, "FREE_KB": "1024"}
+    )
+    assert "would stop here" not in out and not any(c.startswith("df ") for c in calls)
+    assert cfg.data.dir != str(data)
+
+
 def test_cloud_setup_checks_the_wandb_login_before_starting_an_online_job(
     standins: Path, tmp_path: Path
 ) -> None:
     """--log.wandb_mode=online without a wandb key (no WANDB_API_KEY, no netrc entry in HOME):
     stopped before the job starts (under DRY_RUN noted, and the rest shown); with a key, or not
     online, no note."""
-    env = {"VENV": str(tmp_path / "venv")}  # HOME is tmp_path (dry's): no ~/.netrc
+    env = {"VENV": str(tmp_path / "venv"), "MIN_FREE_GB": "0"}  # HOME is tmp_path: no ~/.netrc
     cmds, out, calls = dry(standins, "cloud_setup.sh", "--log.wandb_mode=online", env=env)
     note = "# cloud_setup: would stop here: log.wandb_mode=online but wandb has no login here ("
     assert out.count(note) == 1 and "`wandb login`" in out and "(then run this again)" in out
