@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gpt2repro.config import Config, to_dict, to_toml
+from gpt2repro.config import Config, to_dict
 from gpt2repro.dist import DistInfo
 from gpt2repro.errors import UserError
 from gpt2repro.runs import format_duration
@@ -364,6 +364,20 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
+CONFIG_TOML = "config.toml"  # the run's full resolved config, in its run directory
+
+
+def non_defaults(cfg: Config) -> list[str]:
+    """`section.key=value` of every setting that differs from the built-in defaults."""
+    default = to_dict(Config())
+    return [
+        f"{section}.{key}={value!r}" if isinstance(value, str) else f"{section}.{key}={value}"
+        for section, values in to_dict(cfg).items()
+        for key, value in values.items()
+        if default[section].get(key) != value
+    ]
+
+
 def run_header(
     cfg: Config, info: DistInfo, argv: list[str], grad_accum: int, n_params: int
 ) -> dict[str, Any]:
@@ -394,6 +408,7 @@ def run_header(
         f"batch: {train_cfg.total_batch_tokens:,} tokens/step = {train_cfg.micro_batch_size} seqs x {train_cfg.seq_len} tokens"
         f" x {info.world_size} processes x {grad_accum} accumulation steps"
     )
+    changed = non_defaults(cfg)
     text = "\n".join(
         [
             f"gpt2repro | git {record['git_sha']} | torch {torch.__version__} | python {platform.python_version()}",
@@ -402,8 +417,8 @@ def run_header(
             f"model: {n_params:,} parameters, {cfg.model.n_layer} layers, {cfg.model.n_head} heads, width {cfg.model.n_embd}",
             batch,
             f"steps: {train_cfg.max_steps:,} ({train_cfg.max_steps * train_cfg.total_batch_tokens:,} tokens)",
-            "config:",
-            "  " + to_toml(cfg).strip().replace("\n", "\n  "),
+            f"data: {cfg.data.dir} | run: {cfg.run.dir} (full config: {Path(cfg.run.dir) / CONFIG_TOML})",
+            "settings not at their defaults: " + (", ".join(changed) if changed else "none"),
         ]
     )
     return {"record": record, "text": text}
@@ -487,11 +502,22 @@ class RunLog:
         )
         self.record(record, text=console_line(record, progress))
 
-    def evaluation(self, step: int, tokens: int, results: dict[str, float]) -> None:
-        """An evaluation's line and record, then the live report page."""
+    def evaluation(
+        self,
+        step: int,
+        tokens: int,
+        results: dict[str, float],
+        seconds: float,
+        gpt2_val_loss: float | None = None,
+    ) -> None:
+        """An evaluation's line (with its duration, and GPT-2 124M's validation loss where it is
+        comparable) and record, then the live report page."""
         shown = " | ".join(f"{k} {v:.4f}" for k, v in results.items())
+        if gpt2_val_loss is not None and "val_loss" in results:
+            shown += f" (GPT-2 124M: {gpt2_val_loss:.4f})"
         self.record(
-            {"step": step, "tokens": tokens, **results}, text=f"eval step {step:>6} | {shown}"
+            {"step": step, "tokens": tokens, **results, "eval_s": round(seconds, 3)},
+            text=f"eval step {step:>6} | {shown} | {seconds:.1f} s",
         )
         if self.page is not None:
             self.page.update()  # never raises

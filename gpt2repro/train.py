@@ -49,6 +49,7 @@ from gpt2repro.hellaswag import load_hellaswag
 from gpt2repro.metrics import RunLog, run_header
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer, lr_at
+from gpt2repro.reference import GPT2_124M_VAL_LOSS, gpt2_val_loss_comparable
 from gpt2repro.report import LiveReport
 from gpt2repro.resume import Resume, restore_rank, select_resume
 from gpt2repro.sample import complete
@@ -562,6 +563,7 @@ class InLoopEval:
             batch_examples=eval_cfg.batch_examples,
             autocast_dtype=run.trainable.autocast_dtype,
         )
+        t0 = time.perf_counter()
         results = evaluate_in_loop(
             run.trainable.raw_model,
             val_tokens=val,
@@ -570,7 +572,10 @@ class InLoopEval:
             info=self.info,
             step=step,
         )
-        run.log.evaluation(step, run.state.tokens, results)
+        seconds = time.perf_counter() - t0
+        comparable = gpt2_val_loss_comparable(self.cfg.data.dir, self.cfg.train.seq_len)
+        reference = GPT2_124M_VAL_LOSS if comparable else None
+        run.log.evaluation(step, run.state.tokens, results, seconds, reference)
         return True
 
 

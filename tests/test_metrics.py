@@ -175,7 +175,11 @@ def test_run_header_reproduces_the_run() -> None:
         "batch: 256 tokens/step = 4 seqs x 32 tokens x 1 processes x 2 accumulation steps" in text
     )
     assert "model: 12,345 parameters, 2 layers, 2 heads, width 32" in text
-    assert "n_embd = 32" in text  # the resolved config, as TOML
+    # short: what differs from the defaults; the full resolved config is RUN_DIR/config.toml
+    assert "settings not at their defaults: " in text and "model.n_embd=32" in text
+    assert "model.n_layer=2" in text and "optim.lr" not in text  # the default lr: not listed
+    assert f"full config: {Path(cfg.run.dir) / 'config.toml'}" in text
+    assert len(text.splitlines()) == 7
 
 
 def test_run_header_without_tiktoken(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -316,3 +320,20 @@ def test_a_full_disk_for_metrics_and_the_report_does_not_stop_training(
     steps = [checkpoint.step_of(p) for p in sorted((rd / "ckpt").iterdir())]
     assert [s for s in steps if s is not None] == [2, 4]
     assert (rd / "DONE").exists()
+
+
+def test_the_eval_line_has_its_duration_and_gpt2s_number_where_comparable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, _ = load_config(["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32"])
+    log = metrics.RunLog(tmp_path, cfg, is_main=True)
+    log.evaluation(100, 5000, {"val_loss": 3.5}, seconds=12.34, gpt2_val_loss=3.2924)
+    log.evaluation(200, 9000, {"val_loss": 3.4}, seconds=1.0)
+    log.close()
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "eval step    100 | val_loss 3.5000 (GPT-2 124M: 3.2924) | 12.3 s",
+        "eval step    200 | val_loss 3.4000 | 1.0 s",
+    ]
+    records = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval_s"] for r in records] == [12.34, 1.0]

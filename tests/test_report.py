@@ -352,7 +352,7 @@ def test_live_report_writes_the_page_only_when_enabled(tmp_path: Path, enabled: 
     live = report.LiveReport(tmp_path, enabled=cfg.log.report)
     log = RunLog(tmp_path, cfg, is_main=True, page=live)
     log.record({"event": "start", "step": 0, "tokens": 0, "config": {}}, wandb=False)
-    log.evaluation(0, 0, {"val_loss": 10.9})  # redraws the page
+    log.evaluation(0, 0, {"val_loss": 10.9}, seconds=0.5)  # redraws the page
     page = tmp_path / "report.html"
     assert page.exists() == enabled
     if enabled:
