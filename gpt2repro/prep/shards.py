@@ -40,6 +40,7 @@ from gpt2repro import fault
 from gpt2repro.atomic import check_output_path, write_json
 from gpt2repro.data import SHARD_NAME, shard_sha256, write_shard
 from gpt2repro.errors import UserError
+from gpt2repro.lock import DirLock
 from gpt2repro.tokenizer import EOT, get_encoding
 
 DEFAULT_SHARD_SIZE = 100_000_000
@@ -417,6 +418,7 @@ def write_shards(
     check_sizes(shard_size, val_items)
     check_prefix(prefix)
     out = check_out_dir(out_dir, prefix)
+    lock = DirLock(out, "--out-dir").acquire()  # one data prep per directory (gpt2repro.lock)
     settings = {
         **settings,
         "prefix": prefix,
@@ -429,6 +431,7 @@ def write_shards(
     if manifest is not None and manifest.get("complete"):
         if not quiet:
             print(f"{out}: already complete ({out / MANIFEST}); nothing to do")
+        lock.release()
         return manifest
     state = _resume_state(out, settings, prefix=prefix)
     shards = ShardBuffer(out, state, prefix=prefix, shard_size=shard_size, val_items=val_items)
@@ -467,6 +470,7 @@ def write_shards(
     (out / PROGRESS).unlink(missing_ok=True)
     if not quiet:
         console.summary(out, manifest)
+    lock.release()  # also at exit after an error (DirLock.acquire registers it)
     return manifest
 
 
