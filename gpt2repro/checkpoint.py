@@ -284,8 +284,8 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise NewerFormat(
             f"{ckpt} was written by a newer gpt2repro (format {version}; this one reads format "
-            f"{FORMAT_VERSION}); update gpt2repro (git pull, then pip install -e .) to use it, or "
-            "set --run.dir to another directory"
+            f"{FORMAT_VERSION}); update gpt2repro (git pull, then pip install -e .) to read it, or "
+            "use another checkpoint or --run.dir"
         )
     if not state.get("complete") or version != FORMAT_VERSION:
         raise UserError(f"{ckpt} is incomplete or of another format version; delete it")

@@ -30,6 +30,9 @@ from types import TracebackType
 from gpt2repro.errors import UserError
 
 LOCK_NAME = ".gpt2repro.lock"
+# How long a second job keeps trying before it refuses: long enough for a holder that is exiting
+# (its lock goes with its last process) to be gone, short next to any real run.
+GRACE_S = 3.0
 # flock's answers on a filesystem that has no locks (NFS without a lock manager, Lustre without
 # -o flock, FUSE): a warning, not a refusal; nothing else can be done there.
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -91,9 +94,10 @@ class DirLock:
     error) removes the lock file and any directory `acquire` made that is still empty.
     """
 
-    def __init__(self, directory: str | os.PathLike, flag: str) -> None:
+    def __init__(self, directory: str | os.PathLike, flag: str, grace_s: float = GRACE_S) -> None:
         self.directory = Path(directory)
         self.flag = flag
+        self.grace_s = grace_s  # seconds to keep trying while another process holds it
         self.path = self.directory / LOCK_NAME
         self.fd: int | None = None
         self.made: list[Path] = []  # directories acquire created, outermost first
@@ -110,6 +114,7 @@ class DirLock:
         """Take the lock, or raise UserError naming its holder; returns self."""
         check_dir_path(self.directory, self.flag)
         self._make_directory()
+        give_up = time.monotonic() + self.grace_s
         while True:  # again if the holder removed the file between our open and our flock
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -132,9 +137,13 @@ class DirLock:
                     )
                     atexit.register(self.release)
                     return self
-                self.release()
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    self.release()
                     raise self._not_writable(e) from None
+                if time.monotonic() < give_up:
+                    time.sleep(0.1)
+                    continue
+                self.release()
                 who, stop = describe_holder(text)
                 raise UserError(
                     f"{self.flag} {self.directory} is in use by another job: {who} (lock file "

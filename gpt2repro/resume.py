@@ -69,7 +69,7 @@ def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 # Run-defining settings that no allow_changes can let through: the data loader's saved position
 # is a place in the window order that the sequence length and the seed define.
 FIXED = ("train.seq_len", "train.seed")
-FIXED_WHY = "the data loader's saved position depends on them"
+FIXED_WHY = "the data loader's saved position depends on the sequence length and the seed"
 
 # Settings that change what the logged numbers mean (the validation budget and data, the
 # precision, compilation): a resume may change them, but says so in its line and marks the resume
@@ -255,7 +255,7 @@ def refuse_silent_restart(run_dir: Path) -> None:
         f"{run_dir} shows a run happened ({'; '.join(signs)}) but holds no checkpoint to "
         "continue from; put its ckpt/ back to continue, start over with "
         "--checkpoint.resume=restart (the old run is moved aside, not deleted), or pass "
-        "--checkpoint.resume=never to start from step 0 beside it"
+        "--checkpoint.resume=never to start from step 0 here anyway"
     )
 
 

@@ -50,8 +50,10 @@ def test_a_second_job_is_refused_naming_the_holder_and_a_dead_one_never_blocks(
     holder = hold(run)
     try:
         before = sorted(p.name for p in run.iterdir())
+        start = time.monotonic()
         with pytest.raises(UserError) as e:
-            DirLock(run, "--run.dir").acquire()
+            DirLock(run, "--run.dir", grace_s=0.5).acquire()
+        assert time.monotonic() - start >= 0.5  # an exiting holder gets a moment
         msg = str(e.value)
         assert f"--run.dir {run} is in use by another job" in msg and "\n" not in msg
         assert f"PID {holder.pid} on host {socket.gethostname()}, started " in msg
@@ -147,6 +149,7 @@ def test_two_data_preps_into_one_directory(tmp_path: Path) -> None:
     try:
         with pytest.raises(UserError, match=r"--out-dir .* is in use by another job: PID"):
             shards.write_shards(lambda start: None, out, {}, prefix="t")  # type: ignore[arg-type]
+        # (after GRACE_S: the second prep keeps trying a moment before it refuses)
         assert [p.name for p in out.iterdir()] == [LOCK_NAME]
     finally:
         holder.kill()
