@@ -412,13 +412,29 @@ def write_shards(
     """Tokenize a source into shards in `out_dir`; resume a killed run; return the manifest.
 
     `open_items(start)` gives the stream from item index `start` on (see the module docstring).
-    `settings` identifies the source; resuming with other settings is refused.
+    `settings` identifies the source; resuming with other settings is refused. One data prep per
+    directory: `out_dir` is locked for the whole write (gpt2repro.lock; a second one refuses).
     """
+    check_sizes(options.shard_size, options.val_items)
+    check_prefix(prefix)
+    out = check_out_dir(out_dir, prefix)
+    with DirLock(out, "--out-dir"):  # released (its file removed) also after an error
+        return _write_shards_locked(open_items, out, settings, prefix=prefix, options=options)
+
+
+def _write_shards_locked(
+    open_items: OpenItems,
+    out_dir: str | os.PathLike,
+    settings: dict,
+    *,
+    prefix: str,
+    options: ShardOptions,
+) -> dict:
+    """write_shards' work, with `out_dir` locked."""
     shard_size, val_items, quiet = options.shard_size, options.val_items, options.quiet
     check_sizes(shard_size, val_items)
     check_prefix(prefix)
     out = check_out_dir(out_dir, prefix)
-    lock = DirLock(out, "--out-dir").acquire()  # one data prep per directory (gpt2repro.lock)
     settings = {
         **settings,
         "prefix": prefix,
@@ -431,7 +447,6 @@ def write_shards(
     if manifest is not None and manifest.get("complete"):
         if not quiet:
             print(f"{out}: already complete ({out / MANIFEST}); nothing to do")
-        lock.release()
         return manifest
     state = _resume_state(out, settings, prefix=prefix)
     shards = ShardBuffer(out, state, prefix=prefix, shard_size=shard_size, val_items=val_items)
@@ -470,7 +485,6 @@ def write_shards(
     (out / PROGRESS).unlink(missing_ok=True)
     if not quiet:
         console.summary(out, manifest)
-    lock.release()  # also at exit after an error (DirLock.acquire registers it)
     return manifest
 
 
