@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,8 @@ NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 def check_dir_path(path: Path, flag: str) -> None:
     """Refuse, naming `flag`, a directory path that cannot be one: the path or one of its parents
-    is a regular file, a symbolic-link loop, or a link whose target does not exist."""
+    is a regular file, a symbolic-link loop, a link whose target does not exist, or cannot be
+    looked at (permissions). A path that does not exist yet is fine (it will be made)."""
     full = path.absolute()
     for i in range(1, len(full.parts) + 1):
         p = Path(*full.parts[:i])
@@ -49,23 +51,29 @@ def check_dir_path(path: Path, flag: str) -> None:
             f"{flag} {path}" if p == full else f"{flag} {path} is not writable: it lies under {p},"
         )
         verb = "is" if p == full else "which is"
-        if p.is_symlink():
-            try:
-                p.stat()
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise UserError(
-                        f"{head} {verb} a symbolic link loop; point the link at a directory or "
-                        f"set {flag} to another path"
-                    ) from None
-                target = os.readlink(p)
+        try:
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                st = os.stat(p)  # what the link points at
+        except FileNotFoundError:
+            if not p.is_symlink():
+                return  # made by acquire
+            target = os.readlink(p)
+            raise UserError(
+                f"{head} {verb} a link that points to {target}, which does not exist; "
+                f"mount or create {target}, or set {flag} to another path"
+            ) from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
                 raise UserError(
-                    f"{head} {verb} a link that points to {target}, which does not exist; "
-                    f"mount or create {target}, or set {flag} to another path"
+                    f"{head} {verb} a symbolic link loop; point the link at a directory or "
+                    f"set {flag} to another path"
                 ) from None
-        if not p.exists():
-            return
-        if not p.is_dir():
+            raise UserError(
+                f"{flag} {path} cannot be used ({p}: {e.strerror}); fix the permissions or set "
+                f"{flag} to another path"
+            ) from None
+        if not stat.S_ISDIR(st.st_mode):
             raise UserError(
                 f"{head} {verb} a file, not a directory; set {flag} to a directory path"
             )

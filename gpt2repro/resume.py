@@ -3,8 +3,11 @@
 `checkpoint.resume` picks it: `auto` (the newest valid one), `restart` (move the run aside and
 start over), `never`, or a path (a deliberate branch: newer checkpoints are moved aside). The
 model shape must match; the run-defining settings (RUN_DEFINING) may change only by name
-(`checkpoint.allow_changes`). Nothing is deleted: what a run leaves behind is moved aside.
-The on-disk format itself is checkpoint.py's.
+(`checkpoint.allow_changes`), those the loader's position depends on (FIXED) not at all; those
+that change what is measured (MEASURED) are noted and marked on the resume event. `auto` never
+starts from step 0 where a run happened but left no checkpoint (`refuse_silent_restart`).
+Nothing is deleted: what a run leaves behind is moved aside. The on-disk format itself is
+checkpoint.py's; the run directory's lock is lock.py's (taken before anything here runs).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class Resume:
 
 
 # Settings that define the optimization or the data: `resume=auto` refuses a change to them
-# unless `checkpoint.allow_changes` names it (model.* is compared apart: it cannot change at all).
+# unless `checkpoint.allow_changes` names it (model.* is compared apart: it cannot change at all;
+# nor can FIXED, below).
 RUN_DEFINING = (
     "data.dir", "train.seq_len", "train.total_batch_tokens", "train.max_steps", "train.seed",
     "optim.lr", "optim.min_lr", "optim.warmup_steps", "optim.schedule", "optim.decay_frac",
@@ -182,7 +186,7 @@ def select_resume(
 
 def _was_now(key: str, saved: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
     section, name = key.split(".")
-    return {"was": saved.get(section, {}).get(name), "now": now[section][name]}
+    return {"was": saved.get(section, {}).get(name), "now": now.get(section, {}).get(name)}
 
 
 def _pick_resume(mode: str, run_dir: Path) -> Path | None:
