@@ -85,7 +85,7 @@ def _holder_text() -> str:
     return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": started})
 
 
-def describe_holder(text: str) -> tuple[str, str]:
+def _describe_holder(text: str) -> tuple[str, str]:
     """(who holds it, how to stop it) from the lock file's text, in words for a message."""
     try:
         h = json.loads(text)
@@ -152,7 +152,7 @@ class DirLock:
                     time.sleep(0.1)
                     continue
                 self.release()
-                who, stop = describe_holder(text)
+                who, stop = _describe_holder(text)
                 raise UserError(
                     f"{self.flag} {self.directory} is in use by another job: {who} (lock file "
                     f"{self.path}); wait for it to finish, {stop}, or use another {self.flag}"

@@ -242,44 +242,64 @@ def _dangling(path: Path) -> str | None:
 
 def refuse_silent_restart(run_dir: Path) -> None:
     """`resume=auto` found no checkpoint: refuse to start from step 0 where a run has happened
-    (DONE, train records in metrics.jsonl, a `ckpt` link pointing nowhere), since that would
-    silently train again from scratch over it; the user asks with `restart` or `never`."""
+    and its checkpoints are gone (DONE; train records past the step of its first checkpoint, or a
+    resume event, in metrics.jsonl; a `ckpt` link pointing nowhere), since that would silently
+    train again from scratch over it; the user asks with `restart` or `never`. A run that stopped
+    before its first checkpoint had nothing to keep: it starts again from step 0, with a note."""
     signs = []
     if (run_dir / "DONE").exists():
         signs.append("DONE (a finished run)")
-    trained = _train_records(run_dir / "metrics.jsonl")
-    if trained:
-        signs.append(f"metrics.jsonl with train records up to step {trained}")
+    history = _history(run_dir / "metrics.jsonl")
+    every = history["every"]
+    if history["resumed"]:
+        signs.append("metrics.jsonl with a resume event")
+    elif history["last_step"] and (every is None or 0 < every <= history["last_step"]):
+        past = f", past its first checkpoint (checkpoint.every={every})" if every else ""
+        signs.append(f"metrics.jsonl with train records up to step {history['last_step']}{past}")
     link = _dangling(run_dir / "ckpt")
     if link:
         signs.append(f"ckpt, which {link} (storage not mounted?)")
-    if not signs:
-        return
-    raise UserError(
-        f"{run_dir} shows a run happened ({'; '.join(signs)}) but holds no checkpoint to "
-        "continue from; put its ckpt/ back to continue, start over with "
-        "--checkpoint.resume=restart (the old run is moved aside, not deleted), or pass "
-        "--checkpoint.resume=never to start from step 0 here anyway"
-    )
+    if signs:
+        raise UserError(
+            f"{run_dir} shows a run happened ({'; '.join(signs)}) but holds no checkpoint to "
+            "continue from; put its ckpt/ back to continue, start over with "
+            "--checkpoint.resume=restart (the old run is moved aside, not deleted), or pass "
+            "--checkpoint.resume=never to start from step 0 here anyway"
+        )
+    if history["last_step"]:
+        print(
+            f"note: {run_dir / 'metrics.jsonl'} holds train records up to step "
+            f"{history['last_step']} of a run that stopped before its first checkpoint "
+            f"(checkpoint.every={every}); starting again from step 0",
+            flush=True,
+        )
 
 
-def _train_records(metrics: Path) -> int:
-    """The last step of a train record in metrics.jsonl (0: none, or no file)."""
-    last = 0
+def _history(metrics: Path) -> dict[str, Any]:
+    """What metrics.jsonl tells of earlier runs here: the last step of a train record
+    (`last_step`, 0: none), whether one resumed (`resumed`), and the `checkpoint.every` of the
+    last start (`every`, None when unknown). No file: nothing."""
+    out: dict[str, Any] = {"last_step": 0, "resumed": False, "every": None}
     try:
         with open(metrics, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if '"loss"' not in line:  # cheap filter: train records carry the loss
-                    continue
                 try:
                     rec = json.loads(line)
                 except ValueError:
+                    continue  # a torn line (a kill while appending)
+                if not isinstance(rec, dict):
                     continue
-                if isinstance(rec, dict) and "event" not in rec and "loss" in rec:
-                    last = max(last, int(rec.get("step", 0) or 0))
+                event = rec.get("event")
+                if event is None and "loss" in rec:
+                    out["last_step"] = max(out["last_step"], int(rec.get("step") or 0))
+                elif event == "resume":
+                    out["resumed"] = True
+                elif event == "start":
+                    every = rec.get("config", {}).get("checkpoint", {}).get("every")
+                    out["every"] = every if isinstance(every, int) else None
     except OSError:
-        return 0
-    return last
+        pass
+    return out
 
 
 def _problem(ckpt: Path) -> str:

@@ -186,6 +186,33 @@ def test_a_run_that_happened_without_a_checkpoint_is_not_restarted_silently(
     assert select_resume(mode="auto", run_dir=run, config=config) is None  # now a fresh start
 
 
+def test_a_run_that_stopped_before_its_first_checkpoint_starts_again_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Killed at step 20 of a run that checkpoints every 50 steps: there was nothing to keep, so
+    `auto` (the restart loop's next attempt) starts from step 0 again, saying so. Past step 50,
+    or after a resume, its checkpoints existed: refused."""
+    config = full_config(MODEL)
+    start = {"event": "start", "step": 0, "tokens": 0, "config": full_config(MODEL)}
+    start["config"]["checkpoint"]["every"] = 50
+    records = [start, {"step": 10, "loss": 5.0}, {"step": 20, "loss": 4.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert select_resume(mode="auto", run_dir=tmp_path, config=config) is None
+    out = capsys.readouterr().out
+    assert "holds train records up to step 20 of a run that stopped before its first" in out
+    assert "checkpoint.every=50" in out and "starting again from step 0" in out
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"event": "start", "step": 0, "tokens": 0}\n')
+        f.write(json.dumps(start) + "\n" + '{"step": 50, "loss": 3.0}\n')
+    with pytest.raises(UserError, match=r"up to step 50, past its first checkpoint \(checkpoint"):
+        select_resume(mode="auto", run_dir=tmp_path, config=config)
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps(start) + "\n" + '{"event": "resume", "step": 100, "tokens": 0}\n'
+    )
+    with pytest.raises(UserError, match="metrics.jsonl with a resume event"):
+        select_resume(mode="auto", run_dir=tmp_path, config=config)
+
+
 def test_never_refuses_a_ckpt_link_that_points_nowhere(tmp_path: Path) -> None:
     (tmp_path / "ckpt").symlink_to(tmp_path / "gone")
     with pytest.raises(UserError, match=r"ckpt is a link to .*gone, which does not exist"):
