@@ -264,6 +264,11 @@ def prune(ckpt_root: Path, keep_last: int) -> list[Path]:
 # --------------------------------------------------------------------------- discovery / load
 
 
+class NewerFormat(UserError):
+    """A checkpoint of a format newer than FORMAT_VERSION: not damaged, only unreadable here, so
+    it is never skipped for an older one (a run continuing from that one would prune it)."""
+
+
 def read_state(ckpt: Path) -> dict[str, Any]:
     """state.json of a checkpoint directory, validated; UserError naming the problem."""
     sj = ckpt / "state.json"
@@ -275,7 +280,14 @@ def read_state(ckpt: Path) -> dict[str, Any]:
         raise UserError(
             f"{sj} is corrupt (not JSON); delete {ckpt} to fall back to an older one"
         ) from None
-    if not state.get("complete") or state.get("format_version") != FORMAT_VERSION:
+    version = state.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise NewerFormat(
+            f"{ckpt} was written by a newer gpt2repro (format {version}; this one reads format "
+            f"{FORMAT_VERSION}); update gpt2repro (git pull, then pip install -e .) to read it, or "
+            "use another checkpoint or --run.dir"
+        )
+    if not state.get("complete") or version != FORMAT_VERSION:
         raise UserError(f"{ckpt} is incomplete or of another format version; delete it")
     for name in ("model.pt", "optim.pt"):
         if not (ckpt / name).is_file():
@@ -300,7 +312,8 @@ def verify(
 def find_latest(run_dir: Path) -> Path | None:
     """The newest valid checkpoint under run_dir/ckpt, by step number, or None.
 
-    A corrupt or incomplete newest checkpoint is skipped with a warning in favour of an older one.
+    A corrupt or incomplete newest checkpoint is skipped with a warning in favour of an older one;
+    one of a newer format (NewerFormat) is refused, never skipped.
     `ckpt/latest` is not read: it is written after the rename and can be stale after a crash, so
     the step directories themselves are the truth (`latest` is for people and scripts).
     """
@@ -316,6 +329,8 @@ def find_latest(run_dir: Path) -> Path | None:
         try:
             state = read_state(p)
             verify(p, state)
+        except NewerFormat:
+            raise
         except UserError as e:
             print(f"warning: skipping checkpoint: {e}", flush=True)
             continue

@@ -461,16 +461,30 @@ class RunLog:
             print(text, flush=True)
 
     def start(
-        self, header: dict[str, Any], *, step: int, tokens: int, resumed_from: Path | None
+        self,
+        header: dict[str, Any],
+        *,
+        step: int,
+        tokens: int,
+        resumed_from: Path | None,
+        changed: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        """The start-up header on the console and the start/resume event in metrics.jsonl."""
+        """The start-up header on the console and the start/resume event in metrics.jsonl;
+        `changed` (setting -> was/now since the checkpoint) marks the resume event, so a report
+        can show where the curve's meaning changed."""
         self.print(header["text"])
         event = "start" if resumed_from is None else "resume"
+        marks = {"changed": changed} if changed else {}
         self.record(
-            {"event": event, "step": step, "tokens": tokens, **header["record"]}, wandb=False
+            {"event": event, "step": step, "tokens": tokens, **marks, **header["record"]},
+            wandb=False,
         )
         if resumed_from is not None:
-            self.print(f"resumed from {resumed_from} at step {step} ({tokens:,} tokens)")
+            line = f"resumed from {resumed_from} at step {step} ({tokens:,} tokens)"
+            if changed:
+                shown = ", ".join(f"{k} {v['was']} -> {v['now']}" for k, v in changed.items())
+                line += f"; changed since that checkpoint: {shown}"
+            self.print(line)
 
     def can_sample(self, sample_every: int, vocab_size: int) -> bool:
         """Text samples are on (`log.sample_every`), the model's vocabulary covers GPT-2's

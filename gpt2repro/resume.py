@@ -3,16 +3,20 @@
 `checkpoint.resume` picks it: `auto` (the newest valid one), `restart` (move the run aside and
 start over), `never`, or a path (a deliberate branch: newer checkpoints are moved aside). The
 model shape must match; the run-defining settings (RUN_DEFINING) may change only by name
-(`checkpoint.allow_changes`). Nothing is deleted: what a run leaves behind is moved aside.
-The on-disk format itself is checkpoint.py's.
+(`checkpoint.allow_changes`), those the loader's position depends on (FIXED) not at all; those
+that change what is measured (MEASURED) are noted and marked on the resume event. `auto` never
+starts from step 0 where a run happened but left no checkpoint (`refuse_silent_restart`).
+Nothing is deleted: what a run leaves behind is moved aside. The on-disk format itself is
+checkpoint.py's; the run directory's lock is lock.py's (taken before anything here runs).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +42,14 @@ class Resume:
 
     path: Path
     state: dict[str, Any]
+    # settings that differ from the checkpoint's and were let through (allowed run-defining ones,
+    # and MEASURED ones): key -> {"was": saved, "now": new}, for the resume event in metrics.jsonl
+    changed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # Settings that define the optimization or the data: `resume=auto` refuses a change to them
-# unless `checkpoint.allow_changes` names it (model.* is compared apart: it cannot change at all).
+# unless `checkpoint.allow_changes` names it (model.* is compared apart: it cannot change at all;
+# nor can FIXED, below).
 RUN_DEFINING = (
     "data.dir", "train.seq_len", "train.total_batch_tokens", "train.max_steps", "train.seed",
     "optim.lr", "optim.min_lr", "optim.warmup_steps", "optim.schedule", "optim.decay_frac",
@@ -71,6 +79,62 @@ def changed_settings(
             old, new = os.path.normpath(old), os.path.normpath(new)
         if old != new:
             out.append(f"{key}={old} (now: {new})")
+    return out
+
+
+# Run-defining settings that no allow_changes can let through: the data loader's saved position
+# is a place in the window order that the sequence length and the seed define.
+FIXED = ("train.seq_len", "train.seed")
+FIXED_WHY = "the data loader's saved position depends on the sequence length and the seed"
+
+# Settings that change what the logged numbers mean (the validation budget and data, the
+# precision, compilation): a resume may change them, but says so in its line and marks the resume
+# event in metrics.jsonl (`changed`) so a report can show where the curve's meaning changed.
+MEASURED = (
+    "eval.val_tokens", "eval.hellaswag_file", "eval.hellaswag_limit", "train.dtype",
+    "train.compile", "dist.fsdp_mixed_precision",
+)  # fmt: skip
+
+MODES = ("auto", "never", "restart")  # checkpoint.resume: these, or the path of a checkpoint
+
+
+def check_resume_flags(mode: str, allow_changes: str) -> None:
+    """Refuse a `checkpoint.resume` that is neither a mode nor an existing path (a typo such as
+    `atuo` used to read as a missing checkpoint path), and an `allow_changes` key that is not a
+    run-defining setting or one that cannot change (FIXED). Before the run directory is touched."""
+    if mode not in MODES and not Path(mode).exists():
+        raise UserError(
+            f"--checkpoint.resume={mode} is neither a mode nor an existing checkpoint path; pass "
+            f"{', '.join(MODES[:-1])} or {MODES[-1]}, or the path of a checkpoint (a run, ckpt or "
+            "step directory)"
+        )
+    for key in _allowed(allow_changes):
+        if key in FIXED:
+            raise UserError(
+                f"--checkpoint.allow_changes={key}: {key} cannot change on resume ({FIXED_WHY}); "
+                "resume with the saved value, or start a new run (a new --run.dir, or "
+                "--checkpoint.resume=restart)"
+            )
+        if key not in RUN_DEFINING:
+            allowable = ", ".join(k for k in RUN_DEFINING if k not in FIXED)
+            raise UserError(
+                f"--checkpoint.allow_changes={key}: not a setting a resume asks about; the ones "
+                f"it does: {allowable} (others may change freely)"
+            )
+
+
+def _allowed(allow_changes: str) -> list[str]:
+    return [k.strip() for k in allow_changes.split(",") if k.strip()]
+
+
+def measured_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The MEASURED settings that differ between two configs (as dicts): key -> was/now."""
+    out = {}
+    for key in MEASURED:
+        section, name = key.split(".")
+        old, new = saved.get(section, {}).get(name), now[section][name]
+        if old != new:
+            out[key] = {"was": old, "now": new}
     return out
 
 
@@ -104,10 +168,19 @@ def select_resume(
             "[model] config, a new --run.dir for a new model, or --checkpoint.resume=restart to "
             "start over here (the old run is moved aside, not deleted)"
         )
-    allowed = {k.strip() for k in allow_changes.split(",") if k.strip()}
+    allowed = set(_allowed(allow_changes))
     changes = changed_settings(state["config"], config, saved_data=state.get("data_fingerprint"))
     if "data_fingerprint" not in state and is_main:
         print(f"note: {path.name} predates data fingerprints: data.dir is compared by its path")
+    fixed = [c for c in changes if c.split("=")[0] in FIXED]
+    if fixed:  # in every mode: the loader could not continue anyway
+        keys = " and ".join(c.split("=")[0] for c in fixed)
+        raise UserError(
+            f"{run_dir} holds a run with other settings: {'; '.join(fixed)}; {keys} cannot "
+            f"change on resume ({FIXED_WHY}): resume with the saved values, start over with "
+            "--checkpoint.resume=restart (the old run is moved aside, not deleted), or use a new "
+            "--run.dir"
+        )
     refused = [c for c in changes if c.split("=")[0] not in allowed]
     if refused and mode == "auto":
         keys = ",".join(c.split("=")[0] for c in refused)
@@ -117,14 +190,23 @@ def select_resume(
             "with --checkpoint.resume=restart (the old run is moved aside, not deleted), or use a "
             "new --run.dir"
         )
-    if changes and is_main:
-        print(f"note: continuing from {path.name} with changed settings: {'; '.join(changes)}")
-    return Resume(path=path, state=state)
+    measured = measured_changes(state["config"], config)
+    noted = changes + [f"{k}={v['was']} (now: {v['now']})" for k, v in measured.items()]
+    if noted and is_main:
+        print(f"note: continuing from {path.name} with changed settings: {'; '.join(noted)}")
+    changed = {c.split("=")[0]: _was_now(c.split("=")[0], state["config"], config) for c in changes}
+    return Resume(path=path, state=state, changed={**changed, **measured})
+
+
+def _was_now(key: str, saved: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    section, name = key.split(".")
+    return {"was": saved.get(section, {}).get(name), "now": now.get(section, {}).get(name)}
 
 
 def _pick_resume(mode: str, run_dir: Path) -> Path | None:
     _clean_stale_writes(run_dir)
     existing = sorted((run_dir / "ckpt").glob(f"{STEP_PREFIX}*"))
+    ckpt_link = _dangling(run_dir / "ckpt")
     if mode == "auto":
         found = find_latest(run_dir)  # verified
         if found is None and existing:
@@ -134,6 +216,8 @@ def _pick_resume(mode: str, run_dir: Path) -> Path | None:
                 "--checkpoint.resume=restart (the old files are moved aside, not deleted), or "
                 "use a new --run.dir"
             )
+        if found is None:
+            refuse_silent_restart(run_dir)
         return found
     if mode == "restart":
         _move_run_aside(run_dir)
@@ -143,6 +227,11 @@ def _pick_resume(mode: str, run_dir: Path) -> Path | None:
             raise UserError(
                 f"checkpoint.resume=never but {run_dir} already holds checkpoints "
                 f"({existing[-1].name}); use a new --run.dir (nothing is overwritten) or resume=auto"
+            )
+        if ckpt_link:
+            raise UserError(
+                f"{run_dir / 'ckpt'} {ckpt_link}, so no checkpoint can be written; mount or "
+                "create it, or pass --checkpoint.resume=restart (the link is moved aside)"
             )
         return None
     ckpt = resolve(mode)
@@ -156,6 +245,75 @@ def _pick_resume(mode: str, run_dir: Path) -> Path | None:
     for src, dest in abandon_after(run_dir, state["step"]):
         print(f"note: moved {src.name} aside to {dest.name}: this run continues from {ckpt.name}")
     return ckpt
+
+
+def _dangling(path: Path) -> str | None:
+    """'is a link to X, which does not exist' for a link that points nowhere, else None."""
+    if path.is_symlink() and not path.exists():
+        return f"is a link to {os.readlink(path)}, which does not exist"
+    return None
+
+
+def refuse_silent_restart(run_dir: Path) -> None:
+    """`resume=auto` found no checkpoint: refuse to start from step 0 where a run has happened
+    and its checkpoints are gone (DONE; train records past the step of its first checkpoint, or a
+    resume event, in metrics.jsonl; a `ckpt` link pointing nowhere), since that would silently
+    train again from scratch over it; the user asks with `restart` or `never`. A run that stopped
+    before its first checkpoint had nothing to keep: it starts again from step 0, with a note."""
+    signs = []
+    if (run_dir / "DONE").exists():
+        signs.append("DONE (a finished run)")
+    history = _history(run_dir / "metrics.jsonl")
+    every = history["every"]
+    if history["resumed"]:
+        signs.append("metrics.jsonl with a resume event")
+    elif history["last_step"] and (every is None or 0 < every <= history["last_step"]):
+        past = f", past its first checkpoint (checkpoint.every={every})" if every else ""
+        signs.append(f"metrics.jsonl with train records up to step {history['last_step']}{past}")
+    link = _dangling(run_dir / "ckpt")
+    if link:
+        signs.append(f"ckpt, which {link} (storage not mounted?)")
+    if signs:
+        raise UserError(
+            f"{run_dir} shows a run happened ({'; '.join(signs)}) but holds no checkpoint to "
+            "continue from; put its ckpt/ back to continue, start over with "
+            "--checkpoint.resume=restart (the old run is moved aside, not deleted), or pass "
+            "--checkpoint.resume=never to start from step 0 here anyway"
+        )
+    if history["last_step"]:
+        print(
+            f"note: {run_dir / 'metrics.jsonl'} holds train records up to step "
+            f"{history['last_step']} of a run that stopped before its first checkpoint "
+            f"(checkpoint.every={every}); starting again from step 0",
+            flush=True,
+        )
+
+
+def _history(metrics: Path) -> dict[str, Any]:
+    """What metrics.jsonl tells of earlier runs here: the last step of a train record
+    (`last_step`, 0: none), whether one resumed (`resumed`), and the `checkpoint.every` of the
+    last start (`every`, None when unknown). No file: nothing."""
+    out: dict[str, Any] = {"last_step": 0, "resumed": False, "every": None}
+    try:
+        with open(metrics, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a torn line (a kill while appending)
+                if not isinstance(rec, dict):
+                    continue
+                event = rec.get("event")
+                if event is None and "loss" in rec:
+                    out["last_step"] = max(out["last_step"], int(rec.get("step") or 0))
+                elif event == "resume":
+                    out["resumed"] = True
+                elif event == "start":
+                    every = rec.get("config", {}).get("checkpoint", {}).get("every")
+                    out["every"] = every if isinstance(every, int) else None
+    except OSError:
+        pass
+    return out
 
 
 def _problem(ckpt: Path) -> str:
@@ -220,7 +378,7 @@ def _move_run_aside(run_dir: Path) -> None:
     """checkpoint.resume=restart: move checkpoints, metrics, DONE and the wandb id of this run
     directory into `run_dir/.restarted-<time>/` (kept, not deleted)."""
     names = ("ckpt", "metrics.jsonl", "DONE", "wandb_id.txt")
-    present = [run_dir / n for n in names if (run_dir / n).exists()]
+    present = [run_dir / n for n in names if (run_dir / n).exists() or (run_dir / n).is_symlink()]
     if not present:
         return
     dest = run_dir / f".restarted-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -14,6 +14,7 @@ themselves whether they are due at a step.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -46,12 +47,13 @@ from gpt2repro.fault import injected as injected_fault
 from gpt2repro.guard import Guard
 from gpt2repro.hardware import flops_per_token, mfu, peak_flops
 from gpt2repro.hellaswag import load_hellaswag
+from gpt2repro.lock import DirLock
 from gpt2repro.metrics import RunLog, run_header
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer, lr_at
 from gpt2repro.reference import GPT2_124M_VAL_LOSS, gpt2_val_loss_comparable
 from gpt2repro.report import LiveReport
-from gpt2repro.resume import Resume, restore_rank, select_resume
+from gpt2repro.resume import Resume, check_resume_flags, restore_rank, select_resume
 from gpt2repro.sample import complete
 from gpt2repro.scoring import Example
 from gpt2repro.services import wandb_problem
@@ -73,7 +75,8 @@ def _main(argv: list[str]) -> int:
     info = dist.setup(cfg.train.device, cfg.dist.backend, timeout_s=cfg.dist.init_timeout_s)
     ok = False
     try:
-        status = train(cfg, info)
+        with contextlib.ExitStack() as held:  # rank 0's lock on the run directory, until exit
+            status = train(cfg, info, held)
         ok = True
         return status
     finally:
@@ -83,8 +86,9 @@ def _main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- the run
 
 
-def train(cfg: Config, info: dist.DistInfo) -> int:
-    """Train per `cfg` on this process's share of the work; returns the exit status."""
+def train(cfg: Config, info: dist.DistInfo, held: contextlib.ExitStack) -> int:
+    """Train per `cfg` on this process's share of the work; returns the exit status. Rank 0
+    locks the run directory (lock.DirLock) into `held`, which the caller closes at exit."""
     run_dir = Path(cfg.run.dir)
 
     # ---- checks before anything expensive: paths, prompt, memory; batch arithmetic, wandb,
@@ -94,7 +98,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
     dist.raise_if_any(wandb_problem(cfg.log.wandb_mode) if info.is_main else None)  # rank 0 logs
     data.shard_paths(cfg.data.dir, "train")  # train shards first: their error before val's
     evaluator = InLoopEval(cfg, info)  # reads and checks the validation and HellaSwag inputs
-    resume = _check_inputs_and_pick_resume(cfg, info)
+    resume = _check_inputs_and_pick_resume(cfg, info, held)
     if resume and resume.state["step"] >= cfg.train.max_steps and (run_dir / "DONE").exists():
         if info.is_main:
             steps = resume.state["step"]
@@ -132,6 +136,7 @@ def train(cfg: Config, info: dist.DistInfo) -> int:
         step=run.state.step,
         tokens=run.state.tokens,
         resumed_from=resume.path if resume else None,
+        changed=resume.changed if resume else None,
     )
     if info.is_main:
         (run_dir / "DONE").unlink(missing_ok=True)
@@ -398,15 +403,19 @@ def _tune_cpu_allocator() -> None:
         pass
 
 
-def _check_inputs_and_pick_resume(cfg: Config, info: dist.DistInfo) -> Resume | None:
-    """The training data (a window at least, token ids in range), a writable run directory,
-    then the checkpoint to resume from (None: start fresh); collective, every rank calls it."""
+def _check_inputs_and_pick_resume(
+    cfg: Config, info: dist.DistInfo, held: contextlib.ExitStack
+) -> Resume | None:
+    """The training data (a window at least, token ids in range), the run directory locked for
+    this job (into `held`) and writable, then the checkpoint to resume from (None: start fresh);
+    collective, every rank calls it."""
     data.shards_with_a_window(cfg.data.dir, "train", cfg.train.seq_len)
     splits = ("train", "val") if cfg.eval.every > 0 else ("train",)
     problem = data.token_id_problem(
         cfg.data.dir, cfg.model.vocab_size, info.rank, info.world_size, splits=splits
     )
     dist.raise_if_any(problem)  # every token id fits model.vocab_size (each rank scans a share)
+    dist.on_main(lambda: _lock_run_dir(cfg, held))
     if info.is_main:
         _check_run_dir(Path(cfg.run.dir))
     dist.barrier()
@@ -417,6 +426,14 @@ def _check_inputs_and_pick_resume(cfg: Config, info: dist.DistInfo) -> Resume | 
         allow_changes=cfg.checkpoint.allow_changes,
         is_main=info.is_main,
     )
+
+
+def _lock_run_dir(cfg: Config, held: contextlib.ExitStack) -> None:
+    """One job per run directory: rank 0 takes its lock before anything there is written or
+    cleaned up (a second job refuses, naming the holder); a resume mode is checked first, so a
+    misspelt one leaves nothing behind."""
+    check_resume_flags(cfg.checkpoint.resume, cfg.checkpoint.allow_changes)
+    held.enter_context(DirLock(cfg.run.dir, "--run.dir"))
 
 
 def _check_run_dir(run_dir: Path) -> None:

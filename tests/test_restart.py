@@ -197,3 +197,25 @@ def test_wandb_online_without_a_login_under_torchrun_stops_after_one_attempt(
     assert printed.startswith("error: log.wandb_mode=online but wandb has no login here")
     assert "restart_until_done: input error" in p.stdout
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_mode_the_user_gave_is_used_once_and_said_so(tmp_path: Path) -> None:
+    """`--checkpoint.resume=restart` given to the script used to be overridden by the `auto` it
+    appends, without a word: the first attempt now runs the user's mode, later ones `auto`."""
+    calls = tmp_path / "calls"
+    launcher = fake_launcher(tmp_path, f"echo \"$*\" >> '{calls}'; exit 1")
+    p = restart(tmp_path, launcher, "--checkpoint.resume=restart")
+    assert p.returncode == 1 and attempts(p) == 3, p.stdout + p.stderr
+    assert (
+        "restart_until_done: checkpoint.resume=restart is used by the first attempt only; later "
+        "attempts continue that run with --checkpoint.resume=auto"
+    ) in p.stdout
+    first, *later = calls.read_text().splitlines()
+    assert first.endswith("--checkpoint.resume=restart")
+    assert later and all(
+        c.endswith("--checkpoint.resume=restart --checkpoint.resume=auto") for c in later
+    )
+    calls.unlink()
+    p = restart(tmp_path, launcher)  # nothing given: auto throughout, nothing said
+    assert "first attempt only" not in p.stdout
+    assert all(c.endswith("--checkpoint.resume=auto") for c in calls.read_text().splitlines())

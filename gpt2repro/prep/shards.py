@@ -41,6 +41,7 @@ from gpt2repro import fault
 from gpt2repro.atomic import check_output_path, write_json
 from gpt2repro.data import HEADER_BYTES, MANIFEST, SHARD_NAME, shard_sha256, write_shard
 from gpt2repro.errors import UserError
+from gpt2repro.lock import DirLock
 from gpt2repro.tokenizer import EOT, get_encoding
 
 DEFAULT_SHARD_SIZE = 100_000_000
@@ -472,8 +473,25 @@ def write_shards(
     """Tokenize a source into shards in `out_dir`; resume a killed run; return the manifest.
 
     `open_items(start)` gives the stream from item index `start` on (see the module docstring).
-    `settings` identifies the source; resuming with other settings is refused.
+    `settings` identifies the source; resuming with other settings is refused. One data prep per
+    directory: `out_dir` is locked for the whole write (gpt2repro.lock; a second one refuses).
     """
+    check_sizes(options.shard_size, options.val_items)
+    check_prefix(prefix)
+    out = check_out_dir(out_dir, prefix)
+    with DirLock(out, "--out-dir"):  # released (its file removed) also after an error
+        return _write_shards_locked(open_items, out, settings, prefix=prefix, options=options)
+
+
+def _write_shards_locked(
+    open_items: OpenItems,
+    out_dir: str | os.PathLike,
+    settings: dict,
+    *,
+    prefix: str,
+    options: ShardOptions,
+) -> dict:
+    """write_shards' work, with `out_dir` locked."""
     shard_size, val_items, quiet = options.shard_size, options.val_items, options.quiet
     check_sizes(shard_size, val_items)
     check_prefix(prefix)

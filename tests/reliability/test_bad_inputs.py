@@ -180,13 +180,13 @@ def cases() -> list[Case]:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every path under `root` (relative; directories as 'dir', links as their target) -> the
-    sha256 of its bytes."""
+    """Every path under `root` (relative; directories as 'dir', links as their target, not
+    followed: a loop or a dangling one is a case too) -> the sha256 of its bytes."""
     out = {}
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
-        if p.is_symlink():  # a link is its target's name (one may point nowhere)
-            out[rel] = f"link to {os.readlink(p)}"
+        if p.is_symlink():
+            out[rel] = f"link -> {os.readlink(p)}"
             continue
         out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
     return out
