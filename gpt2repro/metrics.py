@@ -364,6 +364,7 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
+PAGE_EVERY_S = 60.0  # the live page is also redrawn on a train line at most this often
 CONFIG_TOML = "config.toml"  # the run's full resolved config, in its run directory
 
 
@@ -439,6 +440,7 @@ class RunLog:
         self.is_main = is_main
         self.page = page
         self.clock = WallClock()
+        self.page_time = time.monotonic()  # when the live page was last drawn
         self.tensorboard = TensorBoardLogger(run_dir, enabled=is_main and cfg.log.tensorboard)
         self.world_size, self.on_cuda = 1, False  # the trainer's devices (set_devices)
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
@@ -515,6 +517,9 @@ class RunLog:
             clock=time.strftime("%H:%M:%S"),
         )
         self.record(record, text=console_line(record, progress))
+        if self.page is not None and time.monotonic() - self.page_time >= PAGE_EVERY_S:
+            self.page_time = time.monotonic()
+            self.page.update()  # the status line's "last record" stays fresh between evaluations
 
     def evaluation(
         self,
@@ -549,6 +554,20 @@ class RunLog:
             f"{how} to resume"
         )
         self.record({"event": "preempted", "step": step, "tokens": tokens}, wandb=False)
+
+    def crashed(self, step: int, tokens: int, error: BaseException | None) -> None:
+        """A run that stopped on an error after it started (rank 0, on the way out): its event
+        in metrics.jsonl, with the error's line, so the report says "crashed" and why."""
+        if not self.is_main or not isinstance(error, Exception):
+            return  # a clean end, a preemption (a return), or an exit
+        text = str(error).splitlines()[0] if str(error) else ""
+        message = f"{type(error).__name__}: {text}"[:300]
+        self.record(
+            {"event": "crashed", "step": step, "tokens": tokens, "error": message}, wandb=False
+        )
+        self.metrics.close()
+        if self.page is not None:
+            self.page.update()
 
     def done(self, *, step: int, tokens: int, run_dir: Path) -> None:
         """The end of a finished run: its event, the last line, and closing (see close)."""

@@ -18,6 +18,7 @@ from gpt2repro import plan
 from gpt2repro.config import Config
 from gpt2repro.dist import DistInfo
 from gpt2repro.errors import UserError
+from gpt2repro.lock import check_dir_path
 from gpt2repro.metrics import package_version
 from gpt2repro.tokenizer import EOT, N_VOCAB, get_encoding
 
@@ -73,6 +74,9 @@ def check_paths(cfg: Config) -> None:
         wanted.append(("eval.hellaswag_file", cfg.eval.hellaswag_file, "file"))
     for key, raw, kind in wanted:
         path = Path(raw).expanduser()
+        if kind == "directory":  # it or a parent a file, a link loop, a dangling link: named
+            check_dir_path(path, f"--{key}")
+            continue
         found = _kind(path)
         if found in ("nothing", f"a {kind}"):
             continue

@@ -33,13 +33,16 @@ import torch
 import torch.nn as nn
 
 from gpt2repro import checkpoint, data, dist, precision, preflight
+from gpt2repro.atomic import write_text
 from gpt2repro.config import (
     Config,
+    RunConfig,
     grad_accum_steps,
     help_text,
     load_config,
     reject_unknown_args,
     to_dict,
+    to_toml,
 )
 from gpt2repro.errors import UserError, run_cli
 from gpt2repro.evaluate import EvalSettings, evaluate_in_loop
@@ -48,7 +51,7 @@ from gpt2repro.guard import Guard
 from gpt2repro.hardware import flops_per_token, mfu, peak_flops
 from gpt2repro.hellaswag import load_hellaswag
 from gpt2repro.lock import DirLock
-from gpt2repro.metrics import RunLog, run_header
+from gpt2repro.metrics import CONFIG_TOML, RunLog, run_header
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer, lr_at
 from gpt2repro.reference import GPT2_124M_VAL_LOSS, gpt2_val_loss_comparable
@@ -70,9 +73,12 @@ def _main(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print(help_text("train.py"))
         return 0
+    argv, saved = with_run_config(argv)
     cfg, rest = load_config(argv)
     reject_unknown_args(rest)
     info = dist.setup(cfg.train.device, cfg.dist.backend, timeout_s=cfg.dist.init_timeout_s)
+    if saved is not None and info.is_main:
+        print(f"config: {saved} (the run's saved settings; flags given override them)", flush=True)
     ok = False
     try:
         with contextlib.ExitStack() as held:  # rank 0's lock on the run directory, until exit
@@ -81,6 +87,35 @@ def _main(argv: list[str]) -> int:
         return status
     finally:
         dist.teardown(clean=ok)
+
+
+def with_run_config(argv: list[str]) -> tuple[list[str], Path | None]:
+    """`argv` with `--config RUN_DIR/config.toml` in front when no `--config` is given and the
+    run directory (`--run.dir`, or the default) holds one, and that file (else None):
+    `train.py --run.dir=RUN` alone resumes with the run's saved settings; flags on the command
+    line still override them (and the resume rules judge the changes)."""
+    if any(a == "--config" or a.startswith("--config=") for a in argv):
+        return argv, None
+    run_dir = RunConfig().dir
+    for i, a in enumerate(argv):
+        if a.startswith("--run.dir="):
+            run_dir = a.split("=", 1)[1]
+        elif a == "--run.dir" and i + 1 < len(argv):
+            run_dir = argv[i + 1]
+    saved = Path(run_dir) / CONFIG_TOML
+    if not run_dir or not saved.is_file():
+        return argv, None
+    return ["--config", str(saved), *argv], saved
+
+
+def write_run_config(run_dir: Path, cfg: Config) -> None:
+    """RUN_DIR/config.toml: the run's full resolved config, rewritten at each start and resume
+    (metrics.jsonl keeps every session's copy)."""
+    head = (
+        "# The resolved config of this run, written by train.py at its latest start or resume.\n"
+        "# `python train.py --run.dir=<this directory>` reads it: flags given override it.\n\n"
+    )
+    write_text(run_dir / CONFIG_TOML, head + to_toml(cfg))
 
 
 # --------------------------------------------------------------------------- the run
@@ -140,6 +175,11 @@ def train(cfg: Config, info: dist.DistInfo, held: contextlib.ExitStack) -> int:
     )
     if info.is_main:
         (run_dir / "DONE").unlink(missing_ok=True)
+        write_run_config(run_dir, cfg)
+        held.push(
+            lambda _kind, error, _tb: run.log.crashed(run.state.step, run.state.tokens, error)
+        )
+    run.log.set_devices(info.world_size, info.device.type == "cuda")
     on_disk = run.state.step if resume is not None else -1
     saver = Checkpointer(cfg, loader, git_sha=header["record"]["git_sha"], on_disk=on_disk)
     can_sample = run.log.can_sample(cfg.log.sample_every, cfg.model.vocab_size)
@@ -151,16 +191,25 @@ def train(cfg: Config, info: dist.DistInfo, held: contextlib.ExitStack) -> int:
         evaluator.maybe_run(run, last=True)  # the untrained model's numbers
     timer = StepTimer(info.device, run.state.step)
     first_step = run.state.step
+    losses = LossWindow()
+    if run.trainable.compiled:
+        run.log.print("compiling (torch.compile) at the first step: about a minute on a GPU ...")
     while run.state.step < cfg.train.max_steps:
         out = train_step(run)
+        losses.add(out.loss)
         step = run.state.step
         last = step == cfg.train.max_steps
-        if step == first_step + 1 and cfg.log.every > 1:
-            timer.reset(step, synchronize=True)  # leave compilation and warm-up out
-        if _due(step, cfg.log.every, last or out.stop):
-            run.log.train(
-                _train_record(run, out, timer.seconds_per_step(step)), cfg.train.max_steps
+        if step == first_step + 1:
+            first = timer.seconds_per_step(step)  # synchronizes: compilation and warm-up
+            run.log.print(
+                f"first step: {first:.1f} s"
+                + (" (compilation included)" if run.trainable.compiled else "")
             )
+            if cfg.log.every > 1:
+                timer.reset(step, synchronize=True)  # leave compilation and warm-up out
+        if _due(step, cfg.log.every, last or out.stop):
+            record = _train_record(run, out, timer.seconds_per_step(step))
+            run.log.train({**record, "loss_mean": losses.mean()}, cfg.train.max_steps)
             timer.reset(step)
         # Saving, evaluating and sampling stay out of the step time (`paused`).
         paused = saver.maybe_save(run, last or out.stop)  # first: a preempted run has seconds
@@ -511,6 +560,27 @@ def _train_record(run: TrainContext, out: StepOutput, seconds: float) -> dict[st
     }
 
 
+class LossWindow:
+    """The mean training loss since the last log line, over every step and rank: summed on the
+    device (no host sync per step), read at the log step (a collective)."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        value = loss.detach().float()
+        self.total = value if self.total is None else self.total + value
+        self.count += 1
+
+    def mean(self) -> float:
+        """The mean since the last call (every rank alike), and a fresh window."""
+        assert self.total is not None and self.count > 0
+        mean = dist.all_reduce_mean(self.total / self.count).item()
+        self.total, self.count = None, 0
+        return mean
+
+
 class Checkpointer:
     """Writes a checkpoint when one is due (every `checkpoint.every` steps, at the last step and
     on a stop), never twice for the same step; it stores `loader`'s position with it."""
@@ -527,6 +597,7 @@ class Checkpointer:
         step = run.state.step
         if step == self.last_saved or not _due(step, self.cfg.checkpoint.every, last):
             return False
+        t0 = time.perf_counter()
         path = checkpoint.save(
             Path(self.cfg.run.dir),
             step,
@@ -544,7 +615,9 @@ class Checkpointer:
         )
         self.last_saved = step
         if run.info.is_main:
-            print(f"checkpoint: {path}", flush=True)
+            size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**30
+            seconds = time.perf_counter() - t0
+            print(f"checkpoint: {path} ({size:.2f} GiB in {seconds:.1f} s)", flush=True)
         return True
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -162,11 +163,11 @@ def test_paths_of_the_wrong_kind_are_refused_naming_what_is_there(tmp_path: Path
     (tmp_path / "adir").mkdir()
     (tmp_path / "gone").symlink_to(tmp_path / "not_mounted")
     cases = [
-        ([f"--data.dir={afile}"], f"data.dir={afile} is a file, not a directory"),
-        ([f"--run.dir={afile}"], f"run.dir={afile} is a file, not a directory"),
+        ([f"--data.dir={afile}"], f"--data.dir {afile} is a file, not a directory"),
+        ([f"--run.dir={afile}"], f"--run.dir {afile} is a file, not a directory"),
         (
             [f"--data.dir={tmp_path / 'gone'}"],
-            f"is a link to {tmp_path / 'not_mounted'}, which does not exist",
+            f"is a link that points to {tmp_path / 'not_mounted'}, which does not exist",
         ),
         (
             ["--eval.hellaswag_every=5", f"--eval.hellaswag_file={tmp_path / 'adir'}"],
@@ -191,7 +192,9 @@ def test_a_sample_prompt_longer_than_the_context_is_refused_before_the_first_ste
     run_dir = tmp_path / "run"
     cfg = _cfg(*argv, f"--run.dir={run_dir}", f"--data.dir={tmp_path / 'nodata'}")
     with pytest.raises(UserError, match=r"log.sample_prompt is \d+ tokens but model.block_size"):
-        train.train(cfg, dist.DistInfo())  # before the data check and any file
+        train.train(
+            cfg, dist.DistInfo(), contextlib.ExitStack()
+        )  # before the data check and any file
     assert not run_dir.exists()
     from gpt2repro import preflight
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
+from gpt2repro.lock import check_dir_path
 from gpt2repro.prep.shards import (
     DEFAULT_SHARD_SIZE,
     MANIFEST,
@@ -137,6 +138,7 @@ def check_input_and_out_dir(spec: str, files: list[Path] | None, out_dir: str) -
     """Refuse an --out-dir that overlaps the input: the same directory, one inside the other, or
     an input file inside it (data prep writes, checks and may rebuild files there, and its
     messages may advise deleting it). `files`: the input files once expanded (None: before)."""
+    check_dir_path(Path(out_dir), "--out-dir")  # a file, a link loop or a dangling link: named
     out = Path(out_dir).resolve()
     given = Path(spec)
     if given.is_dir():
