@@ -766,7 +766,8 @@ def parse_verb_args(
     for its settings (below --config's TOML and the command line). config_file: whether
     `--config FILE.toml` is taken. Flags added with `add_option(..., check=...)` are checked too.
     Returns (config, namespace); `namespace.config_flags` maps each setting to the option that
-    spelled it (for messages such as dist.pick_device's).
+    spelled it (for messages such as dist.pick_device's), `namespace.config_given` holds the
+    settings the command line gave.
     """
     aliases = aliases or {}
     allowed = tuple(
@@ -804,6 +805,7 @@ def parse_verb_args(
     args.config_flags = {key: reverse.get(key, f"--{key}") for key in allowed}
     for key, _, shown in given:
         args.config_flags[key] = _option(shown)
+    args.config_given = {key for key, _, _ in given}  # the settings the command line gave
     return cfg, args
 
 

@@ -27,14 +27,14 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from gpt2repro import data, dist, fault, precision
+from gpt2repro import checkpoint, data, dist, fault, precision
 from gpt2repro.atomic import check_output_path, write_json
 from gpt2repro.config import (
     AT_LEAST_1,
@@ -345,12 +345,46 @@ def _run(cfg: Config, args: argparse.Namespace, info: dist.DistInfo) -> None:
         write_json(args.json, out)
 
 
+def run_defaults(cfg: Config, args: argparse.Namespace) -> tuple[Config, list[str]]:
+    """For `--checkpoint` of a gpt2repro run, what the run itself evaluated, unless the command
+    line says otherwise: with neither --val-data nor --hellaswag, its validation data (and its
+    HellaSwag file when it scored HellaSwag); its validation budget and sequence length. Read from
+    the checkpoint's saved config (nothing when it cannot be read: loading the checkpoint then
+    says why). Returns the config and the flags taken from the run, for a note."""
+    if not args.checkpoint:
+        return cfg, []
+    try:
+        saved = checkpoint.read_state(checkpoint.resolve(args.checkpoint))["config"]
+        data_dir, val_tokens = saved["data"]["dir"], int(saved["eval"]["val_tokens"])
+        seq_len = int(saved["train"]["seq_len"])
+        hs_every, hs_file = int(saved["eval"]["hellaswag_every"]), saved["eval"]["hellaswag_file"]
+    except (UserError, OSError, KeyError, TypeError, ValueError):
+        return cfg, []
+    used = []
+    if not args.val_data and not args.hellaswag and Path(data_dir).is_dir():
+        args.val_data = data_dir
+        used.append(f"--val-data {data_dir}")
+        if hs_every > 0 and hs_file and Path(hs_file).is_file():
+            args.hellaswag = hs_file
+            used.append(f"--hellaswag {hs_file}")
+    if "eval.val_tokens" not in args.config_given:
+        cfg = replace(cfg, eval=replace(cfg.eval, val_tokens=val_tokens))
+        used.append(f"--val-tokens {val_tokens}")
+    if not args.seq_len:
+        args.seq_len = seq_len
+        used.append(f"--seq-len {seq_len}")
+    return cfg, used
+
+
 def main(argv: list[str]) -> int:
     cfg, args = parse_verb_args(argv, _parser(), keys=_KEYS, aliases=_ALIASES, defaults=_DEFAULTS)
+    cfg, from_run = run_defaults(cfg, args)
     _check_args(args)
     if args.hellaswag is None and args.val_data is None:
         args.hellaswag = DEFAULT_HELLASWAG  # nothing asked: HellaSwag with the default file
     info = dist.setup(cfg.train.device, device_option=args.config_flags["train.device"])
+    if from_run and info.is_main:
+        print(f"from the run's config: {' '.join(from_run)} (flags given override them)")
     ok = False
     try:
         _run(cfg, args, info)

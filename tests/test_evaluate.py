@@ -749,3 +749,37 @@ def test_validation_ids_past_the_vocabulary_are_one_line(tmp_path: Path, capsys)
     assert f"--val-data {tmp_path} holds token id {vocab}" in err
     assert f"vocab_size is {vocab}" in err
     assert "val_loss" not in capsys.readouterr().out
+
+
+def test_a_run_checkpoint_is_evaluated_as_the_run_evaluated(tmp_path: Path, capsys) -> None:
+    """`evaluate --checkpoint RUN` alone: the run's validation data, budget and window (it used
+    to ask for the 10.5M-token default and the block size); flags still override them."""
+    from gpt2repro import checkpoint
+    from gpt2repro.config import Config, ModelConfig, OptimConfig, to_dict
+    from gpt2repro.data import write_shard
+    from gpt2repro.optim import build_optimizer
+
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=512))
+    tokens = np.random.default_rng(0).integers(0, 512, size=2000).astype(np.uint16)
+    data = tmp_path / "data"
+    data.mkdir()
+    write_shard(data / "x_val_000000.bin", tokens)
+    cfg = to_dict(Config(model=model.config))
+    cfg["data"]["dir"], cfg["eval"]["val_tokens"], cfg["train"]["seq_len"] = str(data), 640, 32
+    run = tmp_path / "run"
+    state = {"step": 1, "tokens": 64, "config": cfg}
+    checkpoint.save(run, 1, model, build_optimizer(model, OptimConfig(), "cpu"), state=state,
+                    loader_state={"position": 0}, keep_last=0)  # fmt: skip
+    assert run_cli(main, ["--checkpoint", str(run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"from the run's config: --val-data {data} --val-tokens 640 --seq-len 32" in out
+    assert "(640 tokens, seq_len 32)" in out
+    assert (
+        abs(float(out.split("val_loss ")[1].split()[0]) - direct_val_loss(model, tokens[:641], 32))
+        < 1e-3
+    )
+    argv = ["--checkpoint", str(run), "--device", "cpu", "--val-tokens", "320", "--seq-len", "16"]
+    argv += ["--val-data", str(data)]
+    assert run_cli(main, argv) == 0
+    out = capsys.readouterr().out
+    assert "(320 tokens, seq_len 16)" in out and "from the run's config" not in out
