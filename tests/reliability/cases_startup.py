@@ -47,8 +47,8 @@ def cases() -> list[Case]:
         Case("startup-seed-overflow", [*TRAIN_M, *TINY, data, "--run.dir={w}/s2", "--train.seed=99999999999999999999"], ["'train.seed'", "99999999999999999999"]),
         Case("startup-init-timeout-zero", [*TRAIN, *TINY, data, "--run.dir={w}/s3", "--dist.init_timeout_s=0"], ["'dist.init_timeout_s'", "positive"]),
         # ---- paths of the wrong kind, before anything is read or created
-        Case("startup-data-dir-is-a-file", [*TRAIN, *TINY, "--data.dir={w}/afile", "--run.dir={w}/s4"], ["data.dir={w}/afile", "is a file, not a directory"]),
-        Case("startup-run-dir-is-a-file", [*TRAIN_M, *TINY, data, "--run.dir={w}/afile"], ["run.dir={w}/afile", "is a file, not a directory"]),
+        Case("startup-data-dir-is-a-file", [*TRAIN, *TINY, "--data.dir={w}/afile", "--run.dir={w}/s4"], ["--data.dir {w}/afile", "is a file, not a directory"]),
+        Case("startup-run-dir-is-a-file", [*TRAIN_M, *TINY, data, "--run.dir={w}/afile"], ["--run.dir {w}/afile", "is a file, not a directory"]),
         Case("startup-hellaswag-file-is-a-dir", [*TRAIN, *TINY, data, "--run.dir={w}/s6", "--eval.hellaswag_every=1", "--eval.hellaswag_file={w}/hellaswag_dir.jsonl"], ["eval.hellaswag_file={w}/hellaswag_dir.jsonl", "is a directory, not a file"]),
         # ---- the training sample's prompt
         Case("startup-sample-prompt-too-long", [*TRAIN, *TINY, data, "--run.dir={w}/s7", "--model.vocab_size=50257", "--log.sample_every=1", f"--log.sample_prompt={LONG_PROMPT}"], ["log.sample_prompt", "model.block_size is 64"]),

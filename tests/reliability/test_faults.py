@@ -216,7 +216,10 @@ def test_a_rank_killed_under_torchrun_max_restarts_restarts_and_resumes(
     env = {"GPT2REPRO_FAULT": "sigkill:6:rank=1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     p = ok(train(args_for(corpus, rd), nproc=2, env=env, max_restarts=2))
     events = [r["event"] for r in read_metrics(rd / "metrics.jsonl") if "event" in r]
-    assert events == ["start", "resume", "done"], events
+    # rank 0 may record its end as `crashed` (its collective with the dead rank fails) before
+    # torchrun stops it; whether it gets there first is a race, so it is allowed, not required
+    assert [e for e in events if e != "crashed"] == ["start", "resume", "done"], events
+    assert events in (["start", "resume", "done"], ["start", "crashed", "resume", "done"])
     assert "resumed from" in p.stdout and "at step 4" in p.stdout
     assert_same_run(rd, reference(2))
 
