@@ -359,3 +359,69 @@ def test_bad_bundle_is_one_line(tmp_path: Path, damage, message: str) -> None:
     with pytest.raises(UserError, match=message) as e:
         core.load_tasks(bundle)
     assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gpt2repro.hf import save_hf
+
+    out = tmp_path_factory.mktemp("core_model") / "m"
+    save_hf(tiny_model(4), out)
+    return out
+
+
+def test_cli_core_json_and_table(tmp_path: Path, hf_dir: Path, capsys) -> None:
+    from gpt2repro.errors import run_cli
+    from gpt2repro.evaluate import main
+
+    out = tmp_path / "core.json"
+    argv = ["--hf", str(hf_dir), "--core", "--core-bundle", str(BUNDLE), "--device", "cpu"]
+    argv += ["--core-tasks", "mc_zeroshot", "lm_fewshot", "--json", str(out)]
+    assert run_cli(main, argv) == 0
+    printed = capsys.readouterr().out
+    assert "CORE (mean centered)" in printed and "0.2565" in printed and "lm_fewshot" in printed
+    assert "hellaswag" not in printed  # --core alone does not add the default HellaSwag
+    got = json.loads(out.read_text())["core"]
+    want = core.evaluate_core(
+        tiny_model(4), core.load_tasks(BUNDLE, ["mc_zeroshot", "lm_fewshot"]), ONE
+    )
+    assert got["core"] == pytest.approx(want["core"], abs=1e-12)
+    for label, r in want["tasks"].items():
+        assert got["tasks"][label] == pytest.approx(r, abs=1e-12), label
+    assert list(got["tasks"]) == ["mc_zeroshot", "lm_fewshot"]
+
+
+@pytest.mark.dist
+def test_cli_two_ranks_equal_reference(tmp_path: Path, hf_dir: Path, repo: Path) -> None:
+    """`torchrun --nproc_per_node=2 -m gpt2repro.evaluate --core` (2 gloo ranks) gives the
+    independent reference's per-task accuracy, as one process does."""
+    import os
+    import subprocess
+    import sys
+
+    exe = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("torchrun not found")
+    out = tmp_path / "core.json"
+    cmd = [
+        exe,
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "gpt2repro.evaluate",
+        "--hf",
+        str(hf_dir),
+    ]
+    cmd += ["--core", "--core-bundle", str(BUNDLE), "--device", "cpu", "--json", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("CORE (mean centered)") == 1  # only rank 0 prints
+    got = json.loads(out.read_text())["core"]
+    ref = ref_core(tiny_model(4))
+    for label, r in ref.items():
+        assert got["tasks"][label]["acc"] == r["acc"], label
+    assert got["core"] == pytest.approx(np.mean([r["centered"] for r in ref.values()]), abs=1e-12)
