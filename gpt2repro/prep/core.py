@@ -154,7 +154,11 @@ def _install(source: Path, out: Path, record: dict[str, Any], quiet: bool) -> Pa
         else:
             _extract(source, staging / "unzipped", str(source))
             shutil.move(_bundle_root(staging / "unzipped", str(source)), staging / BUNDLE_DIR)
-        tasks = validate_bundle(staging / BUNDLE_DIR)
+        try:
+            tasks = validate_bundle(staging / BUNDLE_DIR)
+        except UserError as e:  # name the user's bundle, not the staging copy
+            shown = str(_bundle_root(source, str(source))) if source.is_dir() else f"{source}:"
+            raise UserError(str(e).replace(str(staging / BUNDLE_DIR), shown)) from None
         baselines = {t["label"]: t["random_baseline"] for t in tasks}
         manifest = {
             **record,
