@@ -425,3 +425,15 @@ def test_cli_two_ranks_equal_reference(tmp_path: Path, hf_dir: Path, repo: Path)
     for label, r in ref.items():
         assert got["tasks"][label]["acc"] == r["acc"], label
     assert got["core"] == pytest.approx(np.mean([r["centered"] for r in ref.values()]), abs=1e-12)
+
+
+def test_bench_core_packed_agrees_with_one_item_per_pass() -> None:
+    """`bench core`'s two scorers on generated items of every kind (cropped ones included): the
+    same summed losses and verdicts (the speed itself is docs/benchmarks.md's)."""
+    from gpt2repro.bench import synthetic_core_items, time_core_scoring
+
+    items = synthetic_core_items(9, BLOCK)
+    assert {it.gold >= 0 for it in items} == {True, False}
+    assert any(max(map(len, it.sequences)) > BLOCK for it in items)
+    r = time_core_scoring(tiny_model(5), items, torch.device("cpu"), repeats=1)
+    assert r["same_verdicts"] and r["max_abs_diff"] < 1e-4 and r["n"] == 9
