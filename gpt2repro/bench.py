@@ -54,7 +54,7 @@ from gpt2repro.data import TokenLoader, write_shard
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.gpu_results import results_table
 from gpt2repro.prep.shards import ShardOptions, Stream, jsonl_items, write_shards
-from gpt2repro.tokenizer import N_VOCAB, get_encoding
+from gpt2repro.tokenizer import EOT, N_VOCAB, get_encoding
 
 # torch, and the modules that import it, are imported inside the benchmarks that need them (each
 # marked "torch-side"): `bench data` must time data prep as it runs, in processes without torch.
@@ -599,7 +599,6 @@ def synthetic_core_items(n: int, block_size: int, seed: int = 0) -> list[Any]:
     Built as token ids, so no tokenizer or bundle is needed (the model is random anyway)."""
     # torch-side: see the TYPE_CHECKING block
     from gpt2repro.core import Item
-    from gpt2repro.tokenizer import EOT
 
     rng = random.Random(seed)
 
@@ -622,47 +621,6 @@ def synthetic_core_items(n: int, block_size: int, seed: int = 0) -> list[Any]:
     return items
 
 
-def single_core_scores(
-    model: nn.Module,
-    items: Sequence[Any],
-    device: torch.device,
-    autocast_dtype: torch.dtype | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The reference method: one item per forward pass (its K cropped sequences padded into one
-    [K, L] batch, logits at every position), as nanochat's core_eval does. [N, K] summed losses,
-    counts and greedy matches, to compare with `core.score_items`."""
-    # torch-side: see the TYPE_CHECKING block
-    import torch
-    import torch.nn.functional as F
-
-    from gpt2repro import precision
-    from gpt2repro.core import cropped
-    from gpt2repro.scoring import eval_mode, model_block_size
-
-    K = max(len(it.sequences) for it in items)
-    sums = np.zeros((len(items), K))
-    counts = np.zeros((len(items), K), dtype=np.int64)
-    greedy = np.zeros((len(items), K), dtype=np.int64)
-    block_size = model_block_size(model)
-    with eval_mode(model):
-        for i, it in enumerate(items):
-            rows = cropped(it, block_size)
-            L = max(len(t) for t, _, _ in rows)
-            x = torch.zeros((len(rows), L), dtype=torch.long)
-            for k, (t, _, _) in enumerate(rows):
-                x[k, : len(t)] = torch.tensor(t)
-            x = x.to(device)
-            with precision.autocast(device, autocast_dtype):
-                logits, _ = model(x)  # [K, L, vocab]
-            for k, (t, start, _) in enumerate(rows):
-                lg = logits[k, start - 1 : len(t) - 1].float()
-                y = x[k, start : len(t)]
-                sums[i, k] = F.cross_entropy(lg, y, reduction="sum").item()
-                counts[i, k] = len(y)
-                greedy[i, k] = int((lg.argmax(-1) == y).sum())
-    return sums, counts, greedy
-
-
 def time_core_scoring(
     model: nn.Module,
     items: Sequence[Any],
@@ -672,17 +630,15 @@ def time_core_scoring(
     repeats: int = 3,
 ) -> dict:
     """Items/s of the packed CORE scorer (`core.score_items`, what evaluate --core and the loop
-    run) and of one item per forward pass (`single_core_scores`) on the same items, best of
+    run) and of one item per forward pass (`core.one_item_per_pass`) on the same items, best of
     `repeats` alternating runs; whether both give every item the same verdict."""
     # torch-side: see the TYPE_CHECKING block
     import torch
 
-    from gpt2repro.core import item_correct, pack_item, score_items
-    from gpt2repro.dist import DistInfo
-    from gpt2repro.scoring import DEFAULT_BATCHING, model_block_size
+    from gpt2repro import core, dist, scoring
 
-    batching = batching or DEFAULT_BATCHING
-    info = DistInfo(device=device)
+    batching = batching or scoring.DEFAULT_BATCHING
+    info = dist.DistInfo(device=device)
 
     def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
         if device.type == "cuda":
@@ -693,8 +649,8 @@ def time_core_scoring(
             torch.cuda.synchronize()
         return len(items) / (time.perf_counter() - t0), out
 
-    packed_fn = lambda: score_items(model, items, info, autocast_dtype, batching)[1]
-    single_fn = lambda: single_core_scores(model, items, device, autocast_dtype)
+    packed_fn = lambda: core.score_items(model, items, info, autocast_dtype, batching)[1]
+    single_fn = lambda: core.one_item_per_pass(model, items, device, autocast_dtype)
     packed = single = 0.0
     for _ in range(repeats):
         rate, p = timed(packed_fn)
@@ -702,12 +658,12 @@ def time_core_scoring(
         rate, (s_sums, s_counts, s_greedy) = timed(single_fn)
         single = max(single, rate)
     same = all(
-        item_correct(it, p.sums[i], p.counts[i], p.greedy[i])
-        == item_correct(it, s_sums[i], s_counts[i], s_greedy[i])
+        core.item_correct(it, p.sums[i], p.counts[i], p.greedy[i])
+        == core.item_correct(it, s_sums[i], s_counts[i], s_greedy[i])
         for i, it in enumerate(items)
     )
-    block_size = model_block_size(model)
-    packs = [pack_item(it, block_size) for it in items]
+    block_size = scoring.model_block_size(model)
+    packs = [core.pack_item(it, block_size) for it in items]
     return {
         "n": len(items),
         "batch_examples": batching.batch_examples,
@@ -732,27 +688,25 @@ def bench_core(cfg: Config, args: argparse.Namespace) -> dict:
     # torch-side: see the TYPE_CHECKING block
     import torch
 
-    from gpt2repro import dist, precision
-    from gpt2repro.model import GPT, gpt2_config
-    from gpt2repro.scoring import Batching
+    from gpt2repro import dist, model, precision, scoring
 
     device = dist.pick_device(cfg.train.device, option=args.config_flags["train.device"])
     torch.manual_seed(0)
     model_cfg = {
-        "gpt2": lambda: gpt2_config("gpt2"),
+        "gpt2": lambda: model.gpt2_config("gpt2"),
         "4layer": lambda: ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=256),
         "tiny": lambda: ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256),
     }[args.bench_model]()
-    model: nn.Module = GPT(model_cfg).to(device)
+    gpt: nn.Module = model.GPT(model_cfg).to(device)
     if cfg.train.compile if cfg.train.compile is not None else device.type == "cuda":
-        model = torch.compile(model)  # type: ignore[assignment]
+        gpt = torch.compile(gpt)  # type: ignore[assignment]
     items = synthetic_core_items(args.limit or 96, model_cfg.block_size)
     r = time_core_scoring(
-        model,
+        gpt,
         items,
         device,
         precision.autocast_dtype(cfg.train.dtype, device),
-        Batching(cfg.eval.batch_examples, args.bucket),
+        scoring.Batching(cfg.eval.batch_examples, args.bucket),
         repeats=args.repeat,
     )
     result = {

@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from gpt2repro import dist, scoring
+from gpt2repro import dist, precision, scoring
 from gpt2repro.errors import UserError
 from gpt2repro.reference import GPT2_CORE, GPT2_CORE_BAR, GPT2_CORE_TASK_ACC, GPT2_SIZES_CORE
 from gpt2repro.scoring import DEFAULT_BATCHING, Batching, PackedExample
@@ -442,9 +443,7 @@ def score_items(
         owners += [j] * len(packs[i])
     scores = scoring.score_packed(
         model,
-        rows,
-        owners,
-        (len(mine), K),
+        scoring.PackedRows(rows, owners, (len(mine), K)),
         info.device,
         autocast_dtype,
         batching,
@@ -452,6 +451,39 @@ def score_items(
         progress=progress,
     )
     return mine, scores
+
+
+def one_item_per_pass(
+    model: nn.Module,
+    items: Sequence[Item],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference method: one item per forward pass (its K cropped sequences padded into one
+    [K, L] batch, logits at every position), as nanochat's core_eval does. [N, K] summed losses,
+    counts and greedy matches, to compare with `score_items` (`python -m gpt2repro.bench core`)."""
+    K = max(len(it.sequences) for it in items)
+    sums = np.zeros((len(items), K))
+    counts = np.zeros((len(items), K), dtype=np.int64)
+    greedy = np.zeros((len(items), K), dtype=np.int64)
+    block_size = scoring.model_block_size(model)
+    with scoring.eval_mode(model):
+        for i, it in enumerate(items):
+            rows = cropped(it, block_size)
+            L = max(len(t) for t, _, _ in rows)
+            x = torch.zeros((len(rows), L), dtype=torch.long)
+            for k, (t, _, _) in enumerate(rows):
+                x[k, : len(t)] = torch.tensor(t)
+            x = x.to(device)
+            with precision.autocast(device, autocast_dtype):
+                logits, _ = model(x)  # [K, L, vocab]
+            for k, (t, start, _) in enumerate(rows):
+                lg = logits[k, start - 1 : len(t) - 1].float()
+                y = x[k, start : len(t)]
+                sums[i, k] = F.cross_entropy(lg, y, reduction="sum").item()
+                counts[i, k] = len(y)
+                greedy[i, k] = int((lg.argmax(-1) == y).sum())
+    return sums, counts, greedy
 
 
 def centered(acc: float, baseline_percent: float) -> float:

@@ -337,11 +337,19 @@ class PackedScores:
     greedy: np.ndarray
 
 
+@dataclass(frozen=True)
+class PackedRows:
+    """Packed rows to score and whose they are: row j belongs to example owners[j]; its `choice`
+    values index that example's choices; shape = (N examples, K choices) of the result."""
+
+    rows: Sequence[PackedExample]
+    owners: Sequence[int]
+    shape: tuple[int, int]
+
+
 def score_packed(
     model: nn.Module,
-    rows: Sequence[PackedExample],
-    owners: Sequence[int],
-    shape: tuple[int, int],
+    packed: PackedRows,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     batching: Batching = DEFAULT_BATCHING,
@@ -349,8 +357,7 @@ def score_packed(
     n_batches: int | None = None,
     progress: bool = False,
 ) -> PackedScores:
-    """Score packed rows, `batching.batch_examples` rows per forward pass; row j belongs to
-    example owners[j] and its `choice` values index that example's K choices (shape = (N, K)).
+    """Score packed rows, `batching.batch_examples` rows per forward pass, into [N, K] arrays.
 
     Local only (no collectives). Rows are sorted by length so each batch pads little; each pass is
     [batch_examples, R] with R a multiple of `bucket`, and the scored positions are padded to a
@@ -359,7 +366,8 @@ def score_packed(
     passes so ranks stay in step. An example split over several rows (its sequences cropped by
     different amounts) gets each choice's numbers from the one row holding that choice.
     """
-    N, K = shape
+    rows, owners = packed.rows, packed.owners
+    N, K = packed.shape
     gpt = _gpt(model)
     step = _packed_token_scores
     dynamo_ctx = getattr(model, "dynamo_ctx", None)  # set by torch.compile(model)
@@ -446,9 +454,7 @@ def continuation_losses(
     packed = [pack_example(ex, block_size) for ex in examples]
     scores = score_packed(
         model,
-        packed,
-        range(len(packed)),
-        (len(examples), K),
+        PackedRows(packed, range(len(packed)), (len(examples), K)),
         device,
         autocast_dtype,
         batching,
