@@ -236,7 +236,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=32,
         check=AT_LEAST_1,
-        help="pad HellaSwag and CORE rows to a multiple of",
+        help="pad HellaSwag rows to a multiple of",
     )
     return p
 
