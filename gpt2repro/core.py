@@ -425,9 +425,11 @@ def score_items(
 ) -> tuple[list[int], scoring.PackedScores]:
     """This rank's share of `items` (item i on rank i % world_size) scored packed: (its indices,
     [n, K] sums, counts, greedy matches). Every rank runs the same number of passes (the largest
-    share's rows), so ranks stay in step. No collectives."""
+    share's rows), so ranks stay in step. No collectives. An FSDP-sharded model is scored by
+    `full_row_scores` instead (its root parameters are gathered only by a call of the model)."""
+    mine = list(range(info.rank, len(items), info.world_size))
     if scoring.is_fsdp(model):
-        raise UserError("CORE scoring of an FSDP-sharded model is not supported; use DDP or none")
+        return mine, full_row_scores(model, items, info, autocast_dtype, batching)
     block_size = scoring.model_block_size(model)
     K = max((len(it.sequences) for it in items), default=1)
     packs = [pack_item(it, block_size) for it in items]  # every rank packs all: pass counts
@@ -435,7 +437,6 @@ def score_items(
     for i, p in enumerate(packs):
         per_rank[i % info.world_size] += len(p)
     n_batches = math.ceil(max(per_rank) / batching.batch_examples)
-    mine = list(range(info.rank, len(items), info.world_size))
     rows: list[PackedExample] = []
     owners: list[int] = []
     for j, i in enumerate(mine):
@@ -451,6 +452,65 @@ def score_items(
         progress=progress,
     )
     return mine, scores
+
+
+def full_row_scores(
+    model: nn.Module,
+    items: Sequence[Item],
+    info: dist.DistInfo,
+    autocast_dtype: torch.dtype | None = None,
+    batching: Batching = DEFAULT_BATCHING,
+) -> scoring.PackedScores:
+    """This rank's share of `items` (as `score_items`) unpacked: each cropped sequence a row of
+    its own through `model(x)`, logits at every position, `batch_examples` rows per pass padded to
+    a multiple of `bucket`. For FSDP-sharded models, whose root parameters only a call of the
+    model gathers; every rank runs the same number of passes (empty ones included). Same numbers
+    as the packed scorer, more work."""
+    block_size = scoring.model_block_size(model)
+    K = max((len(it.sequences) for it in items), default=1)
+    B, device = batching.batch_examples, info.device
+    per_rank = [0] * info.world_size
+    for i, it in enumerate(items):
+        per_rank[i % info.world_size] += len(it.sequences)
+    mine = range(info.rank, len(items), info.world_size)
+    rows = [
+        (j, k, toks, start)
+        for j, i in enumerate(mine)
+        for k, (toks, start, _) in enumerate(cropped(items[i], block_size))
+    ]
+    shape = (len(mine), K)
+    sums, counts, greedy = np.zeros(shape), np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    acc_dtype = precision.accumulate_dtype(device)
+    n_batches = math.ceil(max(per_rank) / B)
+    lengths = [len(r[2]) for r in rows]
+    with scoring.eval_mode(model):
+        for chunk in scoring.sorted_batches(lengths, B, n_batches, progress=False):
+            longest = max((lengths[c] - 1 for c in chunk), default=1)
+            L = scoring.bucketed_length(longest, batching.bucket, block_size)
+            x = np.zeros((B, L), dtype=np.int64)  # [B, L], 0 = padding
+            y = np.full((B, L), -1, dtype=np.int64)  # -1 = not scored
+            for r, c in enumerate(chunk):
+                _, _, toks, start = rows[c]
+                x[r, : len(toks) - 1] = toks[:-1]
+                y[r, start - 1 : len(toks) - 1] = toks[start:]  # position p predicts p + 1
+            xt = torch.from_numpy(x).to(device, non_blocking=True)
+            yt = torch.from_numpy(y).to(device, non_blocking=True)
+            with precision.autocast(device, autocast_dtype):
+                logits, _ = model(xt)  # [B, L, vocab]
+            scored = yt != -1  # [B, L]
+            lg = logits[scored].float()  # [n_scored, vocab]
+            tok_loss = F.cross_entropy(lg, yt[scored], reduction="none")
+            row_of = scored.nonzero()[:, 0]  # [n_scored] row of each scored position
+            row_sum = torch.zeros(B, dtype=acc_dtype, device=device)
+            row_sum.index_add_(0, row_of, tok_loss.to(acc_dtype))
+            row_hit = torch.zeros(B, dtype=torch.int64, device=device)
+            row_hit.index_add_(0, row_of, (lg.argmax(-1) == yt[scored]).to(torch.int64))
+            host_sum, host_hit = row_sum.cpu().numpy(), row_hit.cpu().numpy()
+            host_cnt = scored.sum(dim=1).cpu().numpy()
+            for r, c in enumerate(chunk):
+                j, k = rows[c][0], rows[c][1]
+                sums[j, k], greedy[j, k], counts[j, k] = host_sum[r], host_hit[r], host_cnt[r]
+    return scoring.PackedScores(sums, counts, greedy)
 
 
 def one_item_per_pass(

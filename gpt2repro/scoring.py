@@ -235,7 +235,7 @@ def _progress_bar(total: int, desc: str) -> Any:  # a tqdm bar, or None without 
     return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
 
 
-def _sorted_batches(
+def sorted_batches(
     lengths: Sequence[int], batch_examples: int, n_batches: int | None, progress: bool
 ) -> Iterator[list[int]]:
     """The example indices of each pass: sorted by length (so a batch pads little),
@@ -296,7 +296,7 @@ def full_row_losses(
     sums = np.zeros((len(examples), K), dtype=np.float64)
     counts = np.zeros((len(examples), K), dtype=np.int64)
     with eval_mode(model):
-        for chunk in _sorted_batches(lengths, batching.batch_examples, n_batches, progress):
+        for chunk in sorted_batches(lengths, batching.batch_examples, n_batches, progress):
             longest = max((len(t) - 1 for i in chunk for t, _ in all_rows[i]), default=1)
             L = bucketed_length(longest, batching.bucket, block_size)
             xn = np.zeros((rows_per_batch, L), dtype=np.int64)  # [K*E, L], 0 = padding
@@ -380,7 +380,7 @@ def score_packed(
     B, bucket = batching.batch_examples, batching.bucket
     lengths = [len(p.tokens) for p in rows]
     with eval_mode(model):
-        for indices in _sorted_batches(lengths, B, n_batches, progress):
+        for indices in sorted_batches(lengths, B, n_batches, progress):
             chunk = [rows[i] for i in indices]
             R = math.ceil(max((len(p.tokens) for p in chunk), default=1) / bucket) * bucket
             n_scored = sum(len(p.sel) for p in chunk)

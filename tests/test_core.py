@@ -437,3 +437,30 @@ def test_bench_core_packed_agrees_with_one_item_per_pass() -> None:
     assert any(max(map(len, it.sequences)) > BLOCK for it in items)
     r = time_core_scoring(tiny_model(5), items, torch.device("cpu"), repeats=1)
     assert r["same_verdicts"] and r["max_abs_diff"] < 1e-4 and r["n"] == 9
+
+
+def test_full_rows_for_fsdp_equal_packed(tasks, monkeypatch) -> None:
+    """The unpacked path (FSDP-sharded models: each sequence a row through model(x)) gives the
+    packed scorer's numbers, and both simulated ranks call the model equally often."""
+    from gpt2repro import scoring
+
+    model = tiny_model(6)
+    items = [it for t in tasks for it in t.items()]
+    _, packed = core.score_items(model, items, ONE, batching=Batching(4, 16))
+    full = core.full_row_scores(model, items, ONE, batching=Batching(5, 16))
+    np.testing.assert_array_equal(full.counts, packed.counts)
+    np.testing.assert_array_equal(full.greedy, packed.greedy)
+    np.testing.assert_allclose(full.sums, packed.sums, rtol=0, atol=2e-4)
+    calls = [0]
+    model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    forwards = []
+    for rank in range(2):
+        calls[0] = 0
+        core.full_row_scores(model, items, DistInfo(rank=rank, world_size=2), batching=Batching(5))
+        forwards.append(calls[0])
+    assert forwards[0] == forwards[1] > 0
+    monkeypatch.setattr(scoring, "is_fsdp", lambda m: True)  # evaluate_core takes that path
+    got = core.evaluate_core(model, tasks, ONE, batching=Batching(5, 16))
+    monkeypatch.undo()
+    want = core.evaluate_core(model, tasks, ONE, batching=Batching(4, 16))
+    assert got == want
