@@ -107,6 +107,12 @@ class Task:
 # --------------------------------------------------------------------------- the bundle
 
 
+def _is_text(value: object) -> bool:
+    """A value a prompt can hold: a string, or a number the reference's template prints as str()
+    prints it (a bare number in a JSONL is rendered, not refused)."""
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
 def check_row(kind: str, row: object) -> str | None:
     """Why a parsed JSON line is not a row of a `kind` task, or None when it is."""
     if not isinstance(row, dict):
@@ -117,10 +123,8 @@ def check_row(kind: str, row: object) -> str | None:
     options = {"multiple_choice": "choices", "schema": "context_options"}.get(kind)
     if options is not None:
         opts = row[options]
-        if not (
-            isinstance(opts, list) and len(opts) >= 2 and all(isinstance(o, str) for o in opts)
-        ):
-            return f"'{options}' must be a list of at least 2 strings"
+        if not (isinstance(opts, list) and opts and all(_is_text(o) for o in opts)):
+            return f"'{options}' must be a non-empty list of strings"
         gold = row["gold"]
         if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(opts):
             return f"'gold' must be an index into '{options}' (0..{len(opts) - 1}), got {gold!r}"
@@ -128,7 +132,7 @@ def check_row(kind: str, row: object) -> str | None:
         kind, ("context", "continuation")
     )
     for key in strings:
-        if not isinstance(row[key], str):
+        if not _is_text(row[key]):
             return f"'{key}' must be a string"
     return None
 
@@ -301,11 +305,11 @@ def render_prompts(spec: TaskSpec, rows: Sequence[dict], i: int) -> list[str]:
             f"{s['context_options'][s['gold']]}{d}{s['continuation']}\n\n" for s in shots
         )
         return [f"{head}{c}{d}{row['continuation']}" for c in row["context_options"]]
-    head = "".join(f"{s['context'].strip()}{d}{s['continuation']}\n\n" for s in shots)
-    prompt = f"{head}{row['context'].strip()}{d}"
+    head = "".join(f"{str(s['context']).strip()}{d}{s['continuation']}\n\n" for s in shots)
+    prompt = f"{head}{str(row['context']).strip()}{d}"
     # stripped: a trailing space would be a token of its own here but merge into the
     # continuation's first token in the full prompt, so the two would not share a prefix
-    return [prompt.strip(), prompt + row["continuation"]]
+    return [prompt.strip(), f"{prompt}{row['continuation']}"]
 
 
 def common_prefix(seqs: Sequence[Sequence[int]]) -> int:

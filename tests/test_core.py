@@ -299,6 +299,12 @@ def test_prompt_layout() -> None:
     spec = core.TaskSpec("t", "schema", "x", 0, " ", 50.0)
     rows = [{"context_options": ["A did", "B did"], "continuation": "it", "gold": 0}]
     assert core.render_prompts(spec, rows, 0) == ["A did it", "B did it"]
+    # a bare number in a row is printed as the reference's template prints it (str())
+    spec = core.TaskSpec("t", "language_modeling", "x", 0, "", 0.0)
+    row = {"context": "2+3=", "continuation": 5}
+    assert core.check_row("language_modeling", row) is None
+    assert core.render_prompts(spec, [row], 0) == ["2+3=", "2+3=5"]
+    assert core.check_row("language_modeling", {"context": True, "continuation": "x"})
     assert core.centered(0.25, 25.0) == 0.0 and core.centered(1.0, 62.0) == 1.0
 
 
