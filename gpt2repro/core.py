@@ -100,7 +100,10 @@ class Task:
     def items(self, cap: int = 0) -> list[Item]:
         n = len(self.rows) if cap <= 0 else min(cap, len(self.rows))
         if n not in self._items:
-            self._items[n] = task_items(self.spec, self.rows[:n])
+            try:
+                self._items[n] = task_items(self.spec, self.rows[:n])
+            except UserError as e:  # say which task
+                raise UserError(f"CORE task {self.spec.label}: {e}") from None
         return self._items[n]
 
 

@@ -283,6 +283,14 @@ def test_seeded_orders_equal_the_literal_ones() -> None:
             assert core.fewshot_indices(n, i, k) == random.Random(1234 + i).sample(others, k)
     with pytest.raises(UserError, match="10-shot task needs at least 11 examples"):
         core.fewshot_indices(10, 0, 10)
+    task = core.Task(
+        core.TaskSpec("few", "language_modeling", "x", 3, " ", 0.0),
+        ({"context": "a", "continuation": "b"},) * 3,
+    )
+    with pytest.raises(
+        UserError, match="CORE task few: a 3-shot task needs at least 4 examples, got 3"
+    ):
+        task.items()
 
 
 def test_prompt_layout() -> None:
