@@ -29,7 +29,7 @@ VERBS = {
     "sample": "sample text from a checkpoint or a Hugging Face GPT-2",
     "export": "export a checkpoint as a Hugging Face GPT-2 directory",
     "report": "one HTML page (plus PNG plots) from the runs' metrics.jsonl",
-    "bench": "throughput benchmarks: data, loader, train, hellaswag, table",
+    "bench": "throughput benchmarks: data, loader, train, hellaswag, core, table",
     "prep": "prepare data: prep fineweb | shakespeare | hellaswag | core (see `gpt2repro prep --help`)",
     "demo": "the CPU demo (`make demo`): prepare Shakespeare, train a small GPT-2, sample",
 }
