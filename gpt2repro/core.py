@@ -413,12 +413,14 @@ def item_correct(item: Item, sums: np.ndarray, counts: np.ndarray, greedy: np.nd
     return int(np.argmin(means)) == item.gold
 
 
-def _require_gpt2_vocab(model: nn.Module) -> None:
+def check_vocab(model: nn.Module, fix: str = "drop --core") -> None:
+    """CORE's prompts are GPT-2 tokens: a model with a smaller vocabulary is refused in one line
+    ending in `fix` (how to turn CORE off where it was asked for)."""
     vocab = scoring.model_vocab_size(model)
     if vocab < N_VOCAB:
         raise UserError(
             f"CORE needs GPT-2's vocabulary ({N_VOCAB} tokens); this model has "
-            f"vocab_size={vocab}; turn CORE off for it"
+            f"vocab_size={vocab}; {fix}"
         )
 
 
@@ -573,7 +575,7 @@ def evaluate_core(
     "kind"}}}. Collective: every rank calls it with the same arguments; the examples of all
     tasks are scored in one packed stream split across ranks, the correct counts all-reduced,
     so every rank returns the same dict."""
-    _require_gpt2_vocab(model)
+    check_vocab(model)
     check_cap(max_per_task, tasks)
     per_task = [t.items(max_per_task) for t in tasks]
     items = [it for its in per_task for it in its]
