@@ -9,7 +9,9 @@ CORE's tasks) only turns its rows into Examples.
 
 Packing: each example is one row, its context once and then each continuation (each sees the
 context and itself: positions and an attention mask through GPT.hidden_states), and the vocabulary
-logits are computed only at the scored positions. Many examples per pass; rows and scored
+logits are computed only at the scored positions. `pack_rows` packs any K sequences that share a
+prefix (CORE's three kinds, gpt2repro.core, use it directly), and `score_packed` returns with each
+continuation's summed loss how many of its tokens are the greedy (argmax) prediction. Many examples per pass; rows and scored
 positions are padded to bucketed lengths and the batch to a fixed size, so a compiled model sees
 only a handful of distinct shapes. `full_row_losses` (one full context + continuation row per
 choice, logits everywhere) is the unpacked method, kept for FSDP-sharded models and the benchmark.
