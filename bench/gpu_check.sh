@@ -10,7 +10,8 @@
 # B=64, T=1024, bf16: eager, then compiled (its compile time is the table's `compile s`), then the
 # A/Bs at the same shape, which reuse the compiled step's Triton kernels from the on-disk cache
 # (full logits + cross-entropy instead of the chunked loss; the cuDNN attention backend); the
-# gpu-marked tests of tests/test_gpu.py; the loader; the table. The batch sweep, 350M, 1.5B and
+# gpu-marked tests of tests/test_gpu.py; the loader; CORE's packed scorer against one item per
+# pass on generated items (random weights, no download); the table. The batch sweep, 350M, 1.5B and
 # HellaSwag are bench/gpu_check_more.sh's, for a second call.
 #
 # Every step's output goes to OUT_DIR/logs/<step>.log and its JSON result to OUT_DIR/<step>.json;
@@ -44,11 +45,12 @@ STEPS=(
   env:15                        # python and torch imports ~5 s, nvidia-smi
   compile_smoke:20              # import ~5 s + a cold compile of one small kernel (launcher build)
   train_124m_b64_eager:40       # ~20 s estimated: 16 s start-up + 13 eager steps
-  train_124m_b64:165            # 41-120 s estimated: start-up + cold compile (above) + 13 steps
+  train_124m_b64:145            # 41-120 s estimated: start-up + cold compile (above) + 13 steps
   train_124m_b64_full_logits:75 # 35-90 s: start-up + 0.5-0.7x recompile; the 6.6 GB logits fit
   train_124m_b64_attn_cudnn:75  # 35-90 s: as above, only the attention kernel changes
   gpu_tests:115                 # 80-140 s: pytest start-up, a tiny compiled run, 124M at B=16
   loader:15                     # ~5 s: 300 pinned-memory batches
+  core:24                       # ~15 s: import + a random 124M, 150 generated CORE items, eager
   table:10                      # ~1 s, no torch
 )
 set -uo pipefail
@@ -93,6 +95,16 @@ if [[ $MODE == cpu ]]; then
     --warmup 2 --shards 2 --shard-tokens 100000 --train.micro_batch_size=8 --train.seq_len=32
 else
   run_step loader "kind=loader" "$PY" -m gpt2repro.bench loader --steps 300 --train.device=cuda
+fi
+
+# CORE scoring (docs/benchmarks.md): packed vs one item per pass, random weights, generated items
+# of the three kinds (no bundle, no download); eager, so no compile eats the allowance.
+if [[ $MODE == cpu ]]; then
+  run_step core "kind=core" "$PY" -m gpt2repro.bench core --bench-model tiny --train.device=cpu \
+    --limit 6 --repeat 1 --out "$out/core.json"
+else
+  run_step core "kind=core" "$PY" -m gpt2repro.bench core --bench-model gpt2 --train.device=cuda \
+    --limit 150 --repeat 1 --out "$out/core.json"
 fi
 
 check_finish

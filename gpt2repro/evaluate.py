@@ -11,6 +11,8 @@ CLI:
     python -m gpt2repro.evaluate --checkpoint runs/gpt2_124m --val-data data/edu_fineweb10B \\
         --eval.val_tokens 10485760 --hellaswag --json eval.json
     torchrun --nproc_per_node=8 -m gpt2repro.evaluate --hf gpt2 --hellaswag --train.dtype bfloat16
+    python -m gpt2repro.evaluate --hf gpt2 --core [--core-bundle DIR] [--core-tasks arc_easy piqa]
+        [--core-max-per-task 500]       # CORE (gpt2repro.core), per task and the mean
 
 The settings it shares with training are spelled as in train.py (--train.device, --train.dtype,
 --train.compile, --train.compile_mode, --train.attention_backend, --eval.val_tokens,
@@ -44,6 +46,7 @@ from gpt2repro.config import (
     add_option,
     parse_verb_args,
 )
+from gpt2repro.core import DEFAULT_CORE_BUNDLE, check_cap, core_table, evaluate_core, load_tasks
 from gpt2repro.errors import UserError, add_debug_flag, run_cli
 from gpt2repro.hellaswag import DEFAULT_HELLASWAG, hellaswag_table, load_hellaswag, score_hellaswag
 from gpt2repro.hf import load_model_or_hf
@@ -186,7 +189,7 @@ def evaluate_in_loop(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m gpt2repro.evaluate",
-        description="Validation loss and HellaSwag for a gpt2repro checkpoint or a HF GPT-2.",
+        description="Validation loss, HellaSwag and CORE for a gpt2repro checkpoint or a HF GPT-2.",
         formatter_class=ShowDefaults,
     )
     add_debug_flag(p)
@@ -201,6 +204,23 @@ def _parser() -> argparse.ArgumentParser:
         help=f"score HellaSwag (default file: {DEFAULT_HELLASWAG})",
     )
     p.add_argument("--val-data", metavar="DIR", help="directory of *_val_*.bin shards")
+    p.add_argument(
+        "--core", action="store_true", help="score CORE (DCLM's 22 tasks, nanochat's rules)"
+    )
+    p.add_argument(
+        "--core-bundle",
+        metavar="DIR",
+        help=f"the CORE bundle (python data_prep/core.py; default {DEFAULT_CORE_BUNDLE})",
+    )
+    p.add_argument("--core-tasks", nargs="+", metavar="LABEL", help="only these CORE tasks")
+    add_option(
+        p,
+        "--core-max-per-task",
+        type=int,
+        default=0,
+        check=NON_NEGATIVE,
+        help="first N examples of each task in the seeded order (0 = all; comparable: 0)",
+    )
     add_option(
         p,
         "--seq-len",
@@ -254,6 +274,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("pass --checkpoint PATH or --hf NAME_OR_DIR")
     if args.json:  # checked now, not after the whole evaluation
         check_output_path(args.json, "--json", directory=False)
+    if not args.core:
+        for flag, value in (
+            ("--core-bundle", args.core_bundle),
+            ("--core-tasks", args.core_tasks),
+            ("--core-max-per-task", args.core_max_per_task),
+        ):
+            if value:
+                raise UserError(f"{flag} needs --core (add --core to score CORE)")
 
 
 def check_token_ids(tokens: np.ndarray, vocab_size: int, data_dir: str | Path) -> None:
@@ -303,6 +331,10 @@ def _run(cfg: Config, args: argparse.Namespace, info: dist.DistInfo) -> None:
     if args.val_data:
         option = args.config_flags["eval.val_tokens"]
         val_tokens = load_val_tokens(args.val_data, ev.val_tokens, option=option)
+    core_tasks = None
+    if args.core:
+        core_tasks = load_tasks(args.core_bundle or DEFAULT_CORE_BUNDLE, args.core_tasks)
+        check_cap(args.core_max_per_task, core_tasks)
     raw_model = load_model_or_hf(checkpoint=args.checkpoint, hf=args.hf, device=info.device)
     if val_tokens is not None:
         check_token_ids(val_tokens, raw_model.config.vocab_size, args.val_data)
@@ -341,6 +373,22 @@ def _run(cfg: Config, args: argparse.Namespace, info: dist.DistInfo) -> None:
             print(hellaswag_table(args.hf or args.checkpoint, hs))
             secs = time.perf_counter() - t0
             print(f"hellaswag: {hs['n']} examples in {secs:.1f} s on {info.world_size} rank(s)")
+    if core_tasks is not None:
+        t0 = time.perf_counter()
+        out["core"] = evaluate_core(
+            model,
+            core_tasks,
+            info,
+            args.core_max_per_task,
+            amp_dtype,
+            Batching(batch_examples=ev.batch_examples, bucket=args.bucket),
+            progress=info.is_main,
+        )
+        if info.is_main:
+            print(core_table(args.hf or args.checkpoint, out["core"]))
+            n = sum(r["n"] for r in out["core"]["tasks"].values())
+            secs = time.perf_counter() - t0
+            print(f"core: {n} examples in {secs:.1f} s on {info.world_size} rank(s)")
     if args.json and info.is_main:
         write_json(args.json, out)
 
@@ -380,7 +428,7 @@ def main(argv: list[str]) -> int:
     cfg, args = parse_verb_args(argv, _parser(), keys=_KEYS, aliases=_ALIASES, defaults=_DEFAULTS)
     cfg, from_run = run_defaults(cfg, args)
     _check_args(args)
-    if args.hellaswag is None and args.val_data is None:
+    if args.hellaswag is None and args.val_data is None and not args.core:
         args.hellaswag = DEFAULT_HELLASWAG  # nothing asked: HellaSwag with the default file
     info = dist.setup(cfg.train.device, device_option=args.config_flags["train.device"])
     if from_run and info.is_main:

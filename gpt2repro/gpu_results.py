@@ -45,6 +45,16 @@ def hellaswag_note(res: dict[str, Any]) -> str:
     )
 
 
+def core_note(res: dict[str, Any]) -> str:
+    """The table's note for a `bench core` result: the packed rate, the speedup over one item
+    per pass and whether every item got the same verdict."""
+    same = "yes" if res.get("same_verdicts") else "NO"
+    return (
+        f"core packed {res['packed_ex_per_s']:.1f} items/s, {res['speedup']:.2f}x one item per "
+        f"pass; same verdicts: {same}"
+    )
+
+
 def read_steps(results: Path) -> list[dict[str, Any]]:
     """The steps of a gpu_check.sh folder (steps.tsv), then any NAME.json it does not list."""
     steps: list[dict[str, Any]] = []
@@ -134,6 +144,8 @@ def table_row(results: Path, step: dict[str, Any]) -> dict[str, str]:
         note = plan.get("why", "").replace("_", " ")
     elif kind == "hellaswag" and "packed_ex_per_s" in res:
         note = hellaswag_note(res)
+    elif kind == "core" and "packed_ex_per_s" in res:
+        note = core_note(res)
     elif isinstance(res.get("note"), str):  # a result that sums itself up (gpu_multi_check)
         note = res["note"]
     elif not res:  # steps that print rather than write JSON: their summary line

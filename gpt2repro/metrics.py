@@ -7,13 +7,17 @@ tokens seen so far). Four kinds of line:
 - events, told apart by `event`:
   `start` (a fresh run) and `resume` (continuing from a checkpoint) also carry the run header
   (`versions`, `gpus`, `device`, `world_size`, `git_sha`, `argv`, `n_params`, `grad_accum`,
-  `config`; see `run_header`); `preempted` (stopped by SIGTERM/SIGINT after checkpointing) and
-  `done` (the last step is checkpointed) carry nothing more;
-- train steps, every `log.every` steps, at the last one and at a preemption: `loss`, `lr`, `grad_norm`,
+  `config`; see `run_header`; a resume that changed a setting also `changed`, each key's was/now);
+  `preempted` (stopped by SIGTERM/SIGINT after checkpointing) and `done` (the last step is
+  checkpointed) carry nothing more; `crashed` (an error after the start) carries `error`, its
+  first line;
+- train steps, every `log.every` steps, at the last one and at a preemption: `loss` (the last
+  step's), `loss_mean` (the mean over the steps since the previous line), `lr`, `grad_norm`,
   `tok_per_s`, `mfu` (null when the GPU peak is unknown), `step_ms`, `skipped` (updates skipped
   by the guards so far), `mem_gib` (peak CUDA memory; null off CUDA);
 - evaluations: `val_loss` and/or `hellaswag_acc`, `hellaswag_acc_norm` (token-normalized),
-  `hellaswag_acc_norm_char` (character-normalized, lm-evaluation-harness style);
+  `hellaswag_acc_norm_char` (character-normalized, lm-evaluation-harness style), `eval_s` (its
+  wall time);
 - text samples: `sample`, the prompt and its continuation.
 
 Every line the trainer writes also carries `time` (Unix seconds, when it was written): the report

@@ -53,3 +53,29 @@ def gpt2_val_loss_comparable(data_dir: str | Path, seq_len: int | None) -> bool:
     `data_dir` with `seq_len`-token windows: FineWeb-Edu data (by its manifest, not its folder's
     name) and 1024-token windows, as OpenAI's figure was measured."""
     return seq_len == GPT2_124M_VAL_SEQ_LEN and data_source(data_dir) == FINEWEB_EDU
+
+
+# CORE (DCLM's 22-task metric as nanochat computes it; docs/reference.md, "CORE"). OpenAI GPT-2
+# measured by nanochat with its eval bundle (README leaderboard row 0 and dev/LEADERBOARD.md for
+# 1.5B; dev/estimate_gpt3_core.ipynb for all four sizes).
+GPT2_SIZES_CORE = ("124M", "355M", "774M", "1.5B")
+GPT2_CORE = {"124M": 0.1139, "355M": 0.1849, "774M": 0.2146, "1.5B": 0.2565}
+GPT2_CORE_BAR = 0.256525  # "GPT-2 capability" on nanochat's leaderboard: CORE above GPT-2 1.5B's
+# The per-task raw accuracies nanochat publishes for the four sizes (dev/estimate_gpt3_core.ipynb,
+# to the 0.1% it prints); the other 16 tasks' per-task scores are not published.
+GPT2_CORE_TASK_ACC: dict[str, tuple[float, float, float, float]] = {
+    "hellaswag_zeroshot": (0.309, 0.390, 0.440, 0.502),
+    "lambada_openai": (0.323, 0.426, 0.488, 0.523),
+    "hellaswag": (0.308, 0.395, 0.444, 0.512),
+    "piqa": (0.623, 0.670, 0.698, 0.725),
+    "arc_easy": (0.412, 0.480, 0.535, 0.595),
+    "arc_challenge": (0.222, 0.262, 0.264, 0.299),
+}
+# GPT-3's CORE as nanochat estimates it from six overlapping tasks (dev/estimate_gpt3_core.ipynb,
+# "Estimated": GPT-3 was never evaluated on CORE).
+GPT3_CORE_ESTIMATES = {
+    "GPT-3 125M": 0.1484,
+    "GPT-3 350M": 0.2159,
+    "GPT-3 760M": 0.2659,
+    "GPT-3 1.3B": 0.2914,
+}

@@ -14,8 +14,8 @@ a vertical line on the loss plots. A table sums each run up (best validation los
 HellaSwag, tokens, wall time, GPU-hours, skipped updates, restarts); the newest text samples,
 and each run's config, git SHA and versions follow. The plots are laid out and drawn by `gpt2repro.plot`.
 
-Live: rank 0 of the trainer rewrites RUN_DIR/report.html after each evaluation (`LiveReport`,
-switched by `log.report`). Until RUN_DIR/DONE exists the page reloads itself every
+Live: rank 0 of the trainer rewrites RUN_DIR/report.html after each evaluation and, between
+them, on a train line at most once a minute (`LiveReport`, switched by `log.report`). Until RUN_DIR/DONE exists the page reloads itself every
 `REFRESH_S` seconds, so `python -m http.server -d RUN_DIR` or the opened file is a dashboard.
 A failing live report warns once and never stops training.
 

@@ -9,7 +9,9 @@ CORE's tasks) only turns its rows into Examples.
 
 Packing: each example is one row, its context once and then each continuation (each sees the
 context and itself: positions and an attention mask through GPT.hidden_states), and the vocabulary
-logits are computed only at the scored positions. Many examples per pass; rows and scored
+logits are computed only at the scored positions. `pack_rows` packs any K sequences that share a
+prefix (CORE's three kinds, gpt2repro.core, use it directly), and `score_packed` returns with each
+continuation's summed loss how many of its tokens are the greedy (argmax) prediction. Many examples per pass; rows and scored
 positions are padded to bucketed lengths and the batch to a fixed size, so a compiled model sees
 only a handful of distinct shapes. `full_row_losses` (one full context + continuation row per
 choice, logits everywhere) is the unpacked method, kept for FSDP-sharded models and the benchmark.
@@ -147,28 +149,46 @@ class PackedExample:
     choice: np.ndarray
 
 
-def pack_example(ex: Example, block_size: int) -> PackedExample:
-    """The row of `ex` (context left-truncated as in `example_rows`, so every position is less
-    than block_size; the row itself may be longer than block_size)."""
-    rows = example_rows(ex, block_size)
-    n_ctx = rows[0][1]
-    tokens, pos, seg = list(rows[0][0][:n_ctx]), list(range(n_ctx)), [-1] * n_ctx
+def pack_rows(
+    rows: Sequence[tuple[Sequence[int], int]], shared: int, choices: Sequence[int] | None = None
+) -> PackedExample:
+    """One packed row from K sequences that begin with the same `shared` tokens.
+
+    rows: (tokens, start) per sequence: the sequence is fed as tokens[:-1] and its tokens from
+    index `start` (>= 1) on are scored. `shared` <= min(len(tokens)) - 1; the shared tokens are
+    encoded once and each sequence's remaining inputs follow as a branch that sees them and itself.
+    A scored token whose predicting position lies in the shared part is read there. `choices`
+    gives each sequence's index within its example (default 0..K-1); every position stays where
+    it is in its own sequence, so each branch computes exactly what its own unpacked row would.
+    """
+    choices = range(len(rows)) if choices is None else choices
+    first = rows[0][0]
+    tokens, pos, seg = list(first[:shared]), list(range(shared)), [-1] * shared
     sel: list[int] = []
     targets: list[int] = []
     choice: list[int] = []
-    for k, (toks, _) in enumerate(rows):
-        end = toks[n_ctx:]
-        start = len(tokens)
-        # the context's last position predicts the first continuation token, then each
-        # continuation token (at its row index) the next one
-        sel += [n_ctx - 1, *range(start, start + len(end) - 1)]
-        targets += end
-        choice += [k] * len(end)
-        tokens += end[:-1]
-        pos += range(n_ctx, n_ctx + len(end) - 1)
-        seg += [k] * (len(end) - 1)
+    for k, (toks, start) in zip(choices, rows, strict=True):
+        assert 1 <= start <= len(toks) and shared < len(toks), (start, shared, len(toks))
+        branch = len(tokens)  # row index of this branch's first input, toks[shared]
+        # target toks[j] is predicted at input position j - 1: in the shared part or the branch
+        sel += [
+            j - 1 if j - 1 < shared else branch + j - 1 - shared for j in range(start, len(toks))
+        ]
+        targets += toks[start:]
+        choice += [k] * (len(toks) - start)
+        tokens += toks[shared:-1]
+        pos += range(shared, len(toks) - 1)
+        seg += [k] * (len(toks) - 1 - shared)
     arrays = (tokens, pos, seg, sel, targets, choice)
     return PackedExample(*(np.array(a, dtype=np.int64) for a in arrays))
+
+
+def pack_example(ex: Example, block_size: int) -> PackedExample:
+    """The row of `ex` (context left-truncated as in `example_rows`, so every position is less
+    than block_size; the row itself may be longer than block_size): its context once, then each
+    continuation."""
+    rows = example_rows(ex, block_size)
+    return pack_rows([(toks, n_ctx) for toks, n_ctx in rows], shared=rows[0][1])
 
 
 def packed_attention_mask(seg: torch.Tensor) -> torch.Tensor:
@@ -182,20 +202,22 @@ def packed_attention_mask(seg: torch.Tensor) -> torch.Tensor:
     return mask[:, None]
 
 
-def _packed_token_losses(
+def _packed_token_scores(
     gpt: GPT,
     idx: torch.Tensor,
     pos: torch.Tensor,
     seg: torch.Tensor,
     sel: torch.Tensor,
     targets: torch.Tensor,
-) -> torch.Tensor:
-    """Cross-entropy [N] of each scored token: idx, pos, seg [B, R]; sel, targets [N] (sel indexes
-    the flattened [B * R] positions; target -1 = padding, loss 0). Logits only at sel."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy [N] of each scored token and whether it is the model's greedy (argmax)
+    prediction [N] bool: idx, pos, seg [B, R]; sel, targets [N] (sel indexes the flattened
+    [B * R] positions; target -1 = padding, loss 0). Logits only at sel."""
     h = gpt.hidden_states(idx, pos=pos, attn_mask=packed_attention_mask(seg))  # [B, R, C]
     h = h.flatten(0, 1)[sel]  # [N, C]
     logits = gpt.logits(h).float()  # [N, vocab]: 5-20% of the positions, not all of them
-    return F.cross_entropy(logits, targets, ignore_index=-1, reduction="none")
+    loss = F.cross_entropy(logits, targets, ignore_index=-1, reduction="none")
+    return loss, logits.argmax(dim=-1) == targets
 
 
 # --------------------------------------------------------------------------- batching
@@ -215,7 +237,7 @@ def _progress_bar(total: int, desc: str) -> Any:  # a tqdm bar, or None without 
     return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
 
 
-def _sorted_batches(
+def sorted_batches(
     lengths: Sequence[int], batch_examples: int, n_batches: int | None, progress: bool
 ) -> Iterator[list[int]]:
     """The example indices of each pass: sorted by length (so a batch pads little),
@@ -236,7 +258,7 @@ def _sorted_batches(
             bar.close()
 
 
-def _is_fsdp(model: nn.Module) -> bool:
+def is_fsdp(model: nn.Module) -> bool:
     try:
         from torch.distributed.fsdp import FSDPModule  # absent from a torch without distributed
     except ImportError:
@@ -276,7 +298,7 @@ def full_row_losses(
     sums = np.zeros((len(examples), K), dtype=np.float64)
     counts = np.zeros((len(examples), K), dtype=np.int64)
     with eval_mode(model):
-        for chunk in _sorted_batches(lengths, batching.batch_examples, n_batches, progress):
+        for chunk in sorted_batches(lengths, batching.batch_examples, n_batches, progress):
             longest = max((len(t) - 1 for i in chunk for t, _ in all_rows[i]), default=1)
             L = bucketed_length(longest, batching.bucket, block_size)
             xn = np.zeros((rows_per_batch, L), dtype=np.int64)  # [K*E, L], 0 = padding
@@ -307,6 +329,97 @@ def full_row_losses(
     return sums, counts
 
 
+@dataclass(frozen=True)
+class PackedScores:
+    """Per example and choice ([N, K] arrays): summed loss of the scored tokens (nats), their
+    count, and how many of them are the model's greedy (argmax) prediction."""
+
+    sums: np.ndarray
+    counts: np.ndarray
+    greedy: np.ndarray
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """Packed rows to score and whose they are: row j belongs to example owners[j]; its `choice`
+    values index that example's choices; shape = (N examples, K choices) of the result."""
+
+    rows: Sequence[PackedExample]
+    owners: Sequence[int]
+    shape: tuple[int, int]
+
+
+def score_packed(
+    model: nn.Module,
+    packed: PackedRows,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    batching: Batching = DEFAULT_BATCHING,
+    *,
+    n_batches: int | None = None,
+    progress: bool = False,
+) -> PackedScores:
+    """Score packed rows, `batching.batch_examples` rows per forward pass, into [N, K] arrays.
+
+    Local only (no collectives). Rows are sorted by length so each batch pads little; each pass is
+    [batch_examples, R] with R a multiple of `bucket`, and the scored positions are padded to a
+    multiple of K * bucket, so a compiled model sees a handful of shapes. A torch.compile'd
+    model's settings compile the packed step too. `n_batches` (>= the batches needed) adds empty
+    passes so ranks stay in step. An example split over several rows (its sequences cropped by
+    different amounts) gets each choice's numbers from the one row holding that choice.
+    """
+    rows, owners = packed.rows, packed.owners
+    N, K = packed.shape
+    gpt = _gpt(model)
+    step = _packed_token_scores
+    dynamo_ctx = getattr(model, "dynamo_ctx", None)  # set by torch.compile(model)
+    if dynamo_ctx is not None:
+        step = dynamo_ctx(_packed_token_scores)  # same backend and options as the model
+    sums = np.zeros((N, K), dtype=np.float64)
+    counts = np.zeros((N, K), dtype=np.int64)
+    greedy = np.zeros((N, K), dtype=np.int64)
+    acc_dtype = precision.accumulate_dtype(device)
+    B, bucket = batching.batch_examples, batching.bucket
+    lengths = [len(p.tokens) for p in rows]
+    with eval_mode(model):
+        for indices in sorted_batches(lengths, B, n_batches, progress):
+            chunk = [rows[i] for i in indices]
+            R = math.ceil(max((len(p.tokens) for p in chunk), default=1) / bucket) * bucket
+            n_scored = sum(len(p.sel) for p in chunk)
+            n_pad = max(1, math.ceil(n_scored / (K * bucket))) * K * bucket
+            idx = np.zeros((B, R), dtype=np.int64)  # [B, R], 0 = padding
+            pos = np.zeros((B, R), dtype=np.int64)
+            seg = np.full((B, R), -2, dtype=np.int64)  # -2 = padding
+            sel = np.zeros(n_pad, dtype=np.int64)
+            targets = np.full(n_pad, -1, dtype=np.int64)  # -1 = padding: loss 0
+            slot = np.full(n_pad, K * B, dtype=np.int64)  # [n_pad] (row, choice); last = dump
+            n = 0
+            for j, p in enumerate(chunk):
+                r, s = len(p.tokens), len(p.sel)
+                idx[j, :r], pos[j, :r], seg[j, :r] = p.tokens, p.pos, p.seg
+                sel[n : n + s] = j * R + p.sel  # into the flattened [B * R] positions
+                targets[n : n + s] = p.targets
+                slot[n : n + s] = K * j + p.choice
+                n += s
+            idx_t, pos_t, seg_t, sel_t, targets_t, slot_t = (
+                torch.from_numpy(a).to(device, non_blocking=True)
+                for a in (idx, pos, seg, sel, targets, slot)
+            )
+            with precision.autocast(device, autocast_dtype):
+                tok_loss, tok_greedy = step(gpt, idx_t, pos_t, seg_t, sel_t, targets_t)  # [n_pad]
+            row_sum = torch.zeros(K * B + 1, dtype=acc_dtype, device=device)
+            row_sum.index_add_(0, slot_t, tok_loss.to(acc_dtype))
+            row_greedy = torch.zeros(K * B + 1, dtype=torch.int64, device=device)
+            row_greedy.index_add_(0, slot_t, tok_greedy.to(torch.int64))
+            host_sum, host_greedy = row_sum.cpu().numpy(), row_greedy.cpu().numpy()
+            for j, i in enumerate(indices):
+                # a choice lives in one row of its example: adding keeps the others' zeros
+                sums[owners[i]] += host_sum[K * j : K * (j + 1)]
+                greedy[owners[i]] += host_greedy[K * j : K * (j + 1)]
+                counts[owners[i]] += np.bincount(rows[i].choice, minlength=K)
+    return PackedScores(sums, counts, greedy)
+
+
 def continuation_losses(
     model: nn.Module,
     examples: Sequence[Example],
@@ -323,14 +436,11 @@ def continuation_losses(
 
     Local only (no collectives). Each example is one packed row (`pack_example`): its context is
     encoded once for its K continuations, and vocabulary logits are computed only at the positions
-    scored. Examples are sorted by row length so each batch pads little; each pass is
-    [batch_examples, R] rows with R a multiple of `bucket`, and the scored positions are padded
-    to a multiple of K * bucket, so a compiled model sees a handful of shapes. A torch.compile'd
-    model's settings compile the packed step too. `n_batches` (>= the batches needed) adds empty
-    passes so ranks stay in step; `n_choices` gives K when `examples` may be empty (a rank with
-    no share), else it is the examples' own.
+    scored (`score_packed`, `batch_examples` examples per pass). `n_batches` (>= the batches
+    needed) adds empty passes so ranks stay in step; `n_choices` gives K when `examples` may be
+    empty (a rank with no share), else it is the examples' own.
     """
-    if _is_fsdp(model):
+    if is_fsdp(model):
         return full_row_losses(
             model,
             examples,
@@ -343,50 +453,17 @@ def continuation_losses(
         )
     K = n_choices or choices_per_example(examples)
     block_size = model_block_size(model)
-    gpt = _gpt(model)
-    step = _packed_token_losses
-    dynamo_ctx = getattr(model, "dynamo_ctx", None)  # set by torch.compile(model)
-    if dynamo_ctx is not None:
-        step = dynamo_ctx(_packed_token_losses)  # same backend and options as the model
     packed = [pack_example(ex, block_size) for ex in examples]
-    sums = np.zeros((len(examples), K), dtype=np.float64)
-    counts = np.zeros((len(examples), K), dtype=np.int64)
-    acc_dtype = precision.accumulate_dtype(device)
-    B, bucket = batching.batch_examples, batching.bucket
-    lengths = [len(p.tokens) for p in packed]
-    with eval_mode(model):
-        for indices in _sorted_batches(lengths, B, n_batches, progress):
-            chunk = [packed[i] for i in indices]
-            R = math.ceil(max((len(p.tokens) for p in chunk), default=1) / bucket) * bucket
-            n_scored = sum(len(p.sel) for p in chunk)
-            N = max(1, math.ceil(n_scored / (K * bucket))) * K * bucket
-            idx = np.zeros((B, R), dtype=np.int64)  # [B, R], 0 = padding
-            pos = np.zeros((B, R), dtype=np.int64)
-            seg = np.full((B, R), -2, dtype=np.int64)  # -2 = padding
-            sel = np.zeros(N, dtype=np.int64)
-            targets = np.full(N, -1, dtype=np.int64)  # -1 = padding: loss 0
-            slot = np.full(N, K * B, dtype=np.int64)  # [N] (example, choice); last = dump
-            n = 0
-            for j, p in enumerate(chunk):
-                r, s = len(p.tokens), len(p.sel)
-                idx[j, :r], pos[j, :r], seg[j, :r] = p.tokens, p.pos, p.seg
-                sel[n : n + s] = j * R + p.sel  # into the flattened [B * R] positions
-                targets[n : n + s] = p.targets
-                slot[n : n + s] = K * j + p.choice
-                n += s
-            idx_t, pos_t, seg_t, sel_t, targets_t, slot_t = (
-                torch.from_numpy(a).to(device, non_blocking=True)
-                for a in (idx, pos, seg, sel, targets, slot)
-            )
-            with precision.autocast(device, autocast_dtype):
-                tok_loss = step(gpt, idx_t, pos_t, seg_t, sel_t, targets_t)  # [N]
-            row_sum = torch.zeros(K * B + 1, dtype=acc_dtype, device=device)
-            row_sum.index_add_(0, slot_t, tok_loss.to(acc_dtype))
-            host_sum = row_sum.cpu().numpy()
-            for j, i in enumerate(indices):
-                sums[i] = host_sum[K * j : K * (j + 1)]
-                counts[i] = np.bincount(packed[i].choice, minlength=K)
-    return sums, counts
+    scores = score_packed(
+        model,
+        PackedRows(packed, range(len(packed)), (len(examples), K)),
+        device,
+        autocast_dtype,
+        batching,
+        n_batches=n_batches,
+        progress=progress,
+    )
+    return scores.sums, scores.counts
 
 
 def predictions(

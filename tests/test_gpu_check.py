@@ -26,7 +26,7 @@ MORE = REPO / "bench" / "gpu_check_more.sh"
 LIB = REPO / "bench" / "gpu_check_lib.sh"
 LIMIT_S = 540  # what one command may run on the lent GPU machine
 # gpu_check.sh: the most information first (environment, compile smoke, 124M B=64 eager, compiled,
-# the A/Bs that reuse its kernels, the gpu tests, the loader, the table).
+# the A/Bs that reuse its kernels, the gpu tests, the loader, CORE scoring, the table).
 ORDER = [
     "env",
     "compile_smoke",
@@ -36,6 +36,7 @@ ORDER = [
     "train_124m_b64_attn_cudnn",
     "gpu_tests",
     "loader",
+    "core",
     "table",
 ]
 TRAIN_STEPS = [
@@ -170,6 +171,18 @@ elif command == "-m gpt2repro.bench hellaswag":
     print(json.dumps(res))
     with open(args[args.index("--out") + 1], "w") as fh:
         json.dump(res, fh)
+elif command == "-m gpt2repro.bench core":
+    from gpt2repro.bench import core_summary
+    res = {{
+        "bench": "core", "bench_model": "gpt2", "device": "cuda:0", "threads": None, "n": 150,
+        "batch_examples": 16, "bucket": 32, "packed_ex_per_s": 400.0, "single_ex_per_s": 50.0,
+        "speedup": 8.0, "packed_positions": 900.0, "single_positions": 2500.0,
+        "max_abs_diff": 1e-4, "same_verdicts": True,
+    }}
+    print(core_summary(res))
+    print(json.dumps(res))
+    with open(args[args.index("--out") + 1], "w") as fh:
+        json.dump(res, fh)
 elif command == "-m gpt2repro.bench loader":
     print(json.dumps({{"bench": "loader", "B": 64, "T": 1024, "ms_per_batch": 0.5, "tok_per_s": 131072000}}))
 else:
@@ -275,8 +288,8 @@ def test_gpu_mode_runs_every_step_and_records_a_failure(tmp_path: Path, fake_pyt
     # the console: tokens/s of each step as it runs, then the one table, last
     table = (out / "table.md").read_text()
     assert p.stdout.rstrip().endswith(table.rstrip())
-    # - the failed + the loader
-    assert p.stdout.count("   result: ") == len(TRAIN_STEPS) - 1 + 1
+    # - the failed + the loader + core
+    assert p.stdout.count("   result: ") == len(TRAIN_STEPS) - 1 + 2
     assert "712,345 tok/s" in p.stdout  # printed by a gpu test (pytest -s)
     rows = table_rows(table)
     assert list(rows) == list(steps)[:-1]
@@ -296,6 +309,11 @@ def test_gpu_mode_runs_every_step_and_records_a_failure(tmp_path: Path, fake_pyt
     assert rows["env"]["note"] == "env: ok"
     assert rows["compile_smoke"]["note"].startswith("compile smoke: ok")
     assert rows["loader"]["tok/s"] == "131,072,000"
+    assert any("bench core --bench-model gpt2 --train.device=cuda" in c for c in cmds)
+    assert (
+        rows["core"]["note"]
+        == "core packed 400.0 items/s, 8.00x one item per pass; same verdicts: yes"
+    )
 
 
 def test_a_failed_compile_smoke_runs_the_rest_eager(tmp_path: Path, fake_python: Path) -> None:
@@ -366,7 +384,7 @@ def test_cpu_mode_runs_the_real_benchmarks(tmp_path: Path) -> None:
     assert repo_state() == before  # nothing written into the checkout
     steps = allowances()
     names = {f.name for f in out.iterdir()}
-    expected = {f"{n}.json" for n in [*TRAIN_STEPS, "loader"]}
+    expected = {f"{n}.json" for n in [*TRAIN_STEPS, "loader", "core"]}
     assert names == expected | {"logs", "steps.tsv", "table.md", "gpu_check.log"}
     skipped = {"compile_smoke", "gpu_tests"} | (set() if HAS_ATTN else {ATTN_STEP})
     assert {f.stem for f in (out / "logs").iterdir()} == set(steps) - skipped - {"table"}
@@ -383,6 +401,8 @@ def test_cpu_mode_runs_the_real_benchmarks(tmp_path: Path) -> None:
     assert rows["train_124m_b64_full_logits"]["loss"] == "full"
     assert rows["train_124m_b64"]["MFU"] == "n/a"  # no guessed peak on a CPU
     assert rows["env"]["note"].startswith("env: ")
+    core = json.loads((out / "core.json").read_text())
+    assert core["same_verdicts"] and core["n"] == 6 and core["device"] == "cpu"
     assert p.stdout.count("tok_per_s") == len(TRAIN_STEPS) + 1  # each result, as it comes
     print(f"gpu_check.sh in CPU mode: {seconds:.1f} s")
     assert seconds < 120

@@ -17,6 +17,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cases_core
 import cases_data
 import cases_lock
 import cases_services
@@ -44,7 +45,7 @@ from gpt2repro import checkpoint
 from gpt2repro.config import Config, OptimConfig, to_dict
 from gpt2repro.data import write_shard
 
-AREAS = [cases_lock, cases_data, cases_startup, cases_services]  # cases_*.py, by area
+AREAS = [cases_lock, cases_data, cases_startup, cases_services, cases_core]  # cases_*.py, by area
 
 
 def build_world(w: Path) -> None:
