@@ -395,7 +395,7 @@ def _run(cfg: Config, args: argparse.Namespace, info: dist.DistInfo) -> None:
 
 def run_defaults(cfg: Config, args: argparse.Namespace) -> tuple[Config, list[str]]:
     """For `--checkpoint` of a gpt2repro run, what the run itself evaluated, unless the command
-    line says otherwise: with neither --val-data nor --hellaswag, its validation data (and its
+    line says otherwise: with none of --val-data, --hellaswag, --core, its validation data (and its
     HellaSwag file when it scored HellaSwag); its validation budget and sequence length. Read from
     the checkpoint's saved config (nothing when it cannot be read: loading the checkpoint then
     says why). Returns the config and the flags taken from the run, for a note."""
@@ -404,17 +404,20 @@ def run_defaults(cfg: Config, args: argparse.Namespace) -> tuple[Config, list[st
     try:
         saved = checkpoint.read_state(checkpoint.resolve(args.checkpoint))["config"]
         data_dir, val_tokens = saved["data"]["dir"], int(saved["eval"]["val_tokens"])
-        seq_len = int(saved["train"]["seq_len"])
+        seq_len = min(int(saved["train"]["seq_len"]), int(saved["model"]["block_size"]))
         hs_every, hs_file = int(saved["eval"]["hellaswag_every"]), saved["eval"]["hellaswag_file"]
     except (UserError, OSError, KeyError, TypeError, ValueError):
         return cfg, []
     used = []
-    if not args.val_data and not args.hellaswag and Path(data_dir).is_dir():
+    nothing_asked = not args.val_data and not args.hellaswag and not args.core
+    if nothing_asked and Path(data_dir).is_dir():
         args.val_data = data_dir
         used.append(f"--val-data {data_dir}")
         if hs_every > 0 and hs_file and Path(hs_file).is_file():
             args.hellaswag = hs_file
             used.append(f"--hellaswag {hs_file}")
+    if not args.val_data:  # no validation: its budget and window do not matter
+        return cfg, used
     if "eval.val_tokens" not in args.config_given:
         cfg = replace(cfg, eval=replace(cfg.eval, val_tokens=val_tokens))
         used.append(f"--val-tokens {val_tokens}")
