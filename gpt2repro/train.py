@@ -710,7 +710,8 @@ def core_record(
     """CORE of the run's model on each task's first `cap` examples in the seeded order (0 = all;
     collective): the metrics record's `core` (the mean centered accuracy), `core/<label>` (each
     task's centered accuracy), `core_n` (examples scored), `core_full` (1 when every task was
-    scored whole: comparable with GPT-2's published CORE) and `core_s` (seconds)."""
+    scored whole: on the full eval bundle, comparable with GPT-2's published CORE) and `core_s`
+    (seconds)."""
     t0 = time.perf_counter()
     res = core.evaluate_core(
         run.trainable.raw_model,
