@@ -199,6 +199,21 @@ class EvalConfig:
     batch_size: int = _f(
         0, "validation sequences per forward pass; 0 = train.micro_batch_size", check=NON_NEGATIVE
     )
+    core_every: int = _f(
+        0,
+        "CORE (DCLM's 22 in-context tasks, docs/evaluation.md) on a capped subset every N steps, "
+        "the full set at the last step; 0 = never",
+        check=NON_NEGATIVE,
+    )
+    core_max_per_task: int = _f(
+        500,
+        "in-loop CORE scores the first N examples of each task in its seeded order (the same "
+        "subset at every evaluation and after a resume); 0 = all; at least the most shots + 1",
+        check=NON_NEGATIVE,
+    )
+    core_bundle: str = _f(
+        "data/core/eval_bundle", "the CORE eval bundle directory (python data_prep/core.py)"
+    )
 
 
 @dataclass(frozen=True)

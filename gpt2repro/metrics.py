@@ -535,7 +535,12 @@ class RunLog:
     ) -> None:
         """An evaluation's line (with its duration, and GPT-2 124M's validation loss where it is
         comparable) and record, then the live report page."""
-        shown = " | ".join(f"{k} {v:.4f}" for k, v in results.items())
+        # per-task numbers (`core/<label>`) go to metrics.jsonl and wandb, not the console line
+        shown = " | ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in results.items()
+            if "/" not in k
+        )
         if gpt2_val_loss is not None and "val_loss" in results:
             shown += f" (GPT-2 124M: {gpt2_val_loss:.4f})"
         self.record(

@@ -8,7 +8,8 @@ Several runs are overlaid, one colour each. First a status line per run (running
 preempted, crashed or done; step, tokens, the last record's time and a wall-clock ETA). The plots
 are against training tokens (`--log-x`: on a log scale): train and validation loss, the same
 zoomed on the run after its first fifth (where GPT-2's baseline matters), HellaSwag with the
-published GPT-2 124M and GPT-3 125M lines (both acc_norm conventions), gradient norm with skipped
+published GPT-2 124M and GPT-3 125M lines (both acc_norm conventions), CORE with GPT-2's four
+sizes and nanochat's "GPT-2 capability" bar, gradient norm with skipped
 updates marked, learning rate, tokens/s, MFU and peak memory; a resume that changed a setting is
 a vertical line on the loss plots. A table sums each run up (best validation loss, final
 HellaSwag, tokens, wall time, GPU-hours, skipped updates, restarts); the newest text samples,
@@ -49,7 +50,14 @@ from gpt2repro.plot import (
     panel_svg,
     write_pngs,
 )
-from gpt2repro.reference import GPT2_124M_VAL_LOSS, PUBLISHED, gpt2_val_loss_comparable
+from gpt2repro.reference import (
+    GPT2_124M_VAL_LOSS,
+    GPT2_CORE,
+    GPT2_CORE_BAR,
+    GPT2_SIZES_CORE,
+    PUBLISHED,
+    gpt2_val_loss_comparable,
+)
 from gpt2repro.runs import Run, format_duration, is_finite_number, load_run
 
 REPORT_HTML = "report.html"
@@ -90,6 +98,21 @@ def hellaswag_references() -> list[HLine]:
     ]
 
 
+def core_references() -> list[HLine]:
+    """GPT-2's CORE for its four sizes, nanochat's bar for "GPT-2 capability" and chance (a
+    centered accuracy of 0); docs/reference.md, "CORE"."""
+    dashes = {"124M": "dashed", "355M": "dashdot", "774M": "dotted", "1.5B": "solid"}
+    lines = [
+        HLine(GPT2_CORE[size], f"GPT-2 {size} ({GPT2_CORE[size]:.4f})", dashes[size])
+        for size in GPT2_SIZES_CORE
+    ]
+    return [
+        *lines,
+        HLine(GPT2_CORE_BAR, f"GPT-2 capability: CORE > {GPT2_CORE_BAR}", "dashed", "#000000"),
+        HLine(0.0, "chance (0)", "dotted", "#aaaaaa"),
+    ]
+
+
 def _column(
     records: list[dict[str, Any]], key: str, scale: float = 1.0
 ) -> tuple[list[float], list[float]]:
@@ -119,6 +142,7 @@ _SERIES: list[tuple[str, str, str, float, str, str, bool, float]] = [
         True,
         1.5,
     ),
+    ("core", "evals", "core", 1.0, "CORE", "solid", True, 2.0),
     ("loss_zoom", "train", "loss", 1.0, "train", "solid", False, 1.2),
     ("loss_zoom", "evals", "val_loss", 1.0, "val", "dashed", True, 2.0),
     ("grad_norm", "train", "grad_norm", 1.0, "grad norm", "solid", False, 1.2),
@@ -187,7 +211,7 @@ def _skips(run: Run, color: str) -> Series:
 
 
 def panels(runs: Sequence[Run], log_x: bool = False) -> list[Panel]:
-    """The eight plots of the report, every run overlaid in its colour; `log_x`: training
+    """The nine plots of the report, every run overlaid in its colour; `log_x`: training
     tokens on a log scale."""
     # OpenAI GPT-2 124M's val loss: only beside runs measured as it was (FineWeb-Edu, T = 1024)
     on_fineweb = any(
@@ -206,6 +230,11 @@ def panels(runs: Sequence[Run], log_x: bool = False) -> list[Panel]:
         if any(r.section("eval").get("hellaswag_every") for r in runs)
         else "no HellaSwag evaluations (eval.hellaswag_every = 0)"
     )
+    core_note = (
+        "no CORE evaluations yet"
+        if any(r.section("eval").get("core_every") for r in runs)
+        else "no CORE evaluations (eval.core_every = 0)"
+    )
     no_steps = "no train steps logged yet"
     x_max = float(max(r.planned_tokens for r in runs))
     changes = [v for r in runs for v in _changes(r)]
@@ -217,6 +246,8 @@ def panels(runs: Sequence[Run], log_x: bool = False) -> list[Panel]:
               "cross-entropy (nats/token)", [], loss_refs, "no loss logged yet",
               y_range=zoom_range(runs, loss_refs), vlines=changes),
         Panel("hellaswag", "HellaSwag", "accuracy", [], hellaswag_references(), hs_note),
+        Panel("core", "CORE (a capped subset in the loop, the full set at the end)",
+              "mean centered accuracy", [], core_references(), core_note),
         Panel("grad_norm", "Gradient norm", "global L2 norm (before clipping)", [], [], no_steps,
               from_zero=True),
         Panel("lr", "Learning rate", "lr", [], [], no_steps, from_zero=True),

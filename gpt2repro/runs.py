@@ -203,7 +203,7 @@ def load_run(run_dir: str | Path) -> Run:
             session_train.append(r)
         elif event is None and isinstance(r.get("sample"), str):
             samples.append(r)
-        elif event is None and any(k in r for k in ("val_loss", "hellaswag_acc_norm")):
+        elif event is None and any(k in r for k in ("val_loss", "hellaswag_acc_norm", "core")):
             evals.setdefault(r["step"], {}).update(r)
     train_list = [train[s] for s in sorted(train)]
     wall_s, estimated, gpu_hours = _wall_time(records, train_list)

@@ -32,10 +32,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from gpt2repro import checkpoint, data, dist, precision, preflight
+from gpt2repro import checkpoint, core, data, dist, precision, preflight
 from gpt2repro.atomic import write_text
 from gpt2repro.config import (
     Config,
+    EvalConfig,
     RunConfig,
     grad_accum_steps,
     help_text,
@@ -58,8 +59,9 @@ from gpt2repro.reference import GPT2_124M_VAL_LOSS, gpt2_val_loss_comparable
 from gpt2repro.report import LiveReport
 from gpt2repro.resume import Resume, check_resume_flags, restore_rank, select_resume
 from gpt2repro.sample import complete
-from gpt2repro.scoring import Example
+from gpt2repro.scoring import Batching, Example
 from gpt2repro.services import wandb_problem
+from gpt2repro.tokenizer import N_VOCAB
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run stopped early on a signal; rerun to resume
 
@@ -622,8 +624,9 @@ class Checkpointer:
 
 
 class InLoopEval:
-    """Validation loss and HellaSwag inside the loop: reads and checks its inputs at start-up
-    (before anything expensive), decides when each is due, runs them on every rank, logs them."""
+    """Validation loss, HellaSwag and CORE inside the loop: reads and checks their inputs at
+    start-up (before anything expensive), decides when each is due, runs them on every rank,
+    logs them."""
 
     def __init__(self, cfg: Config, info: dist.DistInfo) -> None:
         self.cfg, self.info = cfg, info
@@ -639,13 +642,17 @@ class InLoopEval:
                     "`python data_prep/hellaswag.py` or set --eval.hellaswag_every=0"
                 )
             self.hellaswag = load_hellaswag(eval_cfg.hellaswag_file, limit=eval_cfg.hellaswag_limit)
+        self.core_tasks: list[core.Task] | None = None
+        if eval_cfg.core_every > 0:
+            self.core_tasks = load_core_tasks(eval_cfg, cfg.model.vocab_size)
 
     def maybe_run(self, run: TrainContext, last: bool) -> bool:
         """Evaluate after step `run.state.step` what is due (collective); whether anything ran."""
         step, eval_cfg = run.state.step, self.cfg.eval
         val = self.val_tokens if _due(step, eval_cfg.every, last) else None
         hellaswag = self.hellaswag if _due(step, eval_cfg.hellaswag_every, last) else None
-        if val is None and hellaswag is None:
+        core_tasks = self.core_tasks if _due(step, eval_cfg.core_every, last) else None
+        if val is None and hellaswag is None and core_tasks is None:
             return False
         settings = EvalSettings(
             seq_len=self.cfg.train.seq_len,
@@ -662,11 +669,65 @@ class InLoopEval:
             info=self.info,
             step=step,
         )
+        if core_tasks is not None:
+            # The capped subset in the loop (a tenth of the full CORE's work at 500 per task);
+            # the whole bundle once, after the last step: the number comparable with GPT-2's.
+            cap = 0 if step == self.cfg.train.max_steps else eval_cfg.core_max_per_task
+            results.update(core_record(run, core_tasks, cap, eval_cfg.batch_examples))
         seconds = time.perf_counter() - t0
         comparable = gpt2_val_loss_comparable(self.cfg.data.dir, self.cfg.train.seq_len)
         reference = GPT2_124M_VAL_LOSS if comparable else None
         run.log.evaluation(step, run.state.tokens, results, seconds, reference)
         return True
+
+
+def load_core_tasks(eval_cfg: EvalConfig, vocab_size: int) -> list[core.Task]:
+    """CORE's tasks for the loop, read and checked at start-up: GPT-2's vocabulary (by the
+    config, before the model is built), the bundle (read, every row checked, in the seeded
+    order) and the cap (enough examples for each task's shots). One-line errors name the key
+    and the fix."""
+    off = "or set --eval.core_every=0"
+    if vocab_size < N_VOCAB:
+        raise UserError(
+            f"eval.core_every={eval_cfg.core_every}: CORE's prompts are GPT-2 tokens and need "
+            f"its vocabulary ({N_VOCAB}); model.vocab_size={vocab_size}; raise it to {N_VOCAB} "
+            f"{off}"
+        )
+    bundle = Path(eval_cfg.core_bundle)
+    if not (bundle / "core.yaml").is_file():
+        raise UserError(
+            f"eval.core_bundle={eval_cfg.core_bundle!r} holds no CORE bundle (core.yaml); run "
+            f"`python data_prep/core.py` (it writes {core.DEFAULT_CORE_BUNDLE}) {off}"
+        )
+    tasks = core.load_tasks(bundle)
+    core.check_cap(eval_cfg.core_max_per_task, tasks, "--eval.core_max_per_task")
+    return tasks
+
+
+def core_record(
+    run: TrainContext, tasks: list[core.Task], cap: int, batch_examples: int
+) -> dict[str, float]:
+    """CORE of the run's model on each task's first `cap` examples in the seeded order (0 = all;
+    collective): the metrics record's `core` (the mean centered accuracy), `core/<label>` (each
+    task's centered accuracy), `core_n` (examples scored), `core_full` (1 when every task was
+    scored whole: on the full eval bundle, comparable with GPT-2's published CORE) and `core_s`
+    (seconds)."""
+    t0 = time.perf_counter()
+    res = core.evaluate_core(
+        run.trainable.raw_model,
+        tasks,
+        run.info,
+        max_per_task=cap,
+        autocast_dtype=run.trainable.autocast_dtype,
+        batching=Batching(batch_examples=batch_examples),
+    )
+    per_task = res["tasks"]
+    out: dict[str, float] = {"core": res["core"]}
+    out.update({f"core/{label}": r["centered"] for label, r in per_task.items()})
+    out["core_n"] = sum(r["n"] for r in per_task.values())
+    out["core_full"] = int(all(per_task[t.spec.label]["n"] == len(t.rows) for t in tasks))
+    out["core_s"] = round(time.perf_counter() - t0, 3)
+    return out
 
 
 def _sample_text(run: TrainContext) -> str:

@@ -6,8 +6,9 @@
 # 2. a venv (.venv) with a CUDA build of torch and this package with its data and wandb extras,
 #    then a check that torch sees the GPUs;
 # 3. in a tmux session (nohup where there is no tmux) that outlives the ssh connection: FineWeb-Edu
-#    sample-10BT and HellaSwag preparation (both resumable; done work is skipped), then training with
-#    launch/restart_until_done.sh + launch/single_node.sh on every GPU, logged to logs/<config>.log;
+#    sample-10BT, HellaSwag and (when eval.core_every > 0) CORE eval bundle preparation (resumable;
+#    done work is skipped), then training with launch/restart_until_done.sh +
+#    launch/single_node.sh on every GPU, logged to logs/<config>.log;
 # 4. how to watch it: the log, the live report, wandb.
 # Running it again is safe: packages, venv and data are kept, and training resumes (resume=auto).
 # Arguments go to the trainer (e.g. --log.wandb_mode=online: the wandb login is checked before the
@@ -97,6 +98,16 @@ if [ "$(config_get log.wandb_mode "$@")" = online ]; then
 fi
 data_dir=$(config_get data.dir "$@")
 hellaswag_file=$(config_get eval.hellaswag_file "$@")
+core_every=$(config_get eval.core_every "$@")
+core_bundle=$(config_get eval.core_bundle "$@")
+# CORE in the loop reads eval.core_bundle; data_prep/core.py writes OUT_DIR/eval_bundle (checked now,
+# not when the trainer refuses a missing bundle after hours of data preparation).
+if [ "$core_every" != 0 ] && [ "$(basename "$core_bundle")" != eval_bundle ] \
+  && [ ! -f "$core_bundle/core.yaml" ]; then
+  fail "eval.core_bundle=$core_bundle holds no core.yaml and data_prep/core.py writes only" \
+    "<out-dir>/eval_bundle: point eval.core_bundle at such a folder, prepare it yourself, or" \
+    "pass --eval.core_every=0"
+fi
 run_dir=$(config_get run.dir "$@")
 if [ -z "${SAMPLE:-}" ]; then
   # The sample data.dir is named after (fineweb.py's default --out-dir is data/edu_fineweb<N>B):
@@ -120,6 +131,9 @@ if [ -n "${NPROC:-}" ]; then train_env+=("NPROC=$NPROC"); fi
 # The job's paths are relative to the repository: it starts there, wherever tmux or nohup would.
 job="cd $(print_cmd "$PWD") || exit 1; set -o pipefail; { $(print_cmd "$PY" data_prep/fineweb.py --dataset fineweb-edu --sample "$SAMPLE" --out-dir "$data_dir")"
 job+=" && $(print_cmd "$PY" data_prep/hellaswag.py --out-dir "$(dirname "$hellaswag_file")")"
+if [ "$core_every" != 0 ] && [ "$(basename "$core_bundle")" = eval_bundle ]; then
+  job+=" && $(print_cmd "$PY" data_prep/core.py --out-dir "$(dirname "$core_bundle")")"
+fi
 job+=" && $(print_cmd "${train_env[@]}" launch/restart_until_done.sh launch/single_node.sh --config "$CONFIG" "$@")"
 job+="; } 2>&1 | tee -a $(print_cmd "$LOG")"
 run mkdir -p "$(dirname "$LOG")"

@@ -270,7 +270,7 @@ def test_the_declared_ranges_are_the_published_rules() -> None:
     assert by_message["must be >= 0"] == {
         "optim.warmup_steps", "eval.every", "eval.val_tokens", "eval.hellaswag_every",
         "checkpoint.every", "checkpoint.keep_last", "eval.hellaswag_limit", "optim.min_lr",
-        "train.loss_chunk", "eval.batch_size",
+        "train.loss_chunk", "eval.batch_size", "eval.core_every", "eval.core_max_per_task",
         "optim.weight_decay", "optim.grad_clip", "guard.spike_zscore",
     }  # fmt: skip
     assert by_message["must be in [0, 1)"] == {"optim.beta1", "optim.beta2"}

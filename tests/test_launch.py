@@ -284,15 +284,51 @@ def test_cloud_setup(standins: Path, tmp_path: Path, torch_spec: str | None) -> 
         [py, "data_prep/fineweb.py", "--dataset", "fineweb-edu", "--sample", "10BT",
          "--out-dir", cfg.data.dir],
         [py, "data_prep/hellaswag.py", "--out-dir", hellaswag_dir],
+        [py, "data_prep/core.py", "--out-dir", str(Path(cfg.eval.core_bundle).parent)],
         ["env", f"PYTHON={py}", "launch/restart_until_done.sh", "launch/single_node.sh",
          "--config", CONFIG, "--log.wandb_mode=offline"],
     ]  # fmt: skip
+    assert cfg.eval.core_every > 0  # CORE in the loop: its bundle is prepared first
     assert "; set -o pipefail; {" in job and job.endswith("2>&1 | tee -a logs/gpt2_124m.log")
     # how to watch it
     assert "tail -f logs/gpt2_124m.log" in out
     assert f"-m http.server 8000 --bind 127.0.0.1 --directory {cfg.run.dir}" in out
     assert "ssh -N -L 8000:127.0.0.1:8000" in out and "/report.html" in out
     assert "docs/wandb.md" in out
+
+
+def _job_steps(cmds: list[list[str]]) -> list[list[str]]:
+    """The steps of the job cloud_setup.sh starts (tmux ... bash -c JOB: `{ A && B && C; }`)."""
+    job = cmds[-1][-1]
+    return [shlex.split(s) for s in job.split("{ ", 1)[1].split("; }", 1)[0].split(" && ")]
+
+
+def test_cloud_setup_prepares_the_core_bundle_only_for_core_in_the_loop(
+    standins: Path, tmp_path: Path
+) -> None:
+    """eval.core_every=0: no bundle to prepare; a bundle folder data_prep/core.py would not write
+    (it writes OUT_DIR/eval_bundle) and that is not there: stopped before the job, naming the
+    fix; one that is there: used as it is."""
+    env = {"VENV": str(tmp_path / "venv"), "MIN_FREE_GB": "0"}
+    cmds, out, _ = dry(standins, "cloud_setup.sh", "--eval.core_every=0", env=env)
+    assert not any("data_prep/core.py" in step for step in _job_steps(cmds))
+    assert "would stop here" not in out
+    cmds, _, _ = dry(standins, "cloud_setup.sh", f"--eval.core_bundle={tmp_path}/x/eval_bundle",
+                     env=env)  # fmt: skip
+    assert [s for s in _job_steps(cmds) if s[1:2] == ["data_prep/core.py"]] == [
+        [str(tmp_path / "venv" / "bin" / "python"), "data_prep/core.py", "--out-dir",
+         f"{tmp_path}/x"]
+    ]  # fmt: skip
+    mine = tmp_path / "my_bundle"
+    cmds, out, _ = dry(standins, "cloud_setup.sh", f"--eval.core_bundle={mine}", env=env)
+    note = f"# cloud_setup: would stop here: eval.core_bundle={mine} holds no core.yaml"
+    assert out.count(note) == 1 and "--eval.core_every=0" in out
+    assert out.index(note) < out.index("tmux new-session")
+    mine.mkdir()
+    (mine / "core.yaml").write_text("icl_tasks: []\n")
+    cmds, out, _ = dry(standins, "cloud_setup.sh", f"--eval.core_bundle={mine}", env=env)
+    assert "would stop here" not in out
+    assert not any("data_prep/core.py" in step for step in _job_steps(cmds))
 
 
 def test_cloud_setup_stops_without_a_driver_or_with_a_session(

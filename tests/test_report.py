@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from test_train import TINY, run
 
 from gpt2repro import plot, report
@@ -58,6 +59,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "--eval.hellaswag_every=4",
         f"--eval.hellaswag_file={hs}",
         "--checkpoint.every=4",
+        "--eval.core_every=4",  # the fixture bundle's first 4 examples a task; all 8 at the end
+        f"--eval.core_bundle={REPO / 'tests' / 'fixtures' / 'core_bundle'}",
+        "--eval.core_max_per_task=4",
     ]
     a, b = tmp / "a", tmp / "b"
     run([*common, f"--run.dir={a}", f"--run.name={ODD_NAME}"])
@@ -83,7 +87,7 @@ def test_live_page_reloads_until_done(runs: dict) -> None:
         assert (runs[name] / "DONE").exists()
         assert 'http-equiv="refresh"' not in page  # the final page stays still
         assert f'<meta name="generator" content="{report.GENERATOR}">' in page
-        assert page.count('<svg class="plot"') == 8
+        assert page.count('<svg class="plot"') == 9
         assert '<p class="status status-done">' in page and 'data-stale-after="' not in page
     # the page written while running was the one of the last evaluation before the kill
     assert _summary(runs["live_page_while_running"], "b")[:3] == [
@@ -147,7 +151,7 @@ def test_report_cli_overlays_runs_with_the_numbers_of_metrics_jsonl(
         img = np.asarray(Image.open(out / f"{panel.key}.png").convert("RGB")).astype(int)
         assert img.shape[0] > 200 and img.shape[1] > 400
         assert (img.min(axis=2) < 200).mean() > 0.01, panel.key  # axes, text, lines
-        if panel.key in ("loss", "hellaswag", "lr", "tokens_per_s"):
+        if panel.key in ("loss", "hellaswag", "core", "lr", "tokens_per_s"):
             # both runs, except lr: one schedule, b's line drawn over a's
             for color in report.PALETTE[1 if panel.key == "lr" else 0 : 2]:
                 near = np.abs(img - _rgb(color)).sum(axis=2) < 60
@@ -258,7 +262,7 @@ def test_live_report_failure_warns_once_and_training_goes_on(tmp_path: Path) -> 
 
 @pytest.mark.slow  # the `runs` fixture: three short trainings (~15-35 s)
 def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
-    """The page as a person sees it: every plot frame is on screen, the six plots with data
+    """The page as a person sees it: every plot frame is on screen, the seven plots with data
     carry both runs' colours, the two without (MFU, memory on CPU) say why."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -273,7 +277,7 @@ def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
         [
             browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}", "--window-size=1240,2100",
+            f"--screenshot={shot}", "--window-size=1240,2500",
             (out / "report.html").as_uri(),
         ],
         capture_output=True, text=True, timeout=120,
@@ -282,10 +286,12 @@ def test_report_in_headless_chromium(runs: dict, tmp_path: Path) -> None:
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     # Plot frames: one-pixel lines of exactly the frame colour (crispEdges).
     frame = np.abs(img - _rgb("#bbbbbb")).sum(axis=2) <= 6
-    rows = np.flatnonzero(frame.sum(axis=1) >= 400)  # top and bottom edges, two plots a row
-    cols = np.flatnonzero(frame.sum(axis=0) >= 150)  # left and right edges, four plots a column
-    assert len(rows) == 8 and len(cols) == 4, (rows, cols)
-    names = ["loss", "loss_zoom", "hellaswag", "grad_norm", "lr", "tokens_per_s", "mfu", "memory"]
+    # top and bottom edges: five rows (two plots a row, one in the last; a frame is ~480 px)
+    rows = np.flatnonzero(frame.sum(axis=1) >= 400)
+    cols = np.flatnonzero(frame.sum(axis=0) >= 150)  # left and right edges, 4-5 plots a column
+    assert len(rows) == 10 and len(cols) == 4, (rows, cols)
+    names = ["loss", "loss_zoom", "hellaswag", "core", "grad_norm", "lr", "tokens_per_s", "mfu",
+             "memory"]  # fmt: skip
     for i, name in enumerate(names):
         (top, bottom), (left, right) = (
             rows[2 * (i // 2) : 2 * (i // 2) + 2],
