@@ -91,8 +91,8 @@ FIXED_WHY = "the data loader's saved position depends on the sequence length and
 # precision, compilation): a resume may change them, but says so in its line and marks the resume
 # event in metrics.jsonl (`changed`) so a report can show where the curve's meaning changed.
 MEASURED = (
-    "eval.val_tokens", "eval.hellaswag_file", "eval.hellaswag_limit", "train.dtype",
-    "train.compile", "dist.fsdp_mixed_precision",
+    "eval.val_tokens", "eval.hellaswag_file", "eval.hellaswag_limit", "eval.core_bundle",
+    "eval.core_max_per_task", "train.dtype", "train.compile", "dist.fsdp_mixed_precision",
 )  # fmt: skip
 
 MODES = ("auto", "never", "restart")  # checkpoint.resume: these, or the path of a checkpoint
