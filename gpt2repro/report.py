@@ -116,10 +116,11 @@ def core_references() -> list[HLine]:
 def _column(
     records: list[dict[str, Any]], key: str, scale: float = 1.0
 ) -> tuple[list[float], list[float]]:
-    """(tokens, values) of the records that carry a finite `key`."""
+    """(tokens, values) of the records that carry a finite `key`. The train loss is the mean over
+    each log interval (`loss_mean`) where the record has it, else the logged step's loss."""
     xs, ys = [], []
     for r in records:
-        v = r.get(key)
+        v = r.get(key) if key != "loss" else r.get("loss_mean", r.get("loss"))
         if is_finite_number(v):
             xs.append(float(r.get("tokens", 0)))
             ys.append(float(v) * scale)
@@ -170,7 +171,7 @@ def zoom_range(runs: Sequence[Run], refs: Sequence[HLine]) -> tuple[float, float
     values: list[float] = []
     for run in runs:
         cut = ZOOM_FROM * run.tokens
-        train = [r["loss"] for r in run.train if r["tokens"] >= cut and is_finite_number(r["loss"])]
+        _, train = _column([r for r in run.train if r["tokens"] >= cut], "loss")
         if train:
             values += [_percentile(train, 0.02), _percentile(train, 0.98)]
         values += [
