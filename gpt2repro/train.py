@@ -195,7 +195,9 @@ def train(cfg: Config, info: dist.DistInfo, held: contextlib.ExitStack) -> int:
     first_step = run.state.step
     losses = LossWindow()
     if run.trainable.compiled:
-        run.log.print("compiling (torch.compile) at the first step: it can take a minute or more ...")
+        run.log.print(
+            "compiling (torch.compile) at the first step: it can take a minute or more ..."
+        )
     while run.state.step < cfg.train.max_steps:
         out = train_step(run)
         losses.add(out.loss)
