@@ -576,18 +576,15 @@ def bench_hellaswag(cfg: Config, args: argparse.Namespace) -> dict:
         bucket=args.bucket,
         n_single=min(len(examples), 64),
     )
-    result = _scoring_result("hellaswag", args.bench_model, device, r)
+    result = {
+        "bench": "hellaswag",
+        "bench_model": args.bench_model,
+        "device": str(device),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        **r,
+    }
     print(hellaswag_summary(result))
     return result
-
-
-def _scoring_result(
-    bench: str, model: str, device: torch.device, timings: dict[str, Any]
-) -> dict[str, Any]:
-    """A scoring benchmark's JSON: what ran where (threads on a CPU), then its timings."""
-    threads = torch.get_num_threads() if device.type == "cpu" else None
-    return {"bench": bench, "bench_model": model, "device": str(device), "threads": threads,
-            **timings}  # fmt: skip
 
 
 def hellaswag_summary(r: dict[str, Any]) -> str:
@@ -730,7 +727,13 @@ def bench_core(cfg: Config, args: argparse.Namespace) -> dict:
         scoring.Batching(cfg.eval.batch_examples, args.bucket),
         repeats=args.repeat,
     )
-    result = _scoring_result("core", args.bench_model, device, r)
+    result = {
+        "bench": "core",
+        "bench_model": args.bench_model,
+        "device": str(device),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        **r,
+    }
     print(core_summary(result))
     return result
 
