@@ -71,7 +71,7 @@ run_train() { # run_train NAME STRATEGY RUN_DIR [OVERRIDE...]: 2 ranks of train.
     "${launch[@]}" train.py --config configs/gpt2_124m.toml "${MODEL_ARGS[@]}" \
     --data.dir="$data" --run.dir="$rundir" --dist.strategy="$strategy" --train.compile=$COMPILE \
     --train.max_steps=$STEPS_N --checkpoint.every=$SAVE_AT --checkpoint.keep_last=0 \
-    --optim.warmup_steps=$SAVE_AT --eval.every=0 --eval.hellaswag_every=0 --log.every=1 \
+    --optim.warmup_steps=$SAVE_AT --eval.every=0 --eval.hellaswag_every=0 --eval.core_every=0 --log.every=1 \
     --log.report=false "$@"
 }
 
