@@ -530,7 +530,13 @@ def make_plan(cfg: Config, req: Request, results: Path = RESULTS_DIR) -> dict[st
     world = req.world
     accum = grad_accum(cfg, cfg.train.micro_batch_size, world)
     shape = model_shape(cfg.model)
-    flops = flops_per_token(shape.n_params, cfg.model.n_layer, cfg.model.n_embd, cfg.train.seq_len)
+    flops = flops_per_token(
+        shape.n_params,
+        cfg.model.n_layer,
+        cfg.model.n_embd,
+        cfg.train.seq_len,
+        lookup_params=cfg.model.lookup_params,
+    )
     batch = cfg.train.total_batch_tokens
     steps = cfg.train.max_steps if req.tokens is None else max(1, math.ceil(req.tokens / batch))
     tokens = steps * batch
