@@ -92,19 +92,19 @@ ROPE_BASE = 10000.0
 
 def rotary_angles(pos: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of rotary's angles pos * base^(-2i/head_dim), i < head_dim/2, in float32,
-    shaped to broadcast over [B, nh, T, head_dim/2]: from pos [T] -> [1, 1, T, hd/2], from
-    pos [B, T] -> [B, 1, T, hd/2]. Computed from the positions, so a KV cache's offset and
+    shaped to broadcast over [B, T, nh, head_dim/2]: from pos [T] -> [1, T, 1, hd/2], from
+    pos [B, T] -> [B, T, 1, hd/2]. Computed from the positions, so a KV cache's offset and
     packed rows' own positions come for free."""
     inv_freq = ROPE_BASE ** (
         -torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim
     )
     angles = pos.float()[..., None] * inv_freq  # [T, hd/2] or [B, T, hd/2]
-    angles = angles[None, None] if pos.dim() == 1 else angles[:, None]
+    angles = angles[None, :, None] if pos.dim() == 1 else angles[:, :, None]
     return angles.cos(), angles.sin()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x_i, x_{i + hd/2}) of x [B, nh, T, hd] by its angle; in float32, back
+    """Rotate each pair (x_i, x_{i + hd/2}) of x [B, T, nh, hd] by its angle; in float32, back
     in x's dtype."""
     x1, x2 = x.float().chunk(2, dim=-1)
     y = torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
@@ -147,14 +147,17 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # each [B, T, C]
         hd = C // self.n_head
-        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # [B, nh, T, hd]
-        k = k.view(B, T, self.n_head, hd).transpose(1, 2)
-        v = v.view(B, T, self.n_head, hd).transpose(1, 2)
+        q = q.view(B, T, self.n_head, hd)
+        k = k.view(B, T, self.n_head, hd)
+        # QK-norm and rotary in [B, T, nh, hd]: their new q and k keep GPT-2's memory layout
+        # once transposed, so the attention's output is too and c_proj's input is no copy.
         if self.qk_norm:
             q, k = F.rms_norm(q, (hd,)), F.rms_norm(k, (hd,))
         if rope is not None:
             # Before the cache write: cached keys keep the rotation of their own positions.
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, nh, T, hd]
+        v = v.view(B, T, self.n_head, hd).transpose(1, 2)
         # The SDPA kernel priority (train.attention_backend), traced into a compiled graph.
         with sdpa_priority(self.sdpa_backends):
             if attn_mask is not None:
