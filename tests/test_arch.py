@@ -5,6 +5,7 @@ graph breaks or recompiles; GPT-2 stays GPT-2. Tiny shapes on CPU."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,3 +222,16 @@ def test_config_switches_from_the_command_line_and_their_refusals() -> None:
         load_config(["--optim.name=muon", "--dist.strategy=fsdp"])
     assert "'optim.name' muon is not offered with dist.strategy=fsdp" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_hf_export_of_another_architecture_is_refused_in_one_line(tmp_path: Path) -> None:
+    """No transformers GPT-2 has these switches: refused before anything is written."""
+    pytest.importorskip("safetensors")
+    from gpt2repro.hf import save_hf
+
+    with pytest.raises(UserError) as e:
+        save_hf(GPT(tiny(arch="modern", qk_norm=False)), tmp_path / "out")
+    message = str(e.value)
+    assert "\n" not in message and "model.arch=modern with rotary, rmsnorm, relu2" in message
+    assert "qk_norm" not in message and "logit_softcap=30" in message
+    assert list(tmp_path.iterdir()) == []
