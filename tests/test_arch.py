@@ -5,6 +5,7 @@ graph breaks or recompiles; GPT-2 stays GPT-2. Tiny shapes on CPU."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,27 @@ def test_hf_export_of_another_architecture_is_refused_in_one_line(tmp_path: Path
     assert "\n" not in message and "model.arch=modern with rotary, rmsnorm, relu2" in message
     assert "qk_norm" not in message and "logit_softcap=30" in message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_from_before_the_switches_resumes_as_gpt2(tmp_path: Path) -> None:
+    """Checkpoints written before model.arch and optim.name existed lack them: they resume as
+    the defaults they were trained under; another architecture or optimizer is refused."""
+    from fixtures.checkpoints import MODEL, full_config, save
+
+    from gpt2repro import checkpoint
+    from gpt2repro.resume import select_resume
+
+    ckpt = save(tmp_path, 3)
+    state = checkpoint.read_state(ckpt)
+    for key in ARCH_SWITCHES + ("arch",):
+        del state["config"]["model"][key]
+    for key in ("name", "muon_lr", "muon_momentum", "embed_lr", "head_lr"):
+        del state["config"]["optim"][key]
+    (ckpt / "state.json").write_text(json.dumps(state))
+    assert select_resume(mode="auto", run_dir=tmp_path, config=full_config(MODEL)) is not None
+    modern = dataclasses.replace(MODEL, arch="modern")
+    with pytest.raises(UserError, match="another model shape: arch=gpt2 \\(config: modern\\)"):
+        select_resume(mode="auto", run_dir=tmp_path, config=full_config(modern))
+    muon = full_config(MODEL, optim__name="muon")
+    with pytest.raises(UserError, match="optim.name=adamw \\(now: muon\\)"):
+        select_resume(mode="auto", run_dir=tmp_path, config=muon)
