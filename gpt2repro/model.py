@@ -227,7 +227,7 @@ class MLP(nn.Module):
         super().__init__()
         arch = cfg.resolved_arch
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=not arch.no_bias)
-        # GPT-2's "gelu_new" (the attribute keeps its name so that state dicts stay GPT-2's)
+        # GPT-2's "gelu_new", or ReLU^2 (one attribute name for either)
         self.gelu: nn.Module = ReLUSquared() if arch.relu2 else nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=not arch.no_bias)
         self.c_proj.RESIDUAL_SCALE_INIT = True  # type: ignore[assignment]  # a plain flag (see _init_weights)
