@@ -66,7 +66,12 @@ def _chunk_loss(
     V = logits.size(1)
     tanh: torch.Tensor | None = None
     if softcap > 0:
-        tanh = torch.tanh(logits / softcap)  # kept for the derivative 1 - tanh^2
+        # tanh kept for the derivative 1 - tanh^2; in place of the raw logits when eager (no
+        # second [n, V] buffer; the compiler fuses these steps either way).
+        if torch.compiler.is_compiling():
+            tanh = torch.tanh(logits / softcap)
+        else:
+            tanh = logits.div_(softcap).tanh_()
         logits = softcap * tanh
     if n_valid < V:
         logits[:, n_valid:] = -math.inf
@@ -88,8 +93,8 @@ def _chunk_loss(
         del logp
         dlogits.scatter_add_(1, safe_t[:, None], -torch.ones_like(dlogits[:, :1]))
         dlogits = dlogits.mul_((valid * scale)[:, None])
-        if tanh is not None:  # through the soft-cap: times its derivative, in place
-            dlogits = dlogits.mul_(tanh.square_().neg_().add_(1.0))
+        if tanh is not None:  # through the soft-cap: d - d * tanh^2, one in-place pass
+            dlogits = dlogits.addcmul_(dlogits, tanh.square_(), value=-1.0)
             del tanh
         # Rebound, so the fp32 gradient is freed before the matmuls (a bf16 one is enough).
         dlogits = dlogits.to(w_mm.dtype)
