@@ -337,6 +337,7 @@ def _train_result(
         n_layer=model_cfg.n_layer,
         n_embd=model_cfg.n_embd,
         seq_len=train_cfg.seq_len,
+        lookup_params=model_cfg.lookup_params,
     )
     peak = peak_flops(device)
     on_cuda = device.type == "cuda"

@@ -91,11 +91,60 @@ def _f(
 
 
 @dataclass(frozen=True)
+class Arch:
+    """The architecture switches, resolved (`ModelConfig.resolved_arch`): each off in GPT-2.
+    docs/recipes.md gives each one's source and what it changes."""
+
+    rotary: bool = False  # rotary position embeddings on q and k; no learned positions (wpe)
+    rmsnorm: bool = False  # parameter-free RMSNorm in place of every LayerNorm
+    qk_norm: bool = False  # parameter-free RMSNorm of each head's q and k before attention
+    relu2: bool = False  # ReLU(x)^2 in the MLP in place of tanh-GELU
+    untied_head: bool = False  # the output head is its own matrix, not wte
+    zero_init: bool = False  # residual output projections (and an untied head) start at zero
+    no_bias: bool = False  # no bias in any Linear or LayerNorm
+    logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap); 0 = off
+
+
+# model.arch -> the switches it turns on. `modern`: the set of the speedrun's records 2-9
+# (modded-nanogpt, Oct-Nov 2024): rotary, QK-norm, ReLU^2, zero-init projections, RMSNorm, no
+# biases, untied head, logit soft-cap 30.
+ARCH_PRESETS: dict[str, Arch] = {
+    "gpt2": Arch(),
+    "modern": Arch(True, True, True, True, True, True, True, 30.0),
+}
+ARCH_SWITCHES = tuple(f.name for f in dataclasses.fields(Arch))
+
+
+def _switch(doc: str) -> Any:
+    return _f(None, f"{doc} (unset = model.arch's value)")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
+    arch: str = _f(
+        "gpt2",
+        "architecture preset: gpt2 = exactly GPT-2; modern = rotary, rmsnorm, qk_norm, relu2, "
+        "untied_head, zero_init, no_bias, logit_softcap 30; a switch set below overrides it",
+        tuple(ARCH_PRESETS),
+    )
+    rotary: bool | None = _switch("rotary position embeddings on q, k; no learned positions")
+    rmsnorm: bool | None = _switch("parameter-free RMSNorm in place of LayerNorm")
+    qk_norm: bool | None = _switch("RMSNorm of each head's q and k before attention")
+    relu2: bool | None = _switch("ReLU^2 MLP activation in place of tanh-GELU")
+    untied_head: bool | None = _switch("output head apart from the token embedding")
+    zero_init: bool | None = _switch("zero-initialised residual projections (and untied head)")
+    no_bias: bool | None = _switch("no biases in Linear and LayerNorm layers")
+    logit_softcap: float | None = _f(
+        None,
+        "logits = cap * tanh(logits / cap); 0 = off (unset = model.arch's value)",
+        check=NON_NEGATIVE,
+    )
     n_layer: int = _f(12, "number of transformer blocks", check=POSITIVE)
     n_head: int = _f(12, "attention heads per block", check=POSITIVE)
     n_embd: int = _f(768, "embedding / residual width C", check=POSITIVE)
-    block_size: int = _f(1024, "maximum context length (learned positions)", check=POSITIVE)
+    block_size: int = _f(
+        1024, "maximum context length (learned positions, or rotary's range)", check=POSITIVE
+    )
     vocab_size: int = _f(50257, "tokenizer vocabulary size (GPT-2: 50257)", check=POSITIVE)
     pad_vocab_multiple: int = _f(
         1,
@@ -107,6 +156,24 @@ class ModelConfig:
     def padded_vocab_size(self) -> int:
         m = max(1, self.pad_vocab_multiple)
         return ((self.vocab_size + m - 1) // m) * m
+
+    @property
+    def resolved_arch(self) -> Arch:
+        """The switches in effect: `arch`'s preset, each switch set explicitly replacing its
+        value (so `arch = "modern"` with `qk_norm = false` is the modern set less QK-norm)."""
+        given = {k: getattr(self, k) for k in ARCH_SWITCHES if getattr(self, k) is not None}
+        return dataclasses.replace(ARCH_PRESETS.get(self.arch, Arch()), **given)
+
+    @property
+    def lookup_params(self) -> int:
+        """Parameters only looked up, never in a matmul, that llm.c's 6N would count: an untied
+        wte (hardware.flops_per_token leaves them out). 0 for GPT-2 (wte is also the head)."""
+        return self.padded_vocab_size * self.n_embd if self.resolved_arch.untied_head else 0
+
+    @property
+    def is_gpt2(self) -> bool:
+        """Exactly GPT-2's architecture (whatever the preset's name): no switch in effect."""
+        return self.resolved_arch == Arch()
 
 
 @dataclass(frozen=True)
@@ -159,9 +226,32 @@ class TrainConfig:
     )
 
 
+OPTIMIZERS = ("adamw", "muon")
+
+
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = _f(6e-4, "peak learning rate", check=POSITIVE)
+    name: str = _f(
+        "adamw",
+        "adamw = AdamW on every parameter; muon = torch.optim.Muon on the blocks' 2-D matrices "
+        "and AdamW on embeddings, head, norms and biases",
+        OPTIMIZERS,
+    )
+    lr: float = _f(
+        6e-4, "peak learning rate (AdamW; with muon: norms, gains and biases)", check=POSITIVE
+    )
+    embed_lr: float = _f(
+        0.0,
+        "peak AdamW learning rate of the embeddings (wte, wpe); 0 = optim.lr",
+        check=NON_NEGATIVE,
+    )
+    head_lr: float = _f(
+        0.0, "peak AdamW learning rate of an untied output head; 0 = optim.lr", check=NON_NEGATIVE
+    )
+    muon_lr: float = _f(
+        0.02, "muon only: peak learning rate of the 2-D block matrices", check=POSITIVE
+    )
+    muon_momentum: float = _f(0.95, "muon only: Nesterov momentum of Muon", check=BELOW_1)
     min_lr: float = _f(0.0, "learning rate at the end of the decay", check=NON_NEGATIVE)
     warmup_steps: int = _f(700, "linear warmup steps from 0 to lr", check=NON_NEGATIVE)
     schedule: str = _f("cosine", "decay after warmup", ("cosine", "linear", "wsd", "constant"))
@@ -722,6 +812,17 @@ def _validate(cfg: Config) -> list[str]:
         )
     if not cfg.run.dir.strip():
         problems.append("'run.dir' is empty; set --run.dir=runs/NAME (a directory for this run)")
+    head_dim = model_cfg.n_embd // max(1, model_cfg.n_head)
+    if model_cfg.resolved_arch.rotary and head_dim % 2:
+        problems.append(
+            f"'model.rotary' needs an even head size, got n_embd/n_head = {head_dim}; change "
+            "model.n_head or model.n_embd, or set --model.rotary=false"
+        )
+    if optim_cfg.name == "muon" and cfg.dist.strategy != "ddp":
+        problems.append(
+            f"'optim.name' muon is not offered with dist.strategy={cfg.dist.strategy}: Muon "
+            "orthogonalises whole matrices and FSDP2 holds row shards; set --dist.strategy=ddp"
+        )
     if optim_cfg.min_lr > optim_cfg.lr:
         problems.append(f"'optim.min_lr' ({optim_cfg.min_lr}) is above 'optim.lr' ({optim_cfg.lr})")
     if cfg.dist.grad_compression != "none" and cfg.dist.strategy != "ddp":

@@ -87,9 +87,15 @@ GPUS: tuple[GPU, ...] = (
 GPU_PEAK_FLOPS: list[tuple[str, float]] = [(m, g.peak_flops) for g in GPUS for m in g.match]
 
 
-def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
-    """Training FLOPs per token, llm.c's convention: 6N + 6·L·C·T (attention at causal half cost)."""
-    return 6.0 * n_params + 6.0 * n_layer * n_embd * seq_len
+def flops_per_token(
+    n_params: int, n_layer: int, n_embd: int, seq_len: int, lookup_params: int = 0
+) -> float:
+    """Training FLOPs per token, llm.c's convention: 6N + 6·L·C·T (attention at causal half cost).
+
+    `lookup_params`: parameters that are only looked up, never multiplied, left out of N (an
+    untied input embedding, `ModelConfig.lookup_params`; GPT-2's tied wte is the head's matmul,
+    so its count is 0 and the convention is llm.c's unchanged)."""
+    return 6.0 * (n_params - lookup_params) + 6.0 * n_layer * n_embd * seq_len
 
 
 def peak_flops(device: torch.device) -> float | None:

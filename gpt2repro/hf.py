@@ -21,6 +21,7 @@ imported lazily, and only for hub names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -397,6 +398,21 @@ def check_export_target(out: Path, overwrite: bool, protect: Path | None = None)
         )
 
 
+def check_gpt2_architecture(cfg: ModelConfig) -> None:
+    """Refuse (UserError, one line) a model that is not GPT-2's architecture: transformers'
+    GPT2LMHeadModel has learned positions, LayerNorm, tanh-GELU, biases and a tied head, so no
+    mapping of the other switches (config.Arch) would give it the same logits."""
+    if cfg.is_gpt2:
+        return
+    arch = dataclasses.asdict(cfg.resolved_arch)
+    on = ", ".join(k if isinstance(v, bool) else f"{k}={v:g}" for k, v in arch.items() if v)
+    raise UserError(
+        f"this checkpoint is model.arch={cfg.arch} with {on}: Hugging Face's GPT-2 has learned "
+        "positions, LayerNorm, GELU, biases and a tied head, so no export would keep its logits; "
+        "only model.arch=gpt2 checkpoints export (evaluate and sample read this one directly)"
+    )
+
+
 def save_hf(
     model: GPT, out_dir: str | Path, overwrite: bool = False, protect: Path | None = None
 ) -> Path:
@@ -418,6 +434,7 @@ def save_hf(
             f"save_hf needs the raw GPT, got {type(model).__name__}; unwrap DDP (model.module) "
             "and torch.compile (model._orig_mod) first"
         )
+    check_gpt2_architecture(model.config)  # before anything is written
     out = Path(out_dir).expanduser()
     check_export_target(out, overwrite, protect)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,10 @@ one kernel at the end, so all of them were alive at once. Here the chunk body is
 for one chunk shape (the last chunk padded with ignored rows), and each chunk's dL/dW product is
 added in place into one fp32 buffer, so at most one [V, C] product exists besides it.
 
+With a logit soft-cap c > 0 (`model.logit_softcap`), the logits are c * tanh(z / c) of the
+matmul's z, in fp32; the chunk body applies it and, for the gradient, its derivative
+1 - tanh(z / c)^2 to dL/dlogits before the two matmuls.
+
 Rows whose target is -1 are ignored (as `F.cross_entropy(ignore_index=-1)`); the mean is over
 the other rows (NaN when there are none, like `F.cross_entropy`). Columns at or past `n_valid`
 (the padded vocabulary rows of W) are never predicted: their logits are -inf.
@@ -34,6 +38,10 @@ import torch.nn.functional as F
 
 IGNORE = -1
 
+# The op's `mode` bits: gradients wanted; the chunk body compiled.
+WANT_GRAD = 1
+COMPILED = 2
+
 _ChunkResult = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 
@@ -44,16 +52,27 @@ def _chunk_loss(
     scale: torch.Tensor,
     n_valid: int,
     want_grad: bool,
+    softcap: float = 0.0,
 ) -> _ChunkResult:
     """One chunk: the summed loss of its rows (fp32 scalar) and, with `want_grad`, the gradient
     of `scale` times that sum: its dL/dh rows [n, C] and its dL/dW product [V, C] (both in
     w_mm's dtype).
 
     h_c [n, C] and w_mm [V, C] come in the matmuls' dtype (autocast's, cast once by the caller);
-    scale: fp32 scalar tensor, 1 / (the number of rows not ignored) for the mean.
+    scale: fp32 scalar tensor, 1 / (the number of rows not ignored) for the mean; softcap > 0:
+    the logits are softcap * tanh(z / softcap).
     """
     logits = F.linear(h_c, w_mm).float()  # [n, V]
     V = logits.size(1)
+    tanh: torch.Tensor | None = None
+    if softcap > 0:
+        # tanh kept for the derivative 1 - tanh^2; in place of the raw logits when eager (no
+        # second [n, V] buffer; the compiler fuses these steps either way).
+        if torch.compiler.is_compiling():
+            tanh = torch.tanh(logits / softcap)
+        else:
+            tanh = logits.div_(softcap).tanh_()
+        logits = softcap * tanh
     if n_valid < V:
         logits[:, n_valid:] = -math.inf
     valid = t_c != IGNORE
@@ -74,6 +93,9 @@ def _chunk_loss(
         del logp
         dlogits.scatter_add_(1, safe_t[:, None], -torch.ones_like(dlogits[:, :1]))
         dlogits = dlogits.mul_((valid * scale)[:, None])
+        if tanh is not None:  # through the soft-cap: d - d * tanh^2, one in-place pass
+            dlogits = dlogits.addcmul_(dlogits, tanh.square_(), value=-1.0)
+            del tanh
         # Rebound, so the fp32 gradient is freed before the matmuls (a bf16 one is enough).
         dlogits = dlogits.to(w_mm.dtype)
         return loss_sum, *_linear_grads(dlogits, h_c, w_mm)
@@ -90,6 +112,8 @@ def _chunk_loss(
     is_target = cols[None, :] == safe_t[:, None]  # [n, V]
     row_scale = valid * scale  # [n]
     dlogits = torch.where(is_target, probs - 1.0, probs) * row_scale[:, None]
+    if tanh is not None:
+        dlogits = dlogits * (1.0 - tanh * tanh)
     return loss_sum, *_linear_grads(dlogits.to(w_mm.dtype), h_c, w_mm)
 
 
@@ -113,14 +137,16 @@ def _loss_and_grads(
     weight: torch.Tensor,
     targets: torch.Tensor,
     n_valid: int,
+    softcap: float,
     chunk: int,
     mm_dtype: torch.dtype,
-    want_grad: bool,
-    compiled: bool,
+    mode: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The mean loss (fp32 scalar) and, with `want_grad`, dL/dh [N, C] (h's dtype) and dL/dW
-    [V, C] (fp32) of it, else two empty tensors. h [N, C], weight [V, C], targets [N]; the
-    matmuls run in `mm_dtype`; `compiled` runs the chunk body compiled."""
+    """The mean loss (fp32 scalar) and, with the WANT_GRAD bit of `mode`, dL/dh [N, C] (h's
+    dtype) and dL/dW [V, C] (fp32) of it, else two empty tensors. h [N, C], weight [V, C],
+    targets [N]; logits soft-capped at `softcap` (0 = off); the matmuls run in `mm_dtype`; the
+    COMPILED bit runs the chunk body compiled."""
+    want_grad, compiled = bool(mode & WANT_GRAD), bool(mode & COMPILED)
     N, C = h.shape
     chunk = max(1, min(chunk, N))  # no rows: no chunk (and a valid range step)
     body = _compiled_chunk_loss() if compiled else _chunk_loss
@@ -146,7 +172,7 @@ def _loss_and_grads(
                 # the compiled body was built for: no second compile for the remainder.
                 h_c = torch.cat([h_c, h_c.new_zeros(chunk - n, C)])
                 t_c = torch.cat([t_c, t_c.new_full((chunk - n,), IGNORE)])
-            part_loss, part_h, part_w = body(h_c, w_mm, t_c, scale, n_valid, want_grad)
+            part_loss, part_h, part_w = body(h_c, w_mm, t_c, scale, n_valid, want_grad, softcap)
             loss_sum += part_loss
             if part_h is not None and part_w is not None:
                 grad_h[start : start + n] = part_h[:n]
@@ -166,13 +192,13 @@ def _linear_cross_entropy_op(
     weight: torch.Tensor,
     targets: torch.Tensor,
     n_valid: int,
+    softcap: float,
     chunk: int,
     mm_dtype: torch.dtype,
-    want_grad: bool,
-    compiled: bool,
+    mode: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_loss_and_grads` as one op, opaque to the compiler (it sees `_` below: the shapes)."""
-    return _loss_and_grads(h, weight, targets, n_valid, chunk, mm_dtype, want_grad, compiled)
+    return _loss_and_grads(h, weight, targets, n_valid, softcap, chunk, mm_dtype, mode)
 
 
 @_linear_cross_entropy_op.register_fake
@@ -181,13 +207,13 @@ def _(
     weight: torch.Tensor,
     targets: torch.Tensor,
     n_valid: int,
+    softcap: float,
     chunk: int,
     mm_dtype: torch.dtype,
-    want_grad: bool,
-    compiled: bool,
+    mode: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     loss = h.new_empty((), dtype=torch.float32)
-    if not want_grad:
+    if not mode & WANT_GRAD:
         return loss, h.new_empty(0), weight.new_empty(0, dtype=torch.float32)
     return loss, torch.empty_like(h), weight.new_empty(weight.shape, dtype=torch.float32)
 
@@ -238,17 +264,21 @@ def linear_cross_entropy(
     *,
     n_valid: int | None = None,
     chunk: int = 1024,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Mean cross-entropy of `h @ weight.T` against `targets`, `chunk` rows at a time.
 
     h: [..., C] hidden states; weight: [V, C]; targets: [...] ids (IGNORE = -1 skipped);
     n_valid: the real vocabulary size (columns past it are never predicted). chunk <= 0 runs the
-    plain path (full logits, then `F.cross_entropy`), kept for A/B comparison.
+    plain path (full logits, then `F.cross_entropy`), kept for A/B comparison. softcap > 0:
+    the logits are softcap * tanh(logits / softcap) (in fp32), on either path.
     """
     n_valid = weight.size(0) if n_valid is None else n_valid
     h2, t1 = h.reshape(-1, h.size(-1)), targets.reshape(-1)
     if chunk <= 0:
         logits = F.linear(h2, weight)[:, :n_valid]
+        if softcap > 0:
+            logits = softcap * torch.tanh(logits.float() / softcap)
         return F.cross_entropy(logits.float(), t1, ignore_index=IGNORE)
     want_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
     # The matmuls' dtype: autocast's where it is on (the op runs them with autocast off), else
@@ -256,8 +286,6 @@ def linear_cross_entropy(
     mm_dtype = torch.promote_types(h.dtype, weight.dtype)
     if torch.is_autocast_enabled(h.device.type):
         mm_dtype = torch.get_autocast_dtype(h.device.type)
-    compiled = torch.compiler.is_compiling()
-    loss, _, _ = _linear_cross_entropy_op(
-        h2, weight, t1, n_valid, chunk, mm_dtype, want_grad, compiled
-    )
+    mode = (WANT_GRAD if want_grad else 0) | (COMPILED if torch.compiler.is_compiling() else 0)
+    loss, _, _ = _linear_cross_entropy_op(h2, weight, t1, n_valid, softcap, chunk, mm_dtype, mode)
     return loss

@@ -1,5 +1,10 @@
 """GPT-2, exactly: pre-LN blocks, tanh-GELU, learned positions, biases, lm_head tied to wte.
 
+That is the default (`model.arch = "gpt2"`). The switches of `config.Arch` (rotary positions,
+RMSNorm, QK-norm, ReLU^2, untied head, zero-initialised projections, no biases, logit soft-cap;
+`model.arch = "modern"` turns them all on) change the blocks as docs/recipes.md describes; each
+is off in GPT-2, where the modules and state dict are GPT-2's exactly.
+
 A pure nn.Module: no ranks, files or optimizers. Compile, DDP/FSDP and
 precision are applied from outside. Names follow Hugging Face's GPT-2 so state dicts map 1:1
 (apart from the Conv1D transposes, handled in hf.py).
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -17,7 +23,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from gpt2repro.config import LOSS_CHUNK_ROWS, ModelConfig
+from gpt2repro.config import LOSS_CHUNK_ROWS, Arch, ModelConfig
 from gpt2repro.loss import linear_cross_entropy
 
 # GPT-2 sizes: (n_layer, n_head, n_embd). Context 1024, vocab 50257.
@@ -29,7 +35,7 @@ GPT2_SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 
-def gpt2_config(name: str, **overrides: int) -> ModelConfig:
+def gpt2_config(name: str, **overrides: Any) -> ModelConfig:
     """The ModelConfig of a released GPT-2 size ('gpt2' ... 'gpt2-xl')."""
     n_layer, n_head, n_embd = GPT2_SIZES[name]
     return ModelConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, **overrides)
@@ -80,13 +86,49 @@ class KVCache:
         )
 
 
+# Rotary's base frequency (RoFormer's, the speedrun's and nanochat's).
+ROPE_BASE = 10000.0
+
+
+def rotary_angles(pos: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of rotary's angles pos * base^(-2i/head_dim), i < head_dim/2, in float32,
+    shaped to broadcast over [B, T, nh, head_dim/2]: from pos [T] -> [1, T, 1, hd/2], from
+    pos [B, T] -> [B, T, 1, hd/2]. Computed from the positions, so a KV cache's offset and
+    packed rows' own positions come for free."""
+    inv_freq = ROPE_BASE ** (
+        -torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim
+    )
+    angles = pos.float()[..., None] * inv_freq  # [T, hd/2] or [B, T, hd/2]
+    angles = angles[None, :, None] if pos.dim() == 1 else angles[:, :, None]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x_i, x_{i + hd/2}) of x [B, T, nh, hd] by its angle; in float32, back
+    in x's dtype."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    y = torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+    return y.to(x.dtype)
+
+
+def make_norm(n_embd: int, arch: Arch) -> nn.Module:
+    """GPT-2's LayerNorm (gain and bias; no bias with `no_bias`), or a parameter-free RMSNorm."""
+    if arch.rmsnorm:
+        return nn.RMSNorm(n_embd, elementwise_affine=False)
+    return nn.LayerNorm(n_embd, eps=1e-5, bias=not arch.no_bias)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        arch = cfg.resolved_arch
         self.n_head = cfg.n_head
         self.n_embd = cfg.n_embd
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v for all heads at once
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.qk_norm = arch.qk_norm
+        bias = not arch.no_bias
+        # q, k, v for all heads at once
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=bias)
         self.c_proj.RESIDUAL_SCALE_INIT = True  # type: ignore[assignment]  # a plain flag (see _init_weights)
         # SDPA kernels in priority order (ATTENTION_BACKENDS); None = torch's order. Set by GPT.
         self.sdpa_backends: list[SDPBackend] | None = None
@@ -97,14 +139,24 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         attn_mask: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """`attn_mask` (bool, True = attend, broadcastable to [B, nh, T, T]) replaces the causal
-        mask, e.g. for several sequences packed in one row; not with `cache`."""
+        mask, e.g. for several sequences packed in one row; not with `cache`. `rope`: the
+        rotary cos and sin of these positions (`rotary_angles`), None without rotary."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # each [B, T, C]
         hd = C // self.n_head
-        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # [B, nh, T, hd]
-        k = k.view(B, T, self.n_head, hd).transpose(1, 2)
+        q = q.view(B, T, self.n_head, hd)
+        k = k.view(B, T, self.n_head, hd)
+        # QK-norm and rotary in [B, T, nh, hd]: their new q and k keep GPT-2's memory layout
+        # once transposed, so the attention's output is too and c_proj's input is no copy.
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (hd,)), F.rms_norm(k, (hd,))
+        if rope is not None:
+            # Before the cache write: cached keys keep the rotation of their own positions.
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, nh, T, hd]
         v = v.view(B, T, self.n_head, hd).transpose(1, 2)
         # The SDPA kernel priority (train.attention_backend), traced into a compiled graph.
         with sdpa_priority(self.sdpa_backends):
@@ -163,12 +215,21 @@ def attend(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
 
 
+class ReLUSquared(nn.Module):
+    """relu(x)^2 (So et al. 2021, Primer), the speedrun's MLP activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        arch = cfg.resolved_arch
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=not arch.no_bias)
+        # GPT-2's "gelu_new", or ReLU^2 (one attribute name for either)
+        self.gelu: nn.Module = ReLUSquared() if arch.relu2 else nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=not arch.no_bias)
         self.c_proj.RESIDUAL_SCALE_INIT = True  # type: ignore[assignment]  # a plain flag (see _init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,9 +239,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=1e-5)
+        arch = cfg.resolved_arch
+        self.ln_1 = make_norm(cfg.n_embd, arch)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=1e-5)
+        self.ln_2 = make_norm(cfg.n_embd, arch)
         self.mlp = MLP(cfg)
 
     def forward(
@@ -189,8 +251,9 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         attn_mask: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, attn_mask)
+        x = x + self.attn(self.ln_1(x), cache, layer, attn_mask, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -203,10 +266,12 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        arch = cfg.resolved_arch
         self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        # Learned positions; none with rotary (positions enter q and k instead).
+        self.wpe = None if arch.rotary else nn.Embedding(cfg.block_size, cfg.n_embd)
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
-        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=1e-5)
+        self.ln_f = make_norm(cfg.n_embd, arch)
 
 
 class GPT(nn.Module):
@@ -227,9 +292,13 @@ class GPT(nn.Module):
         if cfg.n_embd % cfg.n_head != 0:
             raise ValueError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
         self.config = cfg
+        self.arch = cfg.resolved_arch
         self.transformer = Transformer(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # weight tying
+        if self.arch.untied_head:
+            self.lm_head.OUTPUT_HEAD = True  # type: ignore[assignment]  # a plain flag (see _init_weights)
+        else:
+            self.lm_head.weight = self.transformer.wte.weight  # weight tying
         self.activation_checkpointing = activation_checkpointing
         self.loss_chunk = loss_chunk
         self.set_attention_backend(attention_backend)
@@ -237,6 +306,7 @@ class GPT(nn.Module):
         with torch.no_grad():
             # Padded rows are never looked up or predicted; keep them exactly zero.
             self.transformer.wte.weight[cfg.vocab_size :].zero_()
+            self.lm_head.weight[cfg.vocab_size :].zero_()  # the same rows, or an untied head's
 
     def set_attention_backend(self, name: str) -> None:
         """Every block's SDPA kernel priority: a key of ATTENTION_BACKENDS (train.attention_backend).
@@ -249,11 +319,17 @@ class GPT(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         # llm.c / nanoGPT init: N(0, 0.02); residual projections scaled by 1/sqrt(2 n_layer)
-        # because each block adds two of them to the residual stream.
+        # because each block adds two of them to the residual stream. `zero_init`: those
+        # projections and an untied head start at zero (each block starts as the identity).
         if isinstance(module, nn.Linear):
             std = 0.02
             if getattr(module, "RESIDUAL_SCALE_INIT", False):
                 std *= (2 * self.config.n_layer) ** -0.5
+            if self.arch.zero_init and (
+                getattr(module, "RESIDUAL_SCALE_INIT", False)
+                or getattr(module, "OUTPUT_HEAD", False)
+            ):
+                std = 0.0
             torch.nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
@@ -261,10 +337,16 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, exclude_padding: bool = True) -> int:
-        """Parameter count, tied weights counted once; padded vocab rows excluded by default."""
+        """Parameter count, tied weights counted once; padded vocab rows excluded by default
+        (those of wte, and of an untied head)."""
         n = sum(p.numel() for p in self.parameters())
         if exclude_padding:
-            n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
+            tables = 2 if self.arch.untied_head else 1
+            n -= (
+                tables
+                * (self.config.padded_vocab_size - self.config.vocab_size)
+                * self.config.n_embd
+            )
         return n
 
     def hidden_states(
@@ -288,21 +370,30 @@ class GPT(nn.Module):
                     f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}"
                 )
             pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # [T]
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # [B, T, C]
+        x = self.transformer.wte(idx)  # [B, T, C]
+        rope = None
+        if self.transformer.wpe is not None:
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = rotary_angles(pos, self.config.n_embd // self.config.n_head)
         for i, block in enumerate(self.transformer.h):
             if self.activation_checkpointing and self.training and cache is None:
                 x = torch.utils.checkpoint.checkpoint(
-                    block, x, None, i, attn_mask, use_reentrant=False
+                    block, x, None, i, attn_mask, rope, use_reentrant=False
                 )
             else:
-                x = block(x, cache, i, attn_mask)
+                x = block(x, cache, i, attn_mask, rope)
         if cache is not None:
             cache.pos += T
         return self.transformer.ln_f(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits [..., vocab_size] of hidden states [..., C]; padded ids are never predicted."""
+        """Logits [..., vocab_size] of hidden states [..., C]; padded ids are never predicted.
+        With `logit_softcap` c: c * tanh(logits / c), in float32."""
         logits = self.lm_head(h)  # [..., padded_vocab]
+        cap = self.arch.logit_softcap
+        if cap > 0:
+            logits = cap * torch.tanh(logits.float() / cap)
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]
         return logits
@@ -314,7 +405,12 @@ class GPT(nn.Module):
         A method of its own so that it can be compiled apart from the blocks (dist.py does, under
         FSDP2, where the blocks are compiled one by one)."""
         return linear_cross_entropy(
-            h, self.lm_head.weight, targets, n_valid=self.config.vocab_size, chunk=self.loss_chunk
+            h,
+            self.lm_head.weight,
+            targets,
+            n_valid=self.config.vocab_size,
+            chunk=self.loss_chunk,
+            softcap=self.arch.logit_softcap,
         )
 
     def forward(

@@ -1,8 +1,19 @@
-"""Parameter groups, AdamW, and learning-rate schedules as pure functions of the step."""
+"""Parameter groups, AdamW or Muon + AdamW, and learning-rate schedules as pure functions of the
+step.
+
+`optim.name = "muon"`: torch's own `torch.optim.Muon` (Newton-Schulz orthogonalised Nesterov
+momentum; Jordan et al. 2024, the NanoGPT speedrun's optimizer since its record 3) takes the
+blocks' 2-D matrices, and AdamW the rest: the embeddings (optim.embed_lr), an untied head
+(optim.head_lr), and the norms' gains and the biases (optim.lr). Both live in one
+`MuonWithAdamW`, so the loop, the guard and the checkpoints see one optimizer with one state
+dict. Each group's learning rate follows the same schedule, scaled to its own peak (`set_lr`).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -23,16 +34,107 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
-    """AdamW (betas, eps from config); fused kernel on CUDA unless optim.fused says otherwise."""
+# A group's "lr_key": the OptimConfig field holding its peak learning rate (absent = optim.lr).
+LR_KEY = "lr_key"
+
+
+def role_groups(model: nn.Module, cfg: OptimConfig) -> tuple[list[dict], list[dict]]:
+    """(Muon's groups, AdamW's groups) by what each parameter is, from its name in the GPT.
+
+    Muon: the 2-D matrices of the blocks (transformer.h.*), decayed; with optim.name=adamw they
+    join AdamW's decayed group. AdamW: the embeddings (wte, wpe; optim.embed_lr) and an untied
+    lm_head (optim.head_lr), decayed; the 1-D gains and biases (optim.lr), never decayed. A tied
+    lm_head is wte (named_parameters lists it once). Empty groups are left out."""
+    matrices, embeds, head, flat = [], [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.dim() < 2:
+            flat.append(p)
+        elif name.startswith("transformer.h."):
+            matrices.append(p)
+        elif name == "lm_head.weight":
+            head.append(p)
+        else:
+            embeds.append(p)
+    wd = cfg.weight_decay
+    muon = [{"params": matrices, "weight_decay": wd, LR_KEY: "muon_lr"}]
+    adamw = [
+        {"params": embeds, "weight_decay": wd, LR_KEY: "embed_lr"},
+        {"params": head, "weight_decay": wd, LR_KEY: "head_lr"},
+        {"params": flat, "weight_decay": 0.0, LR_KEY: "lr"},
+    ]
+    if cfg.name != "muon":
+        adamw.insert(0, {"params": matrices, "weight_decay": wd, LR_KEY: "lr"})
+        muon = []
+    return [g for g in muon if g["params"]], [g for g in adamw if g["params"]]
+
+
+def peak_lr(group: dict, cfg: OptimConfig) -> float:
+    """The peak learning rate of a parameter group: its "lr_key" field of `cfg` (0 = optim.lr)."""
+    return float(getattr(cfg, group.get(LR_KEY, "lr"))) or cfg.lr
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """torch.optim.Muon and torch.optim.AdamW stepped together, seen as one optimizer: its
+    param_groups are theirs (Muon's first) and one state dict holds both states (parameters are
+    disjoint), so state_dict / load_state_dict and torch.distributed.checkpoint's FQN-keyed
+    state dicts work as for one optimizer."""
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW) -> None:
+        super().__init__(muon.param_groups + adamw.param_groups, defaults={})
+        self.muon, self.adamw = muon, adamw
+        self._share()
+
+    def _share(self) -> None:
+        """Point both optimizers at this one's groups and state (after init or a load)."""
+        n = len(self.muon.param_groups)
+        self.muon.param_groups, self.adamw.param_groups = (
+            self.param_groups[:n],
+            self.param_groups[n:],
+        )
+        self.muon.state = self.adamw.state = self.state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)  # replaces self.state and self.param_groups
+        self._share()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
+        if closure is not None:
+            raise ValueError("MuonWithAdamW.step takes no closure")
+        self.muon.step()
+        self.adamw.step()
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
+    """AdamW (betas, eps from config); fused kernel on CUDA unless optim.fused says otherwise.
+    optim.name=muon: `MuonWithAdamW` (Muon's momentum from optim.muon_momentum, Nesterov, torch's
+    default Newton-Schulz steps and its "original" shape scaling of the learning rate)."""
     fused = cfg.fused if cfg.fused is not None else device_type == "cuda"
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps,
-        fused=fused,
+    adamw_args: dict[str, Any] = {"betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps, "fused": fused}
+    if cfg.name == "adamw" and not (cfg.embed_lr or cfg.head_lr):
+        # GPT-2's two groups, exactly as ever (no per-role learning rate asked for).
+        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, **adamw_args)
+    muon_groups, adamw_groups = role_groups(model, cfg)
+    for g in muon_groups + adamw_groups:
+        g["lr"] = peak_lr(g, cfg)
+    adamw = torch.optim.AdamW(adamw_groups, lr=cfg.lr, **adamw_args)
+    if not muon_groups:
+        return adamw
+    muon = torch.optim.Muon(
+        muon_groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay
     )
+    return MuonWithAdamW(muon, adamw)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, cfg: OptimConfig) -> None:
+    """Set every group's learning rate for a step whose schedule value is `lr` (`lr_at`, which
+    follows optim.lr): optim.lr's groups get `lr` itself, a group with its own peak (Muon's, the
+    embeddings', the head's) the same fraction of that peak, lr / optim.lr * peak."""
+    for group in optimizer.param_groups:
+        key = group.get(LR_KEY, "lr")
+        group["lr"] = lr if key == "lr" else lr / cfg.lr * peak_lr(group, cfg)
 
 
 def can_skip_on_device(optimizer: torch.optim.Optimizer) -> bool:

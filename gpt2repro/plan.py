@@ -181,12 +181,22 @@ def block_activation_bytes(s: Setup) -> float:
     and c_fc), q/k/v, the attention output (c_proj's input, one storage), the MLP's c_fc output
     (GELU's input) and GELU's output (4C wide each): 2r + 14a bytes per token and channel, where
     a is the compute dtype's size; plus the attention's log-sum-exp (fp32 per token and head).
+
+    The architecture switches (config.Arch): RMSNorm keeps one fp32 statistic per token (rstd)
+    where LayerNorm keeps two; rotary or QK-norm hand the attention new q and k tensors (2C more,
+    the c_attn output staying alive for v); QK-norm keeps its rstd per token and head for q and
+    k, and under autocast the fp32 copies of q and k it normalises (2C at 4 bytes); ReLU^2 saves its ReLU output and the square (as GELU's input and output: the same bytes).
+    Biases and an untied head change no activation.
     """
     B, T, C, nh = s.micro_batch, s.seq_len, s.model.n_embd, s.model.n_head
     N = B * T
     a = 2 if s.bf16 else 4
     r = 2 if s.bf16_everywhere else 4
-    return N * C * (2 * r + 14 * a) + 2 * 8 * N + 4 * N * nh
+    arch = s.model.resolved_arch
+    stats = 4 if arch.rmsnorm else 8  # per token, for each of the block's two norms
+    new_qk = 2 * a * C if arch.rotary or arch.qk_norm else 0
+    qk_stats = 2 * 4 * nh + (2 * 4 * C if a == 2 else 0) if arch.qk_norm else 0
+    return N * C * (2 * r + 14 * a) + N * (2 * stats + new_qk + qk_stats) + 4 * N * nh
 
 
 def saved_activation_bytes(s: Setup, shape: ModelShape) -> float:
@@ -194,14 +204,18 @@ def saved_activation_bytes(s: Setup, shape: ModelShape) -> float:
     embeddings to ln_f: every block's activations, plus under autocast the bf16 copies of the
     blocks' matmul weights (cached for the backward); with activation checkpointing, each
     block's input only. Both: the token ids and positions (int64) of the embeddings, and ln_f's
-    input with its statistics."""
+    input with its statistics. With rotary: no positions looked up, and the cos and sin of the
+    rotary angles (fp32 [T, head_dim / 2] each) shared by every block."""
     L, N, C, T = s.model.n_layer, s.micro_batch * s.seq_len, s.model.n_embd, s.seq_len
     r = 2 if s.bf16_everywhere else 4
+    arch = s.model.resolved_arch
     if s.checkpointing:
         blocks: float = L * r * N * C
     else:
         blocks = L * (block_activation_bytes(s) + _weight_copies(s, shape))
-    return blocks + 8 * N + 8 * T + r * N * C + 8 * N
+    positions = 4 * T * (C // s.model.n_head) if arch.rotary else 8 * T
+    ln_f_stats = 4 * N if arch.rmsnorm else 8 * N
+    return blocks + 8 * N + positions + r * N * C + ln_f_stats
 
 
 def backward_bytes(s: Setup, shape: ModelShape) -> float:
@@ -232,7 +246,8 @@ def loss_bytes(s: Setup) -> float:
     into dL/dW, so one at a time whatever the number of chunks). Under autocast one bf16 copy of
     W is held through the loop. Full logits (loss_chunk = 0): the [N, vocab] logits, their fp32
     log-softmax and its gradient, 12 N vocab bytes.
-    The eager chunk body; the compiled one fuses the elementwise steps (no more than this).
+    The eager chunk body; the compiled one fuses the elementwise steps (no more than this). A
+    soft-cap on the full-logits path (its fp32 tanh, kept for the backward) is not modelled.
     Measured on CPU (tests/test_plan.py); V is the padded vocabulary, vocab the real one.
     """
     N, C = s.micro_batch * s.seq_len, s.model.n_embd
@@ -243,7 +258,9 @@ def loss_bytes(s: Setup) -> float:
     n = min(s.loss_chunk, N)
     saved = h + 4 * V * C  # dL/dh (h's shape and dtype) and dL/dW (fp32)
     mm = 2 if s.bf16 else 4  # the matmuls' dtype
-    chunk = max(8 * n * V, mm * (n * V + n * C + V * C))
+    # A logit soft-cap keeps tanh's output beside the capped logits and their log-softmax.
+    logits = (12 if s.model.resolved_arch.logit_softcap > 0 else 8) * n * V
+    chunk = max(logits, mm * (n * V + n * C + V * C))
     w_copy = 2 * V * C if s.bf16 and not s.bf16_everywhere else 0  # autocast's bf16 W
     return h + saved + w_copy + chunk
 
@@ -530,7 +547,13 @@ def make_plan(cfg: Config, req: Request, results: Path = RESULTS_DIR) -> dict[st
     world = req.world
     accum = grad_accum(cfg, cfg.train.micro_batch_size, world)
     shape = model_shape(cfg.model)
-    flops = flops_per_token(shape.n_params, cfg.model.n_layer, cfg.model.n_embd, cfg.train.seq_len)
+    flops = flops_per_token(
+        shape.n_params,
+        cfg.model.n_layer,
+        cfg.model.n_embd,
+        cfg.train.seq_len,
+        lookup_params=cfg.model.lookup_params,
+    )
     batch = cfg.train.total_batch_tokens
     steps = cfg.train.max_steps if req.tokens is None else max(1, math.ceil(req.tokens / batch))
     tokens = steps * batch

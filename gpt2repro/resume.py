@@ -32,6 +32,7 @@ from gpt2repro.checkpoint import (
     step_of,
     verify,
 )
+from gpt2repro.config import Config, to_dict
 from gpt2repro.data import TokenLoader, data_fingerprint, fingerprint_difference
 from gpt2repro.errors import UserError
 
@@ -54,7 +55,12 @@ RUN_DEFINING = (
     "data.dir", "train.seq_len", "train.total_batch_tokens", "train.max_steps", "train.seed",
     "optim.lr", "optim.min_lr", "optim.warmup_steps", "optim.schedule", "optim.decay_frac",
     "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps", "optim.grad_clip",
+    "optim.name", "optim.muon_lr", "optim.muon_momentum", "optim.embed_lr", "optim.head_lr",
 )  # fmt: skip
+
+# A checkpoint written before a setting existed lacks it, and was trained under its default
+# (model.arch = "gpt2", optim.name = "adamw", ...): compared as that default, not as missing.
+DEFAULTS = to_dict(Config())
 
 
 def changed_settings(
@@ -69,7 +75,7 @@ def changed_settings(
     out = []
     for key in RUN_DEFINING:
         section, name = key.split(".")
-        old, new = saved.get(section, {}).get(name), now[section][name]
+        old, new = saved.get(section, {}).get(name, DEFAULTS[section][name]), now[section][name]
         if key == "data.dir" and saved_data is not None:
             diff = fingerprint_difference(saved_data, data_fingerprint(new))
             if diff is not None:
@@ -158,7 +164,7 @@ def select_resume(
     if path is None:
         return None
     state = read_state(path)
-    saved = state["config"]["model"]
+    saved = {**DEFAULTS["model"], **state["config"]["model"]}
     shape = [
         f"{k}={saved.get(k)} (config: {v})" for k, v in config["model"].items() if saved.get(k) != v
     ]

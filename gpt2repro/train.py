@@ -54,7 +54,7 @@ from gpt2repro.hellaswag import load_hellaswag
 from gpt2repro.lock import DirLock
 from gpt2repro.metrics import CONFIG_TOML, RunLog, run_header
 from gpt2repro.model import GPT
-from gpt2repro.optim import build_optimizer, lr_at
+from gpt2repro.optim import build_optimizer, lr_at, set_lr
 from gpt2repro.reference import GPT2_124M_VAL_LOSS, gpt2_val_loss_comparable
 from gpt2repro.report import LiveReport
 from gpt2repro.resume import Resume, check_resume_flags, restore_rank, select_resume
@@ -344,8 +344,7 @@ def train_step(run: TrainContext) -> StepOutput:
     step through the guard, count it, and poll every rank for a stop (collective)."""
     trainable, state = run.trainable, run.state
     lr = lr_at(state.step, run.cfg.train.max_steps, run.cfg.optim)
-    for group in trainable.optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(trainable.optimizer, lr, run.cfg.optim)  # each group its own peak (optim.py)
     trainable.optimizer.zero_grad(set_to_none=True)
     loss, grad_norm = forward_backward(
         trainable, run.loader.next_batch, run.grad_accum, step=state.step + 1
@@ -543,6 +542,7 @@ def _train_record(run: TrainContext, out: StepOutput, seconds: float) -> dict[st
         n_layer=cfg.model.n_layer,
         n_embd=cfg.model.n_embd,
         seq_len=cfg.train.seq_len,
+        lookup_params=cfg.model.lookup_params,
     )
     on_cuda = info.device.type == "cuda"
     return {

@@ -264,6 +264,7 @@ def test_the_declared_ranges_are_the_published_rules() -> None:
         "train.total_batch_tokens", "train.max_steps", "optim.lr", "optim.eps",
         "eval.batch_examples", "guard.max_skipped", "guard.spike_window", "log.every",
         "log.sample_tokens", "log.wandb_init_timeout_s", "dist.init_timeout_s",
+        "optim.muon_lr",  # issue 20
     }  # fmt: skip
     assert by_message[f"must be in [0, {2**63 - 1}]"] == {"train.seed"}
     assert by_message["must be >= 1"] == {"dist.bucket_cap_mb"}
@@ -272,8 +273,9 @@ def test_the_declared_ranges_are_the_published_rules() -> None:
         "checkpoint.every", "checkpoint.keep_last", "eval.hellaswag_limit", "optim.min_lr",
         "train.loss_chunk", "eval.batch_size", "eval.core_every", "eval.core_max_per_task",
         "optim.weight_decay", "optim.grad_clip", "guard.spike_zscore",
+        "model.logit_softcap", "optim.embed_lr", "optim.head_lr",  # issue 20
     }  # fmt: skip
-    assert by_message["must be in [0, 1)"] == {"optim.beta1", "optim.beta2"}
+    assert by_message["must be in [0, 1)"] == {"optim.beta1", "optim.beta2", "optim.muon_momentum"}
     assert by_message["must be in [0, 1]"] == {"optim.decay_frac"}
 
 

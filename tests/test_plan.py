@@ -81,6 +81,12 @@ SHAPES = [
      dict(seq_len=32, micro_batch_size=8, loss_chunk=0, dtype="bfloat16")),
     ("fp32-checkpointing", dict(n_layer=4, n_head=4, n_embd=64, vocab_size=1000, pad_vocab_multiple=128),
      dict(seq_len=64, micro_batch_size=4, loss_chunk=64, activation_checkpointing=True)),
+    ("fp32-modern-chunked", dict(n_layer=2, n_head=4, n_embd=64, vocab_size=1000, pad_vocab_multiple=128,
+                                 arch="modern"),
+     dict(seq_len=64, micro_batch_size=4, loss_chunk=64)),
+    ("bf16-modern-chunked", dict(n_layer=2, n_head=2, n_embd=64, vocab_size=2000, pad_vocab_multiple=64,
+                                 arch="modern"),
+     dict(seq_len=64, micro_batch_size=4, loss_chunk=128, dtype="bfloat16")),
 ]  # fmt: skip
 
 

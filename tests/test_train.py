@@ -114,6 +114,45 @@ def test_ddp_two_processes_equal_one_with_double_accumulation(corpus: Path, tmp_
     assert_params_close(final_params(one), final_params(two), 1e-5)
 
 
+# The fast recipe's optimizer on the modern architecture (issue 20): torch.optim.Muon + AdamW.
+MUON = ["--model.arch=modern", "--optim.name=muon", "--optim.muon_lr=0.02", "--optim.lr=3e-3"]
+
+
+@pytest.mark.dist
+def test_muon_ddp_two_processes_equal_one_with_double_accumulation(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """Every rank gets the same Muon update: DDP averages the gradients before the step, and
+    Muon's orthogonalisation runs on the full (replicated) matrix on each rank."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--train.max_steps=6", "--checkpoint.every=0", *MUON]
+    p1 = run(args_for(corpus, one, *common))
+    p2 = run(args_for(corpus, two, *common), nproc=2)
+    assert "1 processes x 2 accumulation" in p1.stdout
+    assert "2 processes x 1 accumulation" in p2.stdout
+    a, b = train_losses(one / "metrics.jsonl"), train_losses(two / "metrics.jsonl")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for k in a:
+        assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]), (k, a[k], b[k])
+    assert_params_close(final_params(one), final_params(two), 1e-4)
+
+
+def test_muon_sigkill_resume_is_bit_identical(corpus: Path, tmp_path: Path) -> None:
+    """Muon's momentum buffers and AdamW's moments come back from the checkpoint exactly."""
+    common = ["--train.max_steps=9", "--checkpoint.every=4", *MUON]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    run(args_for(corpus, ref, *common))
+    p = run(args_for(corpus, killed, *common), env={"GPT2REPRO_FAULT": "sigkill:6"}, check=False)
+    assert p.returncode != 0 and checkpoint.find_latest(killed).name == "step_00000004"
+    p = run(args_for(corpus, killed, *common))
+    assert "resumed from" in p.stdout and "at step 4" in p.stdout
+    a, b = train_losses(ref / "metrics.jsonl"), train_losses(killed / "metrics.jsonl")
+    assert a == b  # bit-identical floats, every step
+    pa, pb = final_params(ref), final_params(killed)
+    for name in pa:
+        assert torch.equal(pa[name], pb[name]), name
+
+
 @pytest.mark.parametrize(
     "nproc,strategy",
     [
