@@ -333,7 +333,7 @@ def status_line(run: Run, now: float | None = None) -> str:
     e = html.escape
     now = time.time() if now is None else now
     text, cls = _status(run, now)
-    parts = [f"<b>{e(run.label)}</b>: {e(text)}"]
+    parts = [f"<b>{e(run.label)}</b>: {e(text)}", e(recipe(run))]
     max_steps = run.max_steps if isinstance(run.max_steps, int) else None
     parts.append(f"step {run.last_step:,}" + (f" / {max_steps:,}" if max_steps else ""))
     parts.append(f"{run.tokens:,} tokens")
@@ -375,6 +375,30 @@ def samples_html(run: Run, last: int = 3) -> str:
     return f"<h2>Samples: {e(run.label)}</h2>{items}"
 
 
+_SWITCHES = ("rotary", "rmsnorm", "qk_norm", "relu2", "untied_head", "zero_init", "no_bias")
+
+
+def recipe(run: Run) -> str:
+    """Which recipe a run used, from its config: the faithful GPT-2 or a named architecture
+    preset (docs/recipes.md), the switches set apart from the preset, and the optimizer."""
+    model, optim = run.section("model"), run.section("optim")
+    arch = str(model.get("arch") or "gpt2")
+    overrides = [
+        f"{k} {'on' if model[k] else 'off'}" for k in _SWITCHES if model.get(k) is not None
+    ]
+    cap = model.get("logit_softcap")
+    if cap is not None:
+        overrides.append(f"logit_softcap {cap:g}" if cap else "logit_softcap off")
+    faithful = arch == "gpt2" and not any(model.get(k) for k in _SWITCHES) and not cap
+    text = "faithful GPT-2" if faithful else f"{arch} architecture"
+    if overrides and not faithful:
+        text += f" ({', '.join(overrides)})"
+    name = str(optim.get("name") or "adamw")
+    return text + (
+        ", Muon + AdamW" if name == "muon" else f", {'AdamW' if name == 'adamw' else name}"
+    )
+
+
 def summary_rows(run: Run) -> dict[str, str]:
     """The summary table's cells for one run, as shown."""
     best, hs = run.best_val, run.last_hellaswag
@@ -413,6 +437,7 @@ def _run_details(run: Run, color: str) -> str:
     config_text = json.dumps(config, indent=2) if config else "(no start record)"
     rows = [
         ("run directory", str(run.dir)),
+        ("recipe", recipe(run)),
         ("git SHA", sha),
         ("versions", versions or "—"),
         ("devices", device),

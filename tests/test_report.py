@@ -564,3 +564,33 @@ def test_live_report_io_error_warns_once(
     lines = err.getvalue().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: live report")
     assert os.strerror(code) in lines[0] and "training goes on" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "optim", "label"),
+    [
+        ({}, {}, "faithful GPT-2, AdamW"),
+        ({"arch": "gpt2"}, {"name": "adamw"}, "faithful GPT-2, AdamW"),
+        ({"arch": "modern"}, {"name": "muon"}, "modern architecture, Muon + AdamW"),
+        (
+            {"arch": "modern", "qk_norm": False},
+            {"name": "muon"},
+            "modern architecture (qk_norm off), Muon + AdamW",
+        ),
+        ({"arch": "gpt2", "rotary": True}, {}, "gpt2 architecture (rotary on), AdamW"),
+    ],
+)
+def test_the_report_labels_the_recipe(tmp_path: Path, model: dict, optim: dict, label: str) -> None:
+    """Which recipe a run used (the faithful and the fast recipe side by side), on the status
+    line and in the run's details, from its config."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = {"model": model, "optim": optim, "train": {"max_steps": 2}}
+    (run_dir / "metrics.jsonl").write_text(
+        json.dumps({"event": "start", "step": 0, "tokens": 0, "time": 1.0, "config": config}) + "\n"
+    )
+    run = load_run(run_dir)
+    assert report.recipe(run) == label
+    assert f" · {html.escape(label)} · " in report.status_line(run)
+    page = report.render_html([run], [], refresh_s=None)
+    assert f"<tr><th>recipe</th><td>{html.escape(label)}</td></tr>" in page
