@@ -51,7 +51,7 @@ from gpt2repro import dist, precision, scoring
 from gpt2repro.errors import UserError
 from gpt2repro.reference import GPT2_CORE, GPT2_CORE_BAR, GPT2_CORE_TASK_ACC, GPT2_SIZES_CORE
 from gpt2repro.scoring import DEFAULT_BATCHING, Batching, PackedExample
-from gpt2repro.tokenizer import EOT, EOT_TEXT, N_VOCAB, get_encoding
+from gpt2repro.tokenizer import EOT, EOT_TEXT, get_encoding
 
 DEFAULT_CORE_BUNDLE = "data/core/eval_bundle"
 SHUFFLE_SEED = 1337  # the order of a task's rows, and so its capped subset
@@ -416,12 +416,7 @@ def item_correct(item: Item, sums: np.ndarray, counts: np.ndarray, greedy: np.nd
 def check_vocab(model: nn.Module, fix: str = "drop --core") -> None:
     """CORE's prompts are GPT-2 tokens: a model with a smaller vocabulary is refused in one line
     ending in `fix` (how to turn CORE off where it was asked for)."""
-    vocab = scoring.model_vocab_size(model)
-    if vocab < N_VOCAB:
-        raise UserError(
-            f"CORE needs GPT-2's vocabulary ({N_VOCAB} tokens); this model has "
-            f"vocab_size={vocab}; {fix}"
-        )
+    scoring.require_gpt2_vocab(model, "CORE", fix)
 
 
 def score_items(

@@ -20,7 +20,7 @@ from gpt2repro import dist, scoring
 from gpt2repro.errors import UserError
 from gpt2repro.reference import PUBLISHED
 from gpt2repro.scoring import DEFAULT_BATCHING, Batching, Example
-from gpt2repro.tokenizer import N_VOCAB, get_encoding
+from gpt2repro.tokenizer import get_encoding
 
 DEFAULT_HELLASWAG = "data/hellaswag/hellaswag_val.jsonl"
 N_ENDINGS = 4
@@ -107,15 +107,6 @@ def load_hellaswag(path: str | Path, limit: int = 0) -> list[Example]:
     return examples
 
 
-def _require_gpt2_vocab(model: nn.Module) -> None:
-    vocab = scoring.model_vocab_size(model)
-    if vocab < N_VOCAB:
-        raise UserError(
-            f"HellaSwag needs GPT-2's vocabulary ({N_VOCAB} tokens); this model has "
-            f"vocab_size={vocab}; turn HellaSwag off for it (eval.hellaswag_every=0)"
-        )
-
-
 def score_hellaswag(
     model: nn.Module,
     examples: Sequence[Example],
@@ -128,7 +119,9 @@ def score_hellaswag(
 
     Collective (`scoring.accuracy`): every rank returns the same dict.
     """
-    _require_gpt2_vocab(model)
+    scoring.require_gpt2_vocab(
+        model, "HellaSwag", "turn HellaSwag off for it (eval.hellaswag_every=0)"
+    )
     return scoring.accuracy(model, examples, info, autocast_dtype, batching, progress)
 
 

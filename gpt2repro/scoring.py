@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from gpt2repro import dist, precision
 from gpt2repro.errors import UserError
 from gpt2repro.model import GPT
+from gpt2repro.tokenizer import N_VOCAB
 
 
 @contextlib.contextmanager
@@ -123,6 +124,17 @@ def model_block_size(model: nn.Module) -> int:
 def model_vocab_size(model: nn.Module) -> int:
     """The model's vocabulary size (tokens), through DDP and torch.compile wrappers."""
     return _gpt(model).config.vocab_size
+
+
+def require_gpt2_vocab(model: nn.Module, task: str, fix: str) -> None:
+    """A task whose prompts are GPT-2 tokens (HellaSwag, CORE) refuses, in one line ending in
+    `fix`, a model with a smaller vocabulary."""
+    vocab = model_vocab_size(model)
+    if vocab < N_VOCAB:
+        raise UserError(
+            f"{task} needs GPT-2's vocabulary ({N_VOCAB} tokens); this model has "
+            f"vocab_size={vocab}; {fix}"
+        )
 
 
 # --------------------------------------------------------------------------- packing
