@@ -37,7 +37,6 @@ from gpt2repro.atomic import write_text
 from gpt2repro.config import (
     Config,
     EvalConfig,
-    RunConfig,
     grad_accum_steps,
     help_text,
     load_config,
@@ -98,12 +97,7 @@ def with_run_config(argv: list[str]) -> tuple[list[str], Path | None]:
     line still override them (and the resume rules judge the changes)."""
     if any(a == "--config" or a.startswith("--config=") for a in argv):
         return argv, None
-    run_dir = RunConfig().dir
-    for i, a in enumerate(argv):
-        if a.startswith("--run.dir="):
-            run_dir = a.split("=", 1)[1]
-        elif a == "--run.dir" and i + 1 < len(argv):
-            run_dir = argv[i + 1]
+    run_dir = load_config(argv)[0].run.dir  # the command line's run.dir, read as training reads it
     saved = Path(run_dir) / CONFIG_TOML
     if not run_dir or not saved.is_file():
         return argv, None
@@ -633,6 +627,9 @@ class InLoopEval:
     def __init__(self, cfg: Config, info: dist.DistInfo) -> None:
         self.cfg, self.info = cfg, info
         eval_cfg = cfg.eval
+        # GPT-2 124M's validation loss beside ours on the eval line, where it is comparable
+        comparable = gpt2_val_loss_comparable(cfg.data.dir, cfg.train.seq_len)
+        self.gpt2_val_loss = GPT2_124M_VAL_LOSS if comparable else None
         self.val_tokens: np.ndarray | None = None
         if eval_cfg.every > 0:
             self.val_tokens = data.load_tokens(cfg.data.dir, "val", eval_cfg.val_tokens + 1)
@@ -677,9 +674,7 @@ class InLoopEval:
             cap = 0 if step == self.cfg.train.max_steps else eval_cfg.core_max_per_task
             results.update(core_record(run, core_tasks, cap, eval_cfg.batch_examples))
         seconds = time.perf_counter() - t0
-        comparable = gpt2_val_loss_comparable(self.cfg.data.dir, self.cfg.train.seq_len)
-        reference = GPT2_124M_VAL_LOSS if comparable else None
-        run.log.evaluation(step, run.state.tokens, results, seconds, reference)
+        run.log.evaluation(step, run.state.tokens, results, seconds, self.gpt2_val_loss)
         return True
 
 
