@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 DEBUG_HELP = "show the full traceback of an error (also GPT2REPRO_DEBUG=1)"
 EXIT_INTERRUPTED = 130  # the shell's status for Ctrl-C
+EXIT_BROKEN_PIPE = 141  # the shell's status for a process killed by SIGPIPE
 INPUT_ERROR_FILE_ENV = "GPT2REPRO_INPUT_ERROR_FILE"
 
 
@@ -43,7 +44,8 @@ def run_cli(
     on_interrupt: str = "rerun the same command to continue",
 ) -> int:
     """Run `main(argv)`; print a UserError as one line and return exit status 2; Ctrl-C is one
-    line too (`on_interrupt` says how to go on) and status 130."""
+    line too (`on_interrupt` says how to go on) and status 130; output into a closed pipe ends
+    quietly with status 141."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("GPT2REPRO_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
@@ -61,6 +63,9 @@ def run_cli(
             raise
         print(f"interrupted: {on_interrupt}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as a shell tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return EXIT_BROKEN_PIPE
 
 
 def report_input_error(line: str) -> None:

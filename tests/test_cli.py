@@ -226,3 +226,19 @@ def test_the_installed_console_script_runs(tmp_path: Path) -> None:
         [PY, "-c", where], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
     )
     assert Path(p.stdout.strip()).is_relative_to(site), p.stdout + p.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`python -m gpt2repro.plan ... | head -3` used to end in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cmd = (
+        f"{sys.executable} -m gpt2repro.plan --config configs/gpt2_124m.toml --gpus 8 "
+        "--gpu H100 | head -1"
+    )
+    p = subprocess.run(["bash", "-c", cmd], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.stdout.startswith("model: ") and len(p.stdout.splitlines()) == 1
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
