@@ -249,3 +249,39 @@ def test_bench_loader_shards_that_cannot_fit_are_one_line(
         UserError, match=r"--shards 4 x --shard-tokens 2,000,000,000 makes 14.9 GiB"
     ):
         bench.check_loader_sizes(4, 2_000_000_000, tmp_path)
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recipe_ablation_table_reads_tokens_to_the_faithful_final(tmp_path: Path, capsys) -> None:
+    """bench/recipe_ablation.py: tokens to the faithful run's final validation loss, by linear
+    interpolation between evaluations, against the faithful run of the same seed; a variant
+    that never gets there is counted as not reached; an unfinished run is left out."""
+    ab = _load_script("recipe_ablation")
+
+    def write(name: str, curve: list[tuple[int, float]], done: bool = True) -> None:
+        (tmp_path / name).mkdir()
+        lines = [{"step": t // 10, "tokens": t, "val_loss": v} for t, v in curve]
+        lines += [{"event": "done", "step": curve[-1][0] // 10}] if done else []
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    write("faithful_s1", [(0, 10.0), (100, 6.0), (200, 5.0)])
+    write("faithful_s2", [(0, 10.0), (100, 6.0), (200, 4.0)])
+    write("fast_s1", [(0, 10.0), (100, 4.0), (200, 3.0)])  # 5.0 at 100 * 5/6 tokens
+    write("fast_s2", [(0, 10.0), (100, 4.0), (200, 3.0)])  # 4.0 at 100 tokens
+    write("fast-rotary_off_s1", [(0, 10.0), (100, 8.0), (200, 5.5)])  # never reaches 5.0
+    write("fast-qk_norm_off_s1", [(0, 10.0), (100, 4.0)], done=False)
+    assert ab.tokens_to([(0, 10.0), (100, 6.0), (200, 5.0)], 5.0) == 200
+    assert ab.tokens_to([(0, 4.0), (100, 3.0)], 5.0) == 0
+    ab.table(tmp_path, [1, 2])
+    rows = {r.split(" | ")[0].strip("| "): r for r in capsys.readouterr().out.splitlines()}
+    assert rows["fast"] == "| fast | 2 | 3.000 (3.000-3.000) | 0.458 (0.417-0.500) |"
+    assert rows["faithful"] == "| faithful | 2 | 4.500 (4.000-5.000) | 1.000 (1.000-1.000) |"
+    assert rows["fast, rotary off"] == "| fast, rotary off | 1 | 5.500 | not reached in 1 of 1 |"
+    assert "fast, qk_norm off" not in rows

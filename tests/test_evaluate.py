@@ -4,6 +4,7 @@ that does not recompile; bad input fails in one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -638,6 +639,25 @@ def test_packed_equals_reference(examples, batch_examples: int, bucket: int) -> 
     assert model.training  # the caller's mode is restored
 
 
+def modern_model(seed: int = 0) -> GPT:
+    """The fast recipe's architecture (rotary, RMSNorm, QK-norm, ReLU², untied head, zero-init,
+    no biases, soft-cap), its zero-initialised weights perturbed so that every path carries signal."""
+    torch.manual_seed(seed)
+    model = GPT(dataclasses.replace(TINY, arch="modern"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_packed_equals_reference_on_the_modern_architecture(examples) -> None:
+    """Packed rows pass their own positions: rotary restarts at 0 in each row, as in the
+    reference's one-row-per-forward pass (which never sees a position past its row)."""
+    model = modern_model()
+    sums, counts = continuation_losses(model, examples, CPU, batching=Batching(3, 8))
+    assert_same_scores(examples, sums, counts, *reference(model, examples))
+
+
 def test_score_hellaswag_equals_reference_accuracy(examples) -> None:
     model = tiny_model(1)
     ref_sums, ref_counts = reference(model, examples)
@@ -749,6 +769,38 @@ def test_validation_ids_past_the_vocabulary_are_one_line(tmp_path: Path, capsys)
     assert f"--val-data {tmp_path} holds token id {vocab}" in err
     assert f"vocab_size is {vocab}" in err
     assert "val_loss" not in capsys.readouterr().out
+
+
+def test_a_modern_checkpoint_gets_val_loss_hellaswag_and_core(
+    tmp_path: Path, hs_file: Path, examples
+) -> None:
+    """A fast-recipe run's checkpoint through the CLI: each number equals the in-process one on
+    the same weights (validation loss also the direct computation)."""
+    from gpt2repro import checkpoint, core
+    from gpt2repro.config import Config, OptimConfig, to_dict
+    from gpt2repro.data import write_shard
+    from gpt2repro.optim import build_optimizer
+
+    bundle = Path(__file__).parent / "fixtures" / "core_bundle"
+    model = modern_model(5)
+    tokens = np.random.default_rng(2).integers(0, 50257, size=4 * 32 + 1).astype(np.uint16)
+    write_shard(tmp_path / "x_val_000000.bin", tokens)
+    state = {"step": 1, "tokens": 64, "config": to_dict(Config(model=model.config))}
+    run = tmp_path / "run"
+    checkpoint.save(run, 1, model, build_optimizer(model, OptimConfig(), "cpu"), state=state,
+                    loader_state={"position": 0}, keep_last=0)  # fmt: skip
+    out = tmp_path / "eval.json"
+    labels = ["mc_zeroshot", "lm_fewshot"]
+    argv = ["--checkpoint", str(run), "--device", "cpu", "--json", str(out)]
+    argv += ["--val-data", str(tmp_path), "--val-tokens", "128", "--seq-len", "32"]
+    argv += ["--hellaswag", str(hs_file), "--core", "--core-bundle", str(bundle)]
+    assert run_cli(main, [*argv, "--core-tasks", *labels]) == 0
+    res = json.loads(out.read_text())
+    assert abs(res["val_loss"] - direct_val_loss(model, tokens, 32)) < 1e-5
+    assert res["hellaswag"] == score_hellaswag(model, examples, ONE)
+    want = core.evaluate_core(model, core.load_tasks(bundle, labels), ONE)
+    assert res["core"]["core"] == pytest.approx(want["core"], abs=1e-12)
+    assert list(res["core"]["tasks"]) == labels
 
 
 def test_a_run_checkpoint_is_evaluated_as_the_run_evaluated(tmp_path: Path, capsys) -> None:

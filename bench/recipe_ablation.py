@@ -1,0 +1,150 @@
+"""The faithful recipe against the fast one on the CPU demo, and the fast recipe's ablations:
+each architecture switch turned off alone, and each optimizer on the other architecture.
+
+    python bench/recipe_ablation.py run --out /tmp/ablation [--seeds 1337 1 2] [--jobs 2]
+    python bench/recipe_ablation.py table --out /tmp/ablation
+
+`run` trains every variant for every seed with train.py (the configs' own 850 steps, data, batch
+and evaluation; only the variant's keys and the seed change), seed by seed, so that a stopped run
+leaves whole seeds; a finished run (a "done" record in its metrics.jsonl) is not run again, and
+an unfinished one is refused (remove its directory). `--jobs 2` runs two at a time with one
+thread each: the token-based figures do not depend on it, the wall times do (the table leaves
+them out then). `table` prints, per variant, the mean and the spread over seeds of the final
+validation loss and of the tokens it took to reach the faithful run's final validation loss (read
+off the validation curve by linear interpolation), each seed against the faithful run of its own
+seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from gpt2repro.runs import read_metrics
+
+FAITHFUL, FAST = "configs/shakespeare.toml", "configs/shakespeare_fast.toml"
+# The faithful config's whole [optim] section, for AdamW on the modern architecture.
+FAITHFUL_OPTIM = [
+    "--optim.name=adamw", "--optim.lr=3e-3", "--optim.min_lr=3e-4", "--optim.warmup_steps=300",
+    "--optim.schedule=cosine", "--optim.weight_decay=0.1", "--optim.grad_clip=1.0",
+    "--optim.embed_lr=0", "--optim.head_lr=0",
+]  # fmt: skip
+# A tied head is wte: it takes the head's learning rate (optim.lr, as optim.head_lr), not the
+# input embedding's 0.3.
+TIED = ["--optim.embed_lr=0"]
+SWITCHES = ("rotary", "rmsnorm", "qk_norm", "relu2", "zero_init", "no_bias")
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "faithful": (FAITHFUL, []),
+    "fast": (FAST, []),
+    **{f"fast, {s} off": (FAST, [f"--model.{s}=false"]) for s in SWITCHES},
+    "fast, untied_head off": (FAST, ["--model.untied_head=false", *TIED]),
+    "fast, logit_softcap off": (FAST, ["--model.logit_softcap=0"]),
+    "fast architecture, faithful AdamW": (FAST, FAITHFUL_OPTIM),
+    "faithful architecture, fast Muon": (FAST, ["--model.arch=gpt2", *TIED]),
+}
+
+
+def slug(variant: str) -> str:
+    return variant.replace(", ", "-").replace(" ", "_")
+
+
+def finished(run_dir: Path) -> bool:
+    path = run_dir / "metrics.jsonl"
+    return path.exists() and any(r.get("event") == "done" for r in read_metrics(path))
+
+
+def train(out: Path, variant: str, seed: int, threads: int | None) -> str:
+    config, extra = VARIANTS[variant]
+    run_dir = out / f"{slug(variant)}_s{seed}"
+    if finished(run_dir):
+        return f"{variant} seed {seed}: already done"
+    if run_dir.exists():
+        sys.exit(f"{run_dir} holds an unfinished run: remove it to run it again")
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, "train.py", "--config", config, f"--run.dir={run_dir}",
+           f"--train.seed={seed}", *extra]  # fmt: skip
+    with open(out / f"{run_dir.name}.log", "w") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    return f"{variant} seed {seed}: exit {rc}"
+
+
+def run(out: Path, seeds: list[int], variants: list[str], jobs: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    threads = 1 if jobs > 1 else None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for seed in seeds:  # whole seeds first
+            n = len(variants)
+            for line in pool.map(train, [out] * n, variants, [seed] * n, [threads] * n):
+                print(line, flush=True)
+
+
+def curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(tokens, validation loss) at each evaluation."""
+    records = read_metrics(run_dir / "metrics.jsonl")
+    return [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
+
+
+def tokens_to(points: list[tuple[int, float]], target: float) -> float | None:
+    """Tokens at which the validation curve first reaches `target` (linear between evaluations)."""
+    for (t0, v0), (t1, v1) in zip(points, points[1:], strict=False):
+        if v0 <= target:
+            return t0
+        if v1 <= target:
+            return t0 + (t1 - t0) * (v0 - target) / (v0 - v1)
+    return None
+
+
+def spread(xs: list[float], fmt: str) -> str:
+    """The mean, and the range over seeds when there is more than one."""
+    mean = format(statistics.mean(xs), fmt)
+    return mean if len(xs) == 1 else f"{mean} ({format(min(xs), fmt)}-{format(max(xs), fmt)})"
+
+
+def table(out: Path, seeds: list[int]) -> None:
+    print("| variant | seeds | final val | tokens to the faithful final (x the faithful run's) |")
+    print("|---|---|---|---|")
+    for variant in VARIANTS:
+        finals, ratios, missed, done = [], [], 0, []
+        for seed in seeds:
+            base, run_dir = out / f"faithful_s{seed}", out / f"{slug(variant)}_s{seed}"
+            if not (finished(base) and finished(run_dir)):
+                continue
+            done.append(seed)
+            ref, points = curve(base), curve(run_dir)
+            finals.append(points[-1][1])
+            reached = tokens_to(points, ref[-1][1])
+            if reached is None:
+                missed += 1
+            else:
+                ratios.append(reached / ref[-1][0])
+        if not done:
+            continue
+        cell = spread(ratios, ".3f") if ratios else ""
+        if missed:
+            cell += f"{'; ' if cell else ''}not reached in {missed} of {len(done)}"
+        print(f"| {variant} | {len(done)} | {spread(finals, '.3f')} | {cell} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("action", choices=("run", "table"))
+    p.add_argument("--out", type=Path, required=True, help="the folder of the runs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each when > 1)")
+    a = p.parse_args()
+    if a.action == "run":
+        run(a.out, a.seeds, a.variants, a.jobs)
+    else:
+        table(a.out, a.seeds)
+
+
+if __name__ == "__main__":
+    main()
