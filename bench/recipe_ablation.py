@@ -34,8 +34,8 @@ FAITHFUL_OPTIM = [
     "--optim.schedule=cosine", "--optim.weight_decay=0.1", "--optim.grad_clip=1.0",
     "--optim.embed_lr=0", "--optim.head_lr=0",
 ]  # fmt: skip
-# A tied head is wte: it takes the head's learning rate (optim.lr, as optim.head_lr), not the
-# input embedding's 0.3.
+# With a tied head, wte takes the head's learning rate (0.002) by itself; embed_lr=0 puts a
+# learned wpe (the GPT-2 architecture) at that rate as well, not at the token embedding's 0.3.
 TIED = ["--optim.embed_lr=0"]
 SWITCHES = ("rotary", "rmsnorm", "qk_norm", "relu2", "zero_init", "no_bias")
 VARIANTS: dict[str, tuple[str, list[str]]] = {

@@ -3,8 +3,8 @@ step.
 
 `optim.name = "muon"`: torch's own `torch.optim.Muon` (Newton-Schulz orthogonalised Nesterov
 momentum; Jordan et al. 2024, the NanoGPT speedrun's optimizer since its record 3) takes the
-blocks' 2-D matrices, and AdamW the rest: the embeddings (optim.embed_lr), an untied head
-(optim.head_lr), and the norms' gains and the biases (optim.lr). Both live in one
+blocks' 2-D matrices, and AdamW the rest: the embeddings (optim.embed_lr), the head (optim.head_lr;
+a tied head is wte), and the norms' gains and the biases (optim.lr). Both live in one
 `MuonWithAdamW`, so the loop, the guard and the checkpoints see one optimizer with one state
 dict. Each group's learning rate follows the same schedule, scaled to its own peak (`set_lr`).
 """
@@ -42,9 +42,12 @@ def role_groups(model: nn.Module, cfg: OptimConfig) -> tuple[list[dict], list[di
     """(Muon's groups, AdamW's groups) by what each parameter is, from its name in the GPT.
 
     Muon: the 2-D matrices of the blocks (transformer.h.*), decayed; with optim.name=adamw they
-    join AdamW's decayed group. AdamW: the embeddings (wte, wpe; optim.embed_lr) and an untied
-    lm_head (optim.head_lr), decayed; the 1-D gains and biases (optim.lr), never decayed. A tied
-    lm_head is wte (named_parameters lists it once). Empty groups are left out."""
+    join AdamW's decayed group. AdamW: the embeddings (wte, wpe; optim.embed_lr) and the head
+    (optim.head_lr), decayed; the 1-D gains and biases (optim.lr), never decayed. A tied head is
+    wte (named_parameters lists it once as transformer.wte.weight): it is the head, and takes the
+    head's rate, as the speedrun's tied records did (an embedding's 0.3 would blow up the
+    logits). Empty groups are left out."""
+    head_weight = getattr(getattr(model, "lm_head", None), "weight", None)
     matrices, embeds, head, flat = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -53,7 +56,7 @@ def role_groups(model: nn.Module, cfg: OptimConfig) -> tuple[list[dict], list[di
             flat.append(p)
         elif name.startswith("transformer.h."):
             matrices.append(p)
-        elif name == "lm_head.weight":
+        elif name == "lm_head.weight" or p is head_weight:
             head.append(p)
         else:
             embeds.append(p)

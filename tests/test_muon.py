@@ -48,10 +48,14 @@ def test_groups_muon_takes_the_block_matrices_adamw_the_rest() -> None:
     assert adamw == {"transformer.wte.weight": 0.3, "lm_head.weight": 4e-3}
     assert [g["lr"] for g in opt.muon.param_groups] == [0.02]
     assert opt.param_groups == opt.muon.param_groups + opt.adamw.param_groups
-    # GPT-2 with muon: gains and biases go to AdamW at optim.lr, wpe with wte
+    # GPT-2 with muon: gains and biases go to AdamW at optim.lr
     gpt2 = _model(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=100))
     opt2 = build_optimizer(gpt2, MUON, "cpu")
+    names2 = {id(p): n for n, p in gpt2.named_parameters()}
     assert isinstance(opt2, MuonWithAdamW)
+    adamw2 = {names2[id(p)]: g["lr"] for g in opt2.adamw.param_groups for p in g["params"]}
+    # the tied head (wte) at the head's rate; wpe, an embedding only, at the embeddings'
+    assert adamw2["transformer.wte.weight"] == 4e-3 and adamw2["transformer.wpe.weight"] == 0.3
     flat = [g for g in opt2.adamw.param_groups if g["lr_key"] == "lr"]
     assert flat and flat[0]["weight_decay"] == 0.0 and all(p.dim() == 1 for p in flat[0]["params"])
     assert sum(len(g["params"]) for g in opt2.param_groups) == len(list(gpt2.parameters()))
