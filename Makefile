@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 
-.PHONY: venv demo test typecheck lint format clean-venv
+.PHONY: venv demo demo-fast test typecheck lint format clean-venv
 
 venv: $(STAMP)
 
@@ -29,6 +29,9 @@ $(STAMP): pyproject.toml Makefile tools/install_torch.py
 
 demo: $(STAMP)
 	$(PY) -m gpt2repro.demo
+
+demo-fast: $(STAMP)
+	$(PY) -m gpt2repro.demo --recipe=fast
 
 test: $(STAMP)
 	$(PY) -m ruff check .

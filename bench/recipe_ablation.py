@@ -25,7 +25,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gpt2repro.runs import read_metrics
+from gpt2repro.runs import read_metrics, tokens_to
 
 FAITHFUL, FAST = "configs/shakespeare.toml", "configs/shakespeare_fast.toml"
 # The faithful config's whole [optim] section, for AdamW on the modern architecture.
@@ -89,16 +89,6 @@ def curve(run_dir: Path) -> list[tuple[int, float]]:
     """(tokens, validation loss) at each evaluation."""
     records = read_metrics(run_dir / "metrics.jsonl")
     return [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
-
-
-def tokens_to(points: list[tuple[int, float]], target: float) -> float | None:
-    """Tokens at which the validation curve first reaches `target` (linear between evaluations)."""
-    for (t0, v0), (t1, v1) in zip(points, points[1:], strict=False):
-        if v0 <= target:
-            return t0
-        if v1 <= target:
-            return t0 + (t1 - t0) * (v0 - target) / (v0 - v1)
-    return None
 
 
 def spread(xs: list[float], fmt: str) -> str:

@@ -51,6 +51,17 @@ def train_losses(path: str | Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(path) if "loss" in r and "event" not in r}
 
 
+def tokens_to(points: list[tuple[float, float]], target: float) -> float | None:
+    """Tokens at which a validation curve, (tokens, loss) at each evaluation, first reaches
+    `target`: linear between two evaluations, the first point if it starts there, None if never."""
+    for (t0, v0), (t1, v1) in zip(points, points[1:], strict=False):
+        if v0 <= target:
+            return t0
+        if v1 <= target:
+            return t0 + (t1 - t0) * (v0 - target) / (v0 - v1)
+    return points[0][0] if len(points) == 1 and points[0][1] <= target else None
+
+
 @dataclass
 class Run:
     """What the report knows about one run, all from RUN_DIR/metrics.jsonl (and DONE)."""
