@@ -175,6 +175,12 @@ class ModelConfig:
         """Exactly GPT-2's architecture (whatever the preset's name): no switch in effect."""
         return self.resolved_arch == Arch()
 
+    @property
+    def has_gpt2_modules(self) -> bool:
+        """GPT-2's modules and function, whatever the starting values: no switch in effect but
+        zero_init, which only changes the initialisation (such a model exports to HF GPT-2)."""
+        return dataclasses.replace(self.resolved_arch, zero_init=False) == Arch()
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -234,19 +240,24 @@ class OptimConfig:
     name: str = _f(
         "adamw",
         "adamw = AdamW on every parameter; muon = torch.optim.Muon on the blocks' 2-D matrices "
-        "and AdamW on embeddings, head, norms and biases",
+        "and AdamW on the embeddings, the head, norms and biases",
         OPTIMIZERS,
     )
     lr: float = _f(
-        6e-4, "peak learning rate (AdamW; with muon: norms, gains and biases)", check=POSITIVE
+        6e-4,
+        "peak learning rate (AdamW; with muon: learned positions, norms' gains and biases)",
+        check=POSITIVE,
     )
     embed_lr: float = _f(
         0.0,
-        "peak AdamW learning rate of the embeddings (wte, wpe); 0 = optim.lr",
+        "peak AdamW learning rate of the token embedding (wte) when the head is untied "
+        "(a tied wte is the head: head_lr); 0 = optim.lr",
         check=NON_NEGATIVE,
     )
     head_lr: float = _f(
-        0.0, "peak AdamW learning rate of an untied output head; 0 = optim.lr", check=NON_NEGATIVE
+        0.0,
+        "peak AdamW learning rate of the output head (lm_head, or wte when tied); 0 = optim.lr",
+        check=NON_NEGATIVE,
     )
     muon_lr: float = _f(
         0.02, "muon only: peak learning rate of the 2-D block matrices", check=POSITIVE
@@ -259,7 +270,7 @@ class OptimConfig:
         0.2, "wsd only: fraction of steps spent in the final linear decay", check=FRACTION
     )
     weight_decay: float = _f(
-        0.1, "AdamW weight decay on >= 2-D parameters only", check=NON_NEGATIVE
+        0.1, "weight decay (AdamW's, and Muon's) on >= 2-D parameters only", check=NON_NEGATIVE
     )
     beta1: float = _f(0.9, "AdamW beta1", check=BELOW_1)
     beta2: float = _f(0.95, "AdamW beta2", check=BELOW_1)

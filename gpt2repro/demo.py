@@ -154,7 +154,7 @@ def main(argv: list[str]) -> int:
             f"python -m http.server -d {cfg.run.dir} and browse to /report.html)"
         )
     print(f"sample more: python -m gpt2repro.sample --checkpoint {cfg.run.dir} --prompt 'JULIET:'")
-    if cfg.model.is_gpt2:
+    if cfg.model.has_gpt2_modules:
         print(
             f"export HF:   python -m gpt2repro.export --checkpoint {cfg.run.dir} "
             f"--out exports/{Path(cfg.run.dir).name}"

@@ -401,15 +401,17 @@ def check_export_target(out: Path, overwrite: bool, protect: Path | None = None)
 def check_gpt2_architecture(cfg: ModelConfig) -> None:
     """Refuse (UserError, one line) a model that is not GPT-2's architecture: transformers'
     GPT2LMHeadModel has learned positions, LayerNorm, tanh-GELU, biases and a tied head, so no
-    mapping of the other switches (config.Arch) would give it the same logits."""
-    if cfg.is_gpt2:
+    mapping of the other switches (config.Arch) would give it the same logits. zero_init alone
+    changes only the starting values: such a model is GPT-2's and exports."""
+    if cfg.has_gpt2_modules:
         return
-    arch = dataclasses.asdict(cfg.resolved_arch)
+    arch = dataclasses.asdict(dataclasses.replace(cfg.resolved_arch, zero_init=False))
     on = ", ".join(k if isinstance(v, bool) else f"{k}={v:g}" for k, v in arch.items() if v)
     raise UserError(
         f"this checkpoint is model.arch={cfg.arch} with {on}: Hugging Face's GPT-2 has learned "
         "positions, LayerNorm, GELU, biases and a tied head, so no export would keep its logits; "
-        "only model.arch=gpt2 checkpoints export (evaluate and sample read this one directly)"
+        "only GPT-2's architecture exports (model.arch=gpt2, zero_init allowed; evaluate and "
+        "sample read this one directly)"
     )
 
 

@@ -3,10 +3,10 @@ step.
 
 `optim.name = "muon"`: torch's own `torch.optim.Muon` (Newton-Schulz orthogonalised Nesterov
 momentum; Jordan et al. 2024, the NanoGPT speedrun's optimizer since its record 3) takes the
-blocks' 2-D matrices, and AdamW the rest: the embeddings (optim.embed_lr), the head (optim.head_lr;
-a tied head is wte), and the norms' gains and the biases (optim.lr). Both live in one
-`MuonWithAdamW`, so the loop, the guard and the checkpoints see one optimizer with one state
-dict. Each group's learning rate follows the same schedule, scaled to its own peak (`set_lr`).
+blocks' 2-D matrices, and AdamW the rest: the token embedding (optim.embed_lr), the head
+(optim.head_lr; a tied head is wte), and GPT-2's learned positions, the norms' gains and the
+biases (optim.lr). Both live in one `MuonWithAdamW`, so the loop, the guard and the checkpoints
+see one optimizer with one state dict. Each group's learning rate follows the same schedule, scaled to its own peak (`set_lr`).
 """
 
 from __future__ import annotations
@@ -42,13 +42,15 @@ def role_groups(model: nn.Module, cfg: OptimConfig) -> tuple[list[dict], list[di
     """(Muon's groups, AdamW's groups) by what each parameter is, from its name in the GPT.
 
     Muon: the 2-D matrices of the blocks (transformer.h.*), decayed; with optim.name=adamw they
-    join AdamW's decayed group. AdamW: the embeddings (wte, wpe; optim.embed_lr) and the head
-    (optim.head_lr), decayed; the 1-D gains and biases (optim.lr), never decayed. A tied head is
-    wte (named_parameters lists it once as transformer.wte.weight): it is the head, and takes the
-    head's rate, as the speedrun's tied records did (an embedding's 0.3 would blow up the
-    logits). Empty groups are left out."""
+    join AdamW's decayed group. AdamW: the token embedding (wte; optim.embed_lr), the head
+    (optim.head_lr) and GPT-2's learned positions (wpe; optim.lr), decayed; the 1-D gains and
+    biases (optim.lr), never decayed. A tied head is wte (named_parameters lists it once as
+    transformer.wte.weight): it is the head, and takes the head's rate, as the speedrun's tied
+    records did (an embedding's 0.3 would blow up the logits). The positions are not the token
+    embedding: the speedrun tuned its embedding rate with rotary positions, and before those it
+    trained wpe at the common rate. Empty groups are left out."""
     head_weight = getattr(getattr(model, "lm_head", None), "weight", None)
-    matrices, embeds, head, flat = [], [], [], []
+    matrices, embeds, head, other, flat = [], [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -58,14 +60,17 @@ def role_groups(model: nn.Module, cfg: OptimConfig) -> tuple[list[dict], list[di
             matrices.append(p)
         elif name == "lm_head.weight" or p is head_weight:
             head.append(p)
-        else:
+        elif name == "transformer.wte.weight":
             embeds.append(p)
+        else:  # wpe
+            other.append(p)
     wd = cfg.weight_decay
     muon = [{"params": matrices, "weight_decay": wd, LR_KEY: "muon_lr"}]
     adamw = [
         {"params": embeds, "weight_decay": wd, LR_KEY: "embed_lr"},
         {"params": head, "weight_decay": wd, LR_KEY: "head_lr"},
         {"params": flat, "weight_decay": 0.0, LR_KEY: "lr"},
+        {"params": other, "weight_decay": wd, LR_KEY: "lr"},
     ]
     if cfg.name != "muon":
         adamw.insert(0, {"params": matrices, "weight_decay": wd, LR_KEY: "lr"})
@@ -129,6 +134,21 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> tor
         muon_groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay
     )
     return MuonWithAdamW(muon, adamw)
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> None:
+    """The config's weight decay, AdamW betas and eps, and Muon's momentum on every group. Loading
+    an optimizer's state puts back the groups as they were saved, so without this a change that
+    a resume allowed (`checkpoint.allow_changes=optim.weight_decay`) would not take effect.
+    Weight decay only on the groups of >= 2-D parameters, as both optimizers' groups are made."""
+    muon = optimizer.muon.param_groups if isinstance(optimizer, MuonWithAdamW) else []
+    for group in optimizer.param_groups:
+        decays = any(p.dim() >= 2 for p in group["params"])  # a group may be empty
+        group["weight_decay"] = cfg.weight_decay if decays else 0.0
+        if any(group is g for g in muon):
+            group["momentum"] = cfg.muon_momentum
+        else:
+            group["betas"], group["eps"] = (cfg.beta1, cfg.beta2), cfg.eps
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, cfg: OptimConfig) -> None:

@@ -480,6 +480,12 @@ def setup_for(cfg: Config, world: int, strategy: str) -> Setup:
     )
 
 
+def strategies(cfg: Config) -> tuple[str, ...]:
+    """The data-parallel strategies training takes with this config: Muon runs under DDP only
+    (config.py refuses it with FSDP), so the planner neither tables nor suggests FSDP for it."""
+    return ("ddp",) if cfg.optim.name == "muon" else ("ddp", "fsdp")
+
+
 def grad_accum(cfg: Config, micro_batch: int, world: int) -> int:
     """Training's rule (config.grad_accum_steps): refuses what training would refuse."""
     return grad_accum_steps(replace(cfg.train, micro_batch_size=micro_batch), world)
@@ -496,7 +502,7 @@ def fitting_alternatives(
     switches: list[dict[str, Any]] = [dict(checkpointing=s.checkpointing, strategy=s.strategy)]
     if not s.checkpointing:
         switches.append(dict(checkpointing=True, strategy=s.strategy))
-    if s.strategy != "fsdp" and s.world > 1:
+    if s.strategy != "fsdp" and s.world > 1 and "fsdp" in strategies(cfg):
         switches.append(dict(checkpointing=s.checkpointing, strategy="fsdp"))
         if not s.checkpointing:
             switches.append(dict(checkpointing=True, strategy="fsdp"))
@@ -560,7 +566,7 @@ def make_plan(cfg: Config, req: Request, results: Path = RESULTS_DIR) -> dict[st
     capacity = req.gpu.memory_gib * GIB
 
     memory = {}
-    for strategy in ("ddp", "fsdp"):
+    for strategy in strategies(cfg):
         s = setup_for(cfg, world, strategy)
         with_ckpt = memory_per_gpu(replace(s, checkpointing=True), shape)
         without = memory_per_gpu(replace(s, checkpointing=False), shape)
@@ -733,13 +739,16 @@ def _gpu_source(gpu: dict[str, Any]) -> str:
 def _memory_table(p: dict[str, Any]) -> list[str]:
     """Memory per GPU by component (rows) for ddp/fsdp with and without checkpointing, and the
     notes on what the rows assume."""
-    mem, cols = p["memory_gib"], _MEMORY_COLUMNS
+    mem = p["memory_gib"]
+    cols = [c for c in _MEMORY_COLUMNS if c[0] in mem]
     lines = [f"memory per GPU (GiB), micro batch {p['batch']['micro_batch']}:"]
     lines.append(f"  {'':<20}" + "".join(f"{title:>11}" for *_, title in cols))
     foreach = any(mem[st][ck]["adamw_step"] for st, ck, _ in cols)
     for label, key in _MEMORY_ROWS:
         if key == "adamw_step" and not foreach:
             continue  # fused AdamW: no transient, no row
+        if key.startswith("fsdp") and "fsdp" not in mem:
+            continue  # no FSDP column
         optional = key in ("fsdp_accum_grads", "fsdp_kept_params")
         if optional and not any(mem[st][ck][key] for st, ck, _ in cols):
             continue  # no accumulation under FSDP (or nothing kept): no row
@@ -761,7 +770,9 @@ def _memory_table(p: dict[str, Any]) -> list[str]:
             "  + not with the activations (after a backward): the peak counts the largest of "
             "these and activations + *"
         )
-    if p["gpus"] == 1:
+    if "fsdp" not in mem:
+        lines.append("  (no fsdp columns: optim.name=muon trains under DDP only)")
+    elif p["gpus"] == 1:
         lines.append("  (fsdp on one GPU shards nothing: the same as ddp)")
     return lines
 
@@ -781,7 +792,12 @@ def _fit_verdict(p: dict[str, Any]) -> list[str]:
         f"DOES NOT FIT: {chosen} needs {total:.1f} GiB, {p['over_gib']:.1f} GiB more than "
         f"the {p['capacity_gib']:g} GiB usable on one {p['gpu']['name']}"
     ]
-    if not p["alternatives"]:
+    if not p["alternatives"] and "fsdp" not in p["memory_gib"]:
+        lines.append(
+            "  nothing fits, even at micro batch 1 with checkpointing (Muon: DDP only, no FSDP): "
+            "use larger GPUs or a smaller model"
+        )
+    elif not p["alternatives"]:
         lines.append(
             "  nothing fits, even at micro batch 1 with checkpointing and FSDP: use more or larger GPUs"
         )

@@ -33,7 +33,7 @@ def check(cfg: Config, info: DistInfo, device_bytes: int | None = None) -> list[
     check_tensorboard(cfg)
     if device_bytes is None and info.device.type == "cuda":
         device_bytes = torch.cuda.get_device_properties(info.device).total_memory
-    notes = warmup_notes(cfg)
+    notes = warmup_notes(cfg) + learning_rate_notes(cfg)
     if device_bytes is not None:
         notes += check_memory(cfg, info.world_size, device_bytes, str(info.device))
     if info.is_main:
@@ -121,6 +121,18 @@ def warmup_notes(cfg: Config) -> list[str]:
     ]
 
 
+def learning_rate_notes(cfg: Config) -> list[str]:
+    """optim.embed_lr set where no parameter takes it: with a tied head, wte is the head and
+    trains at optim.head_lr (the fast config with --model.untied_head=false, an ablation)."""
+    if not cfg.optim.embed_lr or cfg.model.resolved_arch.untied_head:
+        return []
+    return [
+        f"note: optim.embed_lr={cfg.optim.embed_lr:g} applies to no parameter: the head is tied "
+        f"(model.untied_head off), so wte is the head and trains at optim.head_lr="
+        f"{cfg.optim.head_lr or cfg.optim.lr:g}"
+    ]
+
+
 def check_memory(cfg: Config, world: int, device_bytes: int, device: str) -> list[str]:
     """Refuse a model that cannot possibly fit one GPU of `device_bytes`: its weights,
     gradients and AdamW state (the planner's numbers, plan.memory_per_gpu) plus the CUDA
@@ -132,7 +144,12 @@ def check_memory(cfg: Config, world: int, device_bytes: int, device: str) -> lis
     floor = states + plan.CUDA_CONTEXT_GIB * GIB
     have = device_bytes / GIB
     if floor > device_bytes:
-        fix = "more GPUs" if setup.sharded else "--dist.strategy=fsdp over several GPUs"
+        if setup.sharded:
+            fix = "more GPUs"
+        elif "fsdp" in plan.strategies(cfg):
+            fix = "--dist.strategy=fsdp over several GPUs"
+        else:  # Muon: DDP only
+            fix = "GPUs with more memory (optim.name=muon trains under DDP only)"
         raise UserError(
             f"the model's weights, gradients and AdamW state alone need {floor / GIB:.1f} GiB "
             f"per GPU, more than {device}'s {have:.1f} GiB; use {fix} or a smaller model "

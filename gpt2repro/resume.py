@@ -3,8 +3,9 @@
 `checkpoint.resume` picks it: `auto` (the newest valid one), `restart` (move the run aside and
 start over), `never`, or a path (a deliberate branch: newer checkpoints are moved aside). The
 model shape must match; the run-defining settings (RUN_DEFINING) may change only by name
-(`checkpoint.allow_changes`), those the loader's position depends on (FIXED) not at all; those
-that change what is measured (MEASURED) are noted and marked on the resume event. `auto` never
+(`checkpoint.allow_changes`), those the loader's position or the optimizer's state depends on
+(FIXED) not at all; those that change what is measured (MEASURED) are noted and marked on the
+resume event. An allowed optimizer setting takes effect (optim.set_hyperparameters). `auto` never
 starts from step 0 where a run happened but left no checkpoint (`refuse_silent_restart`).
 Nothing is deleted: what a run leaves behind is moved aside. The on-disk format itself is
 checkpoint.py's; the run directory's lock is lock.py's (taken before anything here runs).
@@ -88,10 +89,15 @@ def changed_settings(
     return out
 
 
-# Run-defining settings that no allow_changes can let through: the data loader's saved position
-# is a place in the window order that the sequence length and the seed define.
-FIXED = ("train.seq_len", "train.seed")
-FIXED_WHY = "the data loader's saved position depends on the sequence length and the seed"
+# Run-defining settings that no allow_changes can let through, and why: the data loader's saved
+# position is a place in the window order that the sequence length and the seed define; the
+# optimizer's saved state (AdamW's moments, Muon's momentum) belongs to the optimizer that made it.
+_LOADER = "the data loader's saved position depends on the sequence length and the seed"
+FIXED = {
+    "train.seq_len": _LOADER,
+    "train.seed": _LOADER,
+    "optim.name": "the optimizer state in the checkpoint is that optimizer's",
+}
 
 # Settings that change what the logged numbers mean (the validation budget and data, the
 # precision, compilation): a resume may change them, but says so in its line and marks the resume
@@ -117,7 +123,7 @@ def check_resume_flags(mode: str, allow_changes: str) -> None:
     for key in _allowed(allow_changes):
         if key in FIXED:
             raise UserError(
-                f"--checkpoint.allow_changes={key}: {key} cannot change on resume ({FIXED_WHY}); "
+                f"--checkpoint.allow_changes={key}: {key} cannot change on resume ({FIXED[key]}); "
                 "resume with the saved value, or start a new run (a new --run.dir, or "
                 "--checkpoint.resume=restart)"
             )
@@ -180,10 +186,11 @@ def select_resume(
         print(f"note: {path.name} predates data fingerprints: data.dir is compared by its path")
     fixed = [c for c in changes if c.split("=")[0] in FIXED]
     if fixed:  # in every mode: the loader could not continue anyway
-        keys = " and ".join(c.split("=")[0] for c in fixed)
+        names = [c.split("=")[0] for c in fixed]
+        why = "; ".join(dict.fromkeys(FIXED[k] for k in names))
         raise UserError(
-            f"{run_dir} holds a run with other settings: {'; '.join(fixed)}; {keys} cannot "
-            f"change on resume ({FIXED_WHY}): resume with the saved values, start over with "
+            f"{run_dir} holds a run with other settings: {'; '.join(fixed)}; {' and '.join(names)} "
+            f"cannot change on resume ({why}): resume with the saved values, start over with "
             "--checkpoint.resume=restart (the old run is moved aside, not deleted), or use a new "
             "--run.dir"
         )

@@ -53,7 +53,7 @@ from gpt2repro.hellaswag import load_hellaswag
 from gpt2repro.lock import DirLock
 from gpt2repro.metrics import CONFIG_TOML, RunLog, run_header
 from gpt2repro.model import GPT
-from gpt2repro.optim import build_optimizer, lr_at, set_lr
+from gpt2repro.optim import build_optimizer, lr_at, set_hyperparameters, set_lr
 from gpt2repro.reference import GPT2_124M_VAL_LOSS, gpt2_val_loss_comparable
 from gpt2repro.report import LiveReport
 from gpt2repro.resume import Resume, check_resume_flags, restore_rank, select_resume
@@ -413,6 +413,7 @@ def build_model(cfg: Config, info: dist.DistInfo, load_from: Path | None = None)
     optimizer = build_optimizer(raw_model, cfg.optim, device.type)
     if load_from is not None:
         checkpoint.load_into(raw_model, optimizer, load_from)
+        set_hyperparameters(optimizer, cfg.optim)  # an allowed change takes effect
     return Trainable(
         raw_model=raw_model,
         model=dist.wrap(

@@ -88,6 +88,21 @@ def test_logits_equal_hf_with_padded_vocab(tmp_path: Path):
     torch.testing.assert_close(hf_logits(back, idx), hf_logits(ref, idx), atol=1e-5, rtol=0)
 
 
+def test_a_zero_init_model_exports_with_its_logits(tmp_path: Path):
+    """zero_init changes only the starting values: once trained (here: perturbed) the model is
+    GPT-2's, and its export gives transformers the same logits."""
+    torch.manual_seed(0)
+    ours = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, zero_init=True))
+    assert not ours.config.is_gpt2 and ours.config.has_gpt2_modules
+    assert not ours.transformer.h[0].attn.c_proj.weight.any()  # zero at the start
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    hf = transformers.GPT2LMHeadModel.from_pretrained(save_hf(ours, tmp_path / "out")).eval()
+    idx = torch.randint(0, 50257, (2, 17))
+    torch.testing.assert_close(our_logits(ours, idx), hf_logits(hf, idx), atol=1e-5, rtol=0)
+
+
 def test_round_trip_hf_ours_hf_is_exact(tmp_path: Path):
     ref = hf_model(2, 4, 64)
     ref.save_pretrained(tmp_path / "hf")

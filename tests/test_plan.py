@@ -23,7 +23,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from gpt2repro import plan, precision
+from gpt2repro import plan, precision, preflight
 from gpt2repro.config import build_config, load_config
 from gpt2repro.dist import DistInfo
 from gpt2repro.errors import UserError, run_cli
@@ -611,3 +611,23 @@ def test_planner_against_gpu_peak_memory_in_bench_results() -> None:
         assert low <= ratio <= high, (
             f"{path}: measured {res['peak_mem_gib']} GiB, planned {planned:.2f}"
         )
+
+
+def test_muon_is_planned_under_ddp_only() -> None:
+    """Training refuses Muon with FSDP, so the plan neither tables FSDP for it nor suggests it;
+    the start-up memory check's advice does not name it either."""
+    big = ["--model.n_layer=48", "--model.n_embd=1600", "--model.n_head=25"]
+    args = ["--config", "configs/gpt2_124m_fast.toml", "--gpus", "8", "--gpu", "A10G", *big]
+    p = plan_json(*args)
+    assert list(p["memory_gib"]) == ["ddp"] and not p["fits"]
+    text = plan.format_plan(p)
+    assert "fsdp" not in text.replace("no fsdp columns", "") and "FSDP un-sharded" not in text
+    assert "(no fsdp columns: optim.name=muon trains under DDP only)" in text
+    assert "nothing fits, even at micro batch 1 with checkpointing (Muon: DDP only" in text
+    fits = plan_json(*args[:6])  # the 124M fast recipe on A10Gs: fits by smaller micro batches
+    assert fits["alternatives"] and all("fsdp" not in a["flags"] for a in fits["alternatives"])
+    adamw = plan_json(*args, "--optim.name=adamw")  # the same model with AdamW: FSDP offered
+    assert "fsdp" in adamw["memory_gib"]
+    cfg = load_config(["--config", "configs/gpt2_124m_fast.toml", *big])[0]
+    with pytest.raises(UserError, match=r"use GPUs with more memory \(optim.name=muon trains"):
+        preflight.check_memory(cfg, 8, 16 * plan.GIB, "cuda:0")

@@ -317,6 +317,23 @@ def test_measured_settings_are_noted_and_returned_for_the_resume_event(
     assert resume is not None and resume.changed == {}
 
 
+def test_the_optimizer_cannot_change_on_resume(tmp_path: Path) -> None:
+    """AdamW's moments cannot become Muon's momentum: allowing optim.name used to end in a raw
+    KeyError from the state-dict loader."""
+    save(tmp_path, 2)
+    for mode in ("auto", str(tmp_path)):
+        with pytest.raises(UserError) as e:
+            select_resume(
+                mode=mode, run_dir=tmp_path, config=full_config(MODEL, optim__name="muon"),
+                allow_changes="optim.name",
+            )  # fmt: skip
+        msg = str(e.value)
+        assert "optim.name=adamw (now: muon)" in msg and "optim.name cannot change" in msg
+        assert "optimizer state" in msg and "loader" not in msg
+    with pytest.raises(UserError, match=r"optim.name cannot change on resume \(the optimizer"):
+        check_resume_flags("auto", "optim.name")
+
+
 def test_seq_len_and_seed_are_named_as_unchangeable(tmp_path: Path) -> None:
     save(tmp_path, 2)
     for key, value in (("train__seq_len", 8), ("train__seed", 7)):

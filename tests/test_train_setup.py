@@ -56,6 +56,37 @@ def test_build_model_seeds_loads_and_wraps() -> None:
     assert [g["weight_decay"] for g in a.optimizer.param_groups] == [0.1, 0.0]
 
 
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_a_resume_applies_the_optimizer_settings_it_allowed(tmp_path: Path, name: str) -> None:
+    """Loading the optimizer's state brings back its saved groups; the settings a resume let
+    change (checkpoint.allow_changes=optim.weight_decay, ...) must win over them, and the
+    saved moments and momentum buffers still come back."""
+    from gpt2repro import checkpoint
+
+    small = ["--model.n_layer=1", "--model.n_head=2", "--model.n_embd=16", "--model.vocab_size=64"]
+    saved, _ = load_config([*small, "--model.arch=modern", f"--optim.name={name}"])
+    first = build_model(saved, dist.DistInfo())
+    x = torch.randint(0, 64, (2, 16))
+    first.raw_model(x, x, loss_only=True)[1].backward()
+    first.optimizer.step()
+    checkpoint.save(tmp_path, 1, first.raw_model, first.optimizer, state={"step": 1},
+                    loader_state={"position": 0}, keep_last=0)  # fmt: skip
+    changed = ["--optim.weight_decay=0.3", "--optim.beta2=0.99", "--optim.eps=1e-6"]
+    now, _ = load_config([*small, "--model.arch=modern", f"--optim.name={name}", *changed,
+                          "--optim.muon_momentum=0.8"])  # fmt: skip
+    resumed = build_model(now, dist.DistInfo(), load_from=checkpoint.find_latest(tmp_path))
+    groups = resumed.optimizer.param_groups
+    assert {g["weight_decay"] for g in groups if g["params"]} == {0.3}  # no 1-D parameters here
+    adamw = [g for g in groups if "betas" in g]
+    assert adamw and all(g["betas"] == (0.9, 0.99) and g["eps"] == 1e-6 for g in adamw)
+    assert [g["momentum"] for g in groups if "betas" not in g] == ([0.8] if name == "muon" else [])
+    a, b = first.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert a.keys() == b.keys()
+    for key in a:
+        for field, value in a[key].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[key][field])), (key, field)
+
+
 def test_complete_is_the_prompt_and_the_cli_continuation() -> None:
     """`complete` (training samples, the demo) gives the prompt plus what `sample` generates."""
     torch.manual_seed(0)
@@ -210,6 +241,22 @@ def test_warmup_beyond_the_run_is_a_note() -> None:
     assert len(notes) == 1 and "optim.warmup_steps=700 is beyond train.max_steps=70" in notes[0]
     assert "peaks at 10% of optim.lr" in notes[0]
     assert preflight.warmup_notes(_cfg("--optim.warmup_steps=70", "--train.max_steps=70")) == []
+
+
+def test_an_embedding_rate_no_parameter_takes_is_a_note() -> None:
+    """The fast config with a tied head (an ablation): wte is the head, at optim.head_lr."""
+    from gpt2repro import preflight
+
+    fast = ["--config", str(REPO / "configs" / "shakespeare_fast.toml")]
+    notes = preflight.learning_rate_notes(_cfg(*fast, "--model.untied_head=false"))
+    assert notes == [
+        "note: optim.embed_lr=0.3 applies to no parameter: the head is tied (model.untied_head "
+        "off), so wte is the head and trains at optim.head_lr=0.002"
+    ]
+    assert preflight.learning_rate_notes(_cfg(*fast)) == []
+    assert preflight.learning_rate_notes(_cfg()) == []  # GPT-2's: no embed_lr
+    info = dist.DistInfo(device=torch.device("cpu"))
+    assert preflight.check(_cfg(*fast, "--model.untied_head=false"), info) == notes
 
 
 def test_a_model_that_cannot_fit_the_gpu_is_refused_before_allocating() -> None:
