@@ -182,8 +182,11 @@ def lr_at(step: int, max_steps: int, cfg: OptimConfig) -> float:
     """Learning rate for optimizer step `step` (0-based) of `max_steps`.
 
     Linear warmup over `warmup_steps` (step 0 gets lr/warmup, as in llm.c), then:
-    cosine or linear decay to `min_lr` at the last step; `wsd` holds `lr` until the final
-    `decay_frac` of the run and decays linearly to `min_lr`; `constant` holds `lr`.
+    cosine or linear decay to `min_lr` at the last step; `constant` holds `lr`.
+    `wsd` holds `lr`, then over the last d = round(decay_frac x max_steps) steps (at least one,
+    none before the warmup ends) takes min_lr + (lr - min_lr) x (max_steps - step) / d: the
+    NanoGPT speedrun's warm-down, whose first step is still at lr and whose last is at 1/d of
+    the way from min_lr to lr (with min_lr = 0 the last step still moves the weights).
     """
     lr, min_lr, warmup = cfg.lr, cfg.min_lr, cfg.warmup_steps
     if step < warmup:
@@ -192,11 +195,11 @@ def lr_at(step: int, max_steps: int, cfg: OptimConfig) -> float:
         return lr
     last = max(max_steps - 1, warmup)
     if cfg.schedule == "wsd":
-        decay_start = max(warmup, int(round(max_steps * (1.0 - cfg.decay_frac))))
+        decay_start = max(warmup, max_steps - max(1, round(max_steps * cfg.decay_frac)))
         if step < decay_start:
             return lr
-        frac = (step - decay_start) / max(1, last - decay_start)
-        return lr + min(1.0, frac) * (min_lr - lr)
+        left = max(0, max_steps - step) / max(1, max_steps - decay_start)
+        return min_lr + min(1.0, left) * (lr - min_lr)
     frac = min(1.0, (step - warmup) / max(1, last - warmup))  # 0 -> 1 over the decay
     if cfg.schedule == "linear":
         return lr + frac * (min_lr - lr)

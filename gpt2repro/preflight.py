@@ -122,15 +122,26 @@ def warmup_notes(cfg: Config) -> list[str]:
 
 
 def learning_rate_notes(cfg: Config) -> list[str]:
-    """optim.embed_lr set where no parameter takes it: with a tied head, wte is the head and
-    trains at optim.head_lr (the fast config with --model.untied_head=false, an ablation)."""
-    if not cfg.optim.embed_lr or cfg.model.resolved_arch.untied_head:
-        return []
-    return [
-        f"note: optim.embed_lr={cfg.optim.embed_lr:g} applies to no parameter: the head is tied "
-        f"(model.untied_head off), so wte is the head and trains at optim.head_lr="
-        f"{cfg.optim.head_lr or cfg.optim.lr:g}"
-    ]
+    """Learning-rate settings that do nothing here, said: optim.embed_lr where no parameter takes
+    it (with a tied head, wte is the head and trains at optim.head_lr: the fast config with
+    --model.untied_head=false, an ablation), and a warm-down (`wsd`) too short to lower the rate
+    (lr x (max_steps - step) / d is below lr only from d = 2 steps on)."""
+    o, notes = cfg.optim, []
+    if o.embed_lr and not cfg.model.resolved_arch.untied_head:
+        notes.append(
+            f"note: optim.embed_lr={o.embed_lr:g} applies to no parameter: the head is tied "
+            f"(model.untied_head off), so wte is the head and trains at optim.head_lr="
+            f"{o.head_lr or o.lr:g}"
+        )
+    steps = cfg.train.max_steps
+    decay = max(1, round(steps * o.decay_frac))
+    if o.schedule == "wsd" and min(decay, steps - o.warmup_steps) < 2:
+        notes.append(
+            f"note: optim.decay_frac={o.decay_frac:g} of train.max_steps={steps} leaves a "
+            "warm-down too short to lower the learning rate (it needs 2 steps or more after the "
+            "warmup): raise optim.decay_frac, or say optim.schedule=constant"
+        )
+    return notes
 
 
 def check_memory(cfg: Config, world: int, device_bytes: int, device: str) -> list[str]:

@@ -174,14 +174,33 @@ def test_linear_decay() -> None:
 
 
 def test_wsd_holds_then_decays_linearly_over_the_last_fraction() -> None:
+    """The speedrun's warm-down: lr x (max_steps - step) / d over the last d steps (here with a
+    floor), so no step is spent at min_lr."""
     cfg = _cfg(schedule="wsd", decay_frac=0.2)
     lrs = [lr_at(s, 100, cfg) for s in range(100)]
-    assert all(v == 1e-3 for v in lrs[9:81])  # stable phase, the decay starts at step 80
+    assert all(v == 1e-3 for v in lrs[9:81])  # stable phase; the decay's first step is at lr
     for s in range(80, 100):
-        assert lrs[s] == pytest.approx(1e-3 + (s - 80) / 19 * (1e-4 - 1e-3))
-    assert lrs[99] == pytest.approx(1e-4)
+        assert lrs[s] == pytest.approx(1e-4 + (100 - s) / 20 * (1e-3 - 1e-4))
+    assert lrs[99] == pytest.approx(1e-4 + 0.9e-3 / 20)  # the last step still moves
     after = lrs[10:]
+    assert all(b < a for a, b in zip(lrs[80:], lrs[81:], strict=False))
     assert all(b <= a for a, b in zip(after, after[1:], strict=False))
+    assert lr_at(100, 100, cfg) == pytest.approx(1e-4)  # past the end: the floor
+
+
+def test_wsd_matches_the_speedruns_warmdown() -> None:
+    """Record 8's schedule (4,578 steps, 1,308 of warm-down, no floor, no warmup), step by step
+    as its train_gpt2.py computes it: lr x (num_iterations - it) / warmdown_iters from
+    it = num_iterations - warmdown_iters on. It used to reach 0 at the last step, a step that
+    moved nothing."""
+    cfg = OptimConfig(lr=1.0, min_lr=0.0, warmup_steps=0, schedule="wsd", decay_frac=1308 / 4578)
+    for it in (0, 3269, 3270, 3271, 4000, 4576, 4577):
+        want = 1.0 if it < 4578 - 1308 else (4578 - it) / 1308
+        assert lr_at(it, 4578, cfg) == pytest.approx(want, abs=1e-15), it
+    assert lr_at(4577, 4578, cfg) > 0
+    # a warm-down of round(decay_frac x steps) <= 1 step never leaves lr (training notes it)
+    short = OptimConfig(lr=1.0, min_lr=0.0, warmup_steps=0, schedule="wsd", decay_frac=0.1)
+    assert [lr_at(s, 10, short) for s in range(10)] == [1.0] * 10
 
 
 def test_constant_after_warmup() -> None:
@@ -193,7 +212,7 @@ def test_constant_after_warmup() -> None:
 def test_no_warmup(schedule: str) -> None:
     cfg = _cfg(schedule=schedule, warmup_steps=0)
     assert lr_at(0, 50, cfg) == pytest.approx(1e-3)
-    end = 1e-3 if schedule == "constant" else 1e-4
+    end = {"constant": 1e-3, "wsd": 1e-4 + 0.9e-3 / 10}.get(schedule, 1e-4)  # wsd: 1/d above
     assert lr_at(49, 50, cfg) == pytest.approx(end)
     assert all(math.isfinite(lr_at(s, 50, cfg)) for s in range(60))
 

@@ -257,6 +257,10 @@ def test_an_embedding_rate_no_parameter_takes_is_a_note() -> None:
     assert preflight.learning_rate_notes(_cfg()) == []  # GPT-2's: no embed_lr
     info = dist.DistInfo(device=torch.device("cpu"))
     assert preflight.check(_cfg(*fast, "--model.untied_head=false"), info) == notes
+    wsd = ["--optim.schedule=wsd", "--optim.warmup_steps=0", "--train.max_steps=10"]
+    (short,) = preflight.learning_rate_notes(_cfg(*wsd, "--optim.decay_frac=0.1"))
+    assert "optim.decay_frac=0.1 of train.max_steps=10 leaves a warm-down too short" in short
+    assert preflight.learning_rate_notes(_cfg(*wsd, "--optim.decay_frac=0.2")) == []
 
 
 def test_a_model_that_cannot_fit_the_gpu_is_refused_before_allocating() -> None:
