@@ -267,7 +267,12 @@ def test_recipe_ablation_table_reads_tokens_to_the_faithful_final(tmp_path: Path
 
     def write(name: str, curve: list[tuple[int, float]], done: bool = True) -> None:
         (tmp_path / name).mkdir()
-        lines = [{"step": t // 10, "tokens": t, "val_loss": v} for t, v in curve]
+        seconds = 2.0 if name.startswith("faithful") else 1.5  # per 100 tokens
+        lines = [{"event": "start", "step": 0, "tokens": 0, "time": 1000.0}]
+        lines += [
+            {"step": t // 10, "tokens": t, "val_loss": v, "time": 1000.0 + seconds * t / 100}
+            for t, v in curve
+        ]
         lines += [{"event": "done", "step": curve[-1][0] // 10}] if done else []
         (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
@@ -283,3 +288,7 @@ def test_recipe_ablation_table_reads_tokens_to_the_faithful_final(tmp_path: Path
     assert rows["faithful"] == "| faithful | 2 | 4.500 (4.000-5.000) | 1.000 (1.000-1.000) |"
     assert rows["fast, rotary off"] == "| fast, rotary off | 1 | 5.500 | not reached in 1 of 1 |"
     assert "fast, qk_norm off" not in rows
+    ab.table(tmp_path, [1, 2], wall=True)  # the faithful runs end at 4 s: the fast ones at 3 s
+    rows = {r.split(" | ")[0].strip("| "): r for r in capsys.readouterr().out.splitlines()}
+    assert rows["fast"].endswith("| 3.000 (3.000-3.000) | 3 (3-3) |")
+    assert rows["faithful"].endswith("| 4.500 (4.000-5.000) | 4 (4-4) |")
