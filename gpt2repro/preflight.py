@@ -123,13 +123,15 @@ def warmup_notes(cfg: Config) -> list[str]:
 
 def learning_rate_notes(cfg: Config) -> list[str]:
     """optim.embed_lr set where no parameter takes it: with a tied head, wte is the head and
-    trains at optim.head_lr (the fast config with --model.untied_head=false, an ablation)."""
-    if not cfg.optim.embed_lr or cfg.model.resolved_arch.untied_head:
+    trains at optim.head_lr, and with rotary positions there is no wpe (the fast config with
+    --model.untied_head=false, an ablation)."""
+    arch = cfg.model.resolved_arch
+    if not cfg.optim.embed_lr or arch.untied_head or not arch.rotary:
         return []
     return [
         f"note: optim.embed_lr={cfg.optim.embed_lr:g} applies to no parameter: the head is tied "
         f"(model.untied_head off), so wte is the head and trains at optim.head_lr="
-        f"{cfg.optim.head_lr or cfg.optim.lr:g}"
+        f"{cfg.optim.head_lr or cfg.optim.lr:g}, and rotary positions have no wpe"
     ]
 
 
