@@ -245,13 +245,13 @@ class OptimConfig:
     )
     lr: float = _f(
         6e-4,
-        "peak learning rate (AdamW; with muon: learned positions, norms' gains and biases)",
+        "peak learning rate (AdamW; with muon: the norms' gains and the biases)",
         check=POSITIVE,
     )
     embed_lr: float = _f(
         0.0,
-        "peak AdamW learning rate of the token embedding (wte) when the head is untied "
-        "(a tied wte is the head: head_lr); 0 = optim.lr",
+        "peak AdamW learning rate of the embeddings: wte when the head is untied (a tied wte "
+        "is the head: head_lr), and GPT-2's learned positions wpe; 0 = optim.lr",
         check=NON_NEGATIVE,
     )
     head_lr: float = _f(

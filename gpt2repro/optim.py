@@ -3,9 +3,8 @@ step.
 
 `optim.name = "muon"`: torch's own `torch.optim.Muon` (Newton-Schulz orthogonalised Nesterov
 momentum; Jordan et al. 2024, the NanoGPT speedrun's optimizer since its record 3) takes the
-blocks' 2-D matrices, and AdamW the rest: the token embedding (optim.embed_lr), the head
-(optim.head_lr; a tied head is wte), and GPT-2's learned positions, the norms' gains and the
-biases (optim.lr). Both live in one `MuonWithAdamW`, so the loop, the guard and the checkpoints
+blocks' 2-D matrices, and AdamW the rest: the embeddings (optim.embed_lr), the head
+(optim.head_lr; a tied head is wte), and the norms' gains and the biases (optim.lr). Both live in one `MuonWithAdamW`, so the loop, the guard and the checkpoints
 see one optimizer with one state dict. Each group's learning rate follows the same schedule, scaled to its own peak (`set_lr`).
 """
 
@@ -42,15 +41,15 @@ def role_groups(model: nn.Module, cfg: OptimConfig) -> tuple[list[dict], list[di
     """(Muon's groups, AdamW's groups) by what each parameter is, from its name in the GPT.
 
     Muon: the 2-D matrices of the blocks (transformer.h.*), decayed; with optim.name=adamw they
-    join AdamW's decayed group. AdamW: the token embedding (wte; optim.embed_lr), the head
-    (optim.head_lr) and GPT-2's learned positions (wpe; optim.lr), decayed; the 1-D gains and
-    biases (optim.lr), never decayed. A tied head is wte (named_parameters lists it once as
+    join AdamW's decayed group. AdamW: the embeddings (wte, and GPT-2's learned positions wpe;
+    optim.embed_lr) and the head (optim.head_lr), decayed; the 1-D gains and biases (optim.lr),
+    never decayed. A tied head is wte (named_parameters lists it once as
     transformer.wte.weight): it is the head, and takes the head's rate, as the speedrun's tied
-    records did (an embedding's 0.3 would blow up the logits). The positions are not the token
-    embedding: the speedrun tuned its embedding rate with rotary positions, and before those it
-    trained wpe at the common rate. Empty groups are left out."""
+    records did (an embedding's 0.3 would blow up the logits). Learned positions stay with the
+    embeddings: on the CPU demo with rotary off, wpe at the embedding rate beat wpe at optim.lr
+    by a wide margin (docs/benchmarks.md). Empty groups are left out."""
     head_weight = getattr(getattr(model, "lm_head", None), "weight", None)
-    matrices, embeds, head, other, flat = [], [], [], [], []
+    matrices, embeds, head, flat = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -60,17 +59,14 @@ def role_groups(model: nn.Module, cfg: OptimConfig) -> tuple[list[dict], list[di
             matrices.append(p)
         elif name == "lm_head.weight" or p is head_weight:
             head.append(p)
-        elif name == "transformer.wte.weight":
+        else:  # wte (untied), wpe
             embeds.append(p)
-        else:  # wpe
-            other.append(p)
     wd = cfg.weight_decay
     muon = [{"params": matrices, "weight_decay": wd, LR_KEY: "muon_lr"}]
     adamw = [
         {"params": embeds, "weight_decay": wd, LR_KEY: "embed_lr"},
         {"params": head, "weight_decay": wd, LR_KEY: "head_lr"},
         {"params": flat, "weight_decay": 0.0, LR_KEY: "lr"},
-        {"params": other, "weight_decay": wd, LR_KEY: "lr"},
     ]
     if cfg.name != "muon":
         adamw.insert(0, {"params": matrices, "weight_decay": wd, LR_KEY: "lr"})

@@ -123,15 +123,16 @@ def warmup_notes(cfg: Config) -> list[str]:
 
 def learning_rate_notes(cfg: Config) -> list[str]:
     """Learning-rate settings that do nothing here, said: optim.embed_lr where no parameter takes
-    it (with a tied head, wte is the head and trains at optim.head_lr: the fast config with
-    --model.untied_head=false, an ablation), and a warm-down (`wsd`) too short to lower the rate
-    (lr x (max_steps - step) / d is below lr only from d = 2 steps on)."""
-    o, notes = cfg.optim, []
-    if o.embed_lr and not cfg.model.resolved_arch.untied_head:
+    it (with a tied head, wte is the head and trains at optim.head_lr, and with rotary positions
+    there is no wpe: the fast config with --model.untied_head=false, an ablation), and a
+    warm-down (`wsd`) too short to lower the rate (lr x (max_steps - step) / d is below lr only
+    from d = 2 steps on)."""
+    o, arch, notes = cfg.optim, cfg.model.resolved_arch, []
+    if o.embed_lr and not arch.untied_head and arch.rotary:
         notes.append(
             f"note: optim.embed_lr={o.embed_lr:g} applies to no parameter: the head is tied "
             f"(model.untied_head off), so wte is the head and trains at optim.head_lr="
-            f"{o.head_lr or o.lr:g}"
+            f"{o.head_lr or o.lr:g}, and rotary positions have no wpe"
         )
     steps = cfg.train.max_steps
     decay = max(1, round(steps * o.decay_frac))

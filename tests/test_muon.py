@@ -54,8 +54,8 @@ def test_groups_muon_takes_the_block_matrices_adamw_the_rest() -> None:
     names2 = {id(p): n for n, p in gpt2.named_parameters()}
     assert isinstance(opt2, MuonWithAdamW)
     adamw2 = {names2[id(p)]: g["lr"] for g in opt2.adamw.param_groups for p in g["params"]}
-    # the tied head (wte) at the head's rate; the learned positions at optim.lr, decayed
-    assert adamw2["transformer.wte.weight"] == 4e-3 and adamw2["transformer.wpe.weight"] == 1e-3
+    # the tied head (wte) at the head's rate; the learned positions at the embeddings', decayed
+    assert adamw2["transformer.wte.weight"] == 4e-3 and adamw2["transformer.wpe.weight"] == 0.3
     wpe = gpt2.transformer.wpe.weight
     assert [g["weight_decay"] for g in opt2.param_groups if any(p is wpe for p in g["params"])] == [
         MUON.weight_decay

@@ -251,8 +251,11 @@ def test_an_embedding_rate_no_parameter_takes_is_a_note() -> None:
     notes = preflight.learning_rate_notes(_cfg(*fast, "--model.untied_head=false"))
     assert notes == [
         "note: optim.embed_lr=0.3 applies to no parameter: the head is tied (model.untied_head "
-        "off), so wte is the head and trains at optim.head_lr=0.002"
+        "off), so wte is the head and trains at optim.head_lr=0.002, and rotary positions have "
+        "no wpe"
     ]
+    both_off = ("--model.untied_head=false", "--model.rotary=false")  # embed_lr moves wpe
+    assert preflight.learning_rate_notes(_cfg(*fast, *both_off)) == []
     assert preflight.learning_rate_notes(_cfg(*fast)) == []
     assert preflight.learning_rate_notes(_cfg()) == []  # GPT-2's: no embed_lr
     info = dist.DistInfo(device=torch.device("cpu"))
