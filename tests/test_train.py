@@ -98,20 +98,27 @@ def test_loss_falls_and_metrics_schema(corpus: Path, tmp_path: Path) -> None:
     assert "already complete" in p2.stdout
 
 
-@pytest.mark.dist
-def test_ddp_two_processes_equal_one_with_double_accumulation(corpus: Path, tmp_path: Path) -> None:
-    one = tmp_path / "one"
-    two = tmp_path / "two"
-    common = ["--train.max_steps=8", "--checkpoint.every=0"]
+def assert_two_processes_equal_one(
+    corpus: Path, tmp_path: Path, steps: int, param_tol: float, *extra: str
+) -> None:
+    """1 process x 2 accumulation steps against 2 processes x 1: the same losses at every step
+    (relative 1e-5) and the same final parameters (`param_tol`)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = [f"--train.max_steps={steps}", "--checkpoint.every=0", *extra]
     p1 = run(args_for(corpus, one, *common))  # 1 process x 2 accumulation steps
     p2 = run(args_for(corpus, two, *common), nproc=2)  # 2 processes x 1 accumulation step
     assert "1 processes x 2 accumulation" in p1.stdout
     assert "2 processes x 1 accumulation" in p2.stdout
     a, b = train_losses(one / "metrics.jsonl"), train_losses(two / "metrics.jsonl")
-    assert sorted(a) == sorted(b) == list(range(1, 9))
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
     for k in a:
         assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]), (k, a[k], b[k])
-    assert_params_close(final_params(one), final_params(two), 1e-5)
+    assert_params_close(final_params(one), final_params(two), param_tol)
+
+
+@pytest.mark.dist
+def test_ddp_two_processes_equal_one_with_double_accumulation(corpus: Path, tmp_path: Path) -> None:
+    assert_two_processes_equal_one(corpus, tmp_path, 8, 1e-5)
 
 
 # The fast recipe's optimizer on the modern architecture (issue 20): torch.optim.Muon + AdamW.
@@ -124,17 +131,7 @@ def test_muon_ddp_two_processes_equal_one_with_double_accumulation(
 ) -> None:
     """Every rank gets the same Muon update: DDP averages the gradients before the step, and
     Muon's orthogonalisation runs on the full (replicated) matrix on each rank."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    common = ["--train.max_steps=6", "--checkpoint.every=0", *MUON]
-    p1 = run(args_for(corpus, one, *common))
-    p2 = run(args_for(corpus, two, *common), nproc=2)
-    assert "1 processes x 2 accumulation" in p1.stdout
-    assert "2 processes x 1 accumulation" in p2.stdout
-    a, b = train_losses(one / "metrics.jsonl"), train_losses(two / "metrics.jsonl")
-    assert sorted(a) == sorted(b) == list(range(1, 7))
-    for k in a:
-        assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]), (k, a[k], b[k])
-    assert_params_close(final_params(one), final_params(two), 1e-4)
+    assert_two_processes_equal_one(corpus, tmp_path, 6, 1e-4, *MUON)
 
 
 def test_muon_sigkill_resume_is_bit_identical(corpus: Path, tmp_path: Path) -> None:
